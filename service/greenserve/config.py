@@ -1,0 +1,311 @@
+"""Settings: one frozen dataclass built once from defaults < TOML file < environment < CLI.
+
+Every option is declared once in ``OPTIONS``; the CLI flags, the ``GREENSERVE_*`` environment
+variables and the config-file keys are all derived from that table so they can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+ENV_PREFIX = "GREENSERVE_"
+PROTOCOLS = ("tcp",)
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP address to bind."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``host:port`` or ``[v6]:port``; the port may be 0 (the kernel picks one)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8001")
+    return Address(host, int(port))
+
+
+def _optional_address(text: str) -> Address | None:
+    return None if text.strip().lower() in ("off", "none", "") else parse_address(text)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (honours taskset and cgroup cpusets, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return usable_cpus()
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise ValueError("expected a positive integer or auto") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a positive integer") from None
+    if value < 1:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _auto_log_format(text: str) -> str | None:
+    return None if str(text).strip().lower() == "auto" else _choice(LOG_FORMATS)(text)
+
+
+def _app(text: str) -> str:
+    module, sep, attr = str(text).partition(":")
+    if not sep or not module or not attr:
+        raise ValueError("expected MODULE:CALLABLE, e.g. myapp:handle")
+    return str(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name (file key and field), parser, default and help text."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("bind", parse_address, "127.0.0.1:8001", "address to serve on", "HOST:PORT"),
+    Option("workers", _workers, "auto", "worker processes; auto = usable CPUs", "N|auto"),
+    Option("protocol", _choice(PROTOCOLS), "tcp", "what the workers speak", "|".join(PROTOCOLS)),
+    Option(
+        "metrics_bind",
+        _optional_address,
+        "127.0.0.1:9191",
+        "address of the master's /metrics and /healthz endpoint; off disables it",
+        "HOST:PORT|off",
+    ),
+    Option("stats_interval", _positive_float, "1", "seconds between worker stats flushes", "S"),
+    Option(
+        "timeout",
+        _non_negative_float,
+        "30",
+        "seconds without a heartbeat before a worker is killed and replaced; 0 disables",
+        "S",
+    ),
+    Option(
+        "graceful_timeout",
+        _non_negative_float,
+        "30",
+        "seconds in-flight connections get to finish on stop before they are killed",
+        "S",
+    ),
+    Option("max_connections", _positive_int, "1000", "concurrent connections per worker", "N"),
+    Option(
+        "idle_timeout",
+        _non_negative_float,
+        "300",
+        "close a connection that sends nothing for this long; 0 = never",
+        "S",
+    ),
+    Option(
+        "log_format",
+        _auto_log_format,
+        "auto",
+        "json or console; auto = console on a terminal, else json",
+        "json|console|auto",
+    ),
+    Option("log_level", _choice(LOG_LEVELS), "info", "lowest level logged", "|".join(LOG_LEVELS)),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a master and its workers need to know, resolved and validated."""
+
+    app: str | None
+    bind: Address
+    workers: int
+    protocol: str
+    metrics_bind: Address | None
+    stats_interval: float
+    timeout: float
+    graceful_timeout: float
+    max_connections: int
+    idle_timeout: float
+    log_format: str | None
+    log_level: str
+    config: str | None = None
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="greenserve",
+        description="Pre-fork gevent server for TCP handlers, with Prometheus metrics.",
+        epilog=(
+            "Every option can also be set in the TOML file given with --config (key = option name "
+            "with underscores) or in the environment as GREENSERVE_<OPTION>. Precedence: "
+            "defaults < file < environment < command line."
+        ),
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "app",
+        nargs="?",
+        metavar="APP",
+        help="MODULE:CALLABLE, a handler(sock, address); default: the built-in echo service",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file with settings")
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar=option.metavar,
+            help=f"{option.help} (default: {option.default}; env {option.env})",
+        )
+    return parser
+
+
+def _parse(option: Option, raw: Any, source: str) -> Any:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ConfigError(f"invalid value for {option.name} from {source}: {raw!r}")
+    try:
+        return option.parse(str(raw))
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid value for {option.name} from {source}: {raw!r} ({exc})"
+        ) from None
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """The settings table of a TOML file; unknown keys are errors."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("greenserve", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [greenserve] must be a table")
+    for key in table:
+        if key not in OPTIONS_BY_NAME and key != "app":
+            raise ConfigError(f"unknown setting {key!r} in config file {path}")
+    return dict(table)
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Resolve settings; raise ConfigError (one line) for anything unknown or invalid."""
+    cli = vars(build_parser().parse_args(list(argv)))
+    for key in environ:
+        name = key[len(ENV_PREFIX) :].lower()
+        if (
+            key.startswith(ENV_PREFIX)
+            and name not in OPTIONS_BY_NAME
+            and name
+            not in (
+                "config",
+                "app",
+            )
+        ):
+            raise ConfigError(f"unknown environment setting {key}")
+
+    config_path = cli.get("config") or environ.get(ENV_PREFIX + "CONFIG") or None
+    file_values = read_file(config_path) if config_path else {}
+
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.name in cli:
+            values[option.name] = _parse(option, cli[option.name], option.flag)
+        elif option.env in environ:
+            values[option.name] = _parse(option, environ[option.env], option.env)
+        elif option.name in file_values:
+            values[option.name] = _parse(option, file_values[option.name], config_path or "")
+        else:
+            values[option.name] = option.parse(option.default)
+
+    app = cli.get("app") or environ.get(ENV_PREFIX + "APP") or file_values.get("app")
+    if app is not None:
+        try:
+            app = _app(app)
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for APP: {app!r} ({exc})") from None
+    return Settings(app=app, config=config_path, **values)

@@ -1,0 +1,23 @@
+"""Built-in apps: ``echo`` for ``--protocol tcp``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RECV_SIZE = 65536
+
+
+def echo(sock: Any, address: Any) -> None:
+    """Send back every byte received until the client closes (the seed's echo service)."""
+    recv = sock.recv
+    send = sock.send
+    while True:
+        data = recv(RECV_SIZE)
+        if not data:
+            return
+        # send() first: a small echo almost always goes out whole in one call, and gevent's
+        # sendall() costs a getsockopt per call; the loop only covers a short write.
+        sent = send(data)
+        while sent < len(data):
+            data = data[sent:]
+            sent = send(data)

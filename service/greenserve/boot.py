@@ -1,0 +1,60 @@
+"""A worker's first steps, before gevent exists in it.
+
+This module is stdlib only so that the master can name ``start`` as a process target without
+importing gevent (the master never does). It ties the worker's life to its parents and starts the
+stats queue's feeder thread while ``threading`` is still the real one, then hands over to
+``greenserve.worker`` which monkey-patches and serves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import signal
+import socket
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from greenserve.config import Settings
+
+PR_SET_PDEATHSIG = 1
+APP_LOAD_FAILED = 3
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process is started with; pickled to the forkserver child."""
+
+    slot: int
+    generation: int
+    settings: Settings
+    listener: socket.socket
+    stats_queue: Any
+    heartbeat: Any
+    master_alive: Connection
+
+
+def start(spec: WorkerSpec) -> None:
+    """Process target: prepare, then serve until told to stop."""
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; the master turns it into an orderly stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # gevent's docs warn that multiprocessing.Queue hangs once threading is patched, and it does
+    # here: a feeder started after patching is a greenlet waiting on a Condition made before
+    # patching, which blocks the whole hub (seen with py-spy in Queue._feed). Sending the first
+    # message now starts the feeder as a real OS thread; puts from greenlets only append to its
+    # buffer, so the hub never waits on the pipe or on the master.
+    spec.stats_queue.put_nowait({"v": 1, "kind": "boot", "slot": spec.slot})
+    from greenserve import worker
+
+    worker.run(spec)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process if its parent (the forkserver, which dies with the master) dies."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:  # pragma: no cover - non-Linux
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

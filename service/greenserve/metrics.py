@@ -1,0 +1,180 @@
+"""Master side of metrics: a prometheus-client Collector over the Aggregator, and the HTTP
+endpoint serving ``/metrics`` and ``/healthz`` from threads so that no client can stall the
+master's loop."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from greenserve.aggregate import RESTART_REASONS, Aggregator, View, health
+from greenserve.config import Address
+from greenserve.stats import HISTOGRAMS
+
+COUNTER_HELP = {
+    "connections_accepted": "Connections accepted by the worker slot.",
+    "bytes_received": "Bytes received from clients by the worker slot.",
+    "bytes_sent": "Bytes sent to clients by the worker slot.",
+    "handler_errors": "Connections whose handler raised an exception.",
+    "stats_dropped": "Stats snapshots dropped because the channel to the master was full.",
+}
+GAUGE_HELP = {
+    "connections_active": "Connections open in the worker slot now.",
+    "resident_memory_bytes": "Resident memory of the worker slot's live process.",
+}
+HISTOGRAM_HELP = {
+    "event_loop_lag_seconds": "How late the worker's event loop woke a timer (blocked-loop time).",
+}
+GAUGE_NAMES = {
+    "connections_active": "greenserve_connections_active",
+    "resident_memory_bytes": "greenserve_worker_resident_memory_bytes",
+}
+
+
+class GreenserveCollector(Collector):
+    """Builds every greenserve family from the aggregator on each scrape."""
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+
+    def collect(self) -> Iterable[Metric]:
+        view = self.aggregator.view()
+        yield GaugeMetricFamily(
+            "greenserve_workers_alive", "Worker processes alive now.", value=view.alive
+        )
+        yield GaugeMetricFamily(
+            "greenserve_workers_desired", "Worker processes the master keeps.", value=view.desired
+        )
+        restarts = CounterMetricFamily(
+            "greenserve_worker_restarts",
+            "Worker processes replaced, by reason.",
+            labels=["reason"],
+        )
+        for reason in RESTART_REASONS:
+            restarts.add_metric([reason], view.restarts.get(reason, 0))
+        yield restarts
+        yield from _per_worker(view)
+
+
+def _per_worker(view: View) -> Iterator[Metric]:
+    for name, text in COUNTER_HELP.items():
+        family = CounterMetricFamily(f"greenserve_{name}", text, labels=["worker"])
+        for slot in view.slots:
+            family.add_metric([str(slot.index)], slot.counters[name])
+        yield family
+    for name, text in GAUGE_HELP.items():
+        family = GaugeMetricFamily(GAUGE_NAMES[name], text, labels=["worker"])
+        for slot in view.slots:
+            family.add_metric([str(slot.index)], slot.gauges[name])
+        yield family
+    for name, bounds in HISTOGRAMS.items():
+        family = HistogramMetricFamily(
+            f"greenserve_{name}", HISTOGRAM_HELP[name], labels=["worker"]
+        )
+        for slot in view.slots:
+            hist = slot.histograms[name]
+            buckets, running = [], 0
+            for bound, count in zip((*map(str, bounds), "+Inf"), hist["counts"], strict=True):
+                running += count
+                buckets.append((bound, running))
+            family.add_metric([str(slot.index)], buckets, hist["sum"])
+        yield family
+
+
+def build_registry(aggregator: Aggregator) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GreenserveCollector(aggregator))
+    ProcessCollector(registry=registry)  # the master's own CPU, memory and fds
+    return registry
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def build_app(
+    registry: CollectorRegistry, aggregator: Aggregator, stale_after: Callable[[], float | None]
+) -> WsgiApp:
+    """``/metrics`` (text, OpenMetrics or gzip as the scraper asks) and ``/healthz``."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            ok, body = health(aggregator.view(), stale_after())
+            payload = json.dumps(body).encode()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "application/json")])
+            return [payload]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # A stalled scraper holds only its own thread, and only this long.
+    timeout = 10
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged: one line per scrape would drown the service's own events."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class MetricsServer:
+    """The HTTP endpoint, served from its own threads."""
+
+    def __init__(self, address: Address, app: WsgiApp) -> None:
+        self._server = make_server(
+            address.host,
+            address.port,
+            app,
+            server_class=_ThreadingServer,
+            handler_class=_QuietHandler,
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # bounds how long stop() waits for the thread
+            name="greenserve-metrics",
+            daemon=True,
+        )
+
+    @property
+    def address(self) -> Address:
+        host, port = self._server.server_address[:2]
+        return Address(str(host), int(port))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def is_loopback(address: Address) -> bool:
+    if address.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,41 @@
+"""Binding listening sockets in the master: once, before any worker starts."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from greenserve.config import Address
+
+BACKLOG = 2048
+
+
+class BindError(RuntimeError):
+    """The address cannot be bound; the message is the one line shown to the user."""
+
+
+def bind_listener(address: Address, *, backlog: int = BACKLOG) -> socket.socket:
+    """A listening TCP socket with SO_REUSEADDR, ready to hand to workers."""
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BindError(f"cannot bind {address}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise BindError(f"cannot bind {address}: {reason}") from None
+    return sock
+
+
+def bound_address(sock: socket.socket) -> Address:
+    """The address a socket really listens on (port 0 resolved)."""
+    host, port = sock.getsockname()[:2]
+    return Address(host, port)

@@ -1,0 +1,127 @@
+"""Worker counters and the snapshot wire format: the one module both master and workers import.
+
+Stdlib only. The hot path touches plain integer attributes; once per ``--stats-interval`` the worker
+turns them into a cumulative ``Snapshot`` (a dict of primitives, a few hundred bytes pickled, so a
+pipe write of it is atomic: a worker killed mid-send cannot leave half a message behind).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from bisect import bisect_left
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+WIRE_VERSION = 1
+COUNTERS = (
+    "connections_accepted",
+    "bytes_received",
+    "bytes_sent",
+    "handler_errors",
+    "stats_dropped",
+)
+GAUGES = ("connections_active", "resident_memory_bytes")
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HISTOGRAMS = {"event_loop_lag_seconds": LAG_BUCKETS}
+
+Snapshot = dict[str, Any]
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Histogram:
+    """Fixed-bucket histogram; ``counts`` are per bucket (not cumulative), the last is +Inf."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "sum": self.sum}
+
+
+class WorkerStats:
+    """A worker's counters since its process started. Single-threaded use only (one gevent hub)."""
+
+    __slots__ = (*COUNTERS, "connections_active", "histograms", "seq")
+
+    def __init__(self) -> None:
+        self.connections_accepted = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.handler_errors = 0
+        self.stats_dropped = 0
+        self.connections_active = 0
+        self.histograms = {name: Histogram(bounds) for name, bounds in HISTOGRAMS.items()}
+        self.seq = 0
+
+    def snapshot(self, *, slot: int, generation: int, ready: bool) -> Snapshot:
+        self.seq += 1
+        return {
+            "v": WIRE_VERSION,
+            "slot": slot,
+            "pid": os.getpid(),
+            "generation": generation,
+            "seq": self.seq,
+            "ready": ready,
+            "counters": {name: getattr(self, name) for name in COUNTERS},
+            "gauges": {
+                "connections_active": self.connections_active,
+                "resident_memory_bytes": resident_memory_bytes(),
+            },
+            "histograms": {name: h.to_wire() for name, h in self.histograms.items()},
+        }
+
+
+def resident_memory_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):  # pragma: no cover - non-Linux
+        return 0
+
+
+class StatsChannel:
+    """The worker's end of its own stats queue. ``send`` never blocks: a full queue drops."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, channel: Any) -> None:
+        self._queue = channel
+
+    def send(self, message: Snapshot) -> bool:
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            return False
+        return True
+
+
+class Heartbeat:
+    """A monotonic timestamp in shared memory: the worker's hub writes it, the master reads it.
+
+    A shared double cannot block, be lost or be queued behind stats, unlike a message; the
+    master's view of a worker's liveness therefore survives a full stats queue.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Synchronized | Any) -> None:
+        self._value = value
+
+    def beat(self) -> None:
+        self._value.value = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self._value.value
+
+    def reset(self) -> None:
+        self._value.value = time.monotonic()

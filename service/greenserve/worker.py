@@ -1,0 +1,189 @@
+"""A worker's life: patch, load the app, serve the inherited socket, report, drain on stop."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import time
+from typing import Any, NoReturn
+
+import gevent
+from gevent import monkey
+from gevent import socket as gsocket
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+from setproctitle import setproctitle
+
+from greenserve import apps, logs
+from greenserve.boot import APP_LOAD_FAILED, WorkerSpec
+from greenserve.config import Address, Settings
+from greenserve.protocols.tcp import TcpProtocol
+from greenserve.stats import Heartbeat, StatsChannel, WorkerStats
+
+LAG_PROBE_INTERVAL = 0.1
+
+
+class AppLoadError(Exception):
+    """The APP setting names something that cannot be imported or called."""
+
+
+def load_app(settings: Settings) -> Any:
+    """The handler callable: the built-in echo, or ``module:callable`` from the working dir."""
+    if settings.app is None:
+        return apps.echo
+    module_name, _, attr_path = settings.app.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise AppLoadError(f"cannot import app module {module_name!r}: {exc}") from None
+        raise
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise AppLoadError(f"app module {module_name!r} has no {attr_path!r}") from None
+    if not callable(target):
+        raise AppLoadError(f"app {settings.app!r} is not callable")
+    return target
+
+
+class Worker:
+    """One worker process's serving loop and its background greenlets."""
+
+    def __init__(self, spec: WorkerSpec, app: Any, log: Any) -> None:
+        self.spec = spec
+        self.settings = spec.settings
+        self.log = log
+        self.stats = WorkerStats()
+        self.channel = StatsChannel(spec.stats_queue)
+        self.heartbeat = Heartbeat(spec.heartbeat)
+        self.stopping = Event()
+        self.ready = False
+        self.pool = Pool(self.settings.max_connections)
+        listener = gsocket.socket(fileno=spec.listener.detach())
+        protocol = TcpProtocol(app, self.stats, self.settings.idle_timeout, log)
+        self.server = StreamServer(listener, protocol, spawn=self.pool)
+        # One accept per wake-up: a worker woken for a burst must not swallow it whole.
+        self.server.max_accept = 1
+        self.graceful = True
+
+    def serve(self) -> int:
+        gevent.signal_handler(signal.SIGTERM, self._request_stop, True)
+        gevent.signal_handler(signal.SIGQUIT, self._request_stop, False)
+        background = [
+            gevent.spawn(self._probe_loop),
+            gevent.spawn(self._flush_loop),
+            gevent.spawn(self._watch_master),
+        ]
+        self.server.start()
+        self.ready = True
+        self.flush()  # the master counts this worker as serving from here on
+        host, port = self.server.socket.getsockname()[:2]
+        self.log.info("worker_started", bind=str(Address(host, port)))
+        self.stopping.wait()
+        self._drain()
+        gevent.killall(background, block=False)
+        self.flush()
+        return 0
+
+    def _request_stop(self, graceful: bool) -> None:
+        self.graceful = graceful and self.graceful
+        self.stopping.set()
+
+    def _drain(self) -> None:
+        self.server.close()  # this worker stops accepting; the master's socket stays open
+        if self.graceful and len(self.pool):
+            self.log.info("worker_draining", connections=len(self.pool))
+            self.pool.join(timeout=self.settings.graceful_timeout)
+        if len(self.pool):
+            self.log.warning("worker_killing_connections", connections=len(self.pool))
+            self.pool.kill(timeout=1)
+
+    def flush(self) -> None:
+        message = self.stats.snapshot(
+            slot=self.spec.slot, generation=self.spec.generation, ready=self.ready
+        )
+        if not self.channel.send(message):
+            self.stats.stats_dropped += 1
+
+    def _flush_loop(self) -> None:
+        interval = self.settings.stats_interval
+        while True:
+            gevent.sleep(interval)
+            self.flush()
+
+    def _probe_loop(self) -> None:
+        """Heartbeat and event-loop lag: how late the hub wakes a timer is the blocked time."""
+        lag = self.stats.histograms["event_loop_lag_seconds"]
+        clock = time.perf_counter
+        while True:
+            self.heartbeat.beat()
+            started = clock()
+            gevent.sleep(LAG_PROBE_INTERVAL)
+            lag.observe(max(0.0, clock() - started - LAG_PROBE_INTERVAL))
+
+    def _watch_master(self) -> None:
+        """The master holds the only write end of this pipe: EOF means the master is gone."""
+        gsocket.wait_read(self.spec.master_alive.fileno())
+        self.log.error("master_gone")
+        _exit(1)
+
+
+def _exit(code: int) -> NoReturn:
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def _route_unraisable(log: Any) -> None:
+    """Unraisable exceptions become log events instead of loose stderr lines."""
+
+    def hook(unraisable: Any) -> None:
+        # The stats feeder is a real thread started before patching (boot.start); when it ends,
+        # threading's bookkeeping looks it up under gevent's ident and raises KeyError. Harmless.
+        if isinstance(unraisable.exc_value, KeyError) and "QueueFeederThread" in repr(
+            unraisable.object
+        ):
+            return
+        log.warning(
+            "unraisable_exception",
+            message=unraisable.err_msg or "",
+            object=repr(unraisable.object),
+            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+        )
+
+    sys.unraisablehook = hook
+
+
+def run(spec: WorkerSpec) -> NoReturn:
+    """Entry point after boot: never returns, the process ends here."""
+    # Patching happens here, not at import: the forkserver preloads this module and must keep
+    # its own stdlib unpatched; every module imported so far is patched in place.
+    monkey.patch_all()
+    settings = spec.settings
+    logs.configure(log_format=settings.log_format, level=settings.log_level, worker=spec.slot)
+    log = logs.get()
+    _route_unraisable(log)
+    setproctitle(f"greenserve: worker {spec.slot} [{settings.bind}]")
+    try:
+        app = load_app(settings)
+    except AppLoadError as exc:
+        log.error("app_load_failed", app=settings.app, error=str(exc))
+        _exit(APP_LOAD_FAILED)
+    except BaseException as exc:  # the app's own import failed: keep its traceback as a field
+        log.error("app_load_failed", app=settings.app, error=repr(exc), exc_info=True)
+        _exit(APP_LOAD_FAILED)
+    worker = Worker(spec, app, log)
+    code = worker.serve()
+    # Deliver the final snapshot before leaving: the feeder is a real thread, and the queue is
+    # bounded far below a pipe's capacity, so this join cannot wait on the master.
+    spec.stats_queue.close()
+    spec.stats_queue.join_thread()
+    log.info("worker_stopped", code=code)
+    _exit(code)

@@ -1,0 +1,229 @@
+"""Running real greenserve processes in tests: own session, deadlines, output on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS_DIR = Path(__file__).resolve().parent / "apps"
+STARTED_GROUPS: list[int] = []
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+class Server:
+    """A greenserve master started in its own session; its JSON log lines are collected."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = APPS_DIR) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")}
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        defaults = []
+        if not any(a.startswith("--bind") for a in args):
+            defaults += ["--bind", "127.0.0.1:0"]
+        if not any(a.startswith("--metrics-bind") for a in args):
+            defaults += ["--metrics-bind", "127.0.0.1:0"]
+        self.argv = [sys.executable, "-m", "greenserve", *args, *defaults, "--log-format", "json"]
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        STARTED_GROUPS.append(self.proc.pid)
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    self.events.append(event)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in list(self.events)
+            if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_event(self, event: str, timeout: float = 10, count: int = 1, **fields: Any) -> Any:
+        def found() -> Any:
+            hits = self.find(event, **fields)
+            if len(hits) >= count:
+                return hits
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited ({self.proc.returncode}) before {event}")
+            return None
+
+        return wait_until(found, timeout, f"log event {event} {fields}")
+
+    def started(self, timeout: float = 15) -> Server:
+        """Wait for every worker to be accepting (the /healthz readiness signal)."""
+        event = self.wait_event("started", timeout)[0]
+        self.address = _address(event["bind"])
+        self.metrics_address = _address(event["metrics"]) if event["metrics"] != "off" else None
+        self.workers = event["workers"]
+        self.wait_event("worker_started", timeout, count=self.workers)
+        if self.metrics_address:
+            wait_until(lambda: self.health()[0] == 200, timeout, "/healthz 200")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+        assert self.metrics_address is not None
+        host, port = self.metrics_address
+        request = urllib.request.Request(f"http://{host}:{port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read(), response.headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), exc.headers
+
+    def health(self) -> tuple[int, Any]:
+        try:
+            status, body, _ = self.get("/healthz")
+        except OSError:
+            return 0, None
+        return status, json.loads(body)
+
+    def metrics_text(self) -> str:
+        status, body, _ = self.get("/metrics")
+        assert status == 200
+        return body.decode()
+
+    def worker_pids(self) -> dict[int, int]:
+        """Slot -> pid of the live worker processes, read from /proc by process title."""
+        pids = {}
+        for pid in _session_pids(self.proc.pid):
+            title = _cmdline(pid)
+            if title.startswith("greenserve: worker "):
+                pids[int(title.split()[2])] = pid
+        return pids
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def wait_exit(self, timeout: float = 20) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server still running after {timeout}s") from None
+
+    def close(self) -> None:
+        """End the whole process group, politely first."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self._reader.join(5)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is ``sid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def group_alive(pgid: int) -> list[int]:
+    return _session_pids(pgid)
+
+
+def echo_round_trip(address: tuple[str, int], payload: bytes, timeout: float = 5) -> bytes:
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(payload)
+        received = b""
+        while len(received) < len(payload):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a new server could listen on the port (as greenserve binds: SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def running(*args: str, **kwargs: Any) -> Iterator[Server]:
+    server = Server(*args, **kwargs)
+    try:
+        yield server
+    except BaseException:
+        print(f"--- server output ({' '.join(server.argv)}) ---\n{server.output}")
+        raise
+    finally:
+        server.close()

@@ -1,0 +1,135 @@
+"""The aggregator's arithmetic: retired totals, restarts, stale snapshots, histogram merges."""
+
+from __future__ import annotations
+
+from greenserve.aggregate import Aggregator, health
+from greenserve.stats import LAG_BUCKETS, WorkerStats
+
+
+def _snapshot(stats: WorkerStats, slot: int, pid: int, ready: bool = True) -> dict:
+    message = stats.snapshot(slot=slot, generation=1, ready=ready)
+    message["pid"] = pid
+    return message
+
+
+class TestCounters:
+    """Counters are retired totals plus the live snapshot, and never go backwards."""
+
+    def test_live_snapshot_is_the_value(self):
+        agg = Aggregator(1)
+        agg.process_started(0, 100, 1)
+        stats = WorkerStats()
+        stats.connections_accepted, stats.bytes_received = 3, 30
+        assert agg.apply(_snapshot(stats, 0, 100))
+        slot = agg.view().slots[0]
+        assert slot.counters["connections_accepted"] == 3
+        assert slot.counters["bytes_received"] == 30
+
+    def test_restart_keeps_the_dead_process_counts(self):
+        agg = Aggregator(1)
+        agg.process_started(0, 100, 1)
+        old = WorkerStats()
+        old.connections_accepted = 5
+        agg.apply(_snapshot(old, 0, 100))
+        agg.process_exited(0, 100, "signal")
+        assert agg.view().slots[0].counters["connections_accepted"] == 5
+        agg.process_started(0, 101, 1)
+        new = WorkerStats()
+        new.connections_accepted = 2
+        agg.apply(_snapshot(new, 0, 101))
+        view = agg.view()
+        assert view.slots[0].counters["connections_accepted"] == 7
+        assert view.restarts["signal"] == 1
+        assert view.restarts["exit"] == 0
+
+    def test_snapshots_from_other_pids_and_old_sequences_are_ignored(self):
+        agg = Aggregator(1)
+        agg.process_started(0, 100, 1)
+        stats = WorkerStats()
+        stats.bytes_sent = 10
+        first = _snapshot(stats, 0, 100)
+        stats.bytes_sent = 20
+        second = _snapshot(stats, 0, 100)
+        assert agg.apply(second)
+        assert not agg.apply(first)  # older sequence number
+        assert not agg.apply(_snapshot(stats, 0, 999))  # not the live process
+        assert agg.view().slots[0].counters["bytes_sent"] == 20
+
+    def test_dropped_snapshot_loses_nothing(self):
+        """Snapshots are cumulative: skipping one changes nothing once the next arrives."""
+        agg = Aggregator(1)
+        agg.process_started(0, 100, 1)
+        stats = WorkerStats()
+        for n in range(1, 6):
+            stats.connections_accepted = n * 10
+            message = _snapshot(stats, 0, 100)
+            if n in (2, 3):
+                stats.stats_dropped += 1
+                continue
+            agg.apply(message)
+        counters = agg.view().slots[0].counters
+        assert counters["connections_accepted"] == 50
+        assert counters["stats_dropped"] == 2
+
+    def test_gauges_come_from_the_live_process_only(self):
+        agg = Aggregator(1)
+        agg.process_started(0, 100, 1)
+        stats = WorkerStats()
+        stats.connections_active = 4
+        agg.apply(_snapshot(stats, 0, 100))
+        assert agg.view().slots[0].gauges["connections_active"] == 4
+        agg.process_exited(0, 100, None)
+        assert agg.view().slots[0].gauges["connections_active"] == 0
+        assert agg.view().restarts == dict.fromkeys(agg.view().restarts, 0)
+
+
+class TestHistograms:
+    """Histogram buckets and sums merge across restarts."""
+
+    def test_merge_across_restart(self):
+        agg = Aggregator(1)
+        agg.process_started(0, 100, 1)
+        old = WorkerStats()
+        lag = old.histograms["event_loop_lag_seconds"]
+        lag.observe(0.0005)
+        lag.observe(0.2)
+        agg.apply(_snapshot(old, 0, 100))
+        agg.process_exited(0, 100, "timeout")
+        agg.process_started(0, 101, 1)
+        new = WorkerStats()
+        new.histograms["event_loop_lag_seconds"].observe(100.0)
+        agg.apply(_snapshot(new, 0, 101))
+        merged = agg.view().slots[0].histograms["event_loop_lag_seconds"]
+        assert sum(merged["counts"]) == 3
+        assert merged["counts"][0] == 1  # <= 1 ms
+        assert merged["counts"][LAG_BUCKETS.index(0.25)] == 1
+        assert merged["counts"][-1] == 1  # +Inf
+        assert abs(merged["sum"] - 100.2005) < 1e-9
+
+
+class TestHealth:
+    """Healthy only when every desired slot is alive, accepting and reporting."""
+
+    def test_health_states(self):
+        agg = Aggregator(2)
+        ok, body = health(agg.view(), stale_after=30)
+        assert not ok and body["status"] == "degraded"
+        for slot, pid in ((0, 10), (1, 11)):
+            agg.process_started(slot, pid, 1)
+        ok, body = health(agg.view(), 30)
+        assert not ok and {w["state"] for w in body["workers"]} == {"starting"}
+        for slot, pid in ((0, 10), (1, 11)):
+            agg.apply(_snapshot(WorkerStats(), slot, pid))
+        ok, body = health(agg.view(), 30)
+        assert ok and body["status"] == "ok"
+        ok, body = health(agg.view(), stale_after=0.0)
+        assert not ok and {w["state"] for w in body["workers"]} == {"stale"}
+        agg.process_exited(1, 11, "signal")
+        ok, body = health(agg.view(), 30)
+        assert not ok and body["workers"][1]["state"] == "dead"
+
+    def test_scaling_changes_desired(self):
+        agg = Aggregator(1)
+        agg.set_desired(3)
+        view = agg.view()
+        assert view.desired == 3 and len(view.slots) == 3

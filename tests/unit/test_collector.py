@@ -1,0 +1,102 @@
+"""The prometheus Collector: every family present from the first scrape, values as aggregated."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from greenserve.aggregate import RESTART_REASONS, Aggregator
+from greenserve.metrics import build_registry
+from greenserve.stats import WorkerStats
+
+FAMILIES = {
+    "greenserve_workers_alive",
+    "greenserve_workers_desired",
+    "greenserve_worker_restarts",
+    "greenserve_connections_accepted",
+    "greenserve_connections_active",
+    "greenserve_bytes_received",
+    "greenserve_bytes_sent",
+    "greenserve_handler_errors",
+    "greenserve_stats_dropped",
+    "greenserve_worker_resident_memory_bytes",
+    "greenserve_event_loop_lag_seconds",
+}
+
+
+class TestCollector:
+    """Values read back through registry.get_sample_value."""
+
+    def test_every_family_has_samples_before_any_worker_reports(self):
+        registry = build_registry(Aggregator(2))
+        families = {
+            f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+        }
+        assert set(families) >= FAMILIES
+        for name in FAMILIES:
+            assert families[name].samples, name
+            assert families[name].documentation, name
+        for reason in RESTART_REASONS:
+            assert (
+                registry.get_sample_value("greenserve_worker_restarts_total", {"reason": reason})
+                == 0
+            )
+        for worker in ("0", "1"):
+            assert (
+                registry.get_sample_value(
+                    "greenserve_connections_accepted_total", {"worker": worker}
+                )
+                == 0
+            )
+        assert registry.get_sample_value("process_resident_memory_bytes") > 0
+
+    def test_values_follow_the_aggregate(self):
+        agg = Aggregator(1)
+        registry = build_registry(agg)
+        agg.process_started(0, 100, 1)
+        stats = WorkerStats()
+        stats.connections_accepted = 7
+        stats.connections_active = 2
+        stats.histograms["event_loop_lag_seconds"].observe(0.003)
+        message = stats.snapshot(slot=0, generation=1, ready=True)
+        message["pid"] = 100
+        agg.apply(message)
+        assert registry.get_sample_value("greenserve_workers_alive") == 1
+        assert (
+            registry.get_sample_value("greenserve_connections_accepted_total", {"worker": "0"}) == 7
+        )
+        assert registry.get_sample_value("greenserve_connections_active", {"worker": "0"}) == 2
+        assert (
+            registry.get_sample_value(
+                "greenserve_event_loop_lag_seconds_bucket", {"worker": "0", "le": "0.001"}
+            )
+            == 0
+        )
+        assert (
+            registry.get_sample_value(
+                "greenserve_event_loop_lag_seconds_bucket", {"worker": "0", "le": "0.005"}
+            )
+            == 1
+        )
+        assert (
+            registry.get_sample_value("greenserve_event_loop_lag_seconds_count", {"worker": "0"})
+            == 1
+        )
+        agg.process_exited(0, 100, "exit")
+        assert registry.get_sample_value("greenserve_workers_alive") == 0
+        assert (
+            registry.get_sample_value("greenserve_worker_restarts_total", {"reason": "exit"}) == 1
+        )
+        assert (
+            registry.get_sample_value("greenserve_connections_accepted_total", {"worker": "0"}) == 7
+        )
+
+    def test_snapshot_fits_one_atomic_pipe_write(self):
+        """A pickled snapshot stays under PIPE_BUF, so a killed worker cannot tear one."""
+        import pickle
+
+        stats = WorkerStats()
+        stats.connections_accepted = 2**62
+        for n in range(1000):
+            stats.histograms["event_loop_lag_seconds"].observe(n / 100)
+        assert len(pickle.dumps(stats.snapshot(slot=63, generation=9, ready=True))) < 4096

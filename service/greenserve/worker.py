@@ -68,8 +68,8 @@ class Worker:
         self.ready = False
         self.pool = Pool(self.settings.max_connections)
         listener = gsocket.socket(fileno=spec.listener.detach())
-        protocol = TcpProtocol(app, self.stats, self.settings.idle_timeout, log)
-        self.server = StreamServer(listener, protocol, spawn=self.pool)
+        self.protocol = TcpProtocol(app, self.stats, self.settings.idle_timeout, log)
+        self.server = StreamServer(listener, self.protocol, spawn=self.pool)
         # One accept per wake-up: a worker woken for a burst must not swallow it whole.
         self.server.max_accept = 1
         self.graceful = True
@@ -82,6 +82,8 @@ class Worker:
             gevent.spawn(self._flush_loop),
             gevent.spawn(self._watch_master),
         ]
+        if self.protocol.idle is not None:
+            background.append(gevent.spawn(self.protocol.idle.run))
         self.server.start()
         self.ready = True
         self.flush()  # the master counts this worker as serving from here on

@@ -25,3 +25,9 @@ def fail_on_boom(sock: Any, address: Any) -> None:
 
 
 not_callable = 42
+
+
+def never_reads(sock: Any, address: Any) -> None:
+    """Ignore the connection entirely: only the idle sweeper can end it."""
+    while True:
+        time.sleep(1)

@@ -83,6 +83,20 @@ class TestServing:
                 assert 0.4 < time.monotonic() - started < 3
 
 
+    def test_idle_handler_that_ignores_end_of_file_is_ended(self):
+        """A handler that never reads is killed a sweep after its connection was shut down."""
+        with running(
+            "greenserve_testapps:never_reads", "--workers", "1", "--idle-timeout", "0.4"
+        ) as server:
+            server.started()
+            with socket.create_connection(server.address, timeout=5) as idle:
+                started = time.monotonic()
+                assert idle.recv(10) == b""
+                elapsed = time.monotonic() - started
+            assert 0.35 < elapsed < 3
+            assert not server.find("handler_error")
+
+
 class TestWorkerReplacement:
     """Dead workers are replaced in their slot, at once, and serving goes on."""
 

@@ -181,7 +181,9 @@ class TestExposition:
         promtool = shutil.which("promtool")
         if promtool is None:
             if os.environ.get("CI") == "true":
-                pytest.fail("promtool is missing in CI: .ci/run must install the prometheus package")
+                pytest.fail(
+                    "promtool is missing in CI: .ci/run must install the prometheus package"
+                )
             pytest.skip("promtool not installed (Debian package prometheus)")
         with running("--workers", "2") as server:
             server.started()

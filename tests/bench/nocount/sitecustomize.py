@@ -1,0 +1,24 @@
+"""Bench only: greenserve with per-connection counting removed (the stats-cost comparison).
+
+Put on PYTHONPATH by tests/bench/run.py for the "greenserve, counting off" contender; Python
+imports it in the master, the forkserver and so every worker.
+"""
+
+import socket
+
+from greenserve.protocols import tcp
+
+
+def _uncounted(self, client, address):
+    try:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.app(client, address)
+    except (TimeoutError, ConnectionError):
+        pass
+    except Exception:
+        self.log.error("handler_error", exc_info=True)
+    finally:
+        client.close()
+
+
+tcp.TcpProtocol.__call__ = _uncounted

@@ -1,0 +1,298 @@
+"""Side-by-side benchmarks, interleaved rounds, medians and ratios. Not run by CI.
+
+    pip install -e '.[bench]' && python -m tests.bench.run [--rounds 3] [--seconds 5]
+
+Each round starts every contender in turn (in its own session), drives it with the same load
+generator, measures the server's CPU time from /proc (all processes of its session), stops it.
+Results go to tests/bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+RESULTS = HERE / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WORKERS = len(os.sched_getaffinity(0))
+
+
+@dataclass
+class Contender:
+    """A server to compare: its command line (``{port}`` substituted) and environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def session_cpu_seconds(sid: int) -> float:
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def wait_port(port: int, timeout: float = 20) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"ping")
+            if s.recv(4) == b"ping":
+                return time.monotonic()
+        time.sleep(0.01)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+@contextlib.contextmanager
+def started(contender: Contender, port: int):
+    argv = [part.replace("{port}", str(port)) for part in contender.argv]
+    env = {**os.environ, **contender.env}
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def build_echoload() -> Path:
+    binary = RESULTS / "echoload"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    source = HERE / "echoload.c"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def echo_contenders() -> list[Contender]:
+    py = sys.executable
+    gs = [py, "-m", "greenserve", "--workers", str(WORKERS), "--bind", "127.0.0.1:{port}"]
+    gs += ["--metrics-bind", "127.0.0.1:0", "--log-level", "warning", "--log-format", "json"]
+    contenders = [
+        Contender("greenserve", gs),
+        Contender("greenserve (counting off)", gs, {"PYTHONPATH": str(HERE / "nocount")}),
+        Contender(
+            f"bare StreamServer x{WORKERS}",
+            [py, str(HERE / "servers" / "bare_streamserver.py"), "{port}", str(WORKERS)],
+        ),
+        Contender("seed classic (1 process)", [py, str(HERE / "servers" / "classic.py"), "{port}"]),
+    ]
+    if importlib.util.find_spec("uvloop"):
+        contenders.append(
+            Contender(
+                f"asyncio+uvloop x{WORKERS}",
+                [py, str(HERE / "servers" / "uvloop_echo.py"), "{port}", str(WORKERS)],
+            )
+        )
+    return contenders
+
+
+def run_echo(rounds: int, seconds: float, connections: int, size: int) -> dict[str, list[dict]]:
+    echoload = build_echoload()
+    results: dict[str, list[dict]] = {}
+    contenders = echo_contenders()
+    for round_index in range(rounds):
+        order = (
+            contenders[round_index % len(contenders) :]
+            + contenders[: round_index % len(contenders)]
+        )
+        for contender in order:
+            port = free_port()
+            with started(contender, port) as proc:
+                wait_port(port)
+                load = [str(echoload), "127.0.0.1", str(port), str(connections), str(size)]
+                subprocess.run([*load, "1"], check=True, capture_output=True)  # warm-up
+                cpu_before = session_cpu_seconds(proc.pid)
+                out = subprocess.run([*load, str(seconds)], check=True, capture_output=True)
+                cpu = session_cpu_seconds(proc.pid) - cpu_before
+            sample = json.loads(out.stdout)
+            sample["server_cpu_seconds"] = cpu
+            sample["msgs_per_s"] = sample["messages"] / sample["seconds"]
+            sample["msgs_per_cpu_s"] = sample["messages"] / cpu if cpu else 0.0
+            results.setdefault(contender.name, []).append(sample)
+            print(
+                f"  round {round_index + 1} {contender.name:32s}"
+                f" {sample['msgs_per_s']:>10,.0f} msg/s"
+                f"  {sample['msgs_per_cpu_s']:>10,.0f} msg/CPU-s  client CPU"
+                f" {sample['cpu_seconds'] / sample['seconds']:.0%}",
+                flush=True,
+            )
+    return results
+
+
+def median(samples: list[dict], key: str) -> float:
+    return statistics.median(s[key] for s in samples)
+
+
+def echo_table(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    base = results["greenserve"]
+    rows = []
+    print(f"\nTCP echo, {WORKERS} workers, medians")
+    header = f"{'server':32s} {'msg/s':>10s} {'p50 us':>7s} {'p99 us':>7s} {'msg/CPU-s':>10s}"
+    print(header + f" {'client CPU':>10s} {'greenserve/it (CPU)':>20s}")
+    for name, samples in results.items():
+        per_cpu = median(samples, "msgs_per_cpu_s")
+        ratio = median(base, "msgs_per_cpu_s") / per_cpu if per_cpu else 0.0
+        client = statistics.median(s["cpu_seconds"] / s["seconds"] for s in samples)
+        row = {
+            "server": name,
+            "msgs_per_s": median(samples, "msgs_per_s"),
+            "p50_us": median(samples, "p50_us"),
+            "p99_us": median(samples, "p99_us"),
+            "msgs_per_cpu_s": per_cpu,
+            "client_cpu": client,
+            "greenserve_ratio_cpu": ratio,
+        }
+        rows.append(row)
+        print(
+            f"{name:32s} {row['msgs_per_s']:>10,.0f} {row['p50_us']:>7.0f} {row['p99_us']:>7.0f}"
+            f" {per_cpu:>10,.0f} {client:>10.0%} {ratio:>19.3f}x"
+        )
+    return rows
+
+
+def goal(label: str, value: float, target: float, higher_is_better: bool = True) -> dict:
+    ok = value >= target if higher_is_better else value <= target
+    relation = ">=" if higher_is_better else "<="
+    print(f"  {'pass ' if ok else 'short'}  {label}: {value:.3f} (goal {relation} {target})")
+    return {"goal": label, "value": value, "target": target, "pass": ok}
+
+
+def scrape_timing(workers: int, scrapes: int) -> dict[str, float]:
+    """Time real scrapes of a master with ``workers`` workers' worth of series."""
+    port = free_port()
+    mport = free_port()
+    contender = Contender(
+        "greenserve",
+        [
+            sys.executable,
+            "-m",
+            "greenserve",
+            "--workers",
+            str(workers),
+            "--bind",
+            "127.0.0.1:{port}",
+            "--metrics-bind",
+            f"127.0.0.1:{mport}",
+            "--log-level",
+            "warning",
+            "--log-format",
+            "json",
+        ],
+    )
+    url = f"http://127.0.0.1:{mport}/metrics"
+    with started(contender, port):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            health = f"http://127.0.0.1:{mport}/healthz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as r:
+                if r.status == 200:
+                    break
+            time.sleep(0.1)
+        timings = []
+        for _ in range(scrapes):
+            started_at = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read()
+            timings.append(time.perf_counter() - started_at)
+    return {
+        "workers": workers,
+        "bytes": len(body),
+        "median_ms": statistics.median(timings) * 1000,
+        "max_ms": max(timings) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--scrape-workers", type=int, default=64)
+    args = parser.parse_args()
+
+    report: dict[str, Any] = {"cpus": WORKERS, "args": vars(args)}
+    print(f"TCP echo: {args.connections} connections in lockstep, {args.size}-byte messages")
+    echo = run_echo(args.rounds, args.seconds, args.connections, args.size)
+    report["echo_raw"] = echo
+    report["echo"] = echo_table(echo)
+    per_cpu = {row["server"]: row["msgs_per_cpu_s"] for row in report["echo"]}
+    print("\nGoals")
+    goals = [
+        goal(
+            "echo per CPU-s vs seed classic",
+            per_cpu["greenserve"] / per_cpu["seed classic (1 process)"],
+            1.0,
+        ),
+        goal(
+            "echo per CPU-s vs bare StreamServer",
+            per_cpu["greenserve"] / per_cpu[f"bare StreamServer x{WORKERS}"],
+            0.95,
+        ),
+        goal(
+            "stats cost: counting on / off per CPU-s",
+            per_cpu["greenserve"] / per_cpu["greenserve (counting off)"],
+            0.97,
+        ),
+    ]
+    scrape = scrape_timing(args.scrape_workers, 20)
+    print(
+        f"\n/metrics with {scrape['workers']} workers: {scrape['bytes']:,} bytes,"
+        f" median {scrape['median_ms']:.1f} ms, max {scrape['max_ms']:.1f} ms"
+    )
+    goals.append(
+        goal(
+            f"scrape with {scrape['workers']} workers (ms, median)", scrape["median_ms"], 50, False
+        )
+    )
+    report["scrape"] = scrape
+    report["goals"] = goals
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    print(f"\nraw results: {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()

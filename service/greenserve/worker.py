@@ -109,6 +109,7 @@ class Worker:
             self.pool.kill(timeout=1)
 
     def flush(self) -> None:
+        self.protocol.connections.fold()
         message = self.stats.snapshot(
             slot=self.spec.slot, generation=self.spec.generation, ready=self.ready
         )

@@ -32,6 +32,7 @@ class SlotState:
     started_at: float = 0.0
     ready: bool = False
     last_report: float | None = None
+    restarts: int = 0
     retired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     retired_histograms: dict[str, dict[str, Any]] = field(default_factory=_zero_histograms)
     live: Snapshot | None = None
@@ -71,6 +72,7 @@ class SlotView:
     alive: bool
     ready: bool
     report_age: float | None
+    restarts: int
     counters: dict[str, int]
     gauges: dict[str, float]
     histograms: dict[str, dict[str, Any]]
@@ -83,6 +85,7 @@ class View:
     desired: int
     slots: tuple[SlotView, ...]
     restarts: dict[str, int]
+    generation: int
 
     @property
     def alive(self) -> int:
@@ -97,6 +100,7 @@ class Aggregator:
         self._desired = desired
         self._slots: dict[int, SlotState] = {}
         self._restarts = dict.fromkeys(RESTART_REASONS, 0)
+        self._generation = 1
         for index in range(desired):
             self._slots[index] = SlotState(index)
 
@@ -105,6 +109,10 @@ class Aggregator:
             self._desired = desired
             for index in range(desired):
                 self._slots.setdefault(index, SlotState(index))
+
+    def set_generation(self, generation: int) -> None:
+        with self._lock:
+            self._generation = generation
 
     def process_started(self, slot: int, pid: int, generation: int) -> None:
         with self._lock:
@@ -148,6 +156,7 @@ class Aggregator:
             state.pid, state.live, state.ready, state.last_report = None, None, False, None
             if reason is not None:
                 self._restarts[reason] += 1
+                state.restarts += 1
 
     def view(self) -> View:
         now = time.monotonic()
@@ -159,13 +168,14 @@ class Aggregator:
                     alive=state.pid is not None,
                     ready=state.ready,
                     report_age=None if state.last_report is None else now - state.last_report,
+                    restarts=state.restarts,
                     counters=state.counters(),
                     gauges=state.gauges(),
                     histograms=state.histograms(),
                 )
                 for state in sorted(self._slots.values(), key=lambda s: s.index)
             )
-            return View(self._desired, slots, dict(self._restarts))
+            return View(self._desired, slots, dict(self._restarts), self._generation)
 
 
 def health(view: View, stale_after: float | None) -> tuple[bool, dict[str, Any]]:

@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Every option can also be set in the TOML file given with --config (key = option name "
             "with underscores) or in the environment as GREENSERVE_<OPTION>. Precedence: "
-            "defaults < file < environment < command line."
+            "defaults < file < environment < command line. Tools for a running server: "
+            "greenserve status|top|client --help."
         ),
         argument_default=argparse.SUPPRESS,
     )

@@ -162,7 +162,7 @@ class Master:
                 hint="metrics reveal internals; bind them to loopback or firewall the port",
             )
         registry = build_registry(self.aggregator)
-        stale_after = self.settings.timeout or None
+        stale_after = stale_window(self.settings)
         try:
             self.metrics = MetricsServer(
                 address, build_app(registry, self.aggregator, lambda: stale_after)
@@ -400,6 +400,16 @@ class Master:
         wake_r.close()
         wake_w.close()
         self.alive_w.close()
+
+
+def stale_window(settings: Settings) -> float:
+    """How long a worker may go without reporting before /healthz calls it stale.
+
+    Shorter than ``--timeout`` (which kills): a worker silent for a few stats intervals is
+    already not serving, and operators should see that before the replacement happens.
+    """
+    window = max(2.0, 3 * settings.stats_interval)
+    return min(window, settings.timeout) if settings.timeout else window
 
 
 def _kill(pid: int | None, signum: int) -> None:

@@ -67,10 +67,40 @@ class GreenserveCollector(Collector):
         for reason in RESTART_REASONS:
             restarts.add_metric([reason], view.restarts.get(reason, 0))
         yield restarts
+        yield GaugeMetricFamily(
+            "greenserve_generation",
+            "Worker generation: 1 at start, one more for each reload.",
+            value=view.generation,
+        )
         yield from _per_worker(view)
 
 
 def _per_worker(view: View) -> Iterator[Metric]:
+    slot_families = (
+        (
+            GaugeMetricFamily,
+            "greenserve_worker_pid",
+            "Process id of the slot's live worker; 0 when none.",
+            lambda slot: slot.pid or 0,
+        ),
+        (
+            GaugeMetricFamily,
+            "greenserve_worker_ready",
+            "1 when the slot's worker is accepting connections.",
+            lambda slot: int(slot.alive and slot.ready),
+        ),
+        (
+            CounterMetricFamily,
+            "greenserve_slot_restarts",
+            "Worker processes replaced in this slot, any reason.",
+            lambda slot: slot.restarts,
+        ),
+    )
+    for kind, name, text, value in slot_families:
+        family = kind(name, text, labels=["worker"])
+        for slot in view.slots:
+            family.add_metric([str(slot.index)], value(slot))
+        yield family
     for name, text in COUNTER_HELP.items():
         family = CounterMetricFamily(f"greenserve_{name}", text, labels=["worker"])
         for slot in view.slots:

@@ -82,7 +82,6 @@ class TestServing:
                 assert idle.recv(10) == b""
                 assert 0.4 < time.monotonic() - started < 3
 
-
     def test_idle_handler_that_ignores_end_of_file_is_ended(self):
         """A handler that never reads is killed a sweep after its connection was shut down."""
         with running(

@@ -100,3 +100,16 @@ class TestCollector:
         for n in range(1000):
             stats.histograms["event_loop_lag_seconds"].observe(n / 100)
         assert len(pickle.dumps(stats.snapshot(slot=63, generation=9, ready=True))) < 4096
+
+
+class TestQuantile:
+    """histogram_quantile as Prometheus computes it, used by top for interval latencies."""
+
+    def test_linear_interpolation_and_edges(self):
+        from greenserve.monitor import quantile
+
+        buckets = [(0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0)]
+        assert quantile(0.5, buckets) == 0.1
+        assert abs(quantile(0.75, buckets) - 0.15) < 1e-9
+        assert quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
+        assert quantile(0.99, [(0.1, 0.0), (float("inf"), 5.0)]) == 0.1

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from greenserve.stats import COUNTERS, GAUGES, HISTOGRAMS, WIRE_VERSION, Snapshot
+from greenserve.stats import COUNTERS, GAUGES, HISTOGRAMS, LABELLED, WIRE_VERSION, Snapshot
 
 RESTART_REASONS = ("exit", "signal", "timeout", "max_requests", "reload")
 
@@ -35,7 +35,17 @@ class SlotState:
     restarts: int = 0
     retired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     retired_histograms: dict[str, dict[str, Any]] = field(default_factory=_zero_histograms)
+    retired_labelled: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {name: {} for name in LABELLED}
+    )
     live: Snapshot | None = None
+
+    def labelled(self) -> dict[str, dict[str, int]]:
+        live = self.live.get("labelled", {}) if self.live else {}
+        return {
+            name: _add_counts(retired, live.get(name, {}))
+            for name, retired in self.retired_labelled.items()
+        }
 
     def counters(self) -> dict[str, int]:
         live = self.live["counters"] if self.live else {}
@@ -51,6 +61,13 @@ class SlotState:
             name: _add_histograms(retired, live.get(name))
             for name, retired in self.retired_histograms.items()
         }
+
+
+def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    merged = dict(a)
+    for key, value in b.items():
+        merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def _add_histograms(a: dict[str, Any], b: dict[str, Any] | None) -> dict[str, Any]:
@@ -76,6 +93,7 @@ class SlotView:
     counters: dict[str, int]
     gauges: dict[str, float]
     histograms: dict[str, dict[str, Any]]
+    labelled: dict[str, dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -148,6 +166,7 @@ class Aggregator:
             if state.live is not None:
                 for name in COUNTERS:
                     state.retired[name] += state.live["counters"].get(name, 0)
+                state.retired_labelled = state.labelled()
                 for name, hist in state.live["histograms"].items():
                     retired = state.retired_histograms.get(name)
                     state.retired_histograms[name] = (
@@ -172,6 +191,7 @@ class Aggregator:
                     counters=state.counters(),
                     gauges=state.gauges(),
                     histograms=state.histograms(),
+                    labelled=state.labelled(),
                 )
                 for state in sorted(self._slots.values(), key=lambda s: s.index)
             )

@@ -1,4 +1,4 @@
-"""Built-in apps: ``echo`` for ``--protocol tcp``."""
+"""Built-in apps: ``echo`` for ``--protocol tcp``, ``hello`` for ``--protocol http``."""
 
 from __future__ import annotations
 
@@ -21,3 +21,13 @@ def echo(sock: Any, address: Any) -> None:
         while sent < len(data):
             data = data[sent:]
             sent = send(data)
+
+
+HELLO = b"Hello, world!\n"
+HELLO_HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(HELLO)))]
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A WSGI hello world."""
+    start_response("200 OK", HELLO_HEADERS)
+    return [HELLO]

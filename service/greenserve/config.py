@@ -20,7 +20,7 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 ENV_PREFIX = "GREENSERVE_"
-PROTOCOLS = ("tcp",)
+PROTOCOLS = ("tcp", "http")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -110,6 +110,25 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+def _size(text: str) -> int:
+    """Bytes, with an optional k/m/g suffix (powers of 1024), like nginx's sizes."""
+    value = str(text).strip().lower()
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
+    digits = value[:-1] if scale > 1 else value
+    if not digits.isdigit():
+        raise ValueError("expected a size in bytes, e.g. 1048576, 512k or 10m")
+    return int(digits) * scale
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _auto_log_format(text: str) -> str | None:
     return None if str(text).strip().lower() == "auto" else _choice(LOG_FORMATS)(text)
 
@@ -130,6 +149,7 @@ class Option:
     default: str
     help: str
     metavar: str = "VALUE"
+    switch: bool = False  # a boolean: ``--flag`` alone means true
 
     @property
     def flag(self) -> str:
@@ -143,7 +163,13 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("bind", parse_address, "127.0.0.1:8001", "address to serve on", "HOST:PORT"),
     Option("workers", _workers, "auto", "worker processes; auto = usable CPUs", "N|auto"),
-    Option("protocol", _choice(PROTOCOLS), "tcp", "what the workers speak", "|".join(PROTOCOLS)),
+    Option(
+        "protocol",
+        _choice(PROTOCOLS),
+        "tcp",
+        "tcp: handle(sock, address) per connection; http: HTTP/1.1 to a WSGI app",
+        "|".join(PROTOCOLS),
+    ),
     Option(
         "metrics_bind",
         _optional_address,
@@ -175,6 +201,35 @@ OPTIONS: tuple[Option, ...] = (
         "S",
     ),
     Option(
+        "max_body",
+        _size,
+        "10m",
+        "largest HTTP request body accepted (413 above it); k/m/g suffixes",
+        "BYTES",
+    ),
+    Option(
+        "header_timeout",
+        _non_negative_float,
+        "10",
+        "seconds a client gets to send a request's headers once it starts; 0 = no limit",
+        "S",
+    ),
+    Option(
+        "keepalive_timeout",
+        _non_negative_float,
+        "5",
+        "seconds an HTTP connection may wait idle for its next request; 0 = idle-timeout only",
+        "S",
+    ),
+    Option(
+        "access_log",
+        _bool,
+        "false",
+        "log one event per HTTP request (method, path, status, bytes, duration_ms, peer)",
+        "BOOL",
+        switch=True,
+    ),
+    Option(
         "log_format",
         _auto_log_format,
         "auto",
@@ -200,6 +255,10 @@ class Settings:
     graceful_timeout: float
     max_connections: int
     idle_timeout: float
+    max_body: int
+    header_timeout: float
+    keepalive_timeout: float
+    access_log: bool
     log_format: str | None
     log_level: str
     config: str | None = None
@@ -235,16 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file with settings")
     for option in OPTIONS:
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if option.switch else {}
         parser.add_argument(
             option.flag,
             dest=option.name,
             metavar=option.metavar,
             help=f"{option.help} (default: {option.default}; env {option.env})",
+            **extra,
         )
     return parser
 
 
 def _parse(option: Option, raw: Any, source: str) -> Any:
+    if isinstance(raw, bool) and option.switch:
+        raw = str(raw).lower()
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         raise ConfigError(f"invalid value for {option.name} from {source}: {raw!r}")
     try:

@@ -35,14 +35,19 @@ COUNTER_HELP = {
 GAUGE_HELP = {
     "connections_active": "Connections open in the worker slot now.",
     "resident_memory_bytes": "Resident memory of the worker slot's live process.",
+    "http_requests_in_flight": "HTTP requests being answered by the worker slot now.",
 }
 HISTOGRAM_HELP = {
     "event_loop_lag_seconds": "How late the worker's event loop woke a timer (blocked-loop time).",
+    "http_request_duration_seconds": "Time from a request's head to the end of its response.",
 }
 GAUGE_NAMES = {
     "connections_active": "greenserve_connections_active",
     "resident_memory_bytes": "greenserve_worker_resident_memory_bytes",
+    "http_requests_in_flight": "greenserve_http_requests_in_flight",
 }
+# Shown at 0 before the first request so that the family exists from the first scrape.
+SEEDED_CODES = ("200",)
 
 
 class GreenserveCollector(Collector):
@@ -111,6 +116,16 @@ def _per_worker(view: View) -> Iterator[Metric]:
         for slot in view.slots:
             family.add_metric([str(slot.index)], slot.gauges[name])
         yield family
+    requests = CounterMetricFamily(
+        "greenserve_http_requests",
+        "HTTP requests answered, by status code.",
+        labels=["worker", "code"],
+    )
+    for slot in view.slots:
+        codes = {**dict.fromkeys(SEEDED_CODES, 0), **slot.labelled["http_requests"]}
+        for code, count in sorted(codes.items()):
+            requests.add_metric([str(slot.index), code], count)
+    yield requests
     for name, bounds in HISTOGRAMS.items():
         family = HistogramMetricFamily(
             f"greenserve_{name}", HISTOGRAM_HELP[name], labels=["worker"]

@@ -22,9 +22,29 @@ COUNTERS = (
     "handler_errors",
     "stats_dropped",
 )
-GAUGES = ("connections_active", "resident_memory_bytes")
+GAUGES = ("connections_active", "resident_memory_bytes", "http_requests_in_flight")
+LABELLED = ("http_requests",)  # counters by a label value (the HTTP status code)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-HISTOGRAMS = {"event_loop_lag_seconds": LAG_BUCKETS}
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+HISTOGRAMS = {
+    "event_loop_lag_seconds": LAG_BUCKETS,
+    "http_request_duration_seconds": DURATION_BUCKETS,
+}
 
 Snapshot = dict[str, Any]
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -51,7 +71,15 @@ class Histogram:
 class WorkerStats:
     """A worker's counters since its process started. Single-threaded use only (one gevent hub)."""
 
-    __slots__ = (*COUNTERS, "connections_active", "histograms", "seq")
+    __slots__ = (
+        *COUNTERS,
+        "connections_active",
+        "histograms",
+        "http_in_flight",
+        "http_requests",
+        "requests_served",
+        "seq",
+    )
 
     def __init__(self) -> None:
         self.connections_accepted = 0
@@ -60,6 +88,9 @@ class WorkerStats:
         self.handler_errors = 0
         self.stats_dropped = 0
         self.connections_active = 0
+        self.http_in_flight = 0
+        self.http_requests: dict[str, int] = {}
+        self.requests_served = 0  # HTTP requests answered (for --max-requests), any status
         self.histograms = {name: Histogram(bounds) for name, bounds in HISTOGRAMS.items()}
         self.seq = 0
 
@@ -76,7 +107,9 @@ class WorkerStats:
             "gauges": {
                 "connections_active": self.connections_active,
                 "resident_memory_bytes": resident_memory_bytes(),
+                "http_requests_in_flight": self.http_in_flight,
             },
+            "labelled": {"http_requests": dict(self.http_requests)},
             "histograms": {name: h.to_wire() for name, h in self.histograms.items()},
         }
 

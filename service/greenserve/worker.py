@@ -20,6 +20,7 @@ from setproctitle import setproctitle
 from greenserve import apps, logs
 from greenserve.boot import APP_LOAD_FAILED, WorkerSpec
 from greenserve.config import Address, Settings
+from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
 from greenserve.stats import Heartbeat, StatsChannel, WorkerStats
 
@@ -33,7 +34,7 @@ class AppLoadError(Exception):
 def load_app(settings: Settings) -> Any:
     """The handler callable: the built-in echo, or ``module:callable`` from the working dir."""
     if settings.app is None:
-        return apps.echo
+        return apps.hello if settings.protocol == "http" else apps.echo
     module_name, _, attr_path = settings.app.partition(":")
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -68,7 +69,23 @@ class Worker:
         self.ready = False
         self.pool = Pool(self.settings.max_connections)
         listener = gsocket.socket(fileno=spec.listener.detach())
-        self.protocol = TcpProtocol(app, self.stats, self.settings.idle_timeout, log)
+        settings = self.settings
+        self.http: HttpHandler | None = None
+        if settings.protocol == "http":
+            self.http = HttpHandler(
+                app,
+                stats=self.stats,
+                log=log,
+                server_address=listener.getsockname(),
+                max_body=settings.max_body,
+                header_timeout=settings.header_timeout,
+                keepalive_timeout=settings.keepalive_timeout,
+                access_log=settings.access_log,
+            )
+            app = self.http
+        self.protocol = TcpProtocol(
+            app, self.stats, settings.idle_timeout, log, deadlines=self.http is not None
+        )
         self.server = StreamServer(listener, self.protocol, spawn=self.pool)
         # One accept per wake-up: a worker woken for a burst must not swallow it whole.
         self.server.max_accept = 1
@@ -101,6 +118,10 @@ class Worker:
 
     def _drain(self) -> None:
         self.server.close()  # this worker stops accepting; the master's socket stays open
+        if self.http is not None:
+            # Responses from now on carry Connection: close; idle keep-alives end now.
+            self.http.draining = True
+            self.protocol.connections.close_parked()
         if self.graceful and len(self.pool):
             self.log.info("worker_draining", connections=len(self.pool))
             self.pool.join(timeout=self.settings.graceful_timeout)

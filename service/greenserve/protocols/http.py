@@ -1,0 +1,687 @@
+"""HTTP/1.1 for WSGI apps on httptools (llhttp, the parser of Node.js).
+
+One greenlet per connection runs ``HttpHandler``: the parser's callbacks only queue events
+(request head, body chunks, end of message); the loop turns a head into a PEP 3333 environ and
+calls the app, whose ``wsgi.input`` pulls body events on demand, reading more from the socket
+only when the app asks for more body. Pipelined requests simply wait in the queue.
+
+Strictness: llhttp rejects ambiguous framing (Content-Length with Transfer-Encoding, duplicate
+Content-Length, bad chunk sizes, obs-fold, bad header names and values); this module adds the
+limits (414, 431, 413), 501 for transfer codings other than chunked and for unknown methods, 505
+for versions other than 1.0 and 1.1, and timeouts through the connection sweeper's deadlines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+from gevent import socket as gsocket
+
+from greenserve.stats import WorkerStats
+
+MAX_REQUEST_LINE = 8190
+MAX_HEADERS = 100
+MAX_HEADER_FIELD = 8190
+MAX_HEADER_BYTES = 65536
+RECV_SIZE = 65536
+DRAIN_LIMIT = 1 << 20  # unread body we are willing to discard to keep a connection alive
+SMALL_BODY = 16384  # headers and a body up to this size go out in one write
+SERVER = b"greenserve"
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    505: "HTTP Version Not Supported",
+}
+_TOKEN_METHOD = re.compile(rb"[A-Z][A-Z-]* ")
+
+
+class HttpError(Exception):
+    """A request we answer with ``status`` and then close."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class _Closed(Exception):
+    """The client closed the connection (or the sweeper shut it)."""
+
+
+class _DateCache:
+    """The Date header, formatted once per second rather than once per response."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+class _Head:
+    """A parsed request line and header block."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "url",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.expect_continue = False
+
+
+_END = object()  # marks the end of a message in the event queue
+
+
+class _Parser:
+    """httptools callbacks: enforce limits, queue heads, body chunks and ends of messages."""
+
+    def __init__(self, sock: Any, header_timeout: float) -> None:
+        self.sock = sock
+        self.header_timeout = header_timeout
+        self.events: deque[Any] = deque()
+        self.head: _Head | None = None
+        self.header_bytes = 0
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        self.head = _Head()
+        self.header_bytes = 0
+        self.sock.parked = False
+        if self.header_timeout:
+            self.sock.deadline = time.monotonic() + self.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        assert self.head is not None
+        self.head.url += url
+        if len(self.head.url) > MAX_REQUEST_LINE:
+            raise HttpError(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self.head
+        assert head is not None
+        self.header_bytes += len(name) + len(value) + 4
+        if len(name) + len(value) > MAX_HEADER_FIELD or self.header_bytes > MAX_HEADER_BYTES:
+            raise HttpError(431, "header field too large")
+        if len(head.headers) >= MAX_HEADERS:
+            raise HttpError(431, "too many header fields")
+        # llhttp trims leading whitespace only; RFC 9110 5.5 excludes trailing OWS too.
+        head.headers.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        head = self.head
+        assert head is not None
+        parser = self.parser
+        self.sock.deadline = 0.0
+        head.version = parser.get_http_version()
+        if head.version not in ("1.1", "1.0"):
+            raise HttpError(505, f"HTTP/{head.version} is not supported")
+        head.method = parser.get_method()
+        head.keep_alive = parser.should_keep_alive()
+        for name, value in head.headers:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                codings = [c.strip() for c in value.lower().split(b",")]
+                if codings != [b"chunked"]:
+                    raise HttpError(501, f"transfer coding {value.decode('latin-1')!r}")
+                head.chunked = True
+            elif lowered == b"content-length":
+                head.content_length = int(value)
+            elif lowered == b"expect" and value.lower() == b"100-continue":
+                head.expect_continue = head.version == "1.1"
+        self.events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        self.events.append(_END)
+
+
+class Input:
+    """``wsgi.input``: the request body, streamed from the socket as the app reads it."""
+
+    def __init__(self, connection: HttpConnection, head: _Head) -> None:
+        self._connection = connection
+        self._head = head
+        self._buffer = b""
+        self._done = head.content_length == 0 or (head.content_length is None and not head.chunked)
+        self.received = 0
+
+    def _more(self) -> bool:
+        """Pull the next body chunk into the buffer; False at the end of the body."""
+        if self._done:
+            return False
+        chunk = self._connection.next_body_event(self)
+        if chunk is _END:
+            self._done = True
+            return False
+        self._buffer += chunk
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._more():
+                pass
+            data, self._buffer = self._buffer, b""
+            return data
+        while len(self._buffer) < size and self._more():
+            pass
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n")
+            limit = size if size is not None and size >= 0 else None
+            if end >= 0 and (limit is None or end < limit):
+                data, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+                return data
+            if limit is not None and len(self._buffer) >= limit:
+                data, self._buffer = self._buffer[:limit], self._buffer[limit:]
+                return data
+            if not self._more():
+                data, self._buffer = self._buffer, b""
+                return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def finish(self) -> int:
+        """Discard what the app did not read, up to DRAIN_LIMIT; returns what was discarded."""
+        discarded = len(self._buffer)
+        self._buffer = b""
+        while discarded <= DRAIN_LIMIT and self._more():
+            discarded += len(self._buffer)
+            self._buffer = b""
+        return discarded
+
+    @property
+    def complete(self) -> bool:
+        return self._done and not self._buffer
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: lets the server send a file with ``sendfile``."""
+
+    def __init__(self, filelike: Any, block_size: int = 65536) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            block = self.filelike.read(self.block_size)
+            if not block:
+                return
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class HttpConnection:
+    """One client connection: requests in order, one at a time, until close."""
+
+    def __init__(self, handler: HttpHandler, sock: Any, address: Any) -> None:
+        self.handler = handler
+        self.sock = sock
+        self.address = address
+        self.parser = _Parser(sock, handler.header_timeout)
+        self.events = self.parser.events
+        self.sent_continue = False
+        self.closing = False
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _feed(self) -> None:
+        """Read from the socket into the parser; raises _Closed at end of stream.
+
+        A parse error is queued as an event, not raised: requests parsed before it in the same
+        read (pipelining) are answered first, in order.
+        """
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            raise _Closed
+        try:
+            self.parser.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.closing = True  # WSGI has no upgrade: answer this request, then close
+        except httptools.HttpParserError as exc:
+            self.events.append(_as_http_error(exc, data))
+
+    def next_head(self) -> _Head | None:
+        while True:
+            while self.events:
+                event = self.events.popleft()
+                if isinstance(event, _Head):
+                    return event
+                if isinstance(event, HttpError):
+                    raise event
+            self.sock.parked = True
+            try:
+                self._feed()
+            except _Closed:
+                return None
+            finally:
+                self.sock.parked = False
+
+    def next_body_event(self, body: Input) -> Any:
+        """The next body chunk (bytes) or _END, reading from the socket as needed."""
+        if not self.sent_continue and body._head.expect_continue:
+            self.sent_continue = True
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not self.events:
+            try:
+                self._feed()
+            except _Closed:
+                raise ConnectionError("client closed during the request body") from None
+        event = self.events.popleft()
+        if isinstance(event, HttpError):
+            raise event
+        if event is not _END:
+            body.received += len(event)
+            if body.received > self.handler.max_body:
+                raise HttpError(413, "request body too large")
+        return event
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        handler = self.handler
+        stats = handler.stats
+        keepalive = handler.keepalive_timeout
+        while not self.closing:
+            if keepalive:
+                self.sock.deadline = time.monotonic() + keepalive
+            try:
+                head = self.next_head()
+            except HttpError as exc:
+                self._send_error(exc.status, str(exc))
+                return
+            if head is None:
+                return
+            if head.content_length is not None and head.content_length > handler.max_body:
+                self._send_error(413, "request body too large")
+                return
+            stats.http_in_flight += 1
+            try:
+                keep = self._respond(head)
+            finally:
+                stats.http_in_flight -= 1
+            if not keep:
+                return
+
+    def _send_error(self, status: int, detail: str) -> None:
+        body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()
+        response = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
+            + b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            + b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n"
+            + b"Date: "
+            + self.handler.date.get()
+            + b"\r\nServer: "
+            + SERVER
+            + b"\r\n\r\n"
+            + body
+        )
+        self.handler.count(status, 0.0)
+        with contextlib.suppress(OSError):  # the client may already be gone
+            self.sock.sendall(response)
+
+    def _respond(self, head: _Head) -> bool:
+        """Run the app for one request; True when the connection may serve another."""
+        handler = self.handler
+        started = time.perf_counter()
+        body = Input(self, head)
+        environ = handler.environ(head, body, self.address)
+        writer = _Response(self, head)
+        result: Iterable[bytes] | None = None
+        try:
+            result = handler.app(environ, writer.start_response)
+            if isinstance(result, (list, tuple)):
+                writer.expected = sum(len(chunk) for chunk in result)
+            if not (isinstance(result, FileWrapper) and writer.try_sendfile(result)):
+                for chunk in result:
+                    writer.write(chunk)
+            writer.finish()
+        except HttpError as exc:  # raised while the app read its body (413)
+            if not writer.headers_sent:
+                self._send_error(exc.status, str(exc))
+            return False
+        except (ConnectionError, _Closed):
+            return False
+        except Exception:
+            handler.stats.handler_errors += 1
+            handler.log.error(
+                "app_error",
+                method=head.method.decode("latin-1"),
+                path=environ.get("PATH_INFO"),
+                exc_info=True,
+            )
+            if writer.headers_sent:
+                return False  # half a response is out: only closing can signal the failure
+            self._send_error(500, "the application raised an exception")
+            return False
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    handler.log.error("app_close_error", exc_info=True)
+        duration = time.perf_counter() - started
+        handler.count(writer.status_code, duration)
+        if handler.access_log:
+            handler.log.info(
+                "request",
+                method=head.method.decode("latin-1"),
+                path=environ["PATH_INFO"],
+                status=writer.status_code,
+                bytes=writer.body_sent,
+                duration_ms=round(duration * 1000, 3),
+                peer=_peer(self.address),
+            )
+        if not writer.keep_alive or handler.draining:
+            return False
+        # An unread body must be discarded before the next request can be parsed.
+        return body.complete or (body.finish() <= DRAIN_LIMIT and body.complete)
+
+
+class _Response:
+    """``start_response`` and ``write`` for one request, and the framing of its body."""
+
+    def __init__(self, connection: HttpConnection, head: _Head) -> None:
+        self.connection = connection
+        self.sock = connection.sock
+        self.head = head
+        self.status = b""
+        self.status_code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.chunked = False
+        self.length: int | None = None
+        self.keep_alive = head.keep_alive and not connection.closing
+        self.body_sent = 0
+        self.is_head = head.method == b"HEAD"
+        self.expected: int | None = None  # total body length when the result is a list
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status:
+            raise AssertionError("start_response called twice without exc_info")
+        code = int(status[:3])
+        self.status, self.status_code, self.headers = status.encode("latin-1"), code, headers
+        return self.write
+
+    def _head_bytes(self) -> bytes:
+        if not self.status:
+            raise AssertionError("the application did not call start_response")
+        lines = [b"HTTP/1.1 " + self.status]
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                self.length = int(value)
+                continue  # written once below, with the framing decision
+            if lowered == "connection":
+                if value.lower() == "close":
+                    self.keep_alive = False
+                continue
+            if lowered == "transfer-encoding":
+                continue  # framing is ours
+            line = f"{name}: {value}"
+            if "\n" in line or "\r" in line:
+                raise ValueError(f"response header {name!r} contains a line break")
+            lines.append(line.encode("latin-1"))
+        no_body = self.is_head or self.status_code in (204, 304) or self.status_code < 200
+        if self.length is None and not no_body:
+            if self.expected is not None:
+                self.length = self.expected  # the whole body is known (a list, or finished)
+                lines.append(b"Content-Length: " + str(self.length).encode())
+            elif self.head.version == "1.1":
+                self.chunked = True
+                lines.append(b"Transfer-Encoding: chunked")
+            else:
+                self.keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+        elif self.length is not None:
+            lines.append(b"Content-Length: " + str(self.length).encode())
+        if self.connection.handler.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            lines.append(b"Connection: close")
+        elif self.head.version == "1.0":
+            lines.append(b"Connection: keep-alive")
+        handler = self.connection.handler
+        lines.append(b"Date: " + handler.date.get())
+        lines.append(b"Server: " + SERVER)
+        self.headers_sent = True
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    def write(self, data: bytes) -> None:
+        """The WSGI ``write`` callable, and each chunk of an iterable result."""
+        if not data:
+            return
+        if self.is_head:
+            if not self.headers_sent:
+                self.sock.sendall(self._head_bytes())
+            return
+        if not self.headers_sent:
+            head = self._head_bytes()
+            if len(data) <= SMALL_BODY:
+                self.sock.sendall(head + self._frame(data))
+                return
+            self.sock.sendall(head)
+        self.sock.sendall(self._frame(data))
+
+    def _frame(self, data: bytes) -> bytes:
+        self.body_sent += len(data)
+        if self.chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
+
+    def finish(self) -> None:
+        wrong_length = self.length is not None and self.body_sent != self.length
+        if wrong_length and self.headers_sent and not self.is_head:
+            self.keep_alive = False  # the app's Content-Length was wrong: framing is lost
+        if not self.headers_sent:
+            if self.expected is None:
+                self.expected = 0  # nothing was written: an empty body
+            self.sock.sendall(self._head_bytes())
+        elif self.chunked:
+            self.sock.sendall(b"0\r\n\r\n")
+
+    def try_sendfile(self, wrapper: FileWrapper) -> bool:
+        """Send a file with os.sendfile when its length is known; False to fall back."""
+        filelike = wrapper.filelike
+        try:
+            fd = filelike.fileno()
+            offset = filelike.tell()
+            size = os.fstat(fd).st_size - offset
+        except (AttributeError, OSError, ValueError):
+            return False
+        if self.is_head or (self.length is None and self.head.version != "1.1"):
+            return False
+        if not any(name.lower() == "content-length" for name, _ in self.headers):
+            self.headers = [*self.headers, ("Content-Length", str(size))]
+        self.sock.sendall(self._head_bytes())
+        remaining = self.length if self.length is not None else size
+        out = self.sock.fileno()
+        while remaining > 0:
+            try:
+                sent = os.sendfile(out, fd, offset, min(remaining, 1 << 20))
+            except BlockingIOError:
+                gsocket.wait_write(out)
+                continue
+            if sent == 0:
+                break
+            offset += sent
+            remaining -= sent
+            self.body_sent += sent
+            self.sock.tx += sent
+        return True
+
+
+class HttpHandler:
+    """The connection handler for ``--protocol http``: ``handle(sock, address)`` for a WSGI app."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        stats: WorkerStats,
+        log: Any,
+        server_address: tuple[str, int],
+        max_body: int,
+        header_timeout: float,
+        keepalive_timeout: float,
+        access_log: bool,
+    ) -> None:
+        self.app = app
+        self.stats = stats
+        self.log = log
+        self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.access_log = access_log
+        self.draining = False
+        self.date = _DateCache()
+        host, port = server_address[:2]
+        self.base_environ = {
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": host,
+            "SERVER_PORT": str(port),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+
+    def __call__(self, sock: Any, address: Any) -> None:
+        HttpConnection(self, sock, address).serve()
+
+    def count(self, status: int, duration: float) -> None:
+        codes = self.stats.http_requests
+        key = str(status)
+        codes[key] = codes.get(key, 0) + 1
+        self.stats.histograms["http_request_duration_seconds"].observe(duration)
+        self.stats.requests_served += 1
+
+    def environ(self, head: _Head, body: Input, address: Any) -> dict[str, Any]:
+        environ = dict(self.base_environ)
+        url = head.url
+        path, _, query = url.partition(b"?")
+        path = path.partition(b"#")[0]
+        if path != b"*" and not path.startswith(b"/"):  # absolute-form: keep only the path
+            try:
+                parsed = httptools.parse_url(url)
+                path, query = parsed.path or b"/", parsed.query or b""
+            except httptools.HttpParserInvalidURLError:
+                path = b"/"
+        environ["REQUEST_METHOD"] = head.method.decode("latin-1")
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["RAW_URI"] = url.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + head.version
+        environ["REMOTE_ADDR"] = str(address[0]) if address else ""
+        environ["REMOTE_PORT"] = str(address[1]) if address else ""
+        environ["wsgi.input"] = body
+        for name, value in head.headers:
+            key = name.decode("latin-1").upper()
+            if "_" in key:
+                continue  # would collide with the dash form in HTTP_*: dropped, like nginx
+            key = key.replace("-", "_")
+            text = value.decode("latin-1")
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                environ[key] = text
+                continue
+            key = "HTTP_" + key
+            environ[key] = environ[key] + "," + text if key in environ else text
+        return environ
+
+
+def _as_http_error(exc: Exception, data: bytes) -> HttpError:
+    """The status a parser error deserves."""
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        if isinstance(exc.__context__, HttpError):
+            return exc.__context__
+        return HttpError(400, str(exc))
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        if _TOKEN_METHOD.match(data):
+            return HttpError(501, "method not implemented")
+        return HttpError(400, "invalid method")
+    message = str(exc)
+    if "HTTP version" in message:
+        return HttpError(505, message)
+    # Includes "chunked" not being the final coding: RFC 9112 6.3 says 400.
+    return HttpError(400, message)
+
+
+def _peer(address: Any) -> str:
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return str(address)

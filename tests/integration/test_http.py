@@ -1,0 +1,415 @@
+"""HTTP/1.1 + WSGI over real sockets: the conformance corpus, real clients, hostile input."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import APPS_DIR, running, wait_until
+from tests.http_corpus.corpus import MALFORMED, VALID
+from tests.integration.test_metrics import scrape, wait_totals
+
+MODES = ("whole", "bytewise", "random-split")
+
+
+def send(address: tuple[str, int], data: bytes, mode: str, seed: int = 0) -> None:
+    """Open a connection and send ``data`` whole, a byte at a time, or in random pieces."""
+    sock = socket.create_connection(address, timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        if mode == "whole":
+            sock.sendall(data)
+        elif mode == "bytewise":
+            for index in range(len(data)):
+                sock.sendall(data[index : index + 1])
+        else:
+            rng = random.Random(seed)
+            cuts = sorted(rng.sample(range(1, len(data)), min(4, len(data) - 1)))
+            for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+                sock.sendall(data[start:end])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may answer and close before a hostile request is fully sent
+    return sock
+
+
+def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything until the server closes; fails if it does not close within ``timeout``."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+    finally:
+        sock.close()
+
+
+def final_responses(
+    raw: bytes, head_first: bool = False
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream of responses (Content-Length or chunked framed), skipping 1xx.
+
+    ``head_first``: the first final response answers a HEAD request, so it has no body.
+    """
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if status < 200 or (head_first and not out):
+            body, raw = b"", rest
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            body, raw = rest[:length], rest[length:]
+        elif headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line, 16)
+                body += rest[:size]
+                rest = rest[size + 2 :]
+                if size == 0:
+                    break
+            raw = rest
+        else:
+            body, raw = rest, b""
+        if status >= 200:
+            out.append((status, headers, body))
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_server():
+    with running(
+        "greenserve_testapps:environ_echo",
+        "--protocol",
+        "http",
+        "--workers",
+        "2",
+        "--max-body",
+        "1m",
+        "--header-timeout",
+        "3",
+        "--keepalive-timeout",
+        "3",
+        "--stats-interval",
+        "0.2",
+    ) as server:
+        server.started()
+        server.initial_pids = server.worker_pids()
+        yield server
+        assert server.worker_pids() == server.initial_pids, "a worker died during the corpus"
+        assert "app_error" not in server.output
+
+
+class TestCorpus:
+    """Every corpus request, sent whole, byte by byte and split at random points."""
+
+    def test_corpus_is_big_enough(self):
+        assert len(VALID) >= 40 and len(MALFORMED) >= 40
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize(
+        ("name", "request_bytes", "expected"), VALID, ids=[v[0] for v in VALID]
+    )
+    def test_valid(self, corpus_server, name, request_bytes, expected, mode):
+        sock = send(
+            corpus_server.address,
+            request_bytes + b"GET /last HTTP/1.1\r\nConnection: close\r\n\r\n",
+            mode,
+            hash(name),
+        )
+        responses = final_responses(read_all(sock), head_first=request_bytes.startswith(b"HEAD"))
+        closes = responses and responses[0][1].get("connection") == "close"
+        assert [status for status, _, _ in responses] == ([200] if closes else [200, 200]), name
+        if request_bytes.startswith(b"HEAD"):  # no body: the length says what GET would send
+            assert responses[0][2] == b"" and int(responses[0][1]["content-length"]) > 0
+        else:
+            environ = json.loads(responses[0][2])
+            for key, value in expected.items():
+                assert environ.get(key) == value, (name, key)
+        if closes:  # HTTP/1.0 without keep-alive, or Connection: close
+            assert request_bytes.startswith(b"GET / HTTP/1.0\r\n\r\n") or b"close" in request_bytes
+        else:  # the connection stayed usable for the request after it
+            assert json.loads(responses[1][2])["PATH_INFO"] == "/last"
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize(
+        ("name", "request_bytes", "status"), MALFORMED, ids=[m[0] for m in MALFORMED]
+    )
+    def test_malformed(self, corpus_server, name, request_bytes, status, mode):
+        sock = send(corpus_server.address, request_bytes, mode, hash(name))
+        raw = read_all(sock)  # the server must close: read_all fails on a hang
+        assert raw.startswith(b"HTTP/1.1 "), (name, raw[:80])
+        got = int(raw.split()[1])
+        assert got == status, (name, raw[:200])
+        assert b"Connection: close" in raw.split(b"\r\n\r\n")[0]
+
+    def test_pipelined_requests_answered_in_order(self, corpus_server):
+        batch = (
+            b"".join(f"GET /{n} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for n in range(5))
+            + b"GET /end HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
+        responses = final_responses(read_all(send(corpus_server.address, batch, "whole")))
+        paths = [json.loads(body)["PATH_INFO"] for _, _, body in responses]
+        assert paths == ["/0", "/1", "/2", "/3", "/4", "/end"]
+
+    def test_head_has_no_body_and_http10_closes(self, corpus_server):
+        raw = read_all(
+            send(corpus_server.address, b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n", "whole")
+        )
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert body == b"" and b"Content-Length" in head
+        raw = read_all(send(corpus_server.address, b"GET / HTTP/1.0\r\n\r\n", "whole"))
+        assert raw.startswith(b"HTTP/1.1 200") and b"Connection: close" in raw
+
+    def test_date_and_server_headers_and_one_write(self, corpus_server):
+        raw = read_all(
+            send(corpus_server.address, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "whole")
+        )
+        head = raw.split(b"\r\n\r\n")[0]
+        assert re.search(rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", head)
+        assert b"\r\nServer: greenserve" in head
+
+
+class TestApps:
+    """WSGI compliance and real clients."""
+
+    def test_validator_wrapped_app(self):
+        with running(
+            "greenserve_testapps:validated", "--protocol", "http", "--workers", "1"
+        ) as server:
+            server.started()
+            conn = http.client.HTTPConnection(*server.address, timeout=10)
+            for method, body in (("GET", None), ("POST", b"x" * 5000), ("HEAD", None)):
+                conn.request(method, "/v", body=body)
+                response = conn.getresponse()
+                data = response.read()
+                assert response.status == 200
+                if method == "POST":
+                    assert data == b"got 5000 bytes"
+            conn.close()
+            assert "app_error" not in server.output and "AssertionError" not in server.output
+
+    def test_flask_end_to_end_with_urllib_and_keepalive(self):
+        with running("flask_app:app", "--protocol", "http", "--workers", "2") as server:
+            server.started()
+            host, port = server.address
+            with urllib.request.urlopen(f"http://{host}:{port}/hello/world?q=1", timeout=10) as r:
+                assert json.loads(r.read()) == {"greeting": "hello world", "query": "1"}
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            for n in range(5):  # one keep-alive connection, several requests
+                conn.request(
+                    "POST",
+                    "/items",
+                    body=json.dumps({"n": n}),
+                    headers={"Content-Type": "application/json"},
+                )
+                response = conn.getresponse()
+                assert response.status == 201
+                assert json.loads(response.read()) == {"received": {"n": n}}
+            conn.request("GET", "/missing")
+            assert conn.getresponse().status == 404
+            conn.close()
+
+    def test_upload_300k_chunked_upload_and_2mb_stream(self):
+        import hashlib
+
+        with running(
+            "greenserve_testapps:upload_size", "--protocol", "http", "--workers", "1"
+        ) as up:
+            up.started()
+            payload = bytes(random.Random(1).randrange(256) for _ in range(300_000))
+            conn = http.client.HTTPConnection(*up.address, timeout=20)
+            conn.request("POST", "/u", body=payload)
+            assert (
+                conn.getresponse().read().decode()
+                == f"300000 {hashlib.sha256(payload).hexdigest()}"
+            )
+            pieces = [payload[i : i + 10_000] for i in range(0, len(payload), 10_000)]
+            conn.request("POST", "/u", body=iter(pieces), encode_chunked=True)
+            assert (
+                conn.getresponse().read().decode()
+                == f"300000 {hashlib.sha256(payload).hexdigest()}"
+            )
+            conn.request("POST", "/u", body=b"abc", headers={"Expect": "100-continue"})
+            assert conn.getresponse().read().decode().startswith("3 ")
+            conn.close()
+        with running(
+            "greenserve_testapps:streamed", "--protocol", "http", "--workers", "1"
+        ) as down:
+            down.started()
+            conn = http.client.HTTPConnection(*down.address, timeout=20)
+            conn.request("GET", "/big")
+            response = conn.getresponse()
+            assert response.getheader("Transfer-Encoding") == "chunked"
+            body = response.read()
+            assert len(body) == 2 * 1024 * 1024
+            assert body[:65536] == b"\x00" * 65536 and body[-1:] == bytes([31])
+            conn.close()
+
+    def test_file_wrapper_sends_the_file(self):
+        with running(
+            "greenserve_testapps:send_file", "--protocol", "http", "--workers", "1"
+        ) as server:
+            server.started()
+            host, port = server.address
+            with urllib.request.urlopen(f"http://{host}:{port}/f", timeout=10) as r:
+                body = r.read()
+                assert int(r.headers["Content-Length"]) == len(body)
+            assert body == (APPS_DIR / "greenserve_testapps.py").read_bytes()
+
+    def test_app_errors_are_500_or_a_close_and_counted(self):
+        with running(
+            "greenserve_testapps:raises",
+            "--protocol",
+            "http",
+            "--workers",
+            "1",
+            "--stats-interval",
+            "0.1",
+        ) as server:
+            server.started()
+            raw = read_all(send(server.address, b"GET /before HTTP/1.1\r\n\r\n", "whole"))
+            assert raw.startswith(b"HTTP/1.1 500")
+            raw = read_all(send(server.address, b"GET /after HTTP/1.1\r\n\r\n", "whole"))
+            assert raw.startswith(b"HTTP/1.1 200")  # headers were out: only a close signals it
+            assert not raw.endswith(b"0\r\n\r\n")  # the chunked body never finished
+            errors = server.wait_event("app_error", count=2)
+            assert all("RuntimeError" in e["exception"] for e in errors)
+            wait_totals(server, {"greenserve_handler_errors_total": 2})
+            totals = scrape(server)
+            assert totals["greenserve_http_requests_total[('code', '500')]"] == 1
+
+    def test_wrk_hello_world(self):
+        wrk = shutil.which("wrk")
+        if wrk is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("wrk is missing in CI: .ci/run must install it")
+            pytest.skip("wrk not installed (Debian package wrk)")
+        with running("--protocol", "http", "--workers", "2", "--stats-interval", "0.2") as server:
+            server.started()
+            host, port = server.address
+            result = subprocess.run(
+                [wrk, "-t1", "-c16", "-d1", f"http://{host}:{port}/"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 0, result.stderr
+            requests = int(re.search(r"(\d+) requests in", result.stdout).group(1))
+            assert "Non-2xx" not in result.stdout and "Socket errors" not in result.stdout
+
+            # wrk stops counting with up to one request in flight per connection (16).
+            def served():
+                count = scrape(server)["greenserve_http_requests_total[('code', '200')]"]
+                return count if requests <= count <= requests + 16 else None
+
+            wait_until(served, 5, f"{requests}..{requests + 16} requests counted")
+
+
+class TestTimeoutsAndDrain:
+    """Slow clients are cut off; stops finish in-flight requests and close idle ones."""
+
+    def test_header_timeout_and_keepalive_timeout(self):
+        with running(
+            "--protocol",
+            "http",
+            "--workers",
+            "1",
+            "--header-timeout",
+            "0.5",
+            "--keepalive-timeout",
+            "0.7",
+        ) as server:
+            server.started()
+            slow = socket.create_connection(server.address, timeout=10)
+            slow.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+            started = time.monotonic()
+            assert read_all(slow) == b""
+            assert 0.4 < time.monotonic() - started < 2.5
+            idle = socket.create_connection(server.address, timeout=10)
+            idle.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            started = time.monotonic()
+            raw = read_all(idle)
+            assert raw.startswith(b"HTTP/1.1 200")
+            assert 0.6 < time.monotonic() - started < 2.5
+
+    def test_term_finishes_in_flight_with_connection_close(self):
+        with running(
+            "greenserve_testapps:slow_hello",
+            "--protocol",
+            "http",
+            "--workers",
+            "1",
+            "--keepalive-timeout",
+            "30",
+            "--stats-interval",
+            "0.05",
+        ) as server:
+            server.started()
+            idle = socket.create_connection(server.address, timeout=10)
+            busy = send(server.address, b"GET / HTTP/1.1\r\n\r\n", "whole")
+            wait_until(
+                lambda: scrape(server)["greenserve_http_requests_in_flight"] == 1, 5, "in flight"
+            )
+            server.signal(signal.SIGTERM)
+            assert read_all(idle) == b""  # idle keep-alive closed at once
+            raw = read_all(busy)
+            assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"slow done")
+            assert b"Connection: close" in raw
+            assert server.wait_exit(10) == 0
+
+
+class TestHttpMetrics:
+    """Requests by code, durations and access logs."""
+
+    def test_requests_by_code_histogram_and_access_log(self):
+        with running(
+            "--protocol", "http", "--workers", "1", "--access-log", "--stats-interval", "0.1"
+        ) as server:
+            server.started()
+            host, port = server.address
+            for _ in range(7):
+                with urllib.request.urlopen(f"http://{host}:{port}/x", timeout=5) as r:
+                    r.read()
+            read_all(send(server.address, b"BREW / HTTP/1.1\r\n\r\n", "whole"))
+            wait_totals(
+                server,
+                {
+                    "greenserve_http_requests_total[('code', '200')]": 7,
+                    "greenserve_http_requests_total[('code', '501')]": 1,
+                    "greenserve_http_request_duration_seconds_count": 8,
+                },
+            )
+            event = server.wait_event("request", count=7)[0]
+            assert event["method"] == "GET" and event["path"] == "/x" and event["status"] == 200
+            assert (
+                event["bytes"] == 14 and "duration_ms" in event and event["peer"].startswith("127.")
+            )
+
+
+def test_hello_is_the_default_http_app():
+    with running("--protocol", "http", "--workers", "1") as server:
+        server.started()
+        host, port = server.address
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as r:
+            assert r.read() == b"Hello, world!\n"
+    assert Path(APPS_DIR).is_dir()

@@ -161,6 +161,122 @@ def run_echo(rounds: int, seconds: float, connections: int, size: int) -> dict[s
     return results
 
 
+def http_contenders() -> list[Contender]:
+    py = sys.executable
+    app = "greenserve.apps:hello"
+    gunicorn = [py, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning"]
+    contenders = [
+        Contender(
+            "greenserve http x2",
+            [
+                py,
+                "-m",
+                "greenserve",
+                "--protocol",
+                "http",
+                "--workers",
+                "2",
+                "--bind",
+                "127.0.0.1:{port}",
+                "--metrics-bind",
+                "127.0.0.1:0",
+                "--log-level",
+                "warning",
+                "--log-format",
+                "json",
+            ],
+        ),
+    ]
+    if importlib.util.find_spec("gunicorn"):
+        contenders += [
+            Contender("gunicorn -k gevent x2", [*gunicorn, "-k", "gevent", app]),
+            Contender("gunicorn -k gevent_pywsgi x2", [*gunicorn, "-k", "gevent_pywsgi", app]),
+        ]
+    return contenders
+
+
+def wait_http(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.02)
+    raise RuntimeError(f"no HTTP answer on port {port}")
+
+
+def _wrk_latency_us(text: str, percentile: str) -> float:
+    import re
+
+    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)", text, re.M)
+    if not match:
+        return float("nan")
+    scale = {"us": 1, "ms": 1000, "s": 1_000_000}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def run_http(rounds: int, seconds: float) -> dict[str, list[dict]]:
+    import re
+
+    results: dict[str, list[dict]] = {}
+    contenders = http_contenders()
+    for round_index in range(rounds):
+        shift = round_index % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            port = free_port()
+            with started(contender, port) as proc:
+                wait_http(port)
+                url = f"http://127.0.0.1:{port}/"
+                subprocess.run(["wrk", "-t1", "-c64", "-d1", url], check=True, capture_output=True)
+                cpu_before = session_cpu_seconds(proc.pid)
+                out = subprocess.run(
+                    ["wrk", "-t1", "-c64", f"-d{seconds:g}", "--latency", url],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                cpu = session_cpu_seconds(proc.pid) - cpu_before
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+            sample = {
+                "requests_per_s": rps,
+                "p50_us": _wrk_latency_us(out, "50"),
+                "p99_us": _wrk_latency_us(out, "99"),
+                "server_cpu_seconds": cpu,
+                "requests_per_cpu_s": rps * seconds / cpu if cpu else 0.0,
+                "errors": "Socket errors" in out or "Non-2xx" in out,
+            }
+            results.setdefault(contender.name, []).append(sample)
+            print(
+                f"  round {round_index + 1} {contender.name:30s} {rps:>10,.0f} req/s"
+                f"  p99 {sample['p99_us'] / 1000:.2f} ms  {sample['requests_per_cpu_s']:>9,.0f}"
+                f" req/CPU-s",
+                flush=True,
+            )
+    return results
+
+
+def http_table(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    print("\nHTTP hello world, wrk -t1 -c64, medians")
+    print(f"{'server':30s} {'req/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} {'req/CPU-s':>10s}")
+    rows = []
+    for name, samples in results.items():
+        row = {
+            "server": name,
+            "requests_per_s": median(samples, "requests_per_s"),
+            "p50_us": median(samples, "p50_us"),
+            "p99_us": median(samples, "p99_us"),
+            "requests_per_cpu_s": median(samples, "requests_per_cpu_s"),
+            "errors": any(s["errors"] for s in samples),
+        }
+        rows.append(row)
+        print(
+            f"{name:30s} {row['requests_per_s']:>10,.0f} {row['p50_us'] / 1000:>7.2f}"
+            f" {row['p99_us'] / 1000:>7.2f} {row['requests_per_cpu_s']:>10,.0f}"
+        )
+    return rows
+
+
 def median(samples: list[dict], key: str) -> float:
     return statistics.median(s[key] for s in samples)
 
@@ -251,9 +367,41 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--scrape-workers", type=int, default=64)
+    parser.add_argument("--only", choices=("all", "echo", "http"), default="all")
     args = parser.parse_args()
 
     report: dict[str, Any] = {"cpus": WORKERS, "args": vars(args)}
+    goals: list[dict] = []
+    if args.only in ("all", "http"):
+        print("HTTP hello world: wrk -t1 -c64, two workers each")
+        http = run_http(args.rounds, args.seconds)
+        report["http_raw"] = http
+        report["http"] = http_table(http)
+        by_name = {row["server"]: row for row in report["http"]}
+        pywsgi = by_name.get("gunicorn -k gevent_pywsgi x2")
+        if pywsgi:
+            ours = by_name["greenserve http x2"]
+            print("\nGoals")
+            goals.append(
+                goal(
+                    "HTTP req/s vs gunicorn gevent_pywsgi",
+                    ours["requests_per_s"] / pywsgi["requests_per_s"],
+                    3.0,
+                )
+            )
+            goals.append(
+                goal(
+                    "HTTP p99 vs gunicorn gevent_pywsgi",
+                    ours["p99_us"] / pywsgi["p99_us"],
+                    0.25,
+                    False,
+                )
+            )
+    if args.only == "http":
+        report["goals"] = goals
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "latest-http.json").write_text(json.dumps(report, indent=2))
+        return
     print(f"TCP echo: {args.connections} connections in lockstep, {args.size}-byte messages")
     echo = run_echo(args.rounds, args.seconds, args.connections, args.size)
     report["echo_raw"] = echo

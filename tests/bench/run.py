@@ -198,10 +198,10 @@ def http_contenders() -> list[Contender]:
 def wait_http(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
-                if response.status == 200:
-                    return
+        url = f"http://127.0.0.1:{port}/"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
         time.sleep(0.02)
     raise RuntimeError(f"no HTTP answer on port {port}")
 

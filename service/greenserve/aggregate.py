@@ -1,9 +1,10 @@
 """The master's view of every worker slot, built from the workers' cumulative snapshots.
 
-Per slot it keeps the *retired* totals of the slot's dead processes plus the latest snapshot of its
-live one. A counter's value is their sum, so it never goes backwards when a worker dies, and a lost
-snapshot loses nothing: the next cumulative one carries it. Stdlib only (no prometheus here), so the
-arithmetic is tested on its own.
+Per slot it keeps the *retired* totals of the slot's dead processes plus the latest snapshot of each
+live one (a slot has two live processes while a reload or a recycle hands it over). A counter's
+value is their sum, so it never goes backwards when a worker dies, and a lost snapshot loses
+nothing: the next cumulative one carries it. Stdlib only (no prometheus here), so the arithmetic is
+tested on its own.
 """
 
 from __future__ import annotations
@@ -18,66 +19,63 @@ from greenserve.stats import COUNTERS, GAUGES, HISTOGRAMS, LABELLED, WIRE_VERSIO
 RESTART_REASONS = ("exit", "signal", "timeout", "max_requests", "reload")
 
 
-def _zero_histograms() -> dict[str, dict[str, Any]]:
-    return {name: {"counts": [0] * (len(b) + 1), "sum": 0.0} for name, b in HISTOGRAMS.items()}
+@dataclass
+class Totals:
+    """Counters, labelled counters and histogram buckets that add up across processes."""
+
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    labelled: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {name: {} for name in LABELLED}
+    )
+    histograms: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            name: {"counts": [0] * (len(b) + 1), "sum": 0.0} for name, b in HISTOGRAMS.items()
+        }
+    )
+
+    def add(self, snapshot: Snapshot) -> None:
+        """Add one process's cumulative snapshot."""
+        for name in COUNTERS:
+            self.counters[name] += snapshot["counters"].get(name, 0)
+        for name, values in snapshot.get("labelled", {}).items():
+            merged = self.labelled.setdefault(name, {})
+            for key, value in values.items():
+                merged[key] = merged.get(key, 0) + value
+        for name, hist in snapshot["histograms"].items():
+            mine = self.histograms.get(name)
+            if mine is None or len(mine["counts"]) != len(hist["counts"]):
+                continue  # a snapshot from a build with other buckets: cannot be merged
+            mine["counts"] = [a + b for a, b in zip(mine["counts"], hist["counts"], strict=True)]
+            mine["sum"] += hist["sum"]
+
+    def plus(self, snapshots: list[Snapshot]) -> Totals:
+        """A copy with the live snapshots added."""
+        total = Totals(
+            dict(self.counters),
+            {name: dict(values) for name, values in self.labelled.items()},
+            {
+                name: {"counts": list(h["counts"]), "sum": h["sum"]}
+                for name, h in self.histograms.items()
+            },
+        )
+        for snapshot in snapshots:
+            total.add(snapshot)
+        return total
 
 
 @dataclass
 class SlotState:
-    """One worker slot: the live process (if any) and what its dead predecessors counted."""
+    """One worker slot: its live processes and what its dead predecessors counted."""
 
     index: int
-    pid: int | None = None
+    pid: int | None = None  # the slot's current process (the newest)
     generation: int = 0
-    started_at: float = 0.0
     ready: bool = False
     last_report: float | None = None
     restarts: int = 0
-    retired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    retired_histograms: dict[str, dict[str, Any]] = field(default_factory=_zero_histograms)
-    retired_labelled: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {name: {} for name in LABELLED}
-    )
-    live: Snapshot | None = None
-
-    def labelled(self) -> dict[str, dict[str, int]]:
-        live = self.live.get("labelled", {}) if self.live else {}
-        return {
-            name: _add_counts(retired, live.get(name, {}))
-            for name, retired in self.retired_labelled.items()
-        }
-
-    def counters(self) -> dict[str, int]:
-        live = self.live["counters"] if self.live else {}
-        return {name: self.retired[name] + live.get(name, 0) for name in COUNTERS}
-
-    def gauges(self) -> dict[str, float]:
-        live = self.live["gauges"] if self.live else {}
-        return {name: live.get(name, 0) for name in GAUGES}
-
-    def histograms(self) -> dict[str, dict[str, Any]]:
-        live = self.live["histograms"] if self.live else {}
-        return {
-            name: _add_histograms(retired, live.get(name))
-            for name, retired in self.retired_histograms.items()
-        }
-
-
-def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    merged = dict(a)
-    for key, value in b.items():
-        merged[key] = merged.get(key, 0) + value
-    return merged
-
-
-def _add_histograms(a: dict[str, Any], b: dict[str, Any] | None) -> dict[str, Any]:
-    """Bucket-wise sum of two wire-format histograms with the same bounds."""
-    if not b:
-        return {"counts": list(a["counts"]), "sum": a["sum"]}
-    return {
-        "counts": [x + y for x, y in zip(a["counts"], b["counts"], strict=True)],
-        "sum": a["sum"] + b["sum"],
-    }
+    retired: Totals = field(default_factory=Totals)
+    live: dict[int, Snapshot] = field(default_factory=dict)  # pid -> latest snapshot
+    pids: set[int] = field(default_factory=set)  # every live process of the slot
 
 
 @dataclass(frozen=True)
@@ -133,25 +131,29 @@ class Aggregator:
             self._generation = generation
 
     def process_started(self, slot: int, pid: int, generation: int) -> None:
+        """A new process becomes the slot's current one (an old one may still be draining)."""
         with self._lock:
             state = self._slots.setdefault(slot, SlotState(slot))
             state.pid, state.generation = pid, generation
-            state.started_at = time.monotonic()
-            state.ready, state.last_report, state.live = False, None, None
+            state.ready, state.last_report = False, None
+            state.pids.add(pid)
 
     def apply(self, message: Snapshot) -> bool:
-        """Take a snapshot from the slot's live process; anything else is ignored."""
+        """Take a snapshot from one of the slot's live processes; anything else is ignored."""
         if message.get("v") != WIRE_VERSION or "counters" not in message:
             return False
         with self._lock:
             state = self._slots.get(message["slot"])
-            if state is None or state.pid != message["pid"]:
+            pid = message["pid"]
+            if state is None or pid not in state.pids:
                 return False
-            if state.live is not None and state.live["seq"] >= message["seq"]:
+            previous = state.live.get(pid)
+            if previous is not None and previous["seq"] >= message["seq"]:
                 return False
-            state.live = message
-            state.ready = state.ready or bool(message["ready"])
-            state.last_report = time.monotonic()
+            state.live[pid] = message
+            if pid == state.pid:
+                state.ready = state.ready or bool(message["ready"])
+                state.last_report = time.monotonic()
             return True
 
     def process_exited(self, slot: int, pid: int, reason: str | None) -> None:
@@ -161,18 +163,14 @@ class Aggregator:
         """
         with self._lock:
             state = self._slots.get(slot)
-            if state is None or state.pid != pid:
+            if state is None or pid not in state.pids:
                 return
-            if state.live is not None:
-                for name in COUNTERS:
-                    state.retired[name] += state.live["counters"].get(name, 0)
-                state.retired_labelled = state.labelled()
-                for name, hist in state.live["histograms"].items():
-                    retired = state.retired_histograms.get(name)
-                    state.retired_histograms[name] = (
-                        _add_histograms(retired, hist) if retired else _add_histograms(hist, None)
-                    )
-            state.pid, state.live, state.ready, state.last_report = None, None, False, None
+            state.pids.discard(pid)
+            snapshot = state.live.pop(pid, None)
+            if snapshot is not None:
+                state.retired.add(snapshot)
+            if pid == state.pid:
+                state.pid, state.ready, state.last_report = None, False, None
             if reason is not None:
                 self._restarts[reason] += 1
                 state.restarts += 1
@@ -180,22 +178,27 @@ class Aggregator:
     def view(self) -> View:
         now = time.monotonic()
         with self._lock:
-            slots = tuple(
-                SlotView(
-                    index=state.index,
-                    pid=state.pid,
-                    alive=state.pid is not None,
-                    ready=state.ready,
-                    report_age=None if state.last_report is None else now - state.last_report,
-                    restarts=state.restarts,
-                    counters=state.counters(),
-                    gauges=state.gauges(),
-                    histograms=state.histograms(),
-                    labelled=state.labelled(),
+            slots = []
+            for state in sorted(self._slots.values(), key=lambda s: s.index):
+                live = list(state.live.values())
+                total = state.retired.plus(live)
+                slots.append(
+                    SlotView(
+                        index=state.index,
+                        pid=state.pid,
+                        alive=state.pid is not None,
+                        ready=state.ready,
+                        report_age=None if state.last_report is None else now - state.last_report,
+                        restarts=state.restarts,
+                        counters=total.counters,
+                        gauges={
+                            name: sum(s["gauges"].get(name, 0) for s in live) for name in GAUGES
+                        },
+                        histograms=total.histograms,
+                        labelled=total.labelled,
+                    )
                 )
-                for state in sorted(self._slots.values(), key=lambda s: s.index)
-            )
-            return View(self._desired, slots, dict(self._restarts), self._generation)
+            return View(self._desired, tuple(slots), dict(self._restarts), self._generation)
 
 
 def health(view: View, stale_after: float | None) -> tuple[bool, dict[str, Any]]:

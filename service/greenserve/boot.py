@@ -20,6 +20,8 @@ from greenserve.config import Settings
 
 PR_SET_PDEATHSIG = 1
 APP_LOAD_FAILED = 3
+CRASHED = 1
+STACK_SIGNAL = signal.SIGUSR2  # the master asks a stuck worker for its stacks with this
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class WorkerSpec:
     stats_queue: Any
     heartbeat: Any
     master_alive: Connection
+    stack_file: str  # faulthandler writes the worker's stacks here when the master asks
 
 
 def start(spec: WorkerSpec) -> None:

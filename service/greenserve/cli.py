@@ -28,10 +28,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"greenserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(log_format=settings.log_format, level=settings.log_level, worker="master")
+    try:
+        logs.configure(
+            log_format=settings.log_format,
+            level=settings.log_level,
+            worker="master",
+            log_file=settings.log_file,
+        )
+    except OSError as exc:
+        print(
+            f"greenserve: error: cannot open log file {settings.log_file}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     from greenserve.master import Master
 
-    return Master(settings).run()
+    return Master(settings, argv=args).run()
 
 
 class _ToolParser(argparse.ArgumentParser):

@@ -129,6 +129,47 @@ def _bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a whole number >= 0") from None
+    if value < 0:
+        raise ValueError("expected a whole number >= 0")
+    return value
+
+
+def _optional_path(text: str) -> str | None:
+    value = str(text).strip()
+    return value or None
+
+
+def _user(text: str) -> int | None:
+    """A user name or uid; empty = do not change user."""
+    import pwd
+
+    value = str(text).strip()
+    if not value:
+        return None
+    try:
+        return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise ValueError("no such user") from None
+
+
+def _group(text: str) -> int | None:
+    """A group name or gid; empty = the user's primary group (or unchanged)."""
+    import grp
+
+    value = str(text).strip()
+    if not value:
+        return None
+    try:
+        return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise ValueError("no such group") from None
+
+
 def _auto_log_format(text: str) -> str | None:
     return None if str(text).strip().lower() == "auto" else _choice(LOG_FORMATS)(text)
 
@@ -230,6 +271,51 @@ OPTIONS: tuple[Option, ...] = (
         switch=True,
     ),
     Option(
+        "max_requests",
+        _non_negative_int,
+        "0",
+        "recycle a worker after this many connections (tcp) or requests (http); 0 = never",
+        "N",
+    ),
+    Option(
+        "max_requests_jitter",
+        _non_negative_int,
+        "0",
+        "add random(0..J) to max_requests per worker, so workers do not recycle together",
+        "J",
+    ),
+    Option(
+        "block_warn",
+        _non_negative_float,
+        "0.5",
+        "warn (with the stack) when a worker's event loop is blocked this long; 0 disables",
+        "S",
+    ),
+    Option(
+        "pid_file",
+        _optional_path,
+        "",
+        "write the master's pid here (atomically), removed on exit",
+        "FILE",
+    ),
+    Option(
+        "user",
+        _user,
+        "",
+        "workers switch to this user (name or uid) before loading the app",
+        "USER",
+    ),
+    Option(
+        "group", _group, "", "workers switch to this group (default: the user's group)", "GROUP"
+    ),
+    Option(
+        "log_file",
+        _optional_path,
+        "",
+        "append logs to this file (reopened on USR1, for logrotate); empty = stdout",
+        "FILE",
+    ),
+    Option(
         "log_format",
         _auto_log_format,
         "auto",
@@ -259,6 +345,13 @@ class Settings:
     header_timeout: float
     keepalive_timeout: float
     access_log: bool
+    max_requests: int
+    max_requests_jitter: int
+    block_warn: float
+    pid_file: str | None
+    user: int | None
+    group: int | None
+    log_file: str | None
     log_format: str | None
     log_level: str
     config: str | None = None

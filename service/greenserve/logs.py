@@ -23,11 +23,61 @@ LEVELS = {
 }
 
 
+class LogFile:
+    """An append-mode log file that can be reopened in place (USR1, after logrotate moved it).
+
+    structlog's logger keeps this object's bound methods, so reopening swaps only the handle.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def write(self, text: str) -> int:
+        return self._handle.write(text)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def reopen(self) -> None:
+        old, self._handle = self._handle, open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        old.close()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+
+_output: LogFile | None = None
+
+
+def reopen() -> bool:
+    """Reopen the log file, if logging goes to one; True when it did."""
+    if _output is None:
+        return False
+    _output.reopen()
+    return True
+
+
 def configure(
-    *, log_format: str | None, level: str, worker: int | str, stream: TextIO | None = None
+    *,
+    log_format: str | None,
+    level: str,
+    worker: int | str,
+    stream: TextIO | None = None,
+    log_file: str | None = None,
 ) -> None:
     """Configure structlog for this process; ``log_format=None`` picks console on a TTY."""
-    out = stream or sys.stdout
+    global _output
+    if log_file is not None:
+        if _output is None or _output.path != log_file:
+            _output = LogFile(log_file)
+        out: Any = _output
+    else:
+        _output = None
+        out = stream or sys.stdout
     if log_format is None:
         log_format = "console" if out.isatty() else "json"
     identity = {"pid": os.getpid(), "worker": worker}

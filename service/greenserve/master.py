@@ -2,6 +2,9 @@
 
 It never imports gevent and never runs user code. Signal handlers only queue the signal; the one
 loop in ``Master.run`` acts on queued signals, dead children, stats messages and heartbeats.
+
+A slot's worker is replaced without a gap (reload, recycling): the new process starts while the
+old one keeps serving, and the old one is told to drain only once the new one accepts.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import os
 import queue
 import signal
 import socket
+import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing import connection
 from typing import Any
 
@@ -23,7 +27,7 @@ from setproctitle import setproctitle
 
 from greenserve import boot, logs
 from greenserve.aggregate import Aggregator
-from greenserve.config import Settings
+from greenserve.config import ConfigError, Settings, load
 from greenserve.metrics import MetricsServer, build_app, build_registry, is_loopback
 from greenserve.sockets import BindError, bind_listener, bound_address
 from greenserve.stats import Heartbeat
@@ -40,6 +44,7 @@ LOOP_TICK = 0.05
 EARLY_DEATH = 1.0  # a worker dying sooner than this after start is "crashing on boot"
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0
 KILL_GRACE = 1.0  # after a stop deadline, workers get this long to exit on their own
+STACK_GRACE = 0.5  # time a timed-out worker gets to dump its stacks before SIGKILL
 MAX_MESSAGES_PER_TICK = 64
 
 HANDLED_SIGNALS = (
@@ -56,6 +61,7 @@ HANDLED_SIGNALS = (
 class State(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
+    RELOADING = "reloading"
     STOPPING = "stopping"
 
 
@@ -69,16 +75,24 @@ class WorkerProcess:
     stats_queue: Any
     heartbeat: Heartbeat
     started_at: float
-    kill_reason: str | None = None
+    stack_file: str
+    kill_reason: str | None = None  # why the master ends it; None for an asked-for stop
     ready: bool = False
+    wants_retire: bool = False  # reached --max-requests, waiting for its turn
+    abort_sent_at: float | None = None  # stacks asked for (STACK_SIGNAL) before a timeout kill
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 @dataclass
 class Slot:
-    """A worker position: at most one live process, plus its restart backoff."""
+    """A worker position: one serving process, plus the one it replaces during a hand-over."""
 
     index: int
     worker: WorkerProcess | None = None
+    outgoing: WorkerProcess | None = None  # drains once ``worker`` accepts
     failures: int = 0
     start_at: float | None = 0.0  # monotonic time to (re)start at; None = nothing scheduled
     wanted: bool = True  # False once scaled down: kept so its counters stay on /metrics
@@ -94,11 +108,20 @@ class Stop:
 
 
 @dataclass
-class Master:
-    """Supervises one generation of workers serving one listening socket."""
+class Reload:
+    """What a reload replaced, to roll back to if the new generation cannot start."""
 
     settings: Settings
-    log: Any = field(init=False)
+    generation: int
+    listener: socket.socket | None  # the old listener when bind changed, closed after hand-over
+
+
+@dataclass
+class Master:
+    """Supervises the workers serving one listening socket."""
+
+    settings: Settings
+    argv: list[str] = field(default_factory=list)  # re-read on HUP: CLI values keep winning
     state: State = State.STARTING
     exit_code: int = EXIT_OK
 
@@ -107,10 +130,12 @@ class Master:
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
         self.slots: dict[int, Slot] = {}
+        self.retiring: list[WorkerProcess] = []  # told to drain, no longer in a slot
         self.signals: deque[int] = deque()
         self.aggregator = Aggregator(self.settings.workers)
         self.generation = 1
         self.stop: Stop | None = None
+        self.reload: Reload | None = None
         self.listener: socket.socket | None = None
         self.metrics: MetricsServer | None = None
 
@@ -127,7 +152,7 @@ class Master:
                 self.listener.close()
             return EXIT_RUNTIME
         bind = bound_address(self.listener)
-        setproctitle(f"greenserve: master [{bind}, {self.settings.workers} workers]")
+        self._set_title()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -135,6 +160,7 @@ class Master:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._on_signal)
         self.alive_r, self.alive_w = self.ctx.Pipe(duplex=False)
+        self._write_pid_file()
         self.log.info(
             "started",
             bind=str(bind),
@@ -142,6 +168,8 @@ class Master:
             protocol=self.settings.protocol,
             metrics=str(self.metrics.address) if self.metrics else "off",
         )
+        if os.geteuid() == 0 and self.settings.user is None:
+            self.log.warning("workers_run_as_root", hint="set --user to run the app unprivileged")
         for index in range(self.settings.workers):
             self.slots[index] = Slot(index)
         try:
@@ -150,6 +178,13 @@ class Master:
             self._cleanup(wake_r, wake_w)
         self.log.info("stopped", code=self.exit_code)
         return self.exit_code
+
+    def _set_title(self) -> None:
+        assert self.listener is not None
+        setproctitle(
+            f"greenserve: master [{bound_address(self.listener)}, {self.desired()} workers, "
+            f"generation {self.generation}]"
+        )
 
     def _start_metrics(self) -> None:
         address = self.settings.metrics_bind
@@ -162,14 +197,32 @@ class Master:
                 hint="metrics reveal internals; bind them to loopback or firewall the port",
             )
         registry = build_registry(self.aggregator)
-        stale_after = stale_window(self.settings)
         try:
             self.metrics = MetricsServer(
-                address, build_app(registry, self.aggregator, lambda: stale_after)
+                address, build_app(registry, self.aggregator, lambda: stale_window(self.settings))
             )
         except OSError as exc:
             raise BindError(f"cannot bind metrics {address}: {_reason(exc)}") from None
         self.metrics.start()
+
+    def _write_pid_file(self) -> None:
+        path = self.settings.pid_file
+        if path is None:
+            return
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        os.replace(temporary, path)  # atomic: a reader never sees a half-written file
+
+    def _remove_pid_file(self) -> None:
+        path = self.settings.pid_file
+        if path is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as handle:
+                if int(handle.read().strip()) != os.getpid():
+                    return  # another master owns it now
+            os.unlink(path)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.append(signum)
@@ -180,26 +233,23 @@ class Master:
         self.state = State.RUNNING
         while True:
             self._spawn_due()
-            waitables: list[Any] = [wake_r]
-            waitables += [s.worker.process.sentinel for s in self.slots.values() if s.worker]
-            connection.wait(waitables, timeout=LOOP_TICK)
+            connection.wait([wake_r, *(w.process.sentinel for w in self._all())], LOOP_TICK)
             _drain_socket(wake_r)
             while self.signals:
                 self._dispatch(self.signals.popleft())
             self._read_stats()
             self._reap()
             self._check_heartbeats()
+            self._grant_recycle()
             if self.stop is not None:
                 self._advance_stop()
-                if not any(slot.worker for slot in self.slots.values()):
+                if not self._all():
                     return
 
     def _dispatch(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        handler = getattr(self, "handle_" + name.lower(), None)
         self.log.info("signal", signal=name)
-        if handler is not None:
-            handler()
+        getattr(self, "handle_" + name.lower())()
 
     def handle_sigterm(self) -> None:
         self._begin_stop(graceful=True)
@@ -217,7 +267,65 @@ class Master:
     def handle_sigttou(self) -> None:
         self._scale(-1)
 
+    def handle_sigusr1(self) -> None:
+        """Reopen log files here and in every worker (logrotate's postrotate)."""
+        if self.settings.log_file and self.settings.user is not None:
+            with contextlib.suppress(OSError):  # let unprivileged workers reopen it too
+                os.chown(self.settings.log_file, self.settings.user, self.settings.group or -1)
+        reopened = logs.reopen()
+        for worker in self._all():
+            _kill(worker.pid, signal.SIGUSR1)
+        self.log.info("logs_reopened", file=self.settings.log_file if reopened else "stdout")
+
+    def handle_sighup(self) -> None:
+        """Re-read the config, start a new generation, drain the old one once it serves."""
+        if self.stop is not None:
+            return
+        try:
+            new = load(self.argv, os.environ)
+        except ConfigError as exc:
+            self.log.error("reload_failed", error=str(exc), hint="the running workers go on")
+            return
+        old = self.settings
+        changed = {
+            f.name: [_show(getattr(old, f.name)), _show(getattr(new, f.name))]
+            for f in fields(Settings)
+            if getattr(old, f.name) != getattr(new, f.name)
+        }
+        previous_listener = None
+        if new.bind != old.bind:
+            try:
+                new_listener = bind_listener(new.bind)
+            except BindError as exc:
+                self.log.error("reload_failed", error=str(exc), hint="the running workers go on")
+                return
+            previous_listener, self.listener = self.listener, new_listener
+        if self.reload is None:
+            self.reload = Reload(old, self.generation, previous_listener)
+        elif previous_listener is not None:
+            previous_listener.close()  # a reload during a reload: that listener never served
+        self.settings = new
+        self.generation += 1
+        self.aggregator.set_generation(self.generation)
+        self.state = State.RELOADING
+        self._resize(new.workers)
+        for slot in self.slots.values():
+            if slot.wanted:
+                self._replace(slot, "reload")
+        self._set_title()
+        self.log.info("reload", generation=self.generation, changed=changed)
+
     # -- workers ---------------------------------------------------------------------------------
+
+    def _all(self) -> list[WorkerProcess]:
+        """Every live process: serving, handing over, and draining."""
+        found = []
+        for slot in self.slots.values():
+            found += [w for w in (slot.worker, slot.outgoing) if w is not None]
+        return found + self.retiring
+
+    def desired(self) -> int:
+        return sum(1 for slot in self.slots.values() if slot.wanted)
 
     def _spawn_due(self) -> None:
         if self.stop is not None:
@@ -231,6 +339,10 @@ class Master:
     def _spawn(self, slot: Slot) -> None:
         heartbeat = self.ctx.RawValue("d", time.monotonic())
         stats_queue = self.ctx.Queue(STATS_QUEUE_SIZE)
+        handle, stack_file = tempfile.mkstemp(prefix=f"greenserve-stack-{slot.index}-")
+        os.close(handle)
+        if self.settings.user is not None:
+            os.chown(stack_file, self.settings.user, self.settings.group or -1)
         spec = boot.WorkerSpec(
             slot=slot.index,
             generation=self.generation,
@@ -239,6 +351,7 @@ class Master:
             stats_queue=stats_queue,
             heartbeat=heartbeat,
             master_alive=self.alive_r,
+            stack_file=stack_file,
         )
         process = self.ctx.Process(
             target=boot.start, args=(spec,), name=f"greenserve-worker-{slot.index}", daemon=False
@@ -251,15 +364,43 @@ class Master:
             stats_queue=stats_queue,
             heartbeat=Heartbeat(heartbeat),
             started_at=time.monotonic(),
+            stack_file=stack_file,
         )
         slot.start_at = None
         self.aggregator.process_started(slot.index, process.pid, self.generation)
-        self.log.info("worker_spawned", slot=slot.index, worker_pid=process.pid)
+        self.log.info(
+            "worker_spawned", slot=slot.index, worker_pid=process.pid, generation=self.generation
+        )
+
+    def _replace(self, slot: Slot, reason: str) -> None:
+        """Start a new process for the slot; the current one drains once the new one accepts."""
+        current = slot.worker
+        slot.worker, slot.start_at, slot.failures = None, time.monotonic(), 0
+        if current is None:
+            return
+        current.kill_reason = reason
+        if slot.outgoing is None:
+            slot.outgoing = current
+        else:  # replaced again before it ever served: the first process keeps serving
+            self._retire(current)
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        self.retiring.append(worker)
+        _kill(worker.pid, signal.SIGTERM)
 
     def _read_stats(self) -> None:
+        for worker in self._all():
+            self._drain_stats(worker)
         for slot in self.slots.values():
-            if slot.worker is not None:
-                self._drain_stats(slot.worker)
+            if slot.outgoing is not None and slot.worker is not None and slot.worker.ready:
+                self._retire(slot.outgoing)  # the new process accepts: the old one drains
+                slot.outgoing = None
+        if self.reload is not None and not any(s.outgoing for s in self.slots.values()):
+            if self.reload.listener is not None:
+                self.reload.listener.close()  # the draining workers keep their own copies
+            self.reload = None
+            self.state = State.RUNNING if self.stop is None else self.state
+            self.log.info("reload_complete", generation=self.generation)
 
     def _drain_stats(self, worker: WorkerProcess) -> None:
         for _ in range(MAX_MESSAGES_PER_TICK):
@@ -267,38 +408,70 @@ class Master:
                 message = worker.stats_queue.get_nowait()
             except (queue.Empty, OSError, EOFError):
                 return
-            if self.aggregator.apply(message) and message.get("ready") and not worker.ready:
-                worker.ready = True
+            if self.aggregator.apply(message) or message.get("pid") == worker.pid:
+                worker.ready = worker.ready or bool(message.get("ready"))
+                worker.wants_retire = worker.wants_retire or bool(message.get("retire"))
+
+    def _grant_recycle(self) -> None:
+        """--max-requests: replace one asking worker at a time, never two together."""
+        if self.stop is not None or any(
+            s.outgoing or s.worker is None for s in self.slots.values() if s.wanted
+        ):
+            return
+        for slot in self.slots.values():
+            worker = slot.worker
+            if slot.wanted and worker is not None and worker.ready and worker.wants_retire:
+                self.log.info("worker_recycling", slot=slot.index, worker_pid=worker.pid)
+                self._replace(slot, "max_requests")
+                return
 
     def _reap(self) -> None:
         for slot in self.slots.values():
-            worker = slot.worker
-            if worker is None or worker.process.is_alive():
-                continue
-            self._drain_stats(worker)
-            code = worker.process.exitcode
-            lived = time.monotonic() - worker.started_at
-            reason = self._exit_reason(worker, code)
-            self.aggregator.process_exited(slot.index, worker.process.pid, reason)
-            fields: dict[str, Any] = {"slot": slot.index, "worker_pid": worker.process.pid}
-            if code is not None and code < 0:
-                fields["signal"] = signal.Signals(-code).name
-            else:
-                fields["code"] = code
-            log = self.log.info if reason is None else self.log.warning
-            log("worker_exited", lived_seconds=round(lived, 3), **fields)
-            worker.stats_queue.close()
-            worker.process.close()
-            slot.worker = None
-            if code == EXIT_APP_LOAD and not worker.ready:
-                self._halt_app_load(slot)
-            elif self.stop is None and slot.wanted:
-                self._schedule_restart(slot, lived, worker.ready)
+            for attr in ("worker", "outgoing"):
+                worker = getattr(slot, attr)
+                if worker is not None and not worker.process.is_alive():
+                    setattr(slot, attr, None)
+                    self._reaped(worker, slot)
+        for worker in list(self.retiring):
+            if not worker.process.is_alive():
+                self.retiring.remove(worker)
+                self._reaped(worker, None)
 
-    def _exit_reason(self, worker: WorkerProcess, code: int | None) -> str | None:
+    def _reaped(self, worker: WorkerProcess, slot: Slot | None) -> None:
+        """Account for a dead process; restart its slot when it was the slot's worker."""
+        self._drain_stats(worker)
+        code = worker.process.exitcode
+        lived = time.monotonic() - worker.started_at
+        reason = self._exit_reason(worker, code, serving=slot is not None)
+        self.aggregator.process_exited(worker.slot, worker.pid, reason)
+        fields_: dict[str, Any] = {"slot": worker.slot, "worker_pid": worker.pid}
+        if code is not None and code < 0:
+            fields_["signal"] = signal.Signals(-code).name
+        else:
+            fields_["code"] = code
+        unexpected = reason in ("exit", "signal", "timeout")
+        (self.log.warning if unexpected else self.log.info)(
+            "worker_exited", lived_seconds=round(lived, 3), reason=reason, **fields_
+        )
+        worker.stats_queue.close()
+        worker.process.close()
+        with contextlib.suppress(OSError):
+            os.unlink(worker.stack_file)
+        if slot is None or slot.worker is not None or self.stop is not None:
+            return
+        if code == EXIT_APP_LOAD and not worker.ready:
+            if slot.outgoing is not None:
+                self._abort_reload()
+            else:
+                self._halt_app_load(slot)
+        elif slot.wanted:
+            self._schedule_restart(slot, lived, worker.ready)
+
+    def _exit_reason(self, worker: WorkerProcess, code: int | None, serving: bool) -> str | None:
         if worker.kill_reason is not None:
             return worker.kill_reason
-        if self.stop is not None or not self.slots[worker.slot].wanted:
+        slot = self.slots.get(worker.slot)
+        if self.stop is not None or not serving or slot is None or not slot.wanted:
             return None
         return "signal" if code is not None and code < 0 else "exit"
 
@@ -310,6 +483,33 @@ class Master:
         else:
             slot.failures, delay = 0, 0.0
         slot.start_at = time.monotonic() + delay
+
+    def _abort_reload(self) -> None:
+        """The new generation cannot load its app: keep the old one serving."""
+        assert self.reload is not None
+        self.log.error(
+            "reload_failed",
+            error="the new generation cannot load the app",
+            app=self.settings.app,
+            hint="the previous generation goes on serving",
+        )
+        for slot in self.slots.values():
+            if slot.worker is not None and slot.outgoing is not None:
+                slot.worker.kill_reason = "reload"
+                self._retire(slot.worker)
+                slot.worker = None
+            if slot.outgoing is not None:
+                slot.worker, slot.outgoing = slot.outgoing, None
+                slot.worker.kill_reason = None
+                slot.start_at = None
+        if self.reload.listener is not None and self.listener is not None:
+            self.listener.close()
+            self.listener = self.reload.listener
+        self.settings, self.generation = self.reload.settings, self.reload.generation
+        self.aggregator.set_generation(self.generation)
+        self.reload = None
+        self.state = State.RUNNING
+        self._set_title()
 
     def _halt_app_load(self, slot: Slot) -> None:
         self.log.error(
@@ -325,43 +525,47 @@ class Master:
         timeout = self.settings.timeout
         if not timeout or self.stop is not None:
             return
-        for slot in self.slots.values():
-            worker = slot.worker
-            if worker is None or worker.kill_reason is not None:
+        now = time.monotonic()
+        for worker in self._all():
+            if worker.kill_reason == "timeout":
                 continue
-            age = worker.heartbeat.age()
-            if age > timeout:
+            if worker.abort_sent_at is None:
+                if worker.heartbeat.age() > timeout:
+                    # First ask for the stacks (faulthandler in the worker), kill a moment later.
+                    worker.abort_sent_at = now
+                    _kill(worker.pid, boot.STACK_SIGNAL)
+            elif now - worker.abort_sent_at >= STACK_GRACE:
                 self.log.error(
                     "worker_timeout",
-                    slot=slot.index,
-                    worker_pid=worker.process.pid,
-                    silent_seconds=round(age, 3),
+                    slot=worker.slot,
+                    worker_pid=worker.pid,
+                    silent_seconds=round(worker.heartbeat.age(), 3),
+                    stack=_read_stack(worker.stack_file),
                 )
                 worker.kill_reason = "timeout"
-                _kill(worker.process.pid, signal.SIGKILL)
+                _kill(worker.pid, signal.SIGKILL)
 
-    def desired(self) -> int:
-        return sum(1 for slot in self.slots.values() if slot.wanted)
+    def _resize(self, count: int) -> None:
+        for index in range(max(count, len(self.slots))):
+            slot = self.slots.setdefault(index, Slot(index, start_at=None, wanted=False))
+            if index < count and not slot.wanted:
+                slot.wanted, slot.failures, slot.start_at = True, 0, time.monotonic()
+            elif index >= count and slot.wanted:
+                slot.wanted, slot.start_at = False, None
+                for worker in (slot.worker, slot.outgoing):
+                    if worker is not None:
+                        self._retire(worker)
+                slot.worker = slot.outgoing = None
+        self.aggregator.set_desired(count)
 
     def _scale(self, delta: int) -> None:
         """One worker more (the lowest free slot) or fewer (the highest), never below one."""
-        if self.stop is not None or self.desired() + delta < 1:
+        count = self.desired() + delta
+        if self.stop is not None or count < 1:
             return
-        if delta > 0:
-            index = next(
-                i
-                for i in range(len(self.slots) + 1)
-                if i not in self.slots or not self.slots[i].wanted
-            )
-            slot = self.slots.setdefault(index, Slot(index))
-            slot.wanted, slot.failures, slot.start_at = True, 0, time.monotonic()
-        else:
-            slot = max((s for s in self.slots.values() if s.wanted), key=lambda s: s.index)
-            slot.wanted, slot.start_at = False, None
-            if slot.worker is not None:
-                _kill(slot.worker.process.pid, signal.SIGTERM)
-        self.aggregator.set_desired(self.desired())
-        self.log.info("workers_scaled", workers=self.desired())
+        self._resize(count)
+        self._set_title()
+        self.log.info("workers_scaled", workers=count)
 
     # -- stopping --------------------------------------------------------------------------------
 
@@ -372,26 +576,26 @@ class Master:
         wait = self.settings.graceful_timeout + KILL_GRACE if graceful else KILL_GRACE
         self.stop = Stop(graceful=graceful, kill_at=time.monotonic() + wait)
         self.log.info("stopping", graceful=graceful, timeout=wait)
-        if self.listener is not None:
-            self.listener.close()  # workers still hold their copies until they drain
-        for worker in self._live_workers():
-            _kill(worker.process.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
+        for listener in (self.listener, self.reload.listener if self.reload else None):
+            if listener is not None:
+                listener.close()  # workers still hold their copies until they drain
+        for worker in self._all():
+            _kill(worker.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
 
     def _advance_stop(self) -> None:
         assert self.stop is not None
         if not self.stop.killed and time.monotonic() >= self.stop.kill_at:
             self.stop.killed = True
-            for worker in self._live_workers():
-                self.log.warning("worker_killed", slot=worker.slot, worker_pid=worker.process.pid)
-                _kill(worker.process.pid, signal.SIGKILL)
-
-    def _live_workers(self) -> list[WorkerProcess]:
-        return [slot.worker for slot in self.slots.values() if slot.worker is not None]
+            for worker in self._all():
+                self.log.warning("worker_killed", slot=worker.slot, worker_pid=worker.pid)
+                _kill(worker.pid, signal.SIGKILL)
 
     def _cleanup(self, wake_r: socket.socket, wake_w: socket.socket) -> None:
-        for worker in self._live_workers():
-            _kill(worker.process.pid, signal.SIGKILL)
+        for worker in self._all():
+            _kill(worker.pid, signal.SIGKILL)
             worker.process.join(5)
+            with contextlib.suppress(OSError):
+                os.unlink(worker.stack_file)
         if self.metrics is not None:
             self.metrics.stop()
         if self.listener is not None:
@@ -400,6 +604,7 @@ class Master:
         wake_r.close()
         wake_w.close()
         self.alive_w.close()
+        self._remove_pid_file()
 
 
 def stale_window(settings: Settings) -> float:
@@ -410,6 +615,18 @@ def stale_window(settings: Settings) -> float:
     """
     window = max(2.0, 3 * settings.stats_interval)
     return min(window, settings.timeout) if settings.timeout else window
+
+
+def _read_stack(path: str) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.read()[-20000:] or "(the worker wrote no stack: it did not answer)"
+    except OSError:
+        return "(no stack file)"
+
+
+def _show(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
 def _kill(pid: int | None, signum: int) -> None:

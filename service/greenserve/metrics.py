@@ -31,6 +31,7 @@ COUNTER_HELP = {
     "bytes_sent": "Bytes sent to clients by the worker slot.",
     "handler_errors": "Connections whose handler raised an exception.",
     "stats_dropped": "Stats snapshots dropped because the channel to the master was full.",
+    "event_loop_blocked": "Times the event loop was blocked longer than --block-warn.",
 }
 GAUGE_HELP = {
     "connections_active": "Connections open in the worker slot now.",

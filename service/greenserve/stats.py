@@ -21,6 +21,7 @@ COUNTERS = (
     "bytes_sent",
     "handler_errors",
     "stats_dropped",
+    "event_loop_blocked",
 )
 GAUGES = ("connections_active", "resident_memory_bytes", "http_requests_in_flight")
 LABELLED = ("http_requests",)  # counters by a label value (the HTTP status code)
@@ -87,6 +88,7 @@ class WorkerStats:
         self.bytes_sent = 0
         self.handler_errors = 0
         self.stats_dropped = 0
+        self.event_loop_blocked = 0
         self.connections_active = 0
         self.http_in_flight = 0
         self.http_requests: dict[str, int] = {}
@@ -94,9 +96,13 @@ class WorkerStats:
         self.histograms = {name: Histogram(bounds) for name, bounds in HISTOGRAMS.items()}
         self.seq = 0
 
-    def snapshot(self, *, slot: int, generation: int, ready: bool) -> Snapshot:
+    def snapshot(
+        self, *, slot: int, generation: int, ready: bool, retire: bool = False
+    ) -> Snapshot:
+        """``retire``: the worker reached --max-requests and asks for its turn to be replaced."""
         self.seq += 1
         return {
+            "retire": retire,
             "v": WIRE_VERSION,
             "slot": slot,
             "pid": os.getpid(),

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import os
+import random
 import signal
 import sys
 import time
 from typing import Any, NoReturn
 
 import gevent
-from gevent import monkey
+from gevent import events, monkey
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.pool import Pool
@@ -18,7 +20,7 @@ from gevent.server import StreamServer
 from setproctitle import setproctitle
 
 from greenserve import apps, logs
-from greenserve.boot import APP_LOAD_FAILED, WorkerSpec
+from greenserve.boot import APP_LOAD_FAILED, STACK_SIGNAL, WorkerSpec
 from greenserve.config import Address, Settings
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
@@ -67,6 +69,13 @@ class Worker:
         self.heartbeat = Heartbeat(spec.heartbeat)
         self.stopping = Event()
         self.ready = False
+        settings = self.settings
+        self.retire_at = (
+            settings.max_requests + random.randint(0, settings.max_requests_jitter)
+            if settings.max_requests
+            else 0
+        )
+        self.retire_wanted = False
         self.pool = Pool(self.settings.max_connections)
         listener = gsocket.socket(fileno=spec.listener.detach())
         settings = self.settings
@@ -94,6 +103,7 @@ class Worker:
     def serve(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self._request_stop, True)
         gevent.signal_handler(signal.SIGQUIT, self._request_stop, False)
+        gevent.signal_handler(signal.SIGUSR1, logs.reopen)
         background = [
             gevent.spawn(self._probe_loop),
             gevent.spawn(self._flush_loop),
@@ -132,7 +142,10 @@ class Worker:
     def flush(self) -> None:
         self.protocol.connections.fold()
         message = self.stats.snapshot(
-            slot=self.spec.slot, generation=self.spec.generation, ready=self.ready
+            slot=self.spec.slot,
+            generation=self.spec.generation,
+            ready=self.ready,
+            retire=self.retire_wanted,
         )
         if not self.channel.send(message):
             self.stats.stats_dropped += 1
@@ -152,6 +165,17 @@ class Worker:
             started = clock()
             gevent.sleep(LAG_PROBE_INTERVAL)
             lag.observe(max(0.0, clock() - started - LAG_PROBE_INTERVAL))
+            if self.retire_at and not self.retire_wanted and self._served() >= self.retire_at:
+                # Ask the master for a turn: it replaces one worker at a time, so recycling
+                # never takes two workers out together. Serving goes on meanwhile.
+                self.retire_wanted = True
+                self.log.info("worker_recycle_requested", served=self._served())
+                self.flush()
+
+    def _served(self) -> int:
+        if self.http is not None:
+            return self.stats.requests_served
+        return self.stats.connections_accepted
 
     def _watch_master(self) -> None:
         """The master holds the only write end of this pipe: EOF means the master is gone."""
@@ -185,15 +209,66 @@ def _route_unraisable(log: Any) -> None:
     sys.unraisablehook = hook
 
 
+def _watch_blocking(threshold: float, stats: WorkerStats, log: Any) -> None:
+    """gevent's monitor thread reports a hub blocked longer than ``threshold``: log and count."""
+    if not threshold:
+        return
+    gevent.config.monitor_thread = True
+    gevent.config.max_blocking_time = threshold
+    gevent.config.print_blocking_reports = False  # our log line replaces gevent's stderr dump
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, events.EventLoopBlocked):
+            stats.event_loop_blocked += 1
+            log.warning(
+                "event_loop_blocked",
+                blocked_seconds=round(event.blocking_time, 3),
+                greenlet=repr(event.greenlet),
+                stack="".join(line if line.endswith("\n") else line + "\n" for line in event.info),
+            )
+
+    events.subscribers.append(on_event)
+    # The hub exists already (sockets were made), so its monitor is started explicitly.
+    gevent.get_hub().start_periodic_monitoring_thread()
+
+
+def _drop_privileges(settings: Settings) -> None:
+    """Switch to --user/--group; the master kept root only to bind."""
+    if settings.user is None and settings.group is None:
+        return
+    import pwd
+
+    gid = settings.group
+    if gid is None and settings.user is not None:
+        gid = pwd.getpwuid(settings.user).pw_gid
+    if gid is not None:
+        os.setgroups([gid])
+        os.setgid(gid)
+    if settings.user is not None:
+        os.setuid(settings.user)
+
+
 def run(spec: WorkerSpec) -> NoReturn:
     """Entry point after boot: never returns, the process ends here."""
     # Patching happens here, not at import: the forkserver preloads this module and must keep
     # its own stdlib unpatched; every module imported so far is patched in place.
     monkey.patch_all()
     settings = spec.settings
-    logs.configure(log_format=settings.log_format, level=settings.log_level, worker=spec.slot)
+    # Files first, while this process may still be root; then drop privileges.
+    logs.configure(
+        log_format=settings.log_format,
+        level=settings.log_level,
+        worker=spec.slot,
+        log_file=settings.log_file,
+    )
     log = logs.get()
     _route_unraisable(log)
+    stack_file = open(spec.stack_file, "w")  # noqa: SIM115 - lives as long as the process
+    # The master sends SIGUSR2 to a worker that missed its heartbeat: the stacks of every
+    # thread go to this file (from C, so even a spinning loop answers), the master logs them.
+    # (faulthandler refuses to register SIGABRT, which it reserves for fatal errors.)
+    faulthandler.register(STACK_SIGNAL, file=stack_file, all_threads=True, chain=False)
+    _drop_privileges(settings)
     setproctitle(f"greenserve: worker {spec.slot} [{settings.bind}]")
     try:
         app = load_app(settings)
@@ -204,6 +279,7 @@ def run(spec: WorkerSpec) -> NoReturn:
         log.error("app_load_failed", app=settings.app, error=repr(exc), exc_info=True)
         _exit(APP_LOAD_FAILED)
     worker = Worker(spec, app, log)
+    _watch_blocking(settings.block_warn, worker.stats, log)
     code = worker.serve()
     # Deliver the final snapshot before leaving: the feeder is a real thread, and the queue is
     # bounded far below a pipe's capacity, so this join cannot wait on the master.

@@ -133,3 +133,29 @@ class TestHealth:
         agg.set_desired(3)
         view = agg.view()
         assert view.desired == 3 and len(view.slots) == 3
+
+
+class TestHandOver:
+    """Two live processes in one slot (reload, recycle): both count, nothing is lost."""
+
+    def test_old_and_new_process_both_count_until_the_old_exits(self):
+        agg = Aggregator(1)
+        agg.process_started(0, 100, 1)
+        old = WorkerStats()
+        old.connections_accepted, old.connections_active = 10, 2
+        agg.apply(_snapshot(old, 0, 100))
+        agg.process_started(0, 200, 2)  # the replacement starts; the old one drains
+        new = WorkerStats()
+        new.connections_accepted, new.connections_active = 3, 1
+        agg.apply(_snapshot(new, 0, 200))
+        old.connections_accepted, old.connections_active = 12, 0
+        assert agg.apply(_snapshot(old, 0, 100))  # the draining process still reports
+        slot = agg.view().slots[0]
+        assert slot.counters["connections_accepted"] == 15
+        assert slot.gauges["connections_active"] == 1
+        assert slot.pid == 200
+        agg.process_exited(0, 100, "reload")
+        view = agg.view()
+        assert view.slots[0].counters["connections_accepted"] == 15
+        assert view.slots[0].pid == 200 and view.slots[0].alive
+        assert view.restarts["reload"] == 1

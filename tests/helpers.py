@@ -36,12 +36,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: fl
 class Server:
     """A greenserve master started in its own session; its JSON log lines are collected."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = APPS_DIR) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = APPS_DIR,
+        default_bind: bool = True,
+    ) -> None:
+        """``default_bind=False``: do not add ``--bind 127.0.0.1:0`` (the config file binds)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")}
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
         defaults = []
-        if not any(a.startswith("--bind") for a in args):
+        if default_bind and not any(a.startswith("--bind") for a in args):
             defaults += ["--bind", "127.0.0.1:0"]
         if not any(a.startswith("--metrics-bind") for a in args):
             defaults += ["--metrics-bind", "127.0.0.1:0"]

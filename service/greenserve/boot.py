@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
+import os
 import signal
 import socket
+import sys
+import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -49,9 +53,33 @@ def start(spec: WorkerSpec) -> None:
     # message now starts the feeder as a real OS thread; puts from greenlets only append to its
     # buffer, so the hub never waits on the pipe or on the master.
     spec.stats_queue.put_nowait({"v": 1, "kind": "boot", "slot": spec.slot})
-    from greenserve import worker
+    try:
+        # Imported here, not at the top: the master imports this module and must not load gevent.
+        from greenserve import worker
 
-    worker.run(spec)
+        worker.run(spec)
+    except BaseException:
+        _report_crash()
+        os._exit(CRASHED)
+
+
+def _report_crash() -> None:
+    """Anything escaping the worker is one JSON event with its traceback, not loose lines.
+
+    Written with modules loaded at start only: the crash may be an import that failed (after
+    dropping privileges, say), so the handler must not import anything new itself.
+    """
+    event = {
+        "event": "worker_crashed",
+        "level": "critical",
+        "pid": os.getpid(),
+        "exception": traceback.format_exc(),
+    }
+    try:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _die_with_parent() -> None:

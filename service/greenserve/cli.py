@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    # Imported late: --help, tools and usage errors answer without loading the master.
     from greenserve.master import Master
 
     return Master(settings, argv=args).run()
@@ -85,6 +86,7 @@ def _tool(name: str, argv: list[str], environ: Mapping[str, str]) -> int:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
     options = parser.parse_args(argv)
     if name == "client":
+        # Each tool imports only what it uses (top needs rich, status prometheus' parser).
         from greenserve import client
 
         try:

@@ -146,7 +146,7 @@ def _optional_path(text: str) -> str | None:
 
 def _user(text: str) -> int | None:
     """A user name or uid; empty = do not change user."""
-    import pwd
+    import pwd  # only when the setting is used
 
     value = str(text).strip()
     if not value:
@@ -159,7 +159,7 @@ def _user(text: str) -> int | None:
 
 def _group(text: str) -> int | None:
     """A group name or gid; empty = the user's primary group (or unchanged)."""
-    import grp
+    import grp  # only when the setting is used
 
     value = str(text).strip()
     if not value:

@@ -31,7 +31,7 @@ class LogFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open: the log
 
     def write(self, text: str) -> int:
         return self._handle.write(text)
@@ -43,7 +43,7 @@ class LogFile:
         return False
 
     def reopen(self) -> None:
-        old, self._handle = self._handle, open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        old, self._handle = self._handle, open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open: the log
         old.close()
 
     def fileno(self) -> int:

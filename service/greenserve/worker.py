@@ -9,6 +9,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from typing import Any, NoReturn
 
 import gevent
@@ -60,11 +61,11 @@ def load_app(settings: Settings) -> Any:
 class Worker:
     """One worker process's serving loop and its background greenlets."""
 
-    def __init__(self, spec: WorkerSpec, app: Any, log: Any) -> None:
+    def __init__(self, spec: WorkerSpec, app: Any, log: Any, stats: WorkerStats) -> None:
         self.spec = spec
         self.settings = spec.settings
         self.log = log
-        self.stats = WorkerStats()
+        self.stats = stats
         self.channel = StatsChannel(spec.stats_queue)
         self.heartbeat = Heartbeat(spec.heartbeat)
         self.stopping = Event()
@@ -216,6 +217,9 @@ def _watch_blocking(threshold: float, stats: WorkerStats, log: Any) -> None:
     gevent.config.monitor_thread = True
     gevent.config.max_blocking_time = threshold
     gevent.config.print_blocking_reports = False  # our log line replaces gevent's stderr dump
+    # Only gevent's blocked-loop check is used, not its memory monitor, which warns on stderr
+    # that psutil is missing.
+    warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
 
     def on_event(event: Any) -> None:
         if isinstance(event, events.EventLoopBlocked):
@@ -236,7 +240,7 @@ def _drop_privileges(settings: Settings) -> None:
     """Switch to --user/--group; the master kept root only to bind."""
     if settings.user is None and settings.group is None:
         return
-    import pwd
+    import pwd  # only with --user/--group; before setuid, while readable
 
     gid = settings.group
     if gid is None and settings.user is not None:
@@ -268,6 +272,11 @@ def run(spec: WorkerSpec) -> NoReturn:
     # thread go to this file (from C, so even a spinning loop answers), the master logs them.
     # (faulthandler refuses to register SIGABRT, which it reserves for fatal errors.)
     faulthandler.register(STACK_SIGNAL, file=stack_file, all_threads=True, chain=False)
+    # The hub picks and imports its event loop lazily: do it while the interpreter's files are
+    # surely readable (a Python installed under a private home is not, for the new user).
+    gevent.get_hub()
+    stats = WorkerStats()
+    _watch_blocking(settings.block_warn, stats, log)  # its thread imports lazily too
     _drop_privileges(settings)
     setproctitle(f"greenserve: worker {spec.slot} [{settings.bind}]")
     try:
@@ -278,8 +287,7 @@ def run(spec: WorkerSpec) -> NoReturn:
     except BaseException as exc:  # the app's own import failed: keep its traceback as a field
         log.error("app_load_failed", app=settings.app, error=repr(exc), exc_info=True)
         _exit(APP_LOAD_FAILED)
-    worker = Worker(spec, app, log)
-    _watch_blocking(settings.block_warn, worker.stats, log)
+    worker = Worker(spec, app, log, stats)
     code = worker.serve()
     # Deliver the final snapshot before leaving: the feeder is a real thread, and the queue is
     # bounded far below a pipe's capacity, so this join cannot wait on the master.

@@ -128,3 +128,25 @@ def send_file(environ: dict, start_response: Any) -> Any:
     handle = open(__file__, "rb")  # noqa: SIM115 - closed by the server through the wrapper
     start_response("200 OK", [("Content-Type", "text/x-python")])
     return environ["wsgi.file_wrapper"](handle)
+
+
+def spin_on_demand(sock: Any, address: Any) -> None:
+    """Echo; the line 'spin' burns the CPU for 30 s without yielding (a blocked loop)."""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        if data.strip() == b"spin":
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pass
+        if data.strip() == b"block":
+            _blocking_call(0.5)
+        sock.sendall(data)
+
+
+def _blocking_call(seconds: float) -> None:
+    """An unpatched blocking call, as a C extension would make: the hub cannot run."""
+    import gevent.monkey
+
+    gevent.monkey.get_original("time", "sleep")(seconds)

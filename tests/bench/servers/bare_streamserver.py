@@ -8,7 +8,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from gevent.server import StreamServer  # noqa: E402
+from gevent.server import StreamServer  # noqa: E402 - after monkey patching, on purpose
 
 
 def echo(sock, address):

@@ -4,10 +4,10 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import socket  # noqa: E402
-import sys  # noqa: E402
+import socket  # noqa: E402 - after monkey patching, on purpose
+import sys  # noqa: E402 - after monkey patching, on purpose
 
-import gevent  # noqa: E402
+import gevent  # noqa: E402 - after monkey patching, on purpose
 
 
 def echo(sock, address):

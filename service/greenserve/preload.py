@@ -3,10 +3,22 @@
 It loads a worker's heavy imports (gevent, structlog, the worker module) once, so that every worker
 forked from the forkserver starts warm, and names the process so ``ps`` tells what it is. The
 worker module patches nothing at import, so the forkserver itself stays unpatched.
+
+Process managers signal the whole process group (supervisord's ``stopasgroup``, a terminal's
+Ctrl-C, ``kill -TERM -PGID``). A forkserver killed by such a TERM would take every worker with it
+(they die with their parent), cutting the master's graceful drain short; so it ignores the
+operator signals and exits only when the master does (end of file on its alive pipe). Workers
+set their own handlers for the signals they act on.
 """
+
+import signal
 
 from setproctitle import setproctitle
 
 import greenserve.worker  # noqa: F401 - imported for its side effect: a warm forkserver
+
+for _signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGTTIN, signal.SIGTTOU):
+    signal.signal(_signum, signal.SIG_IGN)
 
 setproctitle("greenserve: forkserver")

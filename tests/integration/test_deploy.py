@@ -1,0 +1,329 @@
+"""The files in deploy/ work as they are: real supervisord, Prometheus, promtool, systemd."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import (
+    ROOT,
+    STARTED_GROUPS,
+    echo_round_trip,
+    group_alive,
+    port_is_free,
+    running,
+    wait_until,
+)
+
+DEPLOY = ROOT / "deploy"
+PYTHON_BIN = str(Path(sys.executable).parent)
+
+
+def need(tool: str) -> str:
+    """A Debian tool the test needs: skip locally without it, fail under CI=true."""
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{tool} is missing in CI: .ci/run must install it")
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def titles(sid: int, prefix: str) -> dict[int, str]:
+    found = {}
+    for pid in group_alive(sid):
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if title.startswith(prefix):
+                found[pid] = title
+    return found
+
+
+class Supervisor:
+    """supervisord from a copy of deploy/, in the foreground, in its own session."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.dir = tmp_path / "deploy"
+        shutil.copytree(DEPLOY, self.dir)
+        self.conf = str(self.dir / "supervisord.conf")
+        self.env = {**os.environ, **env, "PATH": PYTHON_BIN + os.pathsep + os.environ["PATH"]}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", self.conf],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        STARTED_GROUPS.append(self.proc.pid)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", self.conf, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env,
+        )
+
+    def status(self) -> str:
+        return self.ctl("status", "greenserve").stdout
+
+    def masters(self) -> dict[int, str]:
+        return titles(self.proc.pid, "greenserve: master")
+
+    def workers(self) -> dict[int, str]:
+        return titles(self.proc.pid, "greenserve: worker")
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        for pid in group_alive(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class TestSupervisord:
+    """A real supervisord runs the shipped config and manages greenserve properly."""
+
+    def test_full_lifecycle(self, tmp_path):
+        port, metrics = free_port(), free_port()
+        sup = Supervisor(
+            tmp_path,
+            {
+                "GREENSERVE_BIND": f"127.0.0.1:{port}",
+                "GREENSERVE_METRICS_BIND": f"127.0.0.1:{metrics}",
+                "GREENSERVE_WORKERS": "2",
+            },
+        )
+        try:
+            wait_until(lambda: "RUNNING" in sup.status(), 30, "RUNNING")
+            wait_until(lambda: len(sup.workers()) == 2, 15, "two workers")
+            wait_until(lambda: _echo(port), 10, "echo")
+            log = sup.dir / "greenserve.log"
+            events = [json.loads(line) for line in log.read_text().splitlines()]
+            assert events and all("event" in e for e in events)
+
+            before = set(sup.workers())
+            assert sup.ctl("signal", "HUP", "greenserve").returncode == 0
+            wait_until(
+                lambda: len(sup.workers()) == 2 and before.isdisjoint(sup.workers()),
+                20,
+                "every worker replaced by HUP",
+            )
+            assert _echo(port)
+
+            assert sup.ctl("stop", "greenserve").returncode == 0
+            assert "STOPPED" in sup.status()
+            wait_until(lambda: not sup.masters() and not sup.workers(), 10, "nothing left")
+            assert not titles(sup.proc.pid, "greenserve")
+            assert port_is_free(port)
+
+            assert sup.ctl("start", "greenserve").returncode == 0
+            wait_until(lambda: len(sup.workers()) == 2, 30, "started again")
+            (master,) = sup.masters()
+            old_workers = set(sup.workers())
+            os.kill(master, signal.SIGKILL)
+            wait_until(lambda: sup.masters() and master not in sup.masters(), 30, "new master")
+            wait_until(lambda: old_workers.isdisjoint(sup.workers()), 10, "old workers gone")
+            wait_until(lambda: len(sup.workers()) == 2, 30, "new workers")
+            wait_until(lambda: _echo(port), 10, "serving resumed")
+
+            assert sup.ctl("shutdown").returncode == 0
+            sup.proc.wait(30)
+            wait_until(lambda: not group_alive(sup.proc.pid), 10, "nothing left at all")
+        except BaseException:
+            output = sup.proc.stdout.read1().decode() if sup.proc.poll() is not None else ""
+            print(f"--- supervisord ---\n{output}")
+            with contextlib.suppress(OSError):
+                print((sup.dir / "greenserve.log").read_text()[-5000:])
+            raise
+        finally:
+            sup.close()
+
+    def test_program_section_has_the_settings_that_matter(self):
+        """The conf.d file is for machines we cannot start here: read what must be in it."""
+        text = (DEPLOY / "supervisor" / "greenserve.conf").read_text()
+        settings = dict(
+            line.split("=", 1)
+            for line in text.splitlines()
+            if "=" in line and not line.startswith(";")
+        )
+        assert settings["stopsignal"] == "TERM"
+        assert int(settings["stopwaitsecs"]) > 30
+        assert settings["stopasgroup"] == settings["killasgroup"] == "true"
+        assert settings["redirect_stderr"] == "true"
+        for line in text.splitlines():
+            if "=" in line and not line.startswith(";"):
+                index = text.splitlines().index(line)
+                assert text.splitlines()[index - 1].startswith(";"), f"no comment for {line}"
+
+
+def _echo(port: int) -> bool:
+    try:
+        return echo_round_trip(("127.0.0.1", port), b"supervised") == b"supervised"
+    except OSError:
+        return False
+
+
+class TestPrometheus:
+    """promtool accepts everything shipped; a real Prometheus scrapes greenserve through it."""
+
+    def test_promtool_config_rules_and_rule_tests(self):
+        promtool = need("promtool")
+        folder = DEPLOY / "prometheus"
+        for args in (
+            ["check", "config", "prometheus.yml"],
+            ["check", "rules", "alerts.yml"],
+            ["test", "rules", "alerts_test.yml"],
+        ):
+            result = subprocess.run(
+                [promtool, *args], cwd=folder, capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_every_dashboard_query_passes_promtool(self, tmp_path):
+        promtool = need("promtool")
+        dashboard = json.loads((DEPLOY / "grafana" / "greenserve.json").read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        assert len(exprs) >= 8
+        rules = {
+            "groups": [
+                {
+                    "name": "dashboard",
+                    "rules": [
+                        {
+                            "record": f"dashboard:query_{n}",
+                            "expr": expr.replace("$__rate_interval", "1m").replace(
+                                "$instance", ".*"
+                            ),
+                        }
+                        for n, expr in enumerate(exprs)
+                    ],
+                }
+            ]
+        }
+        path = tmp_path / "dashboard_rules.yml"
+        path.write_text(yaml.safe_dump(rules))
+        result = subprocess.run(
+            [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        titles_ = {p["title"] for p in dashboard["panels"]}
+        for wanted in (
+            "Throughput",
+            "Active connections",
+            "HTTP latency quantiles",
+            "Worker restarts by reason",
+            "Memory per worker",
+        ):
+            assert wanted in titles_
+
+    def test_real_prometheus_scrapes_greenserve(self, tmp_path):
+        prometheus = need("prometheus")
+        with running("--workers", "2") as server:
+            server.started()
+            host, port = server.metrics_address
+            config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+            config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"{host}:{port}"]
+            # a 1 s interval only to keep the test short; everything else is as shipped
+            config["global"]["scrape_interval"] = "1s"
+            shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+            web = free_port()
+            proc = subprocess.Popen(
+                [
+                    prometheus,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{web}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                api = f"http://127.0.0.1:{web}/api/v1"
+
+                def target_up():
+                    with contextlib.suppress(OSError, ValueError):
+                        data = _get_json(f"{api}/targets")
+                        targets = data["data"]["activeTargets"]
+                        return targets and targets[0]["health"] == "up"
+                    return False
+
+                wait_until(target_up, 40, "Prometheus target up", step=0.25)
+
+                def alive():
+                    with contextlib.suppress(OSError, ValueError):
+                        result = _get_json(f"{api}/query?query=greenserve_workers_alive")
+                        values = result["data"]["result"]
+                        return values and float(values[0]["value"][1]) == 2
+                    return False
+
+                wait_until(alive, 20, "greenserve_workers_alive == 2 in Prometheus", step=0.25)
+                rules = _get_json(f"{api}/rules")["data"]["groups"][0]["rules"]
+                assert {r["name"] for r in rules} >= {"GreenserveDown", "GreenserveWorkerTimeouts"}
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+class TestSystemd:
+    """The unit file passes systemd-analyze verify (where systemd-analyze exists)."""
+
+    def test_unit_verifies(self, tmp_path):
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            pytest.skip("systemd-analyze not available")
+        text = (DEPLOY / "systemd" / "greenserve.service").read_text()
+        greenserve = shutil.which("greenserve", path=PYTHON_BIN + os.pathsep + os.environ["PATH"])
+        assert greenserve
+        unit = tmp_path / "greenserve.service"
+        unit.write_text(text.replace("/usr/local/bin/greenserve", greenserve))
+        result = subprocess.run(
+            [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "greenserve.service" not in result.stderr, result.stderr
+        for directive in (
+            "KillMode=mixed",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "NoNewPrivileges=true",
+            "ProtectSystem=strict",
+            "LimitNOFILE=",
+        ):
+            assert directive in text
+        stop = int(re.search(r"TimeoutStopSec=(\d+)", text).group(1))
+        assert stop > 30

@@ -252,7 +252,8 @@ OPTIONS: tuple[Option, ...] = (
         "header_timeout",
         _non_negative_float,
         "10",
-        "seconds a client gets to send a request's headers once it starts; 0 = no limit",
+        "seconds a client gets to send a request's headers once it starts, and to send each "
+        "next part of a request body; 0 = no limit",
         "S",
     ),
     Option(

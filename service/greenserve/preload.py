@@ -17,8 +17,15 @@ from setproctitle import setproctitle
 
 import greenserve.worker  # noqa: F401 - imported for its side effect: a warm forkserver
 
-for _signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGTTIN, signal.SIGTTOU):
+for _signum in (
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+):
     signal.signal(_signum, signal.SIG_IGN)
 
 setproctitle("greenserve: forkserver")

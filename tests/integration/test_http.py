@@ -352,6 +352,30 @@ class TestTimeoutsAndDrain:
             assert raw.startswith(b"HTTP/1.1 200")
             assert 0.6 < time.monotonic() - started < 2.5
 
+    def test_body_short_of_its_content_length_is_closed(self):
+        """Found by the fuzz suite: a body that stops short used to hold its greenlet until the
+        idle timeout (300 s); each wait for more body now has the header timeout."""
+        with running(
+            "greenserve_testapps:environ_echo",
+            "--protocol",
+            "http",
+            "--workers",
+            "1",
+            "--header-timeout",
+            "0.5",
+        ) as server:
+            server.started()
+            sock = send(
+                server.address, b"POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\nshort", "whole"
+            )
+            started = time.monotonic()
+            assert read_all(sock) == b""
+            assert time.monotonic() - started < 2.0
+            after = read_all(
+                send(server.address, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "whole")
+            )
+            assert after.startswith(b"HTTP/1.1 200")  # the worker serves on
+
     def test_term_finishes_in_flight_with_connection_close(self):
         with running(
             "greenserve_testapps:slow_hello",

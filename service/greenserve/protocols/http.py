@@ -324,11 +324,18 @@ class HttpConnection:
         if not self.sent_continue and body._head.expect_continue:
             self.sent_continue = True
             self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        timeout = self.handler.header_timeout
         while not self.events:
+            # Each wait for more body has the header timeout too (nginx's client_body_timeout):
+            # a body that stops short of its Content-Length must not hold a greenlet for good.
+            if timeout:
+                self.sock.deadline = time.monotonic() + timeout
             try:
                 self._feed()
             except _Closed:
                 raise ConnectionError("client closed during the request body") from None
+            finally:
+                self.sock.deadline = 0.0
         event = self.events.popleft()
         if isinstance(event, HttpError):
             raise event

@@ -234,3 +234,15 @@ def running(*args: str, **kwargs: Any) -> Iterator[Server]:
         raise
     finally:
         server.close()
+
+
+def per_worker(server: Server, name: str) -> dict[str, float]:
+    """One metric's value per worker slot, read from the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(server.metrics_text()):
+        for sample in family.samples:
+            if sample.name == name and "worker" in sample.labels:
+                values[sample.labels["worker"]] = sample.value
+    return values

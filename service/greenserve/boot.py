@@ -40,6 +40,7 @@ class WorkerSpec:
     heartbeat: Any
     master_alive: Connection
     stack_file: str  # faulthandler writes the worker's stacks here when the master asks
+    load: Any  # shared array: each slot's open connections, for fair accepts
 
 
 def start(spec: WorkerSpec) -> None:

@@ -242,6 +242,14 @@ OPTIONS: tuple[Option, ...] = (
         "S",
     ),
     Option(
+        "reuse_port",
+        _bool,
+        "false",
+        "one SO_REUSEPORT socket per worker slot (kernel balancing) instead of one shared socket",
+        "BOOL",
+        switch=True,
+    ),
+    Option(
         "max_body",
         _size,
         "10m",
@@ -342,6 +350,7 @@ class Settings:
     graceful_timeout: float
     max_connections: int
     idle_timeout: float
+    reuse_port: bool
     max_body: int
     header_timeout: float
     keepalive_timeout: float

@@ -30,7 +30,7 @@ from greenserve.aggregate import Aggregator
 from greenserve.config import ConfigError, Settings, load
 from greenserve.metrics import MetricsServer, build_app, build_registry, is_loopback
 from greenserve.sockets import BindError, bind_listener, bound_address
-from greenserve.stats import Heartbeat
+from greenserve.stats import LOAD_SLOTS, LOAD_UNUSED, Heartbeat
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -114,6 +114,7 @@ class Reload:
     settings: Settings
     generation: int
     listener: socket.socket | None  # the old listener when bind changed, closed after hand-over
+    slot_listeners: dict[int, socket.socket] = field(default_factory=dict)  # --reuse-port
 
 
 @dataclass
@@ -137,6 +138,10 @@ class Master:
         self.stop: Stop | None = None
         self.reload: Reload | None = None
         self.listener: socket.socket | None = None
+        # --reuse-port: one socket per slot, owned here so it outlives the slot's workers
+        self.slot_listeners: dict[int, socket.socket] = {}
+        # each slot's open connections, written by its worker, read by its siblings
+        self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS)
         self.metrics: MetricsServer | None = None
 
     # -- start-up ------------------------------------------------------------------------------
@@ -144,12 +149,16 @@ class Master:
     def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
         try:
-            self.listener = bind_listener(self.settings.bind)
+            self.listener = bind_listener(self.settings.bind, reuse_port=self.settings.reuse_port)
+            if self.settings.reuse_port:
+                self.slot_listeners[0] = self.listener
+                for index in range(1, self.settings.workers):
+                    self._listener_for(index)
             self._start_metrics()
         except (BindError, OSError) as exc:
             self.log.error("startup_failed", error=_one_line(exc))
-            if self.listener is not None:
-                self.listener.close()
+            for sock in {self.listener, *self.slot_listeners.values()} - {None}:
+                sock.close()
             return EXIT_RUNTIME
         bind = bound_address(self.listener)
         self._set_title()
@@ -178,6 +187,16 @@ class Master:
             self._cleanup(wake_r, wake_w)
         self.log.info("stopped", code=self.exit_code)
         return self.exit_code
+
+    def _listener_for(self, slot: int) -> socket.socket:
+        """The socket a slot's workers serve: the shared one, or the slot's own (--reuse-port)."""
+        assert self.listener is not None
+        if not self.settings.reuse_port:
+            return self.listener
+        if slot not in self.slot_listeners:
+            # the same address as slot 0's socket (its port, should the setting say 0)
+            self.slot_listeners[slot] = bind_listener(bound_address(self.listener), reuse_port=True)
+        return self.slot_listeners[slot]
 
     def _set_title(self) -> None:
         assert self.listener is not None
@@ -292,18 +311,21 @@ class Master:
             for f in fields(Settings)
             if getattr(old, f.name) != getattr(new, f.name)
         }
-        previous_listener = None
-        if new.bind != old.bind:
+        previous_listener, previous_slots = None, {}
+        if new.bind != old.bind or new.reuse_port != old.reuse_port:
             try:
-                new_listener = bind_listener(new.bind)
+                new_listener = bind_listener(new.bind, reuse_port=new.reuse_port)
             except BindError as exc:
                 self.log.error("reload_failed", error=str(exc), hint="the running workers go on")
                 return
             previous_listener, self.listener = self.listener, new_listener
+            previous_slots = self.slot_listeners
+            self.slot_listeners = {0: new_listener} if new.reuse_port else {}
         if self.reload is None:
-            self.reload = Reload(old, self.generation, previous_listener)
-        elif previous_listener is not None:
-            previous_listener.close()  # a reload during a reload: that listener never served
+            self.reload = Reload(old, self.generation, previous_listener, previous_slots)
+        else:  # a reload during a reload: those listeners never served
+            for sock in {previous_listener, *previous_slots.values()} - {None}:
+                sock.close()
         self.settings = new
         self.generation += 1
         self.aggregator.set_generation(self.generation)
@@ -347,11 +369,12 @@ class Master:
             slot=slot.index,
             generation=self.generation,
             settings=self.settings,
-            listener=self.listener,
+            listener=self._listener_for(slot.index),
             stats_queue=stats_queue,
             heartbeat=heartbeat,
             master_alive=self.alive_r,
             stack_file=stack_file,
+            load=self.load,
         )
         process = self.ctx.Process(
             target=boot.start, args=(spec,), name=f"greenserve-worker-{slot.index}", daemon=False
@@ -396,8 +419,10 @@ class Master:
                 self._retire(slot.outgoing)  # the new process accepts: the old one drains
                 slot.outgoing = None
         if self.reload is not None and not any(s.outgoing for s in self.slots.values()):
-            if self.reload.listener is not None:
-                self.reload.listener.close()  # the draining workers keep their own copies
+            # the draining workers keep their own copies of the old sockets
+            old_sockets = {self.reload.listener, *self.reload.slot_listeners.values()}
+            for sock in old_sockets - {None, self.listener, *self.slot_listeners.values()}:
+                sock.close()
             self.reload = None
             self.state = State.RUNNING if self.stop is None else self.state
             self.log.info("reload_complete", generation=self.generation)
@@ -459,6 +484,14 @@ class Master:
             os.unlink(worker.stack_file)
         if slot is None or slot.worker is not None or self.stop is not None:
             return
+        if slot.index < LOAD_SLOTS and slot.outgoing is None:
+            self.load[slot.index] = LOAD_UNUSED  # siblings must not defer accepts to it
+        if not slot.wanted and slot.outgoing is None:
+            # scaled down and drained: with --reuse-port, connections still queued on the slot's
+            # own socket are reset here (the documented cost of --reuse-port)
+            closing = self.slot_listeners.pop(slot.index, None)
+            if closing is not None and closing is not self.listener:
+                closing.close()
         if code == EXIT_APP_LOAD and not worker.ready:
             if slot.outgoing is not None:
                 self._abort_reload()
@@ -503,8 +536,10 @@ class Master:
                 slot.worker.kill_reason = None
                 slot.start_at = None
         if self.reload.listener is not None and self.listener is not None:
-            self.listener.close()
+            for sock in {self.listener, *self.slot_listeners.values()}:
+                sock.close()
             self.listener = self.reload.listener
+            self.slot_listeners = self.reload.slot_listeners
         self.settings, self.generation = self.reload.settings, self.reload.generation
         self.aggregator.set_generation(self.generation)
         self.reload = None
@@ -576,9 +611,9 @@ class Master:
         wait = self.settings.graceful_timeout + KILL_GRACE if graceful else KILL_GRACE
         self.stop = Stop(graceful=graceful, kill_at=time.monotonic() + wait)
         self.log.info("stopping", graceful=graceful, timeout=wait)
-        for listener in (self.listener, self.reload.listener if self.reload else None):
-            if listener is not None:
-                listener.close()  # workers still hold their copies until they drain
+        old = {self.reload.listener, *self.reload.slot_listeners.values()} if self.reload else set()
+        for listener in {self.listener, *self.slot_listeners.values(), *old} - {None}:
+            listener.close()  # workers still hold their copies until they drain
         for worker in self._all():
             _kill(worker.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
 
@@ -598,8 +633,8 @@ class Master:
                 os.unlink(worker.stack_file)
         if self.metrics is not None:
             self.metrics.stop()
-        if self.listener is not None:
-            self.listener.close()
+        for listener in {self.listener, *self.slot_listeners.values()} - {None}:
+            listener.close()
         signal.set_wakeup_fd(-1)
         wake_r.close()
         wake_w.close()

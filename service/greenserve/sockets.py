@@ -14,8 +14,10 @@ class BindError(RuntimeError):
     """The address cannot be bound; the message is the one line shown to the user."""
 
 
-def bind_listener(address: Address, *, backlog: int = BACKLOG) -> socket.socket:
-    """A listening TCP socket with SO_REUSEADDR, ready to hand to workers."""
+def bind_listener(
+    address: Address, *, backlog: int = BACKLOG, reuse_port: bool = False
+) -> socket.socket:
+    """A listening TCP socket with SO_REUSEADDR (and SO_REUSEPORT if asked), for workers."""
     try:
         infos = socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -26,6 +28,8 @@ def bind_listener(address: Address, *, backlog: int = BACKLOG) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         sock.listen(backlog)
     except OSError as exc:

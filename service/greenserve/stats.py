@@ -48,6 +48,9 @@ HISTOGRAMS = {
 }
 
 Snapshot = dict[str, Any]
+# Open-connection counts per slot in shared memory, for fair accepts (protocols/accept.py).
+LOAD_SLOTS = 256
+LOAD_UNUSED = -1
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 

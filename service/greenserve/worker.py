@@ -23,9 +23,10 @@ from setproctitle import setproctitle
 from greenserve import apps, logs
 from greenserve.boot import APP_LOAD_FAILED, STACK_SIGNAL, WorkerSpec
 from greenserve.config import Address, Settings
+from greenserve.protocols.accept import BalancedServer
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
-from greenserve.stats import Heartbeat, StatsChannel, WorkerStats
+from greenserve.stats import LOAD_SLOTS, LOAD_UNUSED, Heartbeat, StatsChannel, WorkerStats
 
 LAG_PROBE_INTERVAL = 0.1
 
@@ -93,10 +94,22 @@ class Worker:
                 access_log=settings.access_log,
             )
             app = self.http
+        # Fair accepts on a shared socket; with --reuse-port the kernel spreads connections.
+        balanced = not settings.reuse_port and spec.slot < LOAD_SLOTS
         self.protocol = TcpProtocol(
-            app, self.stats, settings.idle_timeout, log, deadlines=self.http is not None
+            app,
+            self.stats,
+            settings.idle_timeout,
+            log,
+            deadlines=self.http is not None,
+            publish=self._publish if balanced else None,
         )
-        self.server = StreamServer(listener, self.protocol, spawn=self.pool)
+        if balanced:
+            self.server: StreamServer = BalancedServer(
+                listener, self.protocol, spawn=self.pool, load=spec.load, slot=spec.slot
+            )
+        else:
+            self.server = StreamServer(listener, self.protocol, spawn=self.pool)
         # One accept per wake-up: a worker woken for a burst must not swallow it whole.
         self.server.max_accept = 1
         self.graceful = True
@@ -113,6 +126,8 @@ class Worker:
         if self.protocol.idle is not None:
             background.append(gevent.spawn(self.protocol.idle.run))
         self.server.start()
+        if self.protocol.publish is not None:
+            self._publish(self.stats.connections_active)
         self.ready = True
         self.flush()  # the master counts this worker as serving from here on
         host, port = self.server.socket.getsockname()[:2]
@@ -127,8 +142,15 @@ class Worker:
         self.graceful = graceful and self.graceful
         self.stopping.set()
 
+    def _publish(self, count: int) -> None:
+        self.spec.load[self.spec.slot] = count
+
     def _drain(self) -> None:
         self.server.close()  # this worker stops accepting; the master's socket stays open
+        if self.protocol.publish is not None:
+            # siblings must not defer accepts to a worker that no longer accepts
+            self.protocol.publish = None
+            self.spec.load[self.spec.slot] = LOAD_UNUSED
         if self.http is not None:
             # Responses from now on carry Connection: close; idle keep-alives end now.
             self.http.draining = True

@@ -19,23 +19,13 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import echo_round_trip, group_alive, running, wait_until
+from tests.helpers import echo_round_trip, group_alive, per_worker, running, wait_until
 from tests.http_corpus.corpus import VALID
 from tests.integration.test_lifecycle import Load
-from tests.integration.test_metrics import scrape, wait_totals
+from tests.integration.test_metrics import scrape, settled_totals, wait_totals
 
 SOAK_SECONDS = float(os.environ.get("GREENSERVE_SOAK_SECONDS", "12"))
-
-
-def per_worker(server, name: str) -> dict[str, float]:
-    values = {}
-    for family in text_string_to_metric_families(server.metrics_text()):
-        for sample in family.samples:
-            if sample.name == name:
-                values[sample.labels["worker"]] = sample.value
-    return values
 
 
 def zombies(sid: int) -> list[int]:
@@ -132,7 +122,7 @@ class TestKillsAndFreezes:
             assert watch.backwards == []
             assert restarts >= 0.9 * kills
             assert zombies(server.proc.pid) == []
-            before = wait_totals(server, {"greenserve_connections_active": 0})
+            before = settled_totals(server)
             for _ in range(100):
                 assert echo_round_trip(server.address, b"x" * 50) == b"x" * 50
             wait_totals(

@@ -51,6 +51,23 @@ def wait_totals(server, expected: dict[str, float], timeout: float = 5) -> dict[
         raise AssertionError(f"expected {expected}, scraped {got}") from None
 
 
+def settled_totals(server, quiet: float = 0.5, timeout: float = 10) -> dict[str, float]:
+    """Totals once they stopped changing for ``quiet`` seconds (late flushes have landed)."""
+    last: dict[str, tuple[dict[str, float], float]] = {}
+
+    def stable():
+        totals = scrape(server)
+        keys = ("greenserve_connections_accepted_total", "greenserve_bytes_received_total")
+        current = {k: totals[k] for k in keys}
+        now = time.monotonic()
+        if "seen" not in last or last["seen"][0] != current:
+            last["seen"] = (current, now)
+            return None
+        return totals if now - last["seen"][1] >= quiet else None
+
+    return wait_until(stable, timeout, "totals to settle", step=0.05)
+
+
 class TestExactAccounting:
     """Totals equal the traffic real clients sent, across worker deaths."""
 

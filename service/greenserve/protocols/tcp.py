@@ -168,9 +168,12 @@ class TcpProtocol:
         log: Any,
         *,
         deadlines: bool = False,
+        publish: Callable[[int], None] | None = None,
     ) -> None:
-        """``deadlines``: the handler sets ``sock.deadline``, so sweep even with no idle timeout."""
+        """``deadlines``: the handler sets ``sock.deadline``, so sweep even with no idle timeout.
+        ``publish``: called with the open-connection count whenever it changes (fair accepts)."""
         self.app = app
+        self.publish = publish
         self.stats = stats
         self.connections = Connections(stats)
         needs_sweeper = bool(idle_timeout) or deadlines
@@ -183,6 +186,9 @@ class TcpProtocol:
         stats = self.stats
         stats.connections_accepted += 1
         stats.connections_active += 1
+        publish = self.publish
+        if publish is not None:
+            publish(stats.connections_active)
         sock = CountingSocket(client.family, client.type, client.proto, fileno=client.detach())
         connections = self.connections
         connections.add(sock)
@@ -196,6 +202,8 @@ class TcpProtocol:
             self.log.error("handler_error", peer=_peer(address), exc_info=True)
         finally:
             stats.connections_active -= 1
+            if publish is not None:
+                publish(stats.connections_active)
             connections.remove(sock)
             sock.close()
 

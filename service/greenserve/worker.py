@@ -17,13 +17,12 @@ from gevent import events, monkey
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.pool import Pool
-from gevent.server import StreamServer
 from setproctitle import setproctitle
 
 from greenserve import apps, logs
 from greenserve.boot import APP_LOAD_FAILED, STACK_SIGNAL, WorkerSpec
 from greenserve.config import Address, Settings
-from greenserve.protocols.accept import BalancedServer
+from greenserve.protocols.accept import BalancedServer, CountingServer
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
 from greenserve.stats import LOAD_SLOTS, LOAD_UNUSED, Heartbeat, StatsChannel, WorkerStats
@@ -105,11 +104,11 @@ class Worker:
             publish=self._publish if balanced else None,
         )
         if balanced:
-            self.server: StreamServer = BalancedServer(
+            self.server: CountingServer = BalancedServer(
                 listener, self.protocol, spawn=self.pool, load=spec.load, slot=spec.slot
             )
         else:
-            self.server = StreamServer(listener, self.protocol, spawn=self.pool)
+            self.server = CountingServer(listener, self.protocol, spawn=self.pool)
         # One accept per wake-up: a worker woken for a burst must not swallow it whole.
         self.server.max_accept = 1
         self.graceful = True

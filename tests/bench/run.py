@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
@@ -360,6 +362,202 @@ def scrape_timing(workers: int, scrapes: int) -> dict[str, float]:
     }
 
 
+def _greenserve(port: int, mport: int, *extra: str) -> Contender:
+    return Contender(
+        "greenserve",
+        [
+            sys.executable,
+            "-m",
+            "greenserve",
+            "--bind",
+            "127.0.0.1:{port}",
+            "--metrics-bind",
+            f"127.0.0.1:{mport}",
+            "--log-format",
+            "json",
+            "--stats-interval",
+            "0.05",
+            *extra,
+        ],
+    )
+
+
+def _healthy(mport: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            url = f"http://127.0.0.1:{mport}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.02)
+    raise RuntimeError("never healthy")
+
+
+def _metric(mport: int, name: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{mport}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        sample.labels.get("worker", ""): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def balance(rounds: int) -> dict[str, Any]:
+    """Open connections per worker after a burst of 50 and of 500 held connections."""
+    results: dict[str, list[float]] = {}
+    for mode, extra in (("shared socket", ()), ("--reuse-port", ("--reuse-port",))):
+        for size in (50, 500):
+            for _ in range(rounds):
+                port, mport = free_port(), free_port()
+                with started(_greenserve(port, mport, "--workers", str(WORKERS), *extra), port):
+                    wait_port(port)
+                    _healthy(mport)
+                    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(size)]
+                    for sock in socks:
+                        sock.sendall(b"b")
+                    for sock in socks:
+                        sock.recv(1)
+                    deadline = time.monotonic() + 5
+                    while time.monotonic() < deadline:
+                        counts = _metric(mport, "greenserve_connections_active")
+                        if sum(counts.values()) == size:
+                            break
+                        time.sleep(0.02)
+                    for sock in socks:
+                        sock.close()
+                ratio = max(counts.values()) / max(min(counts.values()), 1)
+                results.setdefault(f"{mode}, burst of {size}", []).append(ratio)
+    print("\nBalance: open connections per worker after a burst, max/min (median of rounds)")
+    for name, ratios in results.items():
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"  {name:32s} {statistics.median(ratios):.2f}  (rounds: {each})")
+    return {name: statistics.median(r) for name, r in results.items()}
+
+
+def idle_memory(connections: int) -> dict[str, float]:
+    """RSS growth of one worker per idle connection at ``connections`` connections."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, connections * 2 + 1000), hard))
+    port, mport = free_port(), free_port()
+    with started(
+        _greenserve(port, mport, "--workers", "1", "--max-connections", str(connections + 100)),
+        port,
+    ) as proc:
+        wait_port(port)
+        _healthy(mport)
+        worker = _metric(mport, "greenserve_worker_pid")["0"]
+        before = _rss(int(worker))
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _metric(mport, "greenserve_connections_active").get("0") == connections:
+                break
+            time.sleep(0.1)
+        after = _rss(int(worker))
+        for sock in socks:
+            sock.close()
+        assert proc.poll() is None
+    per = (after - before) / connections
+    print(
+        f"\nMemory: {connections:,} idle connections on one worker: "
+        f"+{(after - before) / 1e6:.1f} MB, {per / 1024:.2f} KiB per connection"
+    )
+    return {"connections": connections, "rss_growth_bytes": after - before, "per_connection": per}
+
+
+def _rss(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def respawn(rounds: int) -> dict[str, float]:
+    """Start to first echo, and SIGKILL of a worker to its replacement serving (from the log)."""
+    starts, respawns = [], []
+    for _ in range(rounds):
+        port, mport = free_port(), free_port()
+        argv = [
+            part.replace("{port}", str(port))
+            for part in _greenserve(port, mport, "--workers", "2").argv
+        ]
+        began = time.monotonic()
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+        )
+        try:
+            starts.append(wait_port(port) - began)
+            _healthy(mport)
+            victim = int(_metric(mport, "greenserve_worker_pid")["0"])
+            killed = time.time()
+            os.kill(victim, signal.SIGKILL)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                event = json.loads(line)
+                if (
+                    event.get("event") == "worker_started"
+                    and event.get("worker") == 0
+                    and event["pid"] != victim
+                ):
+                    from datetime import datetime
+
+                    serving = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+                    respawns.append(serving.timestamp() - killed)
+                    break
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+    result = {
+        "start_to_first_echo_s": statistics.median(starts),
+        "kill_to_serving_s": statistics.median(respawns),
+    }
+    print(
+        f"\nStart to first echo: median {result['start_to_first_echo_s'] * 1000:.0f} ms; "
+        "worker SIGKILL to replacement serving: median "
+        f"{result['kill_to_serving_s'] * 1000:.0f} ms ({rounds} rounds)"
+    )
+    return result
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("echo", "msgs_per_cpu_s", "TCP echo: messages per server CPU-second"),
+        ("http", "requests_per_s", "HTTP hello: requests per second (wrk -c64)"),
+    ]
+    panels = [p for p in panels if p[0] in report]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5))
+    for ax, (key, field_, title) in zip(np.atleast_1d(axes), panels, strict=True):
+        rows = report[key]
+        names = [row["server"] for row in rows]
+        values = [row[field_] for row in rows]
+        colors = ["#2a9d8f" if name.startswith("greenserve") else "#9aa5b1" for name in names]
+        ax.barh(names, values, color=colors)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {value:,.0f}", va="center")
+        ax.margins(x=0.25)
+    fig.suptitle(f"greenserve side by side, {WORKERS} CPUs, medians of interleaved rounds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -367,7 +565,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--scrape-workers", type=int, default=64)
-    parser.add_argument("--only", choices=("all", "echo", "http"), default="all")
+    parser.add_argument(
+        "--only",
+        choices=("all", "echo", "http", "lifecycle"),
+        default="all",
+        help="lifecycle = balance, idle memory, respawn",
+    )
+    parser.add_argument("--idle-connections", type=int, default=10_000)
     args = parser.parse_args()
 
     report: dict[str, Any] = {"cpus": WORKERS, "args": vars(args)}
@@ -397,10 +601,27 @@ def main() -> None:
                     False,
                 )
             )
-    if args.only == "http":
+    if args.only in ("all", "lifecycle"):
+        report["balance"] = balance(args.rounds)
+        report["memory"] = idle_memory(args.idle_connections)
+        report["respawn"] = respawn(args.rounds)
+        print("\nGoals")
+        for name, ratio in report["balance"].items():
+            goals.append(goal(f"balance max/min, {name}", ratio, 1.25, False))
+        goals.append(
+            goal("KiB per idle connection", report["memory"]["per_connection"] / 1024, 10, False)
+        )
+        goals.append(
+            goal(
+                "respawn to serving (ms)", report["respawn"]["kill_to_serving_s"] * 1000, 300, False
+            )
+        )
+    if args.only in ("http", "lifecycle"):
         report["goals"] = goals
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "latest-http.json").write_text(json.dumps(report, indent=2))
+        (RESULTS / f"latest-{args.only}.json").write_text(json.dumps(report, indent=2))
+        if args.only == "http":
+            chart(report, RESULTS / "latest-http.png")
         return
     print(f"TCP echo: {args.connections} connections in lockstep, {args.size}-byte messages")
     echo = run_echo(args.rounds, args.seconds, args.connections, args.size)
@@ -439,7 +660,11 @@ def main() -> None:
     report["goals"] = goals
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    chart(report, RESULTS / "latest.png")
     print(f"\nraw results: {RESULTS / 'latest.json'}")
+    print(
+        "\nSummary: " + ", ".join(f"{g['goal']} {'pass' if g['pass'] else 'short'}" for g in goals)
+    )
 
 
 if __name__ == "__main__":

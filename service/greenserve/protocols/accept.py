@@ -16,10 +16,31 @@ from typing import Any
 import gevent
 from gevent.server import StreamServer
 
+from greenserve.protocols.tcp import CountingSocket
+
 YIELD_SECONDS = 0.002
 
 
-class BalancedServer(StreamServer):
+class CountingServer(StreamServer):
+    """A StreamServer whose accepted sockets are CountingSockets from the start.
+
+    gevent's own do_read wraps each accepted fd in a plain gevent socket; turning that into a
+    counting one afterwards (detach and wrap again) kept two socket objects and their watchers
+    per connection: part of the 10.6 KiB per idle connection measured before this change.
+    """
+
+    socket_class: type = CountingSocket
+
+    def do_read(self) -> Any:
+        listener = self.socket
+        try:
+            fd, address = listener._accept()
+        except BlockingIOError:
+            return None
+        return self.socket_class(listener.family, listener.type, listener.proto, fileno=fd), address
+
+
+class BalancedServer(CountingServer):
     """A StreamServer that defers an accept to an idler sibling, at most once per connection."""
 
     def __init__(self, *args: Any, load: Any, slot: int, **kwargs: Any) -> None:

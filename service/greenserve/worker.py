@@ -16,7 +16,6 @@ import gevent
 from gevent import events, monkey
 from gevent import socket as gsocket
 from gevent.event import Event
-from gevent.pool import Pool
 from setproctitle import setproctitle
 
 from greenserve import apps, logs
@@ -77,7 +76,6 @@ class Worker:
             else 0
         )
         self.retire_wanted = False
-        self.pool = Pool(self.settings.max_connections)
         listener = gsocket.socket(fileno=spec.listener.detach())
         settings = self.settings
         self.http: HttpHandler | None = None
@@ -92,7 +90,7 @@ class Worker:
                 keepalive_timeout=settings.keepalive_timeout,
                 access_log=settings.access_log,
             )
-            app = self.http
+            app = self.http.handle
         # Fair accepts on a shared socket; with --reuse-port the kernel spreads connections.
         balanced = not settings.reuse_port and spec.slot < LOAD_SLOTS
         self.protocol = TcpProtocol(
@@ -101,14 +99,21 @@ class Worker:
             settings.idle_timeout,
             log,
             deadlines=self.http is not None,
+            max_connections=settings.max_connections,
             publish=self._publish if balanced else None,
         )
         if balanced:
             self.server: CountingServer = BalancedServer(
-                listener, self.protocol, spawn=self.pool, load=spec.load, slot=spec.slot
+                listener,
+                self.protocol.handle,
+                connections=self.protocol.connections,
+                load=spec.load,
+                slot=spec.slot,
             )
         else:
-            self.server = CountingServer(listener, self.protocol, spawn=self.pool)
+            self.server = CountingServer(
+                listener, self.protocol.handle, connections=self.protocol.connections
+            )
         # One accept per wake-up: a worker woken for a burst must not swallow it whole.
         self.server.max_accept = 1
         self.graceful = True
@@ -154,12 +159,14 @@ class Worker:
             # Responses from now on carry Connection: close; idle keep-alives end now.
             self.http.draining = True
             self.protocol.connections.close_parked()
-        if self.graceful and len(self.pool):
-            self.log.info("worker_draining", connections=len(self.pool))
-            self.pool.join(timeout=self.settings.graceful_timeout)
-        if len(self.pool):
-            self.log.warning("worker_killing_connections", connections=len(self.pool))
-            self.pool.kill(timeout=1)
+        connections = self.protocol.connections
+        if self.graceful and connections.open:
+            self.log.info("worker_draining", connections=len(connections.open))
+            connections.drained.wait(timeout=self.settings.graceful_timeout)
+        if connections.open:
+            self.log.warning("worker_killing_connections", connections=len(connections.open))
+            connections.kill_all()
+            connections.drained.wait(timeout=1)
 
     def flush(self) -> None:
         self.protocol.connections.fold()

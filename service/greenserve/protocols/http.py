@@ -627,7 +627,8 @@ class HttpHandler:
             "wsgi.file_wrapper": FileWrapper,
         }
 
-    def __call__(self, sock: Any, address: Any) -> None:
+    def handle(self, sock: Any, address: Any) -> None:
+        """One connection (a bound method for the same reason as TcpProtocol.handle)."""
         HttpConnection(self, sock, address).serve()
 
     def count(self, status: int, duration: float) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import gevent
 from gevent import socket as gsocket
+from gevent.event import Event
 
 from greenserve.stats import WorkerStats
 
@@ -79,29 +80,55 @@ class CountingSocket(gsocket.socket):
 class Connections:
     """The worker's open connections, and the byte counts of the ones already closed.
 
-    Byte totals are folded into the worker's stats once per stats interval (``fold``), not on
-    every send and recv.
+    It is also the worker's connection pool: ``--max-connections`` is enforced by the server
+    through ``full`` (a full worker stops accepting), and a graceful stop waits on ``drained``.
+    gevent's Pool kept a second registry and a link per greenlet (about 200 bytes per idle
+    connection, measured). Byte totals are folded into the worker's stats once per stats
+    interval (``fold``), not on every send and recv.
     """
 
-    def __init__(self, stats: WorkerStats) -> None:
+    def __init__(self, stats: WorkerStats, limit: int) -> None:
         self.stats = stats
+        self.limit = limit
         self.open: set[CountingSocket] = set()
         self.closed_rx = 0
         self.closed_tx = 0
+        self.drained = Event()
+        self.drained.set()
+        self.on_room: Callable[[], None] | None = None  # the server resumes accepting
 
     def add(self, sock: CountingSocket) -> None:
+        """Register a connection as soon as it is accepted (before its greenlet runs)."""
         sock.rx = sock.tx = sock.seen = 0
         sock.deadline = 0.0  # set by a protocol for a phase with a time limit (HTTP headers)
         sock.parked = False  # True while a protocol waits for a next request (keep-alive)
         sock.idle_since, sock.shut = time.monotonic(), False
-        sock.greenlet = gevent.getcurrent()
+        sock.greenlet = None
         self.open.add(sock)
+        self.drained.clear()
+
+    @property
+    def full(self) -> bool:
+        return len(self.open) >= self.limit
 
     def remove(self, sock: CountingSocket) -> None:
         if sock in self.open:
             self.open.discard(sock)
             self.closed_rx += sock.rx
             self.closed_tx += sock.tx
+            if not self.open:
+                self.drained.set()
+            if self.on_room is not None and len(self.open) == self.limit - 1:
+                self.on_room()
+
+    def kill_all(self) -> None:
+        """End every connection's greenlet (after a drain timed out)."""
+        for sock in list(self.open):
+            if sock.greenlet is not None:
+                sock.greenlet.kill(block=False)
+            else:
+                self.remove(sock)
+                sock.close()
 
     def close_parked(self) -> None:
         """On a graceful stop: end the connections that are only waiting for a next request."""
@@ -148,7 +175,8 @@ class IdleSweeper:
             moved = sock.rx + sock.tx
             if sock.shut:
                 # Still open a tick after shutdown: the handler ignored end-of-file.
-                sock.greenlet.kill(block=False)
+                if sock.greenlet is not None:
+                    sock.greenlet.kill(block=False)
             elif sock.deadline and now >= sock.deadline:
                 _shutdown(sock)
             elif moved != sock.seen:
@@ -158,7 +186,7 @@ class IdleSweeper:
 
 
 class TcpProtocol:
-    """The per-connection entry point handed to gevent's StreamServer."""
+    """Per-connection accounting around the app; ``handle`` is what gevent's server calls."""
 
     def __init__(
         self,
@@ -167,6 +195,7 @@ class TcpProtocol:
         idle_timeout: float,
         log: Any,
         *,
+        max_connections: int = 1000,
         deadlines: bool = False,
         publish: Callable[[int], None] | None = None,
     ) -> None:
@@ -175,23 +204,28 @@ class TcpProtocol:
         self.app = app
         self.publish = publish
         self.stats = stats
-        self.connections = Connections(stats)
+        self.connections = Connections(stats, max_connections)
         needs_sweeper = bool(idle_timeout) or deadlines
         # Deadlines (HTTP header and keep-alive timeouts) want a finer sweep than idleness.
         tick = 0.25 if deadlines else 1.0
         self.idle = IdleSweeper(idle_timeout, self.connections, tick) if needs_sweeper else None
         self.log = log
 
-    def __call__(self, client: gsocket.socket, address: Any) -> None:
+    def handle(self, sock: CountingSocket, address: Any) -> None:
+        """``sock`` comes from protocols.accept.CountingServer, already a CountingSocket.
+
+        Handed to the server as a bound method, not as this object's ``__call__``: calling an
+        instance goes through a C-level call slot, one more C frame in every suspended
+        greenlet's saved stack.
+        """
         stats = self.stats
         stats.connections_accepted += 1
         stats.connections_active += 1
         publish = self.publish
         if publish is not None:
             publish(stats.connections_active)
-        sock = CountingSocket(client.family, client.type, client.proto, fileno=client.detach())
         connections = self.connections
-        connections.add(sock)
+        sock.greenlet = gevent.getcurrent()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.app(sock, address)

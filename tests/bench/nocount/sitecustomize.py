@@ -6,7 +6,12 @@ imports it in the master, the forkserver and so every worker.
 
 import socket
 
-from greenserve.protocols import tcp
+from gevent import socket as gsocket
+
+from greenserve.protocols import accept, tcp
+
+# Accepted sockets are plain gevent sockets: no byte counting in recv/send.
+accept.CountingServer.socket_class = gsocket.socket
 
 
 def _uncounted(self, client, address):
@@ -21,4 +26,4 @@ def _uncounted(self, client, address):
         client.close()
 
 
-tcp.TcpProtocol.__call__ = _uncounted
+tcp.TcpProtocol.handle = _uncounted

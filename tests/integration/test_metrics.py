@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import echo_round_trip, running, wait_until
+from tests.unit.test_collector import FAMILIES
 
 COUNTERS = (
     "greenserve_connections_accepted_total",
@@ -162,20 +163,7 @@ class TestExposition:
         with running("--workers", "2") as server:
             server.started()
             families = {f.name: f for f in text_string_to_metric_families(server.metrics_text())}
-            for name in (
-                "greenserve_workers_alive",
-                "greenserve_workers_desired",
-                "greenserve_worker_restarts",
-                "greenserve_connections_accepted",
-                "greenserve_connections_active",
-                "greenserve_bytes_received",
-                "greenserve_bytes_sent",
-                "greenserve_handler_errors",
-                "greenserve_stats_dropped",
-                "greenserve_worker_resident_memory_bytes",
-                "greenserve_event_loop_lag_seconds",
-                "process_resident_memory_bytes",
-            ):
+            for name in (*FAMILIES, "process_resident_memory_bytes"):
                 assert name in families and families[name].documentation, name
             rss = [s.value for s in families["greenserve_worker_resident_memory_bytes"].samples]
             assert len(rss) == 2 and all(v > 1_000_000 for v in rss)

@@ -21,6 +21,14 @@ FAMILIES = {
     "greenserve_stats_dropped",
     "greenserve_worker_resident_memory_bytes",
     "greenserve_event_loop_lag_seconds",
+    "greenserve_event_loop_blocked",
+    "greenserve_http_requests",
+    "greenserve_http_request_duration_seconds",
+    "greenserve_http_requests_in_flight",
+    "greenserve_generation",
+    "greenserve_worker_pid",
+    "greenserve_worker_ready",
+    "greenserve_slot_restarts",
 }
 
 

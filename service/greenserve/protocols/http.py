@@ -51,6 +51,7 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 _TOKEN_METHOD = re.compile(rb"[A-Z][A-Z-]* ")
+_STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 
 
 class HttpError(Exception):
@@ -177,6 +178,8 @@ class _Parser:
 
 class Input:
     """``wsgi.input``: the request body, streamed from the socket as the app reads it."""
+
+    __slots__ = ("_buffer", "_connection", "_done", "_head", "received")
 
     def __init__(self, connection: HttpConnection, head: _Head) -> None:
         self._connection = connection
@@ -402,7 +405,7 @@ class HttpConnection:
         try:
             result = handler.app(environ, writer.start_response)
             if isinstance(result, (list, tuple)):
-                writer.expected = sum(len(chunk) for chunk in result)
+                writer.expected = len(result[0]) if len(result) == 1 else sum(map(len, result))
             if not (isinstance(result, FileWrapper) and writer.try_sendfile(result)):
                 for chunk in result:
                     writer.write(chunk)
@@ -446,11 +449,29 @@ class HttpConnection:
         if not writer.keep_alive or handler.draining:
             return False
         # An unread body must be discarded before the next request can be parsed.
-        return body.complete or (body.finish() <= DRAIN_LIMIT and body.complete)
+        if body._done and not body._buffer:  # the whole body was read (the common case)
+            return True
+        return body.finish() <= DRAIN_LIMIT and body.complete
 
 
 class _Response:
     """``start_response`` and ``write`` for one request, and the framing of its body."""
+
+    __slots__ = (
+        "body_sent",
+        "chunked",
+        "connection",
+        "expected",
+        "head",
+        "headers",
+        "headers_sent",
+        "is_head",
+        "keep_alive",
+        "length",
+        "sock",
+        "status",
+        "status_code",
+    )
 
     def __init__(self, connection: HttpConnection, head: _Head) -> None:
         self.connection = connection
@@ -613,6 +634,7 @@ class HttpHandler:
         self.access_log = access_log
         self.draining = False
         self.date = _DateCache()
+        self.durations = stats.histograms["http_request_duration_seconds"]
         host, port = server_address[:2]
         self.base_environ = {
             "SCRIPT_NAME": "",
@@ -633,9 +655,9 @@ class HttpHandler:
 
     def count(self, status: int, duration: float) -> None:
         codes = self.stats.http_requests
-        key = str(status)
+        key = _STATUS_KEYS.get(status) or str(status)
         codes[key] = codes.get(key, 0) + 1
-        self.stats.histograms["http_request_duration_seconds"].observe(duration)
+        self.durations.observe(duration)
         self.stats.requests_served += 1
 
     def environ(self, head: _Head, body: Input, address: Any) -> dict[str, Any]:
@@ -650,7 +672,9 @@ class HttpHandler:
             except httptools.HttpParserInvalidURLError:
                 path = b"/"
         environ["REQUEST_METHOD"] = head.method.decode("latin-1")
-        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        environ["PATH_INFO"] = path.decode("latin-1")
         environ["QUERY_STRING"] = query.decode("latin-1")
         environ["RAW_URI"] = url.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/" + head.version

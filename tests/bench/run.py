@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -189,6 +190,11 @@ def http_contenders() -> list[Contender]:
             ],
         ),
     ]
+    nginx = shutil.which("nginx")
+    if nginx:  # the practical ceiling: a static 200 from C
+        contenders.append(
+            Contender("nginx return 200 x2", [py, __file__, "--nginx", nginx, "{port}"])
+        )
     if importlib.util.find_spec("gunicorn"):
         contenders += [
             Contender("gunicorn -k gevent x2", [*gunicorn, "-k", "gevent", app]),
@@ -558,7 +564,28 @@ def chart(report: dict[str, Any], path: Path) -> None:
     print(f"chart: {path}")
 
 
+def run_nginx(nginx: str, port: str) -> None:
+    """Run nginx in the foreground with two workers answering 200 with the hello body."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="greenserve-bench-nginx-"))
+    (folder / "nginx.conf").write_text(
+        f"worker_processes 2;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{ access_log off; client_body_temp_path {folder}; proxy_temp_path {folder};\n"
+        f"  fastcgi_temp_path {folder}; uwsgi_temp_path {folder}; scgi_temp_path {folder};\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain;\n"
+        '    return 200 "Hello, world!\\n"; } } }\n'
+    )
+    os.execv(
+        nginx, [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
+    )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--nginx"]:
+        run_nginx(sys.argv[2], sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)

@@ -51,6 +51,7 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 _TOKEN_METHOD = re.compile(rb"[A-Z][A-Z-]* ")
+_METHOD_PREFIX = re.compile(rb"[A-Z][A-Z-]{0,30}")
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 
 
@@ -303,8 +304,26 @@ class HttpConnection:
             self.parser.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.closing = True  # WSGI has no upgrade: answer this request, then close
+        except httptools.HttpParserInvalidMethodError as exc:
+            self.events.append(_as_http_error(exc, self._method_token(data)))
         except httptools.HttpParserError as exc:
             self.events.append(_as_http_error(exc, data))
+
+    def _method_token(self, data: bytes) -> bytes:
+        """Enough of a rejected request line to tell an unknown method (501) from noise (400).
+
+        llhttp rejects a method as soon as no known one can match, possibly after two bytes
+        ("BR" of "BREW"): read on, bounded, while the bytes still look like a method token.
+        """
+        while _METHOD_PREFIX.fullmatch(data):
+            try:
+                more = self.sock.recv(64)
+            except OSError:
+                break
+            if not more:
+                break
+            data += more
+        return data
 
     def next_head(self) -> _Head | None:
         while True:

@@ -537,6 +537,7 @@ def respawn(rounds: int) -> dict[str, float]:
 
 def chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -558,6 +559,9 @@ def chart(report: dict[str, Any], path: Path) -> None:
         for y, value in enumerate(values):
             ax.text(value, y, f" {value:,.0f}", va="center")
         ax.margins(x=0.25)
+        ax.xaxis.set_major_formatter(
+            matplotlib.ticker.FuncFormatter(lambda value, _: f"{value / 1000:.0f}k")
+        )
     fig.suptitle(f"greenserve side by side, {WORKERS} CPUs, medians of interleaved rounds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

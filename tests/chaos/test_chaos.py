@@ -28,6 +28,18 @@ from tests.integration.test_metrics import scrape, settled_totals, wait_totals
 SOAK_SECONDS = float(os.environ.get("GREENSERVE_SOAK_SECONDS", "12"))
 
 
+def kill_a_worker(server) -> int:
+    """SIGKILL one of the server's workers at random; 1 if a kill landed, else 0."""
+    pids = list(server.worker_pids().values())
+    if not pids:
+        return 0
+    try:
+        os.kill(random.choice(pids), signal.SIGKILL)
+    except ProcessLookupError:
+        return 0
+    return 1
+
+
 def zombies(sid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -104,13 +116,7 @@ class TestKillsAndFreezes:
                 wait_until(lambda: load.ok > 100, 10, "load")
                 storm_end = time.monotonic() + 4
                 while time.monotonic() < storm_end:
-                    pids = list(server.worker_pids().values())
-                    if pids:
-                        try:
-                            os.kill(random.choice(pids), signal.SIGKILL)
-                            kills += 1
-                        except ProcessLookupError:
-                            pass
+                    kills += kill_a_worker(server)
                     time.sleep(0.25)  # the storm's rhythm (every 250 ms), not a synchronisation
                 wait_until(lambda: server.health()[0] == 200, 30, "every slot healthy")
             restarts = scrape(server)["greenserve_worker_restarts_total[('reason', 'signal')]"]
@@ -453,10 +459,7 @@ class TestSoak:
                     now = time.monotonic()
                     if now >= next_kill:
                         for server in (tcp, http):
-                            pids = list(server.worker_pids().values())
-                            if pids:
-                                os.kill(random.choice(pids), signal.SIGKILL)
-                                kills += 1
+                            kills += kill_a_worker(server)
                         next_kill += 5
                     if now >= next_hup:
                         tcp.signal(signal.SIGHUP)

@@ -486,12 +486,6 @@ class Master:
             return
         if slot.index < LOAD_SLOTS and slot.outgoing is None:
             self.load[slot.index] = LOAD_UNUSED  # siblings must not defer accepts to it
-        if not slot.wanted and slot.outgoing is None:
-            # scaled down and drained: with --reuse-port, connections still queued on the slot's
-            # own socket are reset here (the documented cost of --reuse-port)
-            closing = self.slot_listeners.pop(slot.index, None)
-            if closing is not None and closing is not self.listener:
-                closing.close()
         if code == EXIT_APP_LOAD and not worker.ready:
             if slot.outgoing is not None:
                 self._abort_reload()
@@ -591,6 +585,11 @@ class Master:
                     if worker is not None:
                         self._retire(worker)
                 slot.worker = slot.outgoing = None
+                # --reuse-port: the kernel must stop routing connections to this slot's socket;
+                # those already queued on it are reset (the documented cost of --reuse-port)
+                closing = self.slot_listeners.pop(index, None)
+                if closing is not None and closing is not self.listener:
+                    closing.close()
         self.aggregator.set_desired(count)
 
     def _scale(self, delta: int) -> None:

@@ -154,7 +154,7 @@ class TestKillsAndFreezes:
                     wait_until(lambda: load.ok > frozen_at + 500, 10, "served while frozen")
                     end = time.monotonic() + 4
                     while time.monotonic() < end:  # keep the master frozen for 4 s of load
-                        time.sleep(0.1)
+                        time.sleep(0.1)  # the freeze's length is the scenario, not a sync
                     during = load.ok - frozen_at
                 finally:
                     server.signal(signal.SIGCONT)

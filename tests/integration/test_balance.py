@@ -69,6 +69,17 @@ class TestFairAccepts:
             wait_until(lambda: server.worker_pids().get(0) not in (None, victim), 10, "replaced")
 
 
+    def test_reuse_port_scale_down_stops_routing_to_the_removed_slot(self):
+        with running("--workers", "2", "--reuse-port") as server:
+            server.started()
+            server.signal(signal.SIGTTOU)
+            wait_until(lambda: len(server.worker_pids()) == 1, 10, "one worker")
+            # every new connection must reach the remaining worker: none may hang on the
+            # removed slot's socket
+            results = [echo_round_trip(server.address, b"after", timeout=3) for _ in range(60)]
+            assert results == [b"after"] * 60
+
+
 class TestMetricsShowBalance:
     """Per-worker accepted counts are on /metrics for operators to watch."""
 

@@ -26,7 +26,7 @@ from tests.integration.test_metrics import scrape, wait_totals
 MODES = ("whole", "bytewise", "random-split")
 
 
-def send(address: tuple[str, int], data: bytes, mode: str, seed: int = 0) -> None:
+def send(address: tuple[str, int], data: bytes, mode: str, seed: int = 0) -> socket.socket:
     """Open a connection and send ``data`` whole, a byte at a time, or in random pieces."""
     sock = socket.create_connection(address, timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

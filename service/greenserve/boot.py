@@ -45,7 +45,7 @@ class WorkerSpec:
 
 def start(spec: WorkerSpec) -> None:
     """Process target: prepare, then serve until told to stop."""
-    _die_with_parent()
+    die_with_parent()
     # Ctrl-C reaches the whole process group; the master turns it into an orderly stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # gevent's docs warn that multiprocessing.Queue hangs once threading is patched, and it does
@@ -83,10 +83,19 @@ def _report_crash() -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this process if its parent (the forkserver, which dies with the master) dies."""
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG), decided by the kernel.
+
+    Used by the forkserver (parent: the master) and by each worker (parent: the forkserver), so
+    a master's death kills the forkserver at once and with it every worker, even one whose event
+    loop is blocked and could not notice anything itself. A parent that died before the prctl
+    call has already handed this process to another reaper: exit now.
+    """
+    parent = os.getppid()
     libc_name = ctypes.util.find_library("c")
     if not libc_name:  # pragma: no cover - non-Linux
         return
     libc = ctypes.CDLL(libc_name, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(CRASHED)

@@ -161,7 +161,6 @@ class Master:
                 sock.close()
             return EXIT_RUNTIME
         bind = bound_address(self.listener)
-        self._set_title()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -181,6 +180,7 @@ class Master:
             self.log.warning("workers_run_as_root", hint="set --user to run the app unprivileged")
         for index in range(self.settings.workers):
             self.slots[index] = Slot(index)
+        self._set_title()
         try:
             self._loop(wake_r)
         finally:

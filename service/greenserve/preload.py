@@ -7,7 +7,8 @@ worker module patches nothing at import, so the forkserver itself stays unpatche
 Process managers signal the whole process group (supervisord's ``stopasgroup``, a terminal's
 Ctrl-C, ``kill -TERM -PGID``). A forkserver killed by such a TERM would take every worker with it
 (they die with their parent), cutting the master's graceful drain short; so it ignores the
-operator signals and exits only when the master does (end of file on its alive pipe). Workers
+operator signals and exits only when the master does (PR_SET_PDEATHSIG, and end of file on its
+alive pipe). Workers
 set their own handlers for the signals they act on.
 """
 
@@ -16,6 +17,12 @@ import signal
 from setproctitle import setproctitle
 
 import greenserve.worker  # noqa: F401 - imported for its side effect: a warm forkserver
+from greenserve.boot import die_with_parent
+
+# The forkserver dies with the master (and its workers with it) without waiting to read end of
+# file on its alive pipe: a supervisord test caught old workers still holding the port seconds
+# after their master was SIGKILLed.
+die_with_parent()
 
 for _signum in (
     signal.SIGTERM,

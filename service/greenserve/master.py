@@ -30,7 +30,7 @@ from greenserve.aggregate import Aggregator
 from greenserve.config import ConfigError, Settings, load
 from greenserve.metrics import MetricsServer, build_app, build_registry, is_loopback
 from greenserve.sockets import BindError, bind_listener, bound_address
-from greenserve.stats import LOAD_SLOTS, LOAD_UNUSED, Heartbeat
+from greenserve.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, Heartbeat
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -141,7 +141,7 @@ class Master:
         # --reuse-port: one socket per slot, owned here so it outlives the slot's workers
         self.slot_listeners: dict[int, socket.socket] = {}
         # each slot's open connections, written by its worker, read by its siblings
-        self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS)
+        self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS + [0])
         self.metrics: MetricsServer | None = None
 
     # -- start-up ------------------------------------------------------------------------------
@@ -180,6 +180,7 @@ class Master:
             self.log.warning("workers_run_as_root", hint="set --user to run the app unprivileged")
         for index in range(self.settings.workers):
             self.slots[index] = Slot(index)
+        self.load[LOAD_IN_USE] = min(len(self.slots), LOAD_SLOTS)
         self._set_title()
         try:
             self._loop(wake_r)
@@ -591,6 +592,7 @@ class Master:
                 if closing is not None and closing is not self.listener:
                     closing.close()
         self.aggregator.set_desired(count)
+        self.load[LOAD_IN_USE] = min(len(self.slots), LOAD_SLOTS)
 
     def _scale(self, delta: int) -> None:
         """One worker more (the lowest free slot) or fewer (the highest), never below one."""

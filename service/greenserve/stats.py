@@ -51,6 +51,7 @@ Snapshot = dict[str, Any]
 # Open-connection counts per slot in shared memory, for fair accepts (protocols/accept.py).
 LOAD_SLOTS = 256
 LOAD_UNUSED = -1
+LOAD_IN_USE = LOAD_SLOTS  # the array's last cell: how many slots exist (set by the master)
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 

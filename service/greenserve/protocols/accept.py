@@ -45,10 +45,9 @@ class CountingServer(StreamServer):
         except BlockingIOError:
             return None
         sock = self.socket_class(listener.family, listener.type, listener.proto, fileno=fd)
-        if self.socket_class is CountingSocket:
-            self.connections.add(sock)
-            if self.connections.full:
-                self.stop_accepting()
+        self.connections.add(sock)
+        if self.connections.full:
+            self.stop_accepting()
         return sock, address
 
     def _room(self) -> None:

@@ -10,8 +10,14 @@ from gevent import socket as gsocket
 
 from greenserve.protocols import accept, tcp
 
-# Accepted sockets are plain gevent sockets: no byte counting in recv/send.
-accept.CountingServer.socket_class = gsocket.socket
+
+class UncountedSocket(gsocket.socket):
+    """gevent's own recv/send (no counting), with the slots the connection registry uses."""
+
+    __slots__ = tcp.CountingSocket.__slots__
+
+
+accept.CountingServer.socket_class = UncountedSocket
 
 
 def _uncounted(self, client, address):
@@ -23,6 +29,7 @@ def _uncounted(self, client, address):
     except Exception:
         self.log.error("handler_error", exc_info=True)
     finally:
+        self.connections.remove(client)
         client.close()
 
 

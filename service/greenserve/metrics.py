@@ -33,19 +33,23 @@ COUNTER_HELP = {
     "stats_dropped": "Stats snapshots dropped because the channel to the master was full.",
     "event_loop_blocked": "Times the event loop was blocked longer than --block-warn.",
 }
-GAUGE_HELP = {
-    "connections_active": "Connections open in the worker slot now.",
-    "resident_memory_bytes": "Resident memory of the worker slot's live process.",
-    "http_requests_in_flight": "HTTP requests being answered by the worker slot now.",
+GAUGES = {  # snapshot gauge -> (metric name, help)
+    "connections_active": (
+        "greenserve_connections_active",
+        "Connections open in the worker slot now.",
+    ),
+    "resident_memory_bytes": (
+        "greenserve_worker_resident_memory_bytes",
+        "Resident memory of the worker slot's live process.",
+    ),
+    "http_requests_in_flight": (
+        "greenserve_http_requests_in_flight",
+        "HTTP requests being answered by the worker slot now.",
+    ),
 }
 HISTOGRAM_HELP = {
     "event_loop_lag_seconds": "How late the worker's event loop woke a timer (blocked-loop time).",
     "http_request_duration_seconds": "Time from a request's head to the end of its response.",
-}
-GAUGE_NAMES = {
-    "connections_active": "greenserve_connections_active",
-    "resident_memory_bytes": "greenserve_worker_resident_memory_bytes",
-    "http_requests_in_flight": "greenserve_http_requests_in_flight",
 }
 # Shown at 0 before the first request so that the family exists from the first scrape.
 SEEDED_CODES = ("200",)
@@ -112,8 +116,8 @@ def _per_worker(view: View) -> Iterator[Metric]:
         for slot in view.slots:
             family.add_metric([str(slot.index)], slot.counters[name])
         yield family
-    for name, text in GAUGE_HELP.items():
-        family = GaugeMetricFamily(GAUGE_NAMES[name], text, labels=["worker"])
+    for name, (metric, text) in GAUGES.items():
+        family = GaugeMetricFamily(metric, text, labels=["worker"])
         for slot in view.slots:
             family.add_metric([str(slot.index)], slot.gauges[name])
         yield family

@@ -77,7 +77,6 @@ class Worker:
         )
         self.retire_wanted = False
         listener = gsocket.socket(fileno=spec.listener.detach())
-        settings = self.settings
         self.http: HttpHandler | None = None
         if settings.protocol == "http":
             self.http = HttpHandler(

@@ -212,6 +212,13 @@ def echo_round_trip(address: tuple[str, int], payload: bytes, timeout: float = 5
         return received
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick for a socket bound to port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def port_is_free(port: int) -> bool:
     """Whether a new server could listen on the port (as greenserve binds: SO_REUSEADDR)."""
     with socket.socket() as sock:

@@ -68,7 +68,6 @@ class TestFairAccepts:
             assert results == [b"queued"] * 40
             wait_until(lambda: server.worker_pids().get(0) not in (None, victim), 10, "replaced")
 
-
     def test_reuse_port_scale_down_stops_routing_to_the_removed_slot(self):
         with running("--workers", "2", "--reuse-port") as server:
             server.started()

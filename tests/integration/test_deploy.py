@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +20,7 @@ from tests.helpers import (
     ROOT,
     STARTED_GROUPS,
     echo_round_trip,
+    free_port,
     group_alive,
     port_is_free,
     running,
@@ -39,12 +39,6 @@ def need(tool: str) -> str:
             pytest.fail(f"{tool} is missing in CI: .ci/run must install it")
         pytest.skip(f"{tool} not installed")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def titles(sid: int, prefix: str) -> dict[int, str]:

@@ -15,7 +15,6 @@ import subprocess
 import time
 import urllib.request
 import zlib
-from pathlib import Path
 
 import pytest
 
@@ -449,4 +448,3 @@ def test_hello_is_the_default_http_app():
         host, port = server.address
         with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as r:
             assert r.read() == b"Hello, world!\n"
-    assert Path(APPS_DIR).is_dir()

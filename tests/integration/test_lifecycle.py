@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import echo_round_trip, running, wait_until
+from tests.helpers import echo_round_trip, free_port, running, wait_until
 from tests.integration.test_metrics import scrape, wait_totals
 
 
@@ -88,11 +88,9 @@ class TestReload:
             assert server.worker_pids() == before
             assert echo_round_trip(server.address, b"still") == b"still"
 
-    def test_hup_rereads_the_file_and_moves_the_bind(self, tmp_path):
+    def test_hup_rereads_the_file_and_the_cli_bind_still_wins(self, tmp_path):
         config = tmp_path / "greenserve.toml"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            new_port = probe.getsockname()[1]
+        new_port = free_port()
         config.write_text("workers = 1\n")
         with running("--config", str(config), "--bind", "127.0.0.1:0") as server:
             server.started()
@@ -107,11 +105,7 @@ class TestReload:
             assert echo_round_trip(old_address, b"same bind") == b"same bind"
 
     def test_hup_moves_to_a_new_bind_and_closes_the_old(self, tmp_path):
-        ports = []
-        for _ in range(2):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                ports.append(probe.getsockname()[1])
+        ports = [free_port(), free_port()]
         config = tmp_path / "greenserve.toml"
         config.write_text(f'workers = 1\nbind = "127.0.0.1:{ports[0]}"\n')
         with running("--config", str(config), default_bind=False) as server:

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import time
 
 import pexpect
 
-from tests.helpers import APPS_DIR, echo_round_trip, running, wait_until
+from tests.helpers import APPS_DIR, echo_round_trip, free_port, running, wait_until
 from tests.integration.test_metrics import scrape, traffic, wait_totals
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -35,12 +34,6 @@ def tool(*args: str, stdin: str | None = None, timeout: float = 20) -> subproces
 def metrics_url(server) -> str:
     host, port = server.metrics_address
     return f"http://{host}:{port}/metrics"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TestStatus:
@@ -85,10 +78,10 @@ class TestStatus:
                 assert "DEGRADED" in degraded.stdout
             finally:
                 os.kill(victim, signal.SIGCONT)
-        unreachable = tool("status", "--metrics", f"http://127.0.0.1:{closed_port()}/metrics")
+        unreachable = tool("status", "--metrics", f"http://127.0.0.1:{free_port()}/metrics")
         assert unreachable.returncode == 2
         assert "unreachable" in unreachable.stdout
-        as_json = tool("status", "--json", "--metrics", f"http://127.0.0.1:{closed_port()}/m")
+        as_json = tool("status", "--json", "--metrics", f"http://127.0.0.1:{free_port()}/m")
         assert as_json.returncode == 2 and json.loads(as_json.stdout)["reachable"] is False
 
     def test_default_url_comes_from_settings(self):
@@ -153,7 +146,7 @@ class TestTop:
             assert child.exitstatus == 0
 
     def test_survives_the_server_going_away(self):
-        port = closed_port()
+        port = free_port()
         child = pexpect.spawn(
             sys.executable,
             ["-m", "greenserve", "top", "--metrics", f"http://127.0.0.1:{port}/metrics"],
@@ -204,7 +197,7 @@ class TestClient:
             assert child.exitstatus == 0
 
     def test_nothing_listening_is_one_line_and_exit_1(self):
-        result = tool("client", f"127.0.0.1:{closed_port()}", stdin="x\n")
+        result = tool("client", f"127.0.0.1:{free_port()}", stdin="x\n")
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "cannot connect to 127.0.0.1" in lines[0]

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.helpers import wait_until
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
@@ -63,14 +65,22 @@ def session_cpu_seconds(sid: int) -> float:
 
 
 def wait_port(port: int, timeout: float = 20) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """When the server first echoed (monotonic time)."""
+
+    def answered() -> float | None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
             s.sendall(b"ping")
             if s.recv(4) == b"ping":
                 return time.monotonic()
-        time.sleep(0.01)
-    raise RuntimeError(f"nothing answered on port {port}")
+        return None
+
+    return wait_until(answered, timeout, f"an echo on port {port}", step=0.01)
+
+
+def _answers_200(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+    return False
 
 
 @contextlib.contextmanager
@@ -204,14 +214,8 @@ def http_contenders() -> list[Contender]:
 
 
 def wait_http(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        url = f"http://127.0.0.1:{port}/"
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"no HTTP answer on port {port}")
+    url = f"http://127.0.0.1:{port}/"
+    wait_until(lambda: _answers_200(url), timeout, f"HTTP 200 on port {port}")
 
 
 def _wrk_latency_us(text: str, percentile: str) -> float:
@@ -347,13 +351,7 @@ def scrape_timing(workers: int, scrapes: int) -> dict[str, float]:
     )
     url = f"http://127.0.0.1:{mport}/metrics"
     with started(contender, port):
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            health = f"http://127.0.0.1:{mport}/healthz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as r:
-                if r.status == 200:
-                    break
-            time.sleep(0.1)
+        _healthy(mport, timeout=120)
         timings = []
         for _ in range(scrapes):
             started_at = time.perf_counter()
@@ -389,15 +387,18 @@ def _greenserve(port: int, mport: int, *extra: str) -> Contender:
 
 
 def _healthy(mport: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            url = f"http://127.0.0.1:{mport}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.02)
-    raise RuntimeError("never healthy")
+    url = f"http://127.0.0.1:{mport}/healthz"
+    wait_until(lambda: _answers_200(url), timeout, "/healthz 200")
+
+
+def _active_reaches(mport: int, total: int, timeout: float) -> dict[str, float]:
+    """Per-worker open connections, once they add up to ``total``."""
+
+    def counts() -> dict[str, float] | None:
+        found = _metric(mport, "greenserve_connections_active")
+        return found if sum(found.values()) == total else None
+
+    return wait_until(counts, timeout, f"{total} open connections on /metrics")
 
 
 def _metric(mport: int, name: str) -> dict[str, float]:
@@ -429,12 +430,7 @@ def balance(rounds: int) -> dict[str, Any]:
                         sock.sendall(b"b")
                     for sock in socks:
                         sock.recv(1)
-                    deadline = time.monotonic() + 5
-                    while time.monotonic() < deadline:
-                        counts = _metric(mport, "greenserve_connections_active")
-                        if sum(counts.values()) == size:
-                            break
-                        time.sleep(0.02)
+                    counts = _active_reaches(mport, size, timeout=5)
                     for sock in socks:
                         sock.close()
                 ratio = max(counts.values()) / max(min(counts.values()), 1)
@@ -462,11 +458,7 @@ def idle_memory(connections: int) -> dict[str, float]:
         worker = _metric(mport, "greenserve_worker_pid")["0"]
         before = _rss(int(worker))
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if _metric(mport, "greenserve_connections_active").get("0") == connections:
-                break
-            time.sleep(0.1)
+        _active_reaches(mport, connections, timeout=30)
         after = _rss(int(worker))
         for sock in socks:
             sock.close()

@@ -123,7 +123,6 @@ class Master:
 
     settings: Settings
     argv: list[str] = field(default_factory=list)  # re-read on HUP: CLI values keep winning
-    state: State = State.STARTING
     exit_code: int = EXIT_OK
 
     def __post_init__(self) -> None:
@@ -143,6 +142,16 @@ class Master:
         # each slot's open connections, written by its worker, read by its siblings
         self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS + [0])
         self.metrics: MetricsServer | None = None
+        self.looping = False
+
+    @property
+    def state(self) -> State:
+        """Derived from what is in progress, so it can never disagree with it."""
+        if self.stop is not None:
+            return State.STOPPING
+        if self.reload is not None:
+            return State.RELOADING
+        return State.RUNNING if self.looping else State.STARTING
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -250,7 +259,7 @@ class Master:
     # -- the loop --------------------------------------------------------------------------------
 
     def _loop(self, wake_r: socket.socket) -> None:
-        self.state = State.RUNNING
+        self.looping = True
         while True:
             self._spawn_due()
             connection.wait([wake_r, *(w.process.sentinel for w in self._all())], LOOP_TICK)
@@ -268,7 +277,7 @@ class Master:
 
     def _dispatch(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        self.log.info("signal", signal=name)
+        self.log.info("signal", signal=name, state=self.state.value)
         getattr(self, "handle_" + name.lower())()
 
     def handle_sigterm(self) -> None:
@@ -330,7 +339,6 @@ class Master:
         self.settings = new
         self.generation += 1
         self.aggregator.set_generation(self.generation)
-        self.state = State.RELOADING
         self._resize(new.workers)
         for slot in self.slots.values():
             if slot.wanted:
@@ -425,7 +433,6 @@ class Master:
             for sock in old_sockets - {None, self.listener, *self.slot_listeners.values()}:
                 sock.close()
             self.reload = None
-            self.state = State.RUNNING if self.stop is None else self.state
             self.log.info("reload_complete", generation=self.generation)
 
     def _drain_stats(self, worker: WorkerProcess) -> None:
@@ -538,7 +545,6 @@ class Master:
         self.settings, self.generation = self.reload.settings, self.reload.generation
         self.aggregator.set_generation(self.generation)
         self.reload = None
-        self.state = State.RUNNING
         self._set_title()
 
     def _halt_app_load(self, slot: Slot) -> None:
@@ -608,7 +614,6 @@ class Master:
     def _begin_stop(self, *, graceful: bool) -> None:
         if self.stop is not None and (graceful or not self.stop.graceful):
             return
-        self.state = State.STOPPING
         wait = self.settings.graceful_timeout + KILL_GRACE if graceful else KILL_GRACE
         self.stop = Stop(graceful=graceful, kill_at=time.monotonic() + wait)
         self.log.info("stopping", graceful=graceful, timeout=wait)

@@ -63,7 +63,6 @@ class BalancedServer(CountingServer):
         self.load = load
         self.slot = slot
         self.deferred = False
-        self.yields = 0
 
     def _busier_than_a_sibling(self) -> bool:
         # Runs on every accept: only the slots in use are read (the master keeps their number
@@ -83,7 +82,6 @@ class BalancedServer(CountingServer):
             self.deferred = False  # deferred once already: take it now
         elif self._busier_than_a_sibling():
             self.deferred = True
-            self.yields += 1
             self.stop_accepting()
             gevent.get_hub().loop.timer(YIELD_SECONDS).start(self._resume)
             return None

@@ -48,6 +48,11 @@ def start(spec: WorkerSpec) -> None:
     die_with_parent()
     # Ctrl-C reaches the whole process group; the master turns it into an orderly stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The forkserver ignores TERM and QUIT (preload.py) and its children inherit that. Until the
+    # worker installs its draining handlers it has nothing in flight, so a stop that arrives
+    # while it boots ends it at once (it used to be lost, and the stop waited for the kill).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     # gevent's docs warn that multiprocessing.Queue hangs once threading is patched, and it does
     # here: a feeder started after patching is a greenlet waiting on a Condition made before
     # patching, which blocks the whole hub (seen with py-spy in Queue._feed). Sending the first

@@ -45,6 +45,9 @@ EARLY_DEATH = 1.0  # a worker dying sooner than this after start is "crashing on
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0
 KILL_GRACE = 1.0  # after a stop deadline, workers get this long to exit on their own
 STACK_GRACE = 0.5  # time a timed-out worker gets to dump its stacks before SIGKILL
+# A worker ignores TERM until it can drain (inherited from the forkserver, see preload.py), so a
+# stop request sent while it boots would be lost: it is repeated until the process is gone.
+STOP_RESEND = 0.5
 MAX_MESSAGES_PER_TICK = 64
 
 HANDLED_SIGNALS = (
@@ -80,6 +83,8 @@ class WorkerProcess:
     ready: bool = False
     wants_retire: bool = False  # reached --max-requests, waiting for its turn
     abort_sent_at: float | None = None  # stacks asked for (STACK_SIGNAL) before a timeout kill
+    stop_signal: int | None = None  # TERM or QUIT once asked to stop; re-sent until it exits
+    stop_sent_at: float = 0.0
 
     @property
     def pid(self) -> int:
@@ -270,6 +275,7 @@ class Master:
             self._reap()
             self._check_heartbeats()
             self._grant_recycle()
+            self._repeat_stop_requests()
             if self.stop is not None:
                 self._advance_stop()
                 if not self._all():
@@ -418,7 +424,17 @@ class Master:
 
     def _retire(self, worker: WorkerProcess) -> None:
         self.retiring.append(worker)
-        _kill(worker.pid, signal.SIGTERM)
+        self._ask_to_stop(worker, signal.SIGTERM)
+
+    def _ask_to_stop(self, worker: WorkerProcess, signum: int) -> None:
+        worker.stop_signal, worker.stop_sent_at = signum, time.monotonic()
+        _kill(worker.pid, signum)
+
+    def _repeat_stop_requests(self) -> None:
+        now = time.monotonic()
+        for worker in self._all():
+            if worker.stop_signal is not None and now - worker.stop_sent_at >= STOP_RESEND:
+                self._ask_to_stop(worker, worker.stop_signal)
 
     def _read_stats(self) -> None:
         for worker in self._all():
@@ -621,7 +637,7 @@ class Master:
         for listener in {self.listener, *self.slot_listeners.values(), *old} - {None}:
             listener.close()  # workers still hold their copies until they drain
         for worker in self._all():
-            _kill(worker.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
+            self._ask_to_stop(worker, signal.SIGTERM if graceful else signal.SIGQUIT)
 
     def _advance_stop(self) -> None:
         assert self.stop is not None

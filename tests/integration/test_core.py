@@ -157,6 +157,15 @@ class TestStopping:
             assert wait_until(lambda: not group_alive(server.proc.pid), 5, "no process left")
             assert port_is_free(server.port)
 
+    def test_term_while_a_worker_boots_stops_at_once(self):
+        """A stop during a worker's boot is not lost (it used to wait for the 31 s kill)."""
+        with running("slow_import:handle", "--workers", "1") as server:
+            server.wait_event("worker_spawned")
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            assert server.wait_exit(10) == 0
+            assert time.monotonic() - started < 5
+
     def test_quit_stops_at_once(self):
         """QUIT does not wait for in-flight connections."""
         with running("greenserve_testapps:slow_echo", "--workers", "1") as server:

@@ -253,3 +253,138 @@ def per_worker(server: Server, name: str) -> dict[str, float]:
             if sample.name == name and "worker" in sample.labels:
                 values[sample.labels["worker"]] = sample.value
     return values
+
+
+SPLIT_MODES = ("whole", "bytewise", "random-split")
+
+
+def split(data: bytes, mode: str, seed: int = 0) -> list[bytes]:
+    """``data`` as one piece, a byte at a time, or cut at a few random (seeded) points."""
+    import random
+
+    if mode == "whole" or len(data) < 2:
+        return [data]
+    if mode == "bytewise":
+        return [data[index : index + 1] for index in range(len(data))]
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(data)), min(4, len(data) - 1)))
+    return [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+class HttpResponse:
+    """One response read off a byte stream."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"HttpResponse({self.status}, {self.headers}, {self.body[:60]!r})"
+
+
+def parse_responses(raw: bytes, head_indexes: frozenset[int] = frozenset()) -> list[HttpResponse]:
+    """Every response in ``raw``, interim ones included, framed as a client would frame them.
+
+    ``head_indexes``: positions (among final responses) of the ones answering HEAD. Fails on
+    bytes that are not a response, which is how a desynchronised connection shows.
+    """
+    out: list[HttpResponse] = []
+    finals = 0
+    while raw:
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        assert sep, f"incomplete response head: {raw[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        assert lines[0].startswith("HTTP/1.1 "), f"not a status line: {raw[:200]!r}"
+        status = int(lines[0].split()[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            assert colon and name == name.strip(), f"bad header line {line!r}"
+            key = name.lower()
+            headers[key] = headers[key] + "," + value.strip() if key in headers else value.strip()
+        if status < 200 or status in (204, 304) or (finals in head_indexes and status >= 200):
+            body, raw = b"", rest
+        elif "transfer-encoding" in headers:
+            assert headers["transfer-encoding"] == "chunked", headers
+            body = b""
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line, 16)
+                body += rest[:size]
+                assert rest[size : size + 2] == b"\r\n", "bad chunk framing"
+                rest = rest[size + 2 :]
+                if size == 0:
+                    break
+            raw = rest
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            body, raw = rest[:length], rest[length:]
+        else:
+            body, raw = rest, b""
+        out.append(HttpResponse(status, headers, body))
+        if status >= 200:
+            finals += 1
+    return out
+
+
+class ScriptedSocket:
+    """What the HTTP layer needs of a socket, in memory: ``recv`` reads a script of chunks (one
+    chunk per call, then end of stream), ``sendall`` appends to ``sent``."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        import collections
+
+        self.chunks = collections.deque(chunks)
+        self.sent = bytearray()
+        self.deadline = 0.0
+        self.parked = False
+        self.tx = self.rx = 0
+
+    def recv(self, size: int) -> bytes:
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.popleft()
+        if len(chunk) > size:
+            self.chunks.appendleft(chunk[size:])
+            chunk = chunk[:size]
+        self.rx += len(chunk)
+        return chunk
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+        self.tx += len(data)
+
+    def fileno(self) -> int:
+        raise OSError("an in-memory socket has no file descriptor")
+
+
+def serve_in_process(app: Any, chunks: list[bytes], **options: Any) -> tuple[bytes, list[dict]]:
+    """Run one HTTP connection through the real protocol code, with no socket and no process.
+
+    Returns what the server wrote and the log events it emitted (structlog's capture_logs).
+    """
+    import structlog
+    from structlog.testing import capture_logs
+
+    from greenserve.protocols.http import HttpHandler
+    from greenserve.stats import WorkerStats
+
+    settings = {
+        "max_body": 1 << 20,
+        "header_timeout": 5.0,
+        "keepalive_timeout": 5.0,
+        "access_log": False,
+        **options,
+    }
+    with capture_logs() as events:
+        handler = HttpHandler(
+            app,
+            stats=WorkerStats(),
+            log=structlog.get_logger(),
+            server_address=("127.0.0.1", 8000),
+            **settings,
+        )
+        sock = ScriptedSocket(chunks)
+        handler.handle(sock, ("127.0.0.1", 40000))
+    return bytes(sock.sent), events

@@ -78,6 +78,30 @@ def _make_validated() -> Any:
 validated = _make_validated()
 
 
+def _framing(environ: dict, start_response: Any) -> Any:
+    """The framing cases of issue 12 as a PEP 3333 app should write them."""
+    path = environ["PATH_INFO"]
+    if path == "/204":
+        start_response("204 No Content", [])
+        return []
+    if path == "/304":
+        start_response("304 Not Modified", [("ETag", '"v1"')])
+        return []
+    if path == "/length":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return [b"hello"]
+    return _plain(environ, start_response)
+
+
+def _make_validated_framing() -> Any:
+    from wsgiref.validate import validator
+
+    return validator(_framing)
+
+
+validated_framing = _make_validated_framing()
+
+
 def streamed(environ: dict, start_response: Any) -> Any:
     """2 MB in 64 KiB chunks with no Content-Length (chunked on HTTP/1.1)."""
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
@@ -150,3 +174,59 @@ def _blocking_call(seconds: float) -> None:
     import gevent.monkey
 
     gevent.monkey.get_original("time", "sleep")(seconds)
+
+
+def conformance(environ: dict, start_response: Any) -> Any:
+    """Routes that misbehave the ways real apps do; tests/http_corpus/exchanges.py drives them."""
+    import io
+    import json
+
+    path = environ["PATH_INFO"]
+    text = [("Content-Type", "text/plain")]
+    if path == "/204":
+        start_response("204 No Content", [])
+        return [b"oops"]
+    if path == "/304":
+        start_response("304 Not Modified", [("ETag", '"v1"')])
+        return [b"oops"]
+    if path == "/103":
+        start_response("103 Early Hints", [("Link", "</s.css>; rel=preload")])
+        return [b"oops"]
+    if path == "/cl-over":
+        start_response("200 OK", [*text, ("Content-Length", "8")])
+        return [b"abcdefghij"]
+    if path == "/cl-over-write":
+        write = start_response("200 OK", [*text, ("Content-Length", "8")])
+        write(b"abcde")
+        write(b"fghij")
+        return []
+    if path == "/cl-over-file":
+        start_response("200 OK", [*text, ("Content-Length", "8")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"abcdefghij"))
+    if path == "/cl-short":
+        start_response("200 OK", [*text, ("Content-Length", "10")])
+        return [b"abc"]
+    if path == "/str":
+        start_response("200 OK", text)
+        return ["text, not bytes"]
+    if path == "/bad-header-name":
+        start_response("200 OK", [("Bad Name", "x")])
+        return [b"never sent"]
+    if path == "/bad-header-value":
+        start_response("200 OK", [("X-A", "a\r\nX-Injected: 1")])
+        return [b"never sent"]
+    if path == "/401":  # answers without reading the body
+        start_response("401 Unauthorized", text)
+        return [b"denied"]
+    body = environ["wsgi.input"].read()
+    shown = {
+        "path": path,
+        "method": environ["REQUEST_METHOD"],
+        "body": body.decode("latin-1"),
+        "host": environ.get("HTTP_HOST"),
+        "server_software": environ.get("SERVER_SOFTWARE"),
+        "input_terminated": environ.get("wsgi.input_terminated"),
+    }
+    payload = json.dumps(shown).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [payload]

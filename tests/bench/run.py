@@ -174,9 +174,16 @@ def run_echo(rounds: int, seconds: float, connections: int, size: int) -> dict[s
     return results
 
 
-def http_contenders() -> list[Contender]:
+HTTP_APPS = {
+    "hello": "greenserve.apps:hello",
+    "flask": "tests.bench.servers.flask_json:app",
+}
+
+
+def http_contenders(app_name: str = "hello") -> list[Contender]:
+    """Two workers each; nginx only for hello (a static 200 from C: the practical ceiling)."""
     py = sys.executable
-    app = "greenserve.apps:hello"
+    app = HTTP_APPS[app_name]
     gunicorn = [py, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning"]
     contenders = [
         Contender(
@@ -185,6 +192,7 @@ def http_contenders() -> list[Contender]:
                 py,
                 "-m",
                 "greenserve",
+                app,
                 "--protocol",
                 "http",
                 "--workers",
@@ -200,10 +208,19 @@ def http_contenders() -> list[Contender]:
             ],
         ),
     ]
-    nginx = shutil.which("nginx")
-    if nginx:  # the practical ceiling: a static 200 from C
+    if shutil.which("granian"):  # the Rust WSGI server users pick for speed
+        granian = [shutil.which("granian"), "--interface", "wsgi", "--workers", "2"]
         contenders.append(
-            Contender("nginx return 200 x2", [py, __file__, "--nginx", nginx, "{port}"])
+            Contender(
+                "granian wsgi x2",
+                [*granian, "--host", "127.0.0.1", "--port", "{port}", "--no-log", app],
+            )
+        )
+    nginx = shutil.which("nginx")
+    if nginx and app_name == "hello":
+        # run as a module from the checkout: as a script it could not import tests.helpers
+        contenders.append(
+            Contender("nginx return 200 x2", [py, "-m", "tests.bench.run", "--nginx", nginx, "{port}"])
         )
     if importlib.util.find_spec("gunicorn"):
         contenders += [
@@ -228,17 +245,23 @@ def _wrk_latency_us(text: str, percentile: str) -> float:
     return float(match.group(1)) * scale
 
 
-def run_http(rounds: int, seconds: float) -> dict[str, list[dict]]:
+def run_http(rounds: int, seconds: float, app_name: str = "hello") -> dict[str, list[dict]]:
+    """Interleaved rounds; a contender that does not start is reported and left out."""
     import re
 
     results: dict[str, list[dict]] = {}
-    contenders = http_contenders()
+    contenders = http_contenders(app_name)
     for round_index in range(rounds):
         shift = round_index % len(contenders)
         for contender in contenders[shift:] + contenders[:shift]:
             port = free_port()
             with started(contender, port) as proc:
-                wait_http(port)
+                try:
+                    wait_http(port)
+                except AssertionError as exc:
+                    print(f"  round {round_index + 1} {contender.name:30s} did not start: {exc}")
+                    results.setdefault(contender.name, [])
+                    continue
                 url = f"http://127.0.0.1:{port}/"
                 subprocess.run(["wrk", "-t1", "-c64", "-d1", url], check=True, capture_output=True)
                 cpu_before = session_cpu_seconds(proc.pid)
@@ -268,11 +291,14 @@ def run_http(rounds: int, seconds: float) -> dict[str, list[dict]]:
     return results
 
 
-def http_table(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
-    print("\nHTTP hello world, wrk -t1 -c64, medians")
+def http_table(results: dict[str, list[dict]], title: str) -> list[dict[str, Any]]:
+    print(f"\n{title}, wrk -t1 -c64, medians")
     print(f"{'server':30s} {'req/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} {'req/CPU-s':>10s}")
     rows = []
     for name, samples in results.items():
+        if not samples:
+            print(f"{name:30s} did not start")
+            continue
         row = {
             "server": name,
             "requests_per_s": median(samples, "requests_per_s"),
@@ -287,6 +313,47 @@ def http_table(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
             f" {row['p99_us'] / 1000:>7.2f} {row['requests_per_cpu_s']:>10,.0f}"
         )
     return rows
+
+
+def http_goals(rows: list[dict[str, Any]], app_name: str) -> list[dict]:
+    """Ratios per server CPU-second against gunicorn's pywsgi worker and granian."""
+    by_name = {row["server"]: row for row in rows}
+    ours = by_name.get("greenserve http x2")
+    goals: list[dict] = []
+    if ours is None:
+        return goals
+    pywsgi = by_name.get("gunicorn -k gevent_pywsgi x2")
+    granian = by_name.get("granian wsgi x2")
+    print(f"\nGoals ({app_name})")
+    if pywsgi and app_name == "hello":
+        goals.append(
+            goal(
+                "HTTP hello req per CPU-s vs gunicorn gevent_pywsgi",
+                ours["requests_per_cpu_s"] / pywsgi["requests_per_cpu_s"],
+                3.0,
+            )
+        )
+        goals.append(
+            goal(
+                "HTTP hello p99 vs gunicorn gevent_pywsgi",
+                ours["p99_us"] / pywsgi["p99_us"],
+                0.25,
+                False,
+            )
+        )
+    if granian:
+        target = 1.0 if app_name == "hello" else 1.1
+        goals.append(
+            goal(
+                f"HTTP {app_name} req per CPU-s vs granian",
+                ours["requests_per_cpu_s"] / granian["requests_per_cpu_s"],
+                target,
+            )
+        )
+        goals.append(
+            goal(f"HTTP {app_name} p99 vs granian", ours["p99_us"] / granian["p99_us"], 1.25, False)
+        )
+    return goals
 
 
 def median(samples: list[dict], key: str) -> float:
@@ -536,7 +603,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
     panels = [
         ("echo", "msgs_per_cpu_s", "TCP echo: messages per server CPU-second"),
-        ("http", "requests_per_s", "HTTP hello: requests per second (wrk -c64)"),
+        ("http_hello", "requests_per_cpu_s", "HTTP hello: requests per server CPU-second"),
+        ("http_flask", "requests_per_cpu_s", "Flask JSON: requests per server CPU-second"),
     ]
     panels = [p for p in panels if p[0] in report]
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5))
@@ -600,30 +668,13 @@ def main() -> None:
     report: dict[str, Any] = {"cpus": WORKERS, "args": vars(args)}
     goals: list[dict] = []
     if args.only in ("all", "http"):
-        print("HTTP hello world: wrk -t1 -c64, two workers each")
-        http = run_http(args.rounds, args.seconds)
-        report["http_raw"] = http
-        report["http"] = http_table(http)
-        by_name = {row["server"]: row for row in report["http"]}
-        pywsgi = by_name.get("gunicorn -k gevent_pywsgi x2")
-        if pywsgi:
-            ours = by_name["greenserve http x2"]
-            print("\nGoals")
-            goals.append(
-                goal(
-                    "HTTP req/s vs gunicorn gevent_pywsgi",
-                    ours["requests_per_s"] / pywsgi["requests_per_s"],
-                    3.0,
-                )
-            )
-            goals.append(
-                goal(
-                    "HTTP p99 vs gunicorn gevent_pywsgi",
-                    ours["p99_us"] / pywsgi["p99_us"],
-                    0.25,
-                    False,
-                )
-            )
+        for app_name in HTTP_APPS:
+            print(f"HTTP {app_name}: wrk -t1 -c64, two workers each")
+            http = run_http(args.rounds, args.seconds, app_name)
+            report[f"http_{app_name}_raw"] = http
+            rows = http_table(http, f"HTTP {app_name}")
+            report[f"http_{app_name}"] = rows
+            goals += http_goals(rows, app_name)
     if args.only in ("all", "lifecycle"):
         report["balance"] = balance(args.rounds)
         report["memory"] = idle_memory(args.idle_connections)

@@ -286,7 +286,7 @@ class TestHostileHttp:
             slow = [socket.create_connection(server.address, timeout=10) for _ in range(500)]
             for sock in slow:
                 sock.setblocking(False)
-            request = b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 100
+            request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 100
             latencies: list[float] = []
             closed: dict[int, float] = {}
             started = time.monotonic()

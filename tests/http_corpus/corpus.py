@@ -274,3 +274,68 @@ MALFORMED: list[tuple[str, bytes, int]] = [
     ),
     ("cr without lf", b"GET / HTTP/1.1\rHost: a\r\n\r\n", 400),
 ]
+
+
+def _with_host(request: bytes) -> bytes:
+    """Give an HTTP/1.1 request a Host unless it has one, so a case tests its own defect only
+    (RFC 9112 3.2: a request without Host is a 400 of its own)."""
+    line, sep, rest = request.partition(CRLF)
+    if not sep or not line.endswith(b"HTTP/1.1") or b"\nhost:" in request.lower():
+        return request
+    return line + CRLF + b"Host: a" + CRLF + rest
+
+
+MALFORMED = [(name, _with_host(data), status) for name, data, status in MALFORMED]
+
+VALID += [
+    (
+        "host with port",
+        req("GET / HTTP/1.1", "Host: a.example:8080"),
+        {"HTTP_HOST": "a.example:8080"},
+    ),
+    ("host ipv6 literal", req("GET / HTTP/1.1", "Host: [::1]:8080"), {"HTTP_HOST": "[::1]:8080"}),
+    ("empty host", req("GET / HTTP/1.1", "Host:"), {"HTTP_HOST": ""}),
+    ("http/1.0 without host", req("GET / HTTP/1.0"), {"HTTP_HOST": None}),
+    (
+        "chunk extension with whitespace before ;",
+        req(
+            "POST / HTTP/1.1",
+            "Host: a",
+            "Transfer-Encoding: chunked",
+            body=b"5 ;a=b\r\nhello\r\n0\r\n\r\n",
+        ),
+        {"body": "hello"},
+    ),
+    (
+        "quoted chunk extension",
+        req(
+            "POST / HTTP/1.1",
+            "Host: a",
+            "Transfer-Encoding: chunked",
+            body=b'5;a="b c"\r\nhello\r\n0\r\n\r\n',
+        ),
+        {"body": "hello"},
+    ),
+]
+
+MALFORMED += [
+    ("http/1.1 without host", req("GET / HTTP/1.1"), 400),
+    ("two host headers", req("GET / HTTP/1.1", "Host: a", "Host: b"), 400),
+    ("host with a space", req("GET / HTTP/1.1", "Host: a b"), 400),
+    ("host with a slash", req("GET / HTTP/1.1", "Host: a/b"), 400),
+    ("host with userinfo", req("GET / HTTP/1.1", "Host: u@a"), 400),
+    ("asterisk form with GET", req("GET * HTTP/1.1", "Host: a"), 400),
+    ("invalid absolute-form", req("PUT s://]ufd/: HTTP/1.1", "Host: a", "Content-Length: 0"), 400),
+    ("authority form with GET", req("GET a.example:80 HTTP/1.1", "Host: a"), 400),
+    ("absolute-form without host", req("GET http:/x HTTP/1.1", "Host: a"), 400),
+    (
+        "chunk extension space after ;",
+        req(
+            "POST / HTTP/1.1",
+            "Host: a",
+            "Transfer-Encoding: chunked",
+            body=b"5; a=b\r\nhello\r\n0\r\n\r\n",
+        ),
+        400,
+    ),
+]

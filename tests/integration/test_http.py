@@ -18,11 +18,12 @@ import zlib
 
 import pytest
 
-from tests.helpers import APPS_DIR, running, wait_until
+from tests.helpers import APPS_DIR, SPLIT_MODES, running, split, wait_until
 from tests.http_corpus.corpus import MALFORMED, VALID
+from tests.http_corpus.exchanges import EXCHANGES, LAST, check_exchange
 from tests.integration.test_metrics import scrape, wait_totals
 
-MODES = ("whole", "bytewise", "random-split")
+MODES = SPLIT_MODES
 
 
 def send(address: tuple[str, int], data: bytes, mode: str, seed: int = 0) -> socket.socket:
@@ -30,16 +31,8 @@ def send(address: tuple[str, int], data: bytes, mode: str, seed: int = 0) -> soc
     sock = socket.create_connection(address, timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        if mode == "whole":
-            sock.sendall(data)
-        elif mode == "bytewise":
-            for index in range(len(data)):
-                sock.sendall(data[index : index + 1])
-        else:
-            rng = random.Random(seed)
-            cuts = sorted(rng.sample(range(1, len(data)), min(4, len(data) - 1)))
-            for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
-                sock.sendall(data[start:end])
+        for piece in split(data, mode, seed):
+            sock.sendall(piece)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server may answer and close before a hostile request is fully sent
     return sock
@@ -133,7 +126,7 @@ class TestCorpus:
     def test_valid(self, corpus_server, name, request_bytes, expected, mode):
         sock = send(
             corpus_server.address,
-            request_bytes + b"GET /last HTTP/1.1\r\nConnection: close\r\n\r\n",
+            request_bytes + b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             mode,
             zlib.crc32(name.encode()),
         )
@@ -177,7 +170,7 @@ class TestCorpus:
     def test_pipelined_requests_answered_in_order(self, corpus_server):
         batch = (
             b"".join(f"GET /{n} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for n in range(5))
-            + b"GET /end HTTP/1.1\r\nConnection: close\r\n\r\n"
+            + b"GET /end HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
         )
         responses = final_responses(read_all(send(corpus_server.address, batch, "whole")))
         paths = [json.loads(body)["PATH_INFO"] for _, _, body in responses]
@@ -185,7 +178,11 @@ class TestCorpus:
 
     def test_head_has_no_body_and_http10_closes(self, corpus_server):
         raw = read_all(
-            send(corpus_server.address, b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n", "whole")
+            send(
+                corpus_server.address,
+                b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                "whole",
+            )
         )
         head, _, body = raw.partition(b"\r\n\r\n")
         assert body == b"" and b"Content-Length" in head
@@ -194,11 +191,40 @@ class TestCorpus:
 
     def test_date_and_server_headers_and_one_write(self, corpus_server):
         raw = read_all(
-            send(corpus_server.address, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "whole")
+            send(
+                corpus_server.address,
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                "whole",
+            )
         )
         head = raw.split(b"\r\n\r\n")[0]
         assert re.search(rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", head)
         assert b"\r\nServer: greenserve" in head
+
+
+@pytest.fixture(scope="module")
+def conformance_server():
+    with running(
+        "greenserve_testapps:conformance", "--protocol", "http", "--workers", "1"
+    ) as server:
+        server.started()
+        server.initial_pids = server.worker_pids()
+        yield server
+        assert server.worker_pids() == server.initial_pids, "a worker died during the exchanges"
+
+
+class TestExchanges:
+    """Response framing (tests/http_corpus/exchanges.py) over real sockets, cut three ways."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize(
+        ("name", "request_bytes", "expected", "after"), EXCHANGES, ids=[e[0] for e in EXCHANGES]
+    )
+    def test_exchange(self, conformance_server, name, request_bytes, expected, after, mode):
+        sock = send(
+            conformance_server.address, request_bytes + LAST, mode, zlib.crc32(name.encode())
+        )
+        check_exchange(read_all(sock), request_bytes, expected, after)
 
 
 class TestApps:
@@ -217,6 +243,26 @@ class TestApps:
                 assert response.status == 200
                 if method == "POST":
                     assert data == b"got 5000 bytes"
+            conn.close()
+            assert "app_error" not in server.output and "AssertionError" not in server.output
+
+    def test_validator_wrapped_framing(self):
+        """wsgiref.validate around 204, 304, HEAD and Content-Length, on one connection."""
+        with running(
+            "greenserve_testapps:validated_framing", "--protocol", "http", "--workers", "1"
+        ) as server:
+            server.started()
+            conn = http.client.HTTPConnection(*server.address, timeout=10)
+            for method, path, status, body in (
+                ("GET", "/204", 204, b""),
+                ("GET", "/304", 304, b""),
+                ("GET", "/length", 200, b"hello"),
+                ("HEAD", "/length", 200, b""),
+                ("POST", "/echo", 200, b"got 0 bytes"),
+            ):
+                conn.request(method, path)
+                response = conn.getresponse()
+                assert (response.status, response.read()) == (status, body), (method, path)
             conn.close()
             assert "app_error" not in server.output and "AssertionError" not in server.output
 
@@ -299,9 +345,11 @@ class TestApps:
             "0.1",
         ) as server:
             server.started()
-            raw = read_all(send(server.address, b"GET /before HTTP/1.1\r\n\r\n", "whole"))
+            raw = read_all(
+                send(server.address, b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n", "whole")
+            )
             assert raw.startswith(b"HTTP/1.1 500")
-            raw = read_all(send(server.address, b"GET /after HTTP/1.1\r\n\r\n", "whole"))
+            raw = read_all(send(server.address, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n", "whole"))
             assert raw.startswith(b"HTTP/1.1 200")  # headers were out: only a close signals it
             assert not raw.endswith(b"0\r\n\r\n")  # the chunked body never finished
             errors = server.wait_event("app_error", count=2)
@@ -353,12 +401,12 @@ class TestTimeoutsAndDrain:
         ) as server:
             server.started()
             slow = socket.create_connection(server.address, timeout=10)
-            slow.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
             started = time.monotonic()
             assert read_all(slow) == b""
             assert 0.4 < time.monotonic() - started < 2.5
             idle = socket.create_connection(server.address, timeout=10)
-            idle.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             started = time.monotonic()
             raw = read_all(idle)
             assert raw.startswith(b"HTTP/1.1 200")
@@ -378,13 +426,19 @@ class TestTimeoutsAndDrain:
         ) as server:
             server.started()
             sock = send(
-                server.address, b"POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\nshort", "whole"
+                server.address,
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\nshort",
+                "whole",
             )
             started = time.monotonic()
             assert read_all(sock) == b""
             assert time.monotonic() - started < 2.0
             after = read_all(
-                send(server.address, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "whole")
+                send(
+                    server.address,
+                    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                    "whole",
+                )
             )
             assert after.startswith(b"HTTP/1.1 200")  # the worker serves on
 
@@ -402,7 +456,7 @@ class TestTimeoutsAndDrain:
         ) as server:
             server.started()
             idle = socket.create_connection(server.address, timeout=10)
-            busy = send(server.address, b"GET / HTTP/1.1\r\n\r\n", "whole")
+            busy = send(server.address, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "whole")
             wait_until(
                 lambda: scrape(server)["greenserve_http_requests_in_flight"] == 1, 5, "in flight"
             )

@@ -1,14 +1,21 @@
 """HTTP/1.1 for WSGI apps on httptools (llhttp, the parser of Node.js).
 
-One greenlet per connection runs ``HttpHandler``: the parser's callbacks only queue events
-(request head, body chunks, end of message); the loop turns a head into a PEP 3333 environ and
-calls the app, whose ``wsgi.input`` pulls body events on demand, reading more from the socket
+One greenlet per connection runs ``HttpConnection.serve``: the parser's callbacks only queue
+events (request head, body chunks, end of message); the loop turns a head into a PEP 3333 environ
+and calls the app, whose ``wsgi.input`` pulls body events on demand, reading more from the socket
 only when the app asks for more body. Pipelined requests simply wait in the queue.
 
 Strictness: llhttp rejects ambiguous framing (Content-Length with Transfer-Encoding, duplicate
-Content-Length, bad chunk sizes, obs-fold, bad header names and values); this module adds the
-limits (414, 431, 413), 501 for transfer codings other than chunked and for unknown methods, 505
-for versions other than 1.0 and 1.1, and timeouts through the connection sweeper's deadlines.
+Content-Length, bad chunk sizes, obs-fold, bad header names and values); ``_Parser`` adds the
+limits (414, 431, 413), 400 for a missing, repeated or malformed Host and for a request-target
+that is not origin-form, absolute-form or ``OPTIONS *``, 501 for transfer codings other than
+chunked and for unknown methods, 505 for versions other than 1.0 and 1.1, and timeouts through
+the connection sweeper's deadlines.
+
+Framing of responses (each rule keeps a pooled keep-alive connection in step; see the README):
+no body on HEAD, 1xx, 204 and 304; never more bytes than the app's Content-Length (the rest is
+cut, logged, counted, and the connection closed); a body shorter than its Content-Length closes
+the connection; an error before the first byte is on the wire becomes a 500.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 from gevent import socket as gsocket
 
+from greenserve import __version__
 from greenserve.stats import WorkerStats
 
 MAX_REQUEST_LINE = 8190
@@ -34,6 +42,7 @@ MAX_HEADERS = 100
 MAX_HEADER_FIELD = 8190
 MAX_HEADER_BYTES = 65536
 RECV_SIZE = 65536
+HISTORY_LIMIT = 65536  # request bytes kept across reads to place a parse error (see _feed)
 DRAIN_LIMIT = 1 << 20  # unread body we are willing to discard to keep a connection alive
 SMALL_BODY = 16384  # headers and a body up to this size go out in one write
 SERVER = b"greenserve"
@@ -52,7 +61,14 @@ REASONS = {
 }
 _TOKEN_METHOD = re.compile(rb"[A-Z][A-Z-]* ")
 _METHOD_PREFIX = re.compile(rb"[A-Z][A-Z-]{0,30}")
+# RFC 9110 5.6.2 token: a response header name must be one, or the header block is ambiguous.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 5.5: no control characters in a field value except horizontal tab.
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112 3.2 / RFC 3986 3.2.2: host [ ":" port ], the host a reg-name or an IP literal.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
+_NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
 
 
 class HttpError(Exception):
@@ -84,8 +100,8 @@ class _DateCache:
         return self.value
 
 
-class _Head:
-    """A parsed request line and header block."""
+class Head:
+    """A parsed and validated request line and header block."""
 
     __slots__ = (
         "chunked",
@@ -94,12 +110,16 @@ class _Head:
         "headers",
         "keep_alive",
         "method",
+        "path",
+        "query",
         "url",
         "version",
     )
 
     def __init__(self) -> None:
         self.url = b""
+        self.path = b"/"
+        self.query = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.method = b""
         self.version = "1.1"
@@ -109,23 +129,34 @@ class _Head:
         self.expect_continue = False
 
 
-_END = object()  # marks the end of a message in the event queue
+END = object()  # marks the end of a message in the event queue
 
 
 class _Parser:
-    """httptools callbacks: enforce limits, queue heads, body chunks and ends of messages."""
+    """httptools callbacks: enforce limits, validate heads, queue heads, body chunks and ends."""
 
     def __init__(self, sock: Any, header_timeout: float) -> None:
         self.sock = sock
         self.header_timeout = header_timeout
         self.events: deque[Any] = deque()
-        self.head: _Head | None = None
+        self.head: Head | None = None
         self.header_bytes = 0
+        # Whether the bytes fed next start a new request, and how many requests completed:
+        # lets an error be traced back to the request it belongs to (HttpConnection._feed).
+        self.at_boundary = True
+        self.completed = 0
         self.parser = httptools.HttpRequestParser(self)
+        # RFC 9112 7.1.1 allows whitespace (BWS) before a chunk extension's ";". llhttp rejects
+        # BWS after the ";" and around "=" whatever the options: see the README.
+        self.parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+
+    def feed(self, data: bytes) -> None:
+        self.parser.feed_data(data)
 
     def on_message_begin(self) -> None:
-        self.head = _Head()
+        self.head = Head()
         self.header_bytes = 0
+        self.at_boundary = False
         self.sock.parked = False
         if self.header_timeout:
             self.sock.deadline = time.monotonic() + self.header_timeout
@@ -157,72 +188,109 @@ class _Parser:
             raise HttpError(505, f"HTTP/{head.version} is not supported")
         head.method = parser.get_method()
         head.keep_alive = parser.should_keep_alive()
+        hosts = 0
         for name, value in head.headers:
             lowered = name.lower()
-            if lowered == b"transfer-encoding":
+            if lowered == b"host":
+                hosts += 1
+                if hosts > 1 or not _HOST.fullmatch(value):
+                    raise HttpError(400, "invalid or repeated Host header")
+            elif lowered == b"transfer-encoding":
                 codings = [c.strip() for c in value.lower().split(b",")]
                 if codings != [b"chunked"]:
                     raise HttpError(501, f"transfer coding {value.decode('latin-1')!r}")
                 head.chunked = True
+                if head.version == "1.0":
+                    # RFC 9112 6.1: the framing of such a message is suspect; close after it.
+                    head.keep_alive = False
             elif lowered == b"content-length":
                 head.content_length = int(value)
             elif lowered == b"expect" and value.lower() == b"100-continue":
                 head.expect_continue = head.version == "1.1"
+        if not hosts and head.version == "1.1":
+            raise HttpError(400, "HTTP/1.1 request without Host")  # RFC 9112 3.2
+        _split_target(head)
         self.events.append(head)
 
     def on_body(self, body: bytes) -> None:
         self.events.append(body)
 
     def on_message_complete(self) -> None:
-        self.events.append(_END)
+        self.at_boundary = True
+        self.completed += 1
+        self.events.append(END)
+
+
+def _split_target(head: Head) -> None:
+    """PATH_INFO and QUERY_STRING from the request-target, or 400 (RFC 9112 3.2)."""
+    url = head.url
+    if url[:1] == b"/":  # origin-form, by far the most common
+        path, _, query = url.partition(b"?")
+        head.path, head.query = path.partition(b"#")[0], query
+    elif url == b"*":
+        if head.method != b"OPTIONS":
+            raise HttpError(400, "the asterisk form is only for OPTIONS")
+        head.path = b"*"
+    else:  # absolute-form: keep only the path
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise HttpError(400, "invalid request-target") from None
+        if not parsed.schema or not parsed.host:
+            raise HttpError(400, "invalid request-target")
+        head.path, head.query = parsed.path or b"/", parsed.query or b""
 
 
 class Input:
-    """``wsgi.input``: the request body, streamed from the socket as the app reads it."""
+    """``wsgi.input``: the request body, streamed from the socket as the app reads it.
 
-    __slots__ = ("_buffer", "_connection", "_done", "_head", "received")
+    ``done`` is True once the end of the body was reached; ``buffer`` holds what was read from
+    the socket but not yet by the app.
+    """
 
-    def __init__(self, connection: HttpConnection, head: _Head) -> None:
-        self._connection = connection
-        self._head = head
-        self._buffer = b""
-        self._done = head.content_length == 0 or (head.content_length is None and not head.chunked)
+    __slots__ = ("buffer", "connection", "done", "head", "received")
+
+    def __init__(self, connection: HttpConnection, head: Head) -> None:
+        self.connection = connection
+        self.head = head
+        self.buffer = b""
+        self.done = head.content_length == 0 or (head.content_length is None and not head.chunked)
         self.received = 0
 
     def _more(self) -> bool:
         """Pull the next body chunk into the buffer; False at the end of the body."""
-        if self._done:
+        if self.done:
             return False
-        chunk = self._connection.next_body_event(self)
-        if chunk is _END:
-            self._done = True
+        chunk = self.connection.next_body_event(self)
+        if chunk is END:
+            self.done = True
             return False
-        self._buffer += chunk
+        self.buffer += chunk
         return True
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             while self._more():
                 pass
-            data, self._buffer = self._buffer, b""
+            data, self.buffer = self.buffer, b""
             return data
-        while len(self._buffer) < size and self._more():
+        while len(self.buffer) < size and self._more():
             pass
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
         while True:
-            end = self._buffer.find(b"\n")
+            end = self.buffer.find(b"\n")
             limit = size if size is not None and size >= 0 else None
             if end >= 0 and (limit is None or end < limit):
-                data, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+                data, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
                 return data
-            if limit is not None and len(self._buffer) >= limit:
-                data, self._buffer = self._buffer[:limit], self._buffer[limit:]
+            if limit is not None and len(self.buffer) >= limit:
+                data, self.buffer = self.buffer[:limit], self.buffer[limit:]
                 return data
             if not self._more():
-                data, self._buffer = self._buffer, b""
+                data, self.buffer = self.buffer, b""
                 return data
 
     def readlines(self, hint: int = -1) -> list[bytes]:
@@ -243,18 +311,18 @@ class Input:
                 return
             yield line
 
-    def finish(self) -> int:
-        """Discard what the app did not read, up to DRAIN_LIMIT; returns what was discarded."""
-        discarded = len(self._buffer)
-        self._buffer = b""
+    def discard(self) -> int:
+        """Drop what the app did not read, up to DRAIN_LIMIT; returns what was dropped."""
+        discarded = len(self.buffer)
+        self.buffer = b""
         while discarded <= DRAIN_LIMIT and self._more():
-            discarded += len(self._buffer)
-            self._buffer = b""
+            discarded += len(self.buffer)
+            self.buffer = b""
         return discarded
 
     @property
     def complete(self) -> bool:
-        return self._done and not self._buffer
+        return self.done and not self.buffer
 
 
 class FileWrapper:
@@ -281,13 +349,19 @@ class HttpConnection:
     """One client connection: requests in order, one at a time, until close."""
 
     def __init__(self, handler: HttpHandler, sock: Any, address: Any) -> None:
+        # Per-connection state
         self.handler = handler
         self.sock = sock
         self.address = address
         self.parser = _Parser(sock, handler.header_timeout)
         self.events = self.parser.events
-        self.sent_continue = False
         self.closing = False
+        # Reads since the last request boundary (see _rejected_request); None past the limit.
+        self.history: bytes | None = b""
+        self.history_base = 0  # parser.completed when history started
+        # Per-request state
+        self.response: Response | None = None
+        self.continue_sent = False
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -300,14 +374,45 @@ class HttpConnection:
         data = self.sock.recv(RECV_SIZE)
         if not data:
             raise _Closed
+        parser = self.parser
         try:
-            self.parser.parser.feed_data(data)
+            parser.feed(data)
         except httptools.HttpParserUpgrade:
             self.closing = True  # WSGI has no upgrade: answer this request, then close
         except httptools.HttpParserInvalidMethodError as exc:
-            self.events.append(_as_http_error(exc, self._method_token(data)))
+            rejected = self._rejected_request(data)
+            token = self._method_token(rejected) if rejected is not None else b""
+            self.events.append(_as_http_error(exc, token))
         except httptools.HttpParserError as exc:
             self.events.append(_as_http_error(exc, data))
+        else:
+            if parser.at_boundary:  # the common case: whole requests in each read
+                self.history = b""
+                self.history_base = parser.completed
+            elif self.history is not None:
+                history = self.history + data
+                self.history = history if len(history) <= HISTORY_LIMIT else None
+
+    def _rejected_request(self, data: bytes) -> bytes | None:
+        """The bytes of the request llhttp rejected, from its start; None if that is unknown.
+
+        httptools does not expose llhttp's error position, and a read may hold requests before
+        the rejected one (pipelining) or begin inside one. ``history`` holds the reads since the
+        last request boundary, so a fresh parser can find where the last complete request ended
+        (a bisection over prefixes, only on this error path).
+        """
+        if self.history is None:
+            return None
+        buffer = self.history + data
+        completed = self.parser.completed - self.history_base
+        low, high = 0, len(buffer) if completed else 0
+        while low < high:
+            middle = (low + high) // 2
+            if _messages_completed(buffer[:middle]) >= completed:
+                high = middle
+            else:
+                low = middle + 1
+        return buffer[low:]
 
     def _method_token(self, data: bytes) -> bytes:
         """Enough of a rejected request line to tell an unknown method (501) from noise (400).
@@ -325,11 +430,11 @@ class HttpConnection:
             data += more
         return data
 
-    def next_head(self) -> _Head | None:
+    def next_head(self) -> Head | None:
         while True:
             while self.events:
                 event = self.events.popleft()
-                if isinstance(event, _Head):
+                if event.__class__ is Head:
                     return event
                 if isinstance(event, HttpError):
                     raise event
@@ -342,10 +447,13 @@ class HttpConnection:
                 self.sock.parked = False
 
     def next_body_event(self, body: Input) -> Any:
-        """The next body chunk (bytes) or _END, reading from the socket as needed."""
-        if not self.sent_continue and body._head.expect_continue:
-            self.sent_continue = True
-            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        """The next body chunk (bytes) or END, reading from the socket as needed."""
+        if body.head.expect_continue and not self.continue_sent:
+            response = self.response
+            # RFC 9110 10.1.1: 100 only while no final response has started.
+            if response is None or not response.headers_sent:
+                self.continue_sent = True
+                self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         timeout = self.handler.header_timeout
         while not self.events:
             # Each wait for more body has the header timeout too (nginx's client_body_timeout):
@@ -361,7 +469,7 @@ class HttpConnection:
         event = self.events.popleft()
         if isinstance(event, HttpError):
             raise event
-        if event is not _END:
+        if event is not END:
             body.received += len(event)
             if body.received > self.handler.max_body:
                 raise HttpError(413, "request body too large")
@@ -379,12 +487,12 @@ class HttpConnection:
             try:
                 head = self.next_head()
             except HttpError as exc:
-                self._send_error(exc.status, str(exc))
+                self.send_error(exc.status, str(exc))
                 return
             if head is None:
                 return
             if head.content_length is not None and head.content_length > handler.max_body:
-                self._send_error(413, "request body too large")
+                self.send_error(413, "request body too large")
                 return
             stats.http_in_flight += 1
             try:
@@ -394,7 +502,7 @@ class HttpConnection:
             if not keep:
                 return
 
-    def _send_error(self, status: int, detail: str) -> None:
+    def send_error(self, status: int, detail: str) -> None:
         body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()
         response = (
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
@@ -413,13 +521,26 @@ class HttpConnection:
         with contextlib.suppress(OSError):  # the client may already be gone
             self.sock.sendall(response)
 
-    def _respond(self, head: _Head) -> bool:
+    def _respond(self, head: Head) -> bool:
         """Run the app for one request; True when the connection may serve another."""
         handler = self.handler
         started = time.perf_counter()
         body = Input(self, head)
+        self.response = writer = Response(self, head)
+        self.continue_sent = False
         environ = handler.environ(head, body, self.address)
-        writer = _Response(self, head)
+        if head.chunked:
+            # Read a chunked body whole (bounded by --max-body) and give the app its length, as
+            # nginx does before proxying: Django and Bottle read CONTENT_LENGTH bytes only, and
+            # Bottle would de-chunk an input that advertised Transfer-Encoding a second time.
+            try:
+                body.buffer, body.done = body.read(), True
+            except HttpError as exc:
+                self.send_error(exc.status, str(exc))
+                return False
+            except ConnectionError:
+                return False
+            environ["CONTENT_LENGTH"] = str(len(body.buffer))
         result: Iterable[bytes] | None = None
         try:
             result = handler.app(environ, writer.start_response)
@@ -431,7 +552,7 @@ class HttpConnection:
             writer.finish()
         except HttpError as exc:  # raised while the app read its body (413)
             if not writer.headers_sent:
-                self._send_error(exc.status, str(exc))
+                self.send_error(exc.status, str(exc))
             return False
         except (ConnectionError, _Closed):
             return False
@@ -445,7 +566,7 @@ class HttpConnection:
             )
             if writer.headers_sent:
                 return False  # half a response is out: only closing can signal the failure
-            self._send_error(500, "the application raised an exception")
+            self.send_error(500, "the application raised an exception")
             return False
         finally:
             if result is not None and hasattr(result, "close"):
@@ -455,6 +576,15 @@ class HttpConnection:
                     handler.log.error("app_close_error", exc_info=True)
         duration = time.perf_counter() - started
         handler.count(writer.status_code, duration)
+        if writer.truncated:
+            handler.stats.handler_errors += 1
+            handler.log.warning(
+                "response_truncated",
+                method=head.method.decode("latin-1"),
+                path=environ["PATH_INFO"],
+                content_length=writer.length,
+                dropped_bytes=writer.truncated,
+            )
         if handler.access_log:
             handler.log.info(
                 "request",
@@ -468,12 +598,36 @@ class HttpConnection:
         if not writer.keep_alive or handler.draining:
             return False
         # An unread body must be discarded before the next request can be parsed.
-        if body._done and not body._buffer:  # the whole body was read (the common case)
+        if body.done and not body.buffer:  # the whole body was read (the common case)
             return True
-        return body.finish() <= DRAIN_LIMIT and body.complete
+        if head.expect_continue and not self.continue_sent:
+            # The client was never told to send its body: it may send it after its own timeout
+            # or never. Either way the next bytes cannot be told apart from a next request.
+            return False
+        return body.discard() <= DRAIN_LIMIT and body.complete
 
 
-class _Response:
+def _messages_completed(data: bytes) -> int:
+    """How many whole requests a fresh parser finds at the start of ``data``."""
+    counter = _MessageCounter()
+    parser = httptools.HttpRequestParser(counter)
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    with contextlib.suppress(httptools.HttpParserError):
+        parser.feed_data(data)
+    return counter.completed
+
+
+class _MessageCounter:
+    __slots__ = ("completed",)
+
+    def __init__(self) -> None:
+        self.completed = 0
+
+    def on_message_complete(self) -> None:
+        self.completed += 1
+
+
+class Response:
     """``start_response`` and ``write`` for one request, and the framing of its body."""
 
     __slots__ = (
@@ -484,15 +638,16 @@ class _Response:
         "head",
         "headers",
         "headers_sent",
-        "is_head",
         "keep_alive",
         "length",
+        "no_body",
         "sock",
         "status",
         "status_code",
+        "truncated",
     )
 
-    def __init__(self, connection: HttpConnection, head: _Head) -> None:
+    def __init__(self, connection: HttpConnection, head: Head) -> None:
         self.connection = connection
         self.sock = connection.sock
         self.head = head
@@ -504,7 +659,8 @@ class _Response:
         self.length: int | None = None
         self.keep_alive = head.keep_alive and not connection.closing
         self.body_sent = 0
-        self.is_head = head.method == b"HEAD"
+        self.truncated = 0  # bytes the app wrote past its own Content-Length, not sent
+        self.no_body = head.method == b"HEAD"
         self.expected: int | None = None  # total body length when the result is a list
 
     def start_response(
@@ -519,10 +675,15 @@ class _Response:
         elif self.status:
             raise AssertionError("start_response called twice without exc_info")
         code = int(status[:3])
+        if not 100 <= code <= 999 or status[3:4] not in ("", " "):
+            raise ValueError(f"invalid status {status!r}")
         self.status, self.status_code, self.headers = status.encode("latin-1"), code, headers
+        if code in _NO_BODY_STATUS:
+            self.no_body = True
         return self.write
 
     def _head_bytes(self) -> bytes:
+        """The status line and header block; raises on anything that cannot go on the wire."""
         if not self.status:
             raise AssertionError("the application did not call start_response")
         lines = [b"HTTP/1.1 " + self.status]
@@ -530,6 +691,8 @@ class _Response:
             lowered = name.lower()
             if lowered == "content-length":
                 self.length = int(value)
+                if self.length < 0:
+                    raise ValueError(f"negative Content-Length {value!r}")
                 continue  # written once below, with the framing decision
             if lowered == "connection":
                 if value.lower() == "close":
@@ -537,12 +700,17 @@ class _Response:
                 continue
             if lowered == "transfer-encoding":
                 continue  # framing is ours
-            line = f"{name}: {value}"
-            if "\n" in line or "\r" in line:
-                raise ValueError(f"response header {name!r} contains a line break")
-            lines.append(line.encode("latin-1"))
-        no_body = self.is_head or self.status_code in (204, 304) or self.status_code < 200
-        if self.length is None and not no_body:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            lines.append(f"{name}: {value}".encode("latin-1"))
+        code = self.status_code
+        if code < 200 or code == 204:
+            self.length = None  # RFC 9110 8.6: no Content-Length on 1xx and 204
+        elif self.length is None and self.no_body:
+            if self.expected and self.head.method == b"HEAD":  # what a GET would get
+                self.length = self.expected
+                lines.append(b"Content-Length: " + str(self.length).encode())
+        elif self.length is None:
             if self.expected is not None:
                 self.length = self.expected  # the whole body is known (a list, or finished)
                 lines.append(b"Content-Length: " + str(self.length).encode())
@@ -559,42 +727,58 @@ class _Response:
             lines.append(b"Connection: close")
         elif self.head.version == "1.0":
             lines.append(b"Connection: keep-alive")
-        handler = self.connection.handler
-        lines.append(b"Date: " + handler.date.get())
+        lines.append(b"Date: " + self.connection.handler.date.get())
         lines.append(b"Server: " + SERVER)
-        self.headers_sent = True
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     def write(self, data: bytes) -> None:
         """The WSGI ``write`` callable, and each chunk of an iterable result."""
+        if data.__class__ is not bytes and not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"the application wrote {type(data).__name__}, not bytes")
         if not data:
             return
-        if self.is_head:
-            if not self.headers_sent:
-                self.sock.sendall(self._head_bytes())
-            return
         if not self.headers_sent:
-            head = self._head_bytes()
-            if len(data) <= SMALL_BODY:
-                self.sock.sendall(head + self._frame(data))
+            if self.no_body or len(data) <= SMALL_BODY:
+                self._start(data)
                 return
-            self.sock.sendall(head)
+            self._start()
+        elif self.no_body:
+            return
         self.sock.sendall(self._frame(data))
 
+    def _start(self, data: bytes = b"") -> None:
+        """Send the header block, with ``data`` after it; until this, a 500 is still possible."""
+        head = self._head_bytes()
+        if data and not self.no_body:
+            head += self._frame(data)
+        self.sock.sendall(head)
+        self.headers_sent = True
+
     def _frame(self, data: bytes) -> bytes:
+        length = self.length
+        if length is not None and self.body_sent + len(data) > length:
+            # PEP 3333: never more than the declared length; the excess would be read as the
+            # start of the next response by a client or proxy that reuses the connection.
+            keep = max(0, length - self.body_sent)
+            self.truncated += len(data) - keep
+            self.keep_alive = False
+            data = data[:keep]
         self.body_sent += len(data)
         if self.chunked:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
 
     def finish(self) -> None:
-        wrong_length = self.length is not None and self.body_sent != self.length
-        if wrong_length and self.headers_sent and not self.is_head:
-            self.keep_alive = False  # the app's Content-Length was wrong: framing is lost
         if not self.headers_sent:
             if self.expected is None:
                 self.expected = 0  # nothing was written: an empty body
-            self.sock.sendall(self._head_bytes())
+            self._start()
+            if self.length and not self.no_body:
+                self.keep_alive = False  # a declared body never sent: framing is lost
+        elif self.no_body:
+            pass
+        elif self.length is not None and self.body_sent != self.length:
+            self.keep_alive = False  # the app's Content-Length was wrong: framing is lost
         elif self.chunked:
             self.sock.sendall(b"0\r\n\r\n")
 
@@ -607,11 +791,11 @@ class _Response:
             size = os.fstat(fd).st_size - offset
         except (AttributeError, OSError, ValueError):
             return False
-        if self.is_head or (self.length is None and self.head.version != "1.1"):
+        if self.no_body or (self.length is None and self.head.version != "1.1"):
             return False
         if not any(name.lower() == "content-length" for name, _ in self.headers):
             self.headers = [*self.headers, ("Content-Length", str(size))]
-        self.sock.sendall(self._head_bytes())
+        self._start()
         remaining = self.length if self.length is not None else size
         out = self.sock.fileno()
         while remaining > 0:
@@ -659,6 +843,7 @@ class HttpHandler:
             "SCRIPT_NAME": "",
             "SERVER_NAME": host,
             "SERVER_PORT": str(port),
+            "SERVER_SOFTWARE": f"greenserve/{__version__}",
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr,
@@ -666,6 +851,9 @@ class HttpHandler:
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.file_wrapper": FileWrapper,
+            # wsgi.input returns b"" at the end of the body, with or without Content-Length:
+            # Werkzeug (Flask) reads a chunked body only when this says so.
+            "wsgi.input_terminated": True,
         }
 
     def handle(self, sock: Any, address: Any) -> None:
@@ -679,23 +867,15 @@ class HttpHandler:
         self.durations.observe(duration)
         self.stats.requests_served += 1
 
-    def environ(self, head: _Head, body: Input, address: Any) -> dict[str, Any]:
+    def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
         environ = dict(self.base_environ)
-        url = head.url
-        path, _, query = url.partition(b"?")
-        path = path.partition(b"#")[0]
-        if path != b"*" and not path.startswith(b"/"):  # absolute-form: keep only the path
-            try:
-                parsed = httptools.parse_url(url)
-                path, query = parsed.path or b"/", parsed.query or b""
-            except httptools.HttpParserInvalidURLError:
-                path = b"/"
+        path = head.path
         environ["REQUEST_METHOD"] = head.method.decode("latin-1")
         if b"%" in path:
             path = unquote_to_bytes(path)
         environ["PATH_INFO"] = path.decode("latin-1")
-        environ["QUERY_STRING"] = query.decode("latin-1")
-        environ["RAW_URI"] = url.decode("latin-1")
+        environ["QUERY_STRING"] = head.query.decode("latin-1")
+        environ["RAW_URI"] = head.url.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/" + head.version
         environ["REMOTE_ADDR"] = str(address[0]) if address else ""
         environ["REMOTE_PORT"] = str(address[1]) if address else ""
@@ -705,6 +885,8 @@ class HttpHandler:
             if "_" in key:
                 continue  # would collide with the dash form in HTTP_*: dropped, like nginx
             key = key.replace("-", "_")
+            if key == "TRANSFER_ENCODING":
+                continue  # the body reaches the app de-chunked, with a CONTENT_LENGTH
             text = value.decode("latin-1")
             if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 environ[key] = text
@@ -715,7 +897,7 @@ class HttpHandler:
 
 
 def _as_http_error(exc: Exception, data: bytes) -> HttpError:
-    """The status a parser error deserves."""
+    """The status a parser error deserves; ``data`` starts where the failing request starts."""
     if isinstance(exc, httptools.HttpParserCallbackError):
         if isinstance(exc.__context__, HttpError):
             return exc.__context__

@@ -1,0 +1,100 @@
+"""The HTTP layer in process: bytes in through a scripted socket, bytes out, no sockets at all."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+
+from tests.apps.greenserve_testapps import conformance
+from tests.helpers import SPLIT_MODES, parse_responses, serve_in_process, split
+from tests.http_corpus.corpus import MALFORMED, VALID, chunked, req
+from tests.http_corpus.exchanges import EXCHANGES, LAST, check_exchange
+
+
+def run(request: bytes, mode: str = "whole", app=conformance, **options):
+    return serve_in_process(app, split(request, mode, zlib.crc32(request)), **options)
+
+
+class TestExchanges:
+    """Every exchange of the response-framing corpus, whole, byte by byte and split at random."""
+
+    @pytest.mark.parametrize("mode", SPLIT_MODES)
+    @pytest.mark.parametrize(
+        ("name", "request_bytes", "expected", "after"), EXCHANGES, ids=[e[0] for e in EXCHANGES]
+    )
+    def test_exchange(self, name, request_bytes, expected, after, mode):
+        raw, _ = run(request_bytes + LAST, mode)
+        check_exchange(raw, request_bytes, expected, after)
+
+
+class TestRequestCorpus:
+    """The request corpus in process: valid requests reach the app, malformed ones get a status."""
+
+    @pytest.mark.parametrize(
+        ("name", "request_bytes", "expected"), VALID, ids=[v[0] for v in VALID]
+    )
+    def test_valid(self, name, request_bytes, expected):
+        from tests.apps.greenserve_testapps import environ_echo
+
+        head = request_bytes.startswith(b"HEAD ")
+        raw, _ = run(request_bytes, app=environ_echo)
+        finals = [
+            r for r in parse_responses(raw, frozenset({0} if head else ())) if r.status >= 200
+        ]
+        assert finals[0].status == 200, raw[:200]
+        if not head:
+            environ = json.loads(finals[0].body)
+            assert {key: environ.get(key) for key in expected} == expected
+
+    @pytest.mark.parametrize(
+        ("name", "request_bytes", "status"), MALFORMED, ids=[m[0] for m in MALFORMED]
+    )
+    def test_malformed(self, name, request_bytes, status):
+        raw, _ = run(request_bytes)
+        assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:200]
+        assert b"Connection: close" in raw.split(b"\r\n\r\n")[0]
+
+
+class TestResponseRules:
+    """Rules that need a look at logs or at bytes the stream parser hides."""
+
+    def test_truncation_is_logged_and_counted(self):
+        raw, events = run(req("GET /cl-over HTTP/1.1", "Host: a"))
+        assert raw.endswith(b"\r\n\r\nabcdefgh")
+        [event] = [e for e in events if e["event"] == "response_truncated"]
+        assert event["dropped_bytes"] == 2 and event["content_length"] == 8
+
+    def test_interim_status_as_final_has_no_body_and_no_length(self):
+        raw, _ = run(req("GET /103 HTTP/1.1", "Host: a", "Connection: close"))
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 103 ") and body == b""
+        assert b"Content-Length" not in head and b"Transfer-Encoding" not in head
+
+    def test_no_100_continue_after_the_final_response(self):
+        request = req("POST /401 HTTP/1.1", "Host: a", "Expect: 100-continue", "Content-Length: 5")
+        raw, _ = run(request + b"hello" + LAST)
+        assert b"100 Continue" not in raw
+        assert [r.status for r in parse_responses(raw)] == [401]
+
+    def test_500_for_an_error_before_any_byte(self):
+        raw, events = run(req("GET /str HTTP/1.1", "Host: a"))
+        assert raw.startswith(b"HTTP/1.1 500 ")
+        assert any(e["event"] == "app_error" for e in events)
+
+    def test_chunk_extension_whitespace_limits_of_llhttp(self):
+        """Documented in the README: BWS before ";" is accepted, BWS after it is not."""
+        before = req("POST /echo HTTP/1.1", "Host: a", "Transfer-Encoding: chunked")
+        raw, _ = run(before + b"5 ;a=b\r\nhello\r\n0\r\n\r\n" + LAST)
+        assert [r.status for r in parse_responses(raw)] == [200, 200]
+        raw, _ = run(before + b"5; a=b\r\nhello\r\n0\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 400 ")
+
+    def test_chunked_body_with_many_pieces(self):
+        body = chunked(*[b"x" * 1000] * 50)
+        request = req("POST /echo HTTP/1.1", "Host: a", "Transfer-Encoding: chunked") + body
+        raw, _ = run(request + LAST, "random-split")
+        responses = parse_responses(raw)
+        assert [r.status for r in responses] == [200, 200]
+        assert b'"body": "' + b"x" * 50000 + b'"' in responses[0].body

@@ -220,7 +220,9 @@ def http_contenders(app_name: str = "hello") -> list[Contender]:
     if nginx and app_name == "hello":
         # run as a module from the checkout: as a script it could not import tests.helpers
         contenders.append(
-            Contender("nginx return 200 x2", [py, "-m", "tests.bench.run", "--nginx", nginx, "{port}"])
+            Contender(
+                "nginx return 200 x2", [py, "-m", "tests.bench.run", "--nginx", nginx, "{port}"]
+            )
         )
     if importlib.util.find_spec("gunicorn"):
         contenders += [

@@ -358,6 +358,9 @@ class ScriptedSocket:
     def fileno(self) -> int:
         raise OSError("an in-memory socket has no file descriptor")
 
+    def shutdown(self, how: int) -> None:
+        self.chunks.clear()
+
 
 def serve_in_process(app: Any, chunks: list[bytes], **options: Any) -> tuple[bytes, list[dict]]:
     """Run one HTTP connection through the real protocol code, with no socket and no process.

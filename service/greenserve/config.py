@@ -280,6 +280,22 @@ OPTIONS: tuple[Option, ...] = (
         switch=True,
     ),
     Option(
+        "request_timeout",
+        _non_negative_float,
+        "0",
+        "seconds from a request's headers to its response's end before the app is stopped "
+        "(504, or a closed connection once the response started); 0 = no limit",
+        "S",
+    ),
+    Option(
+        "capture_output",
+        _bool,
+        "true",
+        "log what the app writes to stdout and stderr as app_output events",
+        "BOOL",
+        switch=True,
+    ),
+    Option(
         "max_requests",
         _non_negative_int,
         "0",
@@ -355,6 +371,8 @@ class Settings:
     header_timeout: float
     keepalive_timeout: float
     access_log: bool
+    request_timeout: float
+    capture_output: bool
     max_requests: int
     max_requests_jitter: int
     block_warn: float

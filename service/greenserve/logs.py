@@ -7,6 +7,7 @@ object per line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -50,7 +51,75 @@ class LogFile:
         return self._handle.fileno()
 
 
+class SafeOutput:
+    """Where log lines go. A write error never reaches the code that logged.
+
+    A closed stdout (``greenserve | head -1``, a dead log shipper) raises EPIPE on every write;
+    before, that ended the master with a traceback. On the first failure stdout is pointed at
+    /dev/null (so no later write or interpreter-exit flush fails again) and lines go to stderr
+    instead; if that fails too they are dropped. Every lost line is counted in ``dropped``
+    (``greenserve_log_lines_dropped_total``).
+    """
+
+    def __init__(self, primary: Any) -> None:
+        self.primary = primary
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            return self.primary.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed under us
+            return self._fail_over(text)
+
+    def _fail_over(self, text: str) -> int:
+        self.dropped += 1
+        failed, fallback = self.primary, sys.__stderr__
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, failed.fileno())
+            os.close(devnull)
+        if fallback is None or failed is fallback:
+            self.primary = _Discard()
+        else:
+            self.primary = fallback
+            with contextlib.suppress(OSError, ValueError):
+                if text:
+                    fallback.write(text)
+                    fallback.flush()
+                    self.dropped -= 1  # delivered after all, to the fallback
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.primary.flush()
+        except (OSError, ValueError):  # a buffered stream reports EPIPE here
+            self._fail_over("")
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self.primary.isatty())
+        except (OSError, ValueError):
+            return False
+
+
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 _output: LogFile | None = None
+_sink: SafeOutput | None = None
+
+
+def dropped() -> int:
+    """Log lines this process could not write anywhere."""
+    return _sink.dropped if _sink is not None else 0
 
 
 def reopen() -> bool:
@@ -69,15 +138,25 @@ def configure(
     stream: TextIO | None = None,
     log_file: str | None = None,
 ) -> None:
-    """Configure structlog for this process; ``log_format=None`` picks console on a TTY."""
-    global _output
+    """Configure structlog and the stdlib root logger for this process.
+
+    ``log_format=None`` picks console on a TTY. The app's stdlib ``logging`` (Flask's
+    ``ERROR in app``, Django's ``Forbidden (CSRF cookie not set.)``) goes through the same
+    processors, so a JSON log stays one object per line with ``logger`` naming the source.
+    """
+    global _output, _sink
     if log_file is not None:
         if _output is None or _output.path != log_file:
             _output = LogFile(log_file)
-        out: Any = _output
+        target: Any = _output
     else:
         _output = None
-        out = stream or sys.stdout
+        target = stream or sys.stdout
+    if _sink is None or _sink.primary is not target:
+        previous = _sink.dropped if _sink is not None else 0
+        _sink = SafeOutput(target)
+        _sink.dropped = previous
+    out = _sink
     if log_format is None:
         log_format = "console" if out.isatty() else "json"
     identity = {"pid": os.getpid(), "worker": worker}
@@ -87,25 +166,93 @@ def configure(
             event.setdefault(key, value)
         return event
 
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_identity,
     ]
     if log_format == "json":
-        processors += [
+        renderer: list[Any] = [
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(sort_keys=False),
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+        renderer = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
     structlog.configure(
-        processors=processors,
+        processors=shared + renderer,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(out, shared, renderer, LEVELS[level])
+
+
+def _route_stdlib(out: Any, shared: list[Any], renderer: list[Any], level: int) -> None:
+    """The root logger's only handler renders through structlog's processors into ``out``."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    # A handler that fails must not print "--- Logging error ---" tracebacks: SafeOutput counts.
+    handler.handleError = lambda record: None  # type: ignore[method-assign]
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+class StreamToLog:
+    """``sys.stdout``/``sys.stderr`` of a worker: what an app prints becomes log events.
+
+    gunicorn's ``--capture-output``: stray ``print()`` calls and tracebacks written straight to
+    stderr would otherwise break a JSON log into loose lines. Whole lines are logged as events
+    ``app_output`` with ``stream``; a partial line waits for its newline (or a flush).
+    """
+
+    def __init__(self, name: str, level: str) -> None:
+        self.name = name
+        self.level = level
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.pending += text
+        if "\n" in self.pending:
+            *lines, self.pending = self.pending.split("\n")
+            for line in lines:
+                if line:
+                    self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            line, self.pending = self.pending, ""
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        getattr(get("app"), self.level)("app_output", stream=self.name, line=line)
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+def capture_output() -> None:
+    """Route this process's ``sys.stdout`` and ``sys.stderr`` writes into the log."""
+    sys.stdout = StreamToLog("stdout", "info")  # type: ignore[assignment]
+    sys.stderr = StreamToLog("stderr", "warning")  # type: ignore[assignment]
 
 
 def get(name: str = "greenserve") -> Any:

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from greenserve import logs
 from greenserve.aggregate import RESTART_REASONS, Aggregator, View, health
 from greenserve.config import Address
 from greenserve.stats import HISTOGRAMS
@@ -32,6 +33,8 @@ COUNTER_HELP = {
     "handler_errors": "Connections whose handler raised an exception.",
     "stats_dropped": "Stats snapshots dropped because the channel to the master was full.",
     "event_loop_blocked": "Times the event loop was blocked longer than --block-warn.",
+    "log_lines_dropped": "Log lines the worker could not write (stdout and stderr failed).",
+    "http_request_timeouts": "HTTP requests stopped by --request-timeout.",
 }
 GAUGES = {  # snapshot gauge -> (metric name, help)
     "connections_active": (
@@ -81,6 +84,11 @@ class GreenserveCollector(Collector):
             "greenserve_generation",
             "Worker generation: 1 at start, one more for each reload.",
             value=view.generation,
+        )
+        yield CounterMetricFamily(
+            "greenserve_master_log_lines_dropped",
+            "Log lines the master could not write (stdout and stderr failed).",
+            value=logs.dropped(),
         )
         yield from _per_worker(view)
 

@@ -22,6 +22,8 @@ COUNTERS = (
     "handler_errors",
     "stats_dropped",
     "event_loop_blocked",
+    "log_lines_dropped",
+    "http_request_timeouts",
 )
 GAUGES = ("connections_active", "resident_memory_bytes", "http_requests_in_flight")
 LABELLED = ("http_requests",)  # counters by a label value (the HTTP status code)
@@ -93,6 +95,8 @@ class WorkerStats:
         self.handler_errors = 0
         self.stats_dropped = 0
         self.event_loop_blocked = 0
+        self.log_lines_dropped = 0  # copied from logs.dropped() at each flush
+        self.http_request_timeouts = 0
         self.connections_active = 0
         self.http_in_flight = 0
         self.http_requests: dict[str, int] = {}

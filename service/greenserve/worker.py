@@ -88,6 +88,7 @@ class Worker:
                 header_timeout=settings.header_timeout,
                 keepalive_timeout=settings.keepalive_timeout,
                 access_log=settings.access_log,
+                request_timeout=settings.request_timeout,
             )
             app = self.http.handle
         # Fair accepts on a shared socket; with --reuse-port the kernel spreads connections.
@@ -169,6 +170,7 @@ class Worker:
 
     def flush(self) -> None:
         self.protocol.connections.fold()
+        self.stats.log_lines_dropped = logs.dropped()
         message = self.stats.snapshot(
             slot=self.spec.slot,
             generation=self.spec.generation,
@@ -293,6 +295,8 @@ def run(spec: WorkerSpec) -> NoReturn:
         log_file=settings.log_file,
     )
     log = logs.get()
+    if settings.capture_output:
+        logs.capture_output()
     _route_unraisable(log)
     stack_file = open(spec.stack_file, "w")  # noqa: SIM115 - lives as long as the process
     # The master sends SIGUSR2 to a worker that missed its heartbeat: the stacks of every

@@ -29,6 +29,9 @@ FAMILIES = {
     "greenserve_worker_pid",
     "greenserve_worker_ready",
     "greenserve_slot_restarts",
+    "greenserve_log_lines_dropped",
+    "greenserve_master_log_lines_dropped",
+    "greenserve_http_request_timeouts",
 }
 
 

@@ -25,14 +25,17 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import gevent
 import httptools
 from gevent import socket as gsocket
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from greenserve import __version__
 from greenserve.stats import WorkerStats
@@ -57,6 +60,7 @@ REASONS = {
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
+    504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 _TOKEN_METHOD = re.compile(rb"[A-Z][A-Z-]* ")
@@ -67,6 +71,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9112 3.2 / RFC 3986 3.2.2: host [ ":" port ], the host a reg-name or an IP literal.
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+# A client's X-Request-ID is used when it is short and printable (it goes into every log line).
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
+TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped again this much later
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 _NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
 
@@ -77,6 +84,14 @@ class HttpError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class RequestTimeout(BaseException):
+    """Raised inside a request's greenlet when --request-timeout passes.
+
+    A BaseException, like gevent.Timeout: an app's ``except Exception`` does not swallow it,
+    while its ``finally`` blocks and context managers still run.
+    """
 
 
 class _Closed(Exception):
@@ -112,11 +127,13 @@ class Head:
         "method",
         "path",
         "query",
+        "request_id",
         "url",
         "version",
     )
 
     def __init__(self) -> None:
+        self.request_id = ""  # a valid X-Request-ID from the client, else empty
         self.url = b""
         self.path = b"/"
         self.query = b""
@@ -207,6 +224,8 @@ class _Parser:
                 head.content_length = int(value)
             elif lowered == b"expect" and value.lower() == b"100-continue":
                 head.expect_continue = head.version == "1.1"
+            elif lowered == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                head.request_id = value.decode("ascii")
         if not hosts and head.version == "1.1":
             raise HttpError(400, "HTTP/1.1 request without Host")  # RFC 9112 3.2
         _split_target(head)
@@ -362,6 +381,7 @@ class HttpConnection:
         # Per-request state
         self.response: Response | None = None
         self.continue_sent = False
+        self.timed_out: str | None = None  # the app's stack when its request timed out
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -502,11 +522,12 @@ class HttpConnection:
             if not keep:
                 return
 
-    def send_error(self, status: int, detail: str) -> None:
+    def send_error(self, status: int, detail: str, request_id: str = "") -> None:
         body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()
         response = (
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
             + b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            + (b"X-Request-ID: " + request_id.encode() + b"\r\n" if request_id else b"")
             + b"Content-Length: "
             + str(len(body)).encode()
             + b"\r\n"
@@ -525,10 +546,69 @@ class HttpConnection:
         """Run the app for one request; True when the connection may serve another."""
         handler = self.handler
         started = time.perf_counter()
+        request_id = head.request_id or handler.new_request_id()
         body = Input(self, head)
-        self.response = writer = Response(self, head)
+        self.response = writer = Response(self, head, request_id)
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)
+        environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
+        context = bind_contextvars(request_id=request_id)
+        deadline = self._arm_deadline() if handler.request_timeout else None
+        try:
+            keep = self._run_app(head, body, writer, environ)
+        except RequestTimeout:
+            keep = False
+        finally:
+            if deadline is not None:
+                deadline.close()
+            reset_contextvars(**context)
+        duration = time.perf_counter() - started
+        if self.timed_out is not None:
+            self._timed_out(head, environ, writer, duration, request_id)
+            return False
+        if keep is None:  # the app failed; the error was answered or the connection is lost
+            return False
+        handler.count(writer.status_code, duration)
+        if writer.truncated:
+            handler.stats.handler_errors += 1
+            handler.log.warning(
+                "response_truncated",
+                method=head.method.decode("latin-1"),
+                path=environ["PATH_INFO"],
+                content_length=writer.length,
+                dropped_bytes=writer.truncated,
+                request_id=request_id,
+            )
+        if handler.access_log:
+            handler.log.info(
+                "request",
+                method=head.method.decode("latin-1"),
+                path=environ["PATH_INFO"],
+                query=environ["QUERY_STRING"],
+                status=writer.status_code,
+                bytes=writer.body_sent,
+                duration_ms=round(duration * 1000, 3),
+                peer=_peer(self.address),
+                user_agent=environ.get("HTTP_USER_AGENT"),
+                referer=environ.get("HTTP_REFERER"),
+                request_id=request_id,
+            )
+        if not writer.keep_alive or handler.draining:
+            return False
+        # An unread body must be discarded before the next request can be parsed.
+        if body.done and not body.buffer:  # the whole body was read (the common case)
+            return True
+        if head.expect_continue and not self.continue_sent:
+            # The client was never told to send its body: it may send it after its own timeout
+            # or never. Either way the next bytes cannot be told apart from a next request.
+            return False
+        return body.discard() <= DRAIN_LIMIT and body.complete
+
+    def _run_app(
+        self, head: Head, body: Input, writer: Response, environ: dict[str, Any]
+    ) -> bool | None:
+        """Call the app and send its response; None when it failed (already answered)."""
+        handler = self.handler
         if head.chunked:
             # Read a chunked body whole (bounded by --max-body) and give the app its length, as
             # nginx does before proxying: Django and Bottle read CONTENT_LENGTH bytes only, and
@@ -537,9 +617,9 @@ class HttpConnection:
                 body.buffer, body.done = body.read(), True
             except HttpError as exc:
                 self.send_error(exc.status, str(exc))
-                return False
+                return None
             except ConnectionError:
-                return False
+                return None
             environ["CONTENT_LENGTH"] = str(len(body.buffer))
         result: Iterable[bytes] | None = None
         try:
@@ -553,10 +633,12 @@ class HttpConnection:
         except HttpError as exc:  # raised while the app read its body (413)
             if not writer.headers_sent:
                 self.send_error(exc.status, str(exc))
-            return False
+            return None
         except (ConnectionError, _Closed):
-            return False
+            return None
         except Exception:
+            if self.timed_out is not None:
+                return None  # a consequence of the timeout (the socket was shut): reported there
             handler.stats.handler_errors += 1
             handler.log.error(
                 "app_error",
@@ -565,46 +647,84 @@ class HttpConnection:
                 exc_info=True,
             )
             if writer.headers_sent:
-                return False  # half a response is out: only closing can signal the failure
-            self.send_error(500, "the application raised an exception")
-            return False
+                return None  # half a response is out: only closing can signal the failure
+            self.send_error(500, "the application raised an exception", writer.request_id)
+            return None
         finally:
             if result is not None and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:
                     handler.log.error("app_close_error", exc_info=True)
-        duration = time.perf_counter() - started
-        handler.count(writer.status_code, duration)
-        if writer.truncated:
-            handler.stats.handler_errors += 1
-            handler.log.warning(
-                "response_truncated",
-                method=head.method.decode("latin-1"),
-                path=environ["PATH_INFO"],
-                content_length=writer.length,
-                dropped_bytes=writer.truncated,
+        return True
+
+    def _arm_deadline(self) -> Any:
+        """A hub timer that raises RequestTimeout in this greenlet when the request is late."""
+        greenlet = gevent.getcurrent()
+        timer = gevent.get_hub().loop.timer(self.handler.request_timeout)
+
+        def expire() -> None:
+            if self.timed_out is None:
+                # Where the app waits, taken before the exception unwinds it.
+                frame = greenlet.gr_frame
+                self.timed_out = "".join(traceback.format_stack(frame)) if frame else ""
+                # Whatever the app does with the exception, it gets TIMEOUT_GRACE more.
+                grace.start(stop_again)
+            greenlet.throw(RequestTimeout)
+
+        def stop_again() -> None:
+            # The app caught the timeout and went on: its socket is shut so its next write
+            # fails, and the exception comes again.
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(2)
+            greenlet.throw(RequestTimeout)
+
+        grace = gevent.get_hub().loop.timer(TIMEOUT_GRACE)
+        timer.start(expire)
+        return _Deadline(timer, grace)
+
+    def _timed_out(
+        self,
+        head: Head,
+        environ: dict[str, Any],
+        writer: Response,
+        duration: float,
+        request_id: str,
+    ) -> None:
+        """Report a request stopped by --request-timeout: 504 if nothing was sent, else close."""
+        handler = self.handler
+        handler.stats.http_request_timeouts += 1
+        handler.log.warning(
+            "request_timeout",
+            method=head.method.decode("latin-1"),
+            path=environ["PATH_INFO"],
+            elapsed_s=round(duration, 3),
+            timeout_s=handler.request_timeout,
+            request_id=request_id,
+            response_started=writer.headers_sent,
+            stack=self.timed_out,
+        )
+        self.timed_out = None
+        if not writer.headers_sent:
+            self.send_error(
+                504, "the application did not answer within --request-timeout", request_id
             )
-        if handler.access_log:
-            handler.log.info(
-                "request",
-                method=head.method.decode("latin-1"),
-                path=environ["PATH_INFO"],
-                status=writer.status_code,
-                bytes=writer.body_sent,
-                duration_ms=round(duration * 1000, 3),
-                peer=_peer(self.address),
-            )
-        if not writer.keep_alive or handler.draining:
-            return False
-        # An unread body must be discarded before the next request can be parsed.
-        if body.done and not body.buffer:  # the whole body was read (the common case)
-            return True
-        if head.expect_continue and not self.continue_sent:
-            # The client was never told to send its body: it may send it after its own timeout
-            # or never. Either way the next bytes cannot be told apart from a next request.
-            return False
-        return body.discard() <= DRAIN_LIMIT and body.complete
+        else:
+            handler.count(writer.status_code, duration)
+
+
+class _Deadline:
+    """The two timers of one request's deadline; ``close`` stops both."""
+
+    __slots__ = ("grace", "timer")
+
+    def __init__(self, timer: Any, grace: Any) -> None:
+        self.timer = timer
+        self.grace = grace
+
+    def close(self) -> None:
+        self.timer.close()
+        self.grace.close()
 
 
 def _messages_completed(data: bytes) -> int:
@@ -641,14 +761,16 @@ class Response:
         "keep_alive",
         "length",
         "no_body",
+        "request_id",
         "sock",
         "status",
         "status_code",
         "truncated",
     )
 
-    def __init__(self, connection: HttpConnection, head: Head) -> None:
+    def __init__(self, connection: HttpConnection, head: Head, request_id: str) -> None:
         self.connection = connection
+        self.request_id = request_id
         self.sock = connection.sock
         self.head = head
         self.status = b""
@@ -687,9 +809,12 @@ class Response:
         if not self.status:
             raise AssertionError("the application did not call start_response")
         lines = [b"HTTP/1.1 " + self.status]
+        request_id: str | None = self.request_id
         for name, value in self.headers:
             lowered = name.lower()
-            if lowered == "content-length":
+            if lowered == "x-request-id":
+                request_id = None  # the app set its own
+            elif lowered == "content-length":
                 self.length = int(value)
                 if self.length < 0:
                     raise ValueError(f"negative Content-Length {value!r}")
@@ -727,6 +852,8 @@ class Response:
             lines.append(b"Connection: close")
         elif self.head.version == "1.0":
             lines.append(b"Connection: keep-alive")
+        if request_id is not None:
+            lines.append(b"X-Request-ID: " + request_id.encode())
         lines.append(b"Date: " + self.connection.handler.date.get())
         lines.append(b"Server: " + SERVER)
         return b"\r\n".join(lines) + b"\r\n\r\n"
@@ -827,8 +954,13 @@ class HttpHandler:
         header_timeout: float,
         keepalive_timeout: float,
         access_log: bool,
+        request_timeout: float = 0.0,
     ) -> None:
         self.app = app
+        self.request_timeout = request_timeout
+        # Request ids: unique per worker process, cheap (no uuid per request), never reused.
+        self.id_prefix = os.urandom(6).hex()
+        self.id_counter = 0
         self.stats = stats
         self.log = log
         self.max_body = max_body
@@ -859,6 +991,10 @@ class HttpHandler:
     def handle(self, sock: Any, address: Any) -> None:
         """One connection (a bound method for the same reason as TcpProtocol.handle)."""
         HttpConnection(self, sock, address).serve()
+
+    def new_request_id(self) -> str:
+        self.id_counter += 1
+        return f"{self.id_prefix}-{self.id_counter:x}"
 
     def count(self, status: int, duration: float) -> None:
         codes = self.stats.http_requests

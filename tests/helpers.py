@@ -337,8 +337,9 @@ class ScriptedSocket:
 
         self.chunks = collections.deque(chunks)
         self.sent = bytearray()
-        self.deadline = 0.0
+        self.deadline = self.request_deadline = 0.0
         self.parked = False
+        self.greenlet = self.expire = None
         self.tx = self.rx = 0
 
     def recv(self, size: int) -> bytes:

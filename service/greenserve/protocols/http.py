@@ -35,9 +35,9 @@ from urllib.parse import unquote_to_bytes
 import gevent
 import httptools
 from gevent import socket as gsocket
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from greenserve import __version__
+from greenserve.logs import REQUEST_ID
 from greenserve.stats import WorkerStats
 
 MAX_REQUEST_LINE = 8190
@@ -375,6 +375,7 @@ class HttpConnection:
         self.parser = _Parser(sock, handler.header_timeout)
         self.events = self.parser.events
         self.closing = False
+        sock.expire = self._expire
         # Reads since the last request boundary (see _rejected_request); None past the limit.
         self.history: bytes | None = b""
         self.history_base = 0  # parser.completed when history started
@@ -382,6 +383,7 @@ class HttpConnection:
         self.response: Response | None = None
         self.continue_sent = False
         self.timed_out: str | None = None  # the app's stack when its request timed out
+        self.served = 0  # requests started on this connection: tells a late timeout apart
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -552,16 +554,17 @@ class HttpConnection:
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)
         environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
-        context = bind_contextvars(request_id=request_id)
-        deadline = self._arm_deadline() if handler.request_timeout else None
+        self.served += 1
+        context = REQUEST_ID.set(request_id)
+        if handler.request_timeout:
+            self.sock.request_deadline = time.monotonic() + handler.request_timeout
         try:
             keep = self._run_app(head, body, writer, environ)
         except RequestTimeout:
             keep = False
         finally:
-            if deadline is not None:
-                deadline.close()
-            reset_contextvars(**context)
+            self.sock.request_deadline = 0.0
+            REQUEST_ID.reset(context)
         duration = time.perf_counter() - started
         if self.timed_out is not None:
             self._timed_out(head, environ, writer, duration, request_id)
@@ -658,30 +661,29 @@ class HttpConnection:
                     handler.log.error("app_close_error", exc_info=True)
         return True
 
-    def _arm_deadline(self) -> Any:
-        """A hub timer that raises RequestTimeout in this greenlet when the request is late."""
-        greenlet = gevent.getcurrent()
-        timer = gevent.get_hub().loop.timer(self.handler.request_timeout)
+    def _expire(self) -> None:
+        """Called by the connection sweeper when --request-timeout passes (see tcp.IdleSweeper).
 
-        def expire() -> None:
-            if self.timed_out is None:
-                # Where the app waits, taken before the exception unwinds it.
-                frame = greenlet.gr_frame
-                self.timed_out = "".join(traceback.format_stack(frame)) if frame else ""
-                # Whatever the app does with the exception, it gets TIMEOUT_GRACE more.
-                grace.start(stop_again)
-            greenlet.throw(RequestTimeout)
-
-        def stop_again() -> None:
-            # The app caught the timeout and went on: its socket is shut so its next write
-            # fails, and the exception comes again.
+        The first call raises RequestTimeout where the app waits; if the app swallows it and is
+        still running TIMEOUT_GRACE later, its socket is shut (its next write fails) and the
+        exception comes again. The throw is scheduled on the hub, as gevent's own kill is: a
+        throw from the sweeper's greenlet would leave the sweeper suspended.
+        """
+        greenlet = self.sock.greenlet
+        if greenlet is None or greenlet.dead:
+            return
+        if self.timed_out is None:
+            frame = greenlet.gr_frame  # where the app waits, before the exception unwinds it
+            self.timed_out = "".join(traceback.format_stack(frame)) if frame else ""
+            self.sock.request_deadline = time.monotonic() + TIMEOUT_GRACE
+        else:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(2)
-            greenlet.throw(RequestTimeout)
+        gevent.get_hub().loop.run_callback(self._throw, greenlet, self.served)
 
-        grace = gevent.get_hub().loop.timer(TIMEOUT_GRACE)
-        timer.start(expire)
-        return _Deadline(timer, grace)
+    def _throw(self, greenlet: Any, served: int) -> None:
+        if self.served == served and not greenlet.dead:  # still the same request
+            greenlet.throw(RequestTimeout)
 
     def _timed_out(
         self,
@@ -711,20 +713,6 @@ class HttpConnection:
             )
         else:
             handler.count(writer.status_code, duration)
-
-
-class _Deadline:
-    """The two timers of one request's deadline; ``close`` stops both."""
-
-    __slots__ = ("grace", "timer")
-
-    def __init__(self, timer: Any, grace: Any) -> None:
-        self.timer = timer
-        self.grace = grace
-
-    def close(self) -> None:
-        self.timer.close()
-        self.grace.close()
 
 
 def _messages_completed(data: bytes) -> int:

@@ -30,7 +30,18 @@ class CountingSocket(gsocket.socket):
     7.5% of a saturated worker's messages per CPU-second.
     """
 
-    __slots__ = ("deadline", "greenlet", "idle_since", "parked", "rx", "seen", "shut", "tx")
+    __slots__ = (
+        "deadline",
+        "expire",
+        "greenlet",
+        "idle_since",
+        "parked",
+        "request_deadline",
+        "rx",
+        "seen",
+        "shut",
+        "tx",
+    )
 
     def recv(self, *args: Any) -> bytes:
         while True:
@@ -102,6 +113,10 @@ class Connections:
         sock.rx = sock.tx = sock.seen = 0
         sock.deadline = 0.0  # set by a protocol for a phase with a time limit (HTTP headers)
         sock.parked = False  # True while a protocol waits for a next request (keep-alive)
+        # A protocol's own deadline for work in its greenlet (HTTP --request-timeout): when it
+        # passes, the sweeper calls ``expire`` (no timer per request: see IdleSweeper).
+        sock.request_deadline = 0.0
+        sock.expire = None
         sock.idle_since, sock.shut = time.monotonic(), False
         sock.greenlet = None
         self.open.add(sock)
@@ -179,6 +194,9 @@ class IdleSweeper:
                     sock.greenlet.kill(block=False)
             elif sock.deadline and now >= sock.deadline:
                 _shutdown(sock)
+            elif sock.request_deadline and now >= sock.request_deadline:
+                sock.request_deadline = 0.0
+                sock.expire()
             elif moved != sock.seen:
                 sock.seen, sock.idle_since = moved, now
             elif self.timeout and now - sock.idle_since >= self.timeout:

@@ -715,6 +715,20 @@ class HttpConnection:
             handler.count(writer.status_code, duration)
 
 
+# Apps send the same few headers again and again: each is validated and encoded once.
+_VALID_HEADERS: dict[tuple[str, str], bytes] = {}
+_VALID_HEADERS_MAX = 1024
+
+
+def _valid_header(name: str, value: str) -> bytes:
+    if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
+    line = f"{name}: {value}".encode("latin-1")
+    if len(_VALID_HEADERS) < _VALID_HEADERS_MAX:
+        _VALID_HEADERS[(name, value)] = line
+    return line
+
+
 def _messages_completed(data: bytes) -> int:
     """How many whole requests a fresh parser finds at the start of ``data``."""
     counter = _MessageCounter()
@@ -813,9 +827,10 @@ class Response:
                 continue
             if lowered == "transfer-encoding":
                 continue  # framing is ours
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise ValueError(f"invalid response header {name!r}: {value!r}")
-            lines.append(f"{name}: {value}".encode("latin-1"))
+            line = _VALID_HEADERS.get((name, value))
+            if line is None:
+                line = _valid_header(name, value)
+            lines.append(line)
         code = self.status_code
         if code < 200 or code == 204:
             self.length = None  # RFC 9110 8.6: no Content-Length on 1xx and 204

@@ -244,6 +244,10 @@ class StreamToLog:
                     self._emit(line)
         return len(text)
 
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         if self.pending:
             line, self.pending = self.pending, ""

@@ -35,7 +35,7 @@ class WorkerSpec:
     slot: int
     generation: int
     settings: Settings
-    listener: socket.socket
+    listeners: tuple[socket.socket, ...]  # one per --bind (the slot's own with --reuse-port)
     stats_queue: Any
     heartbeat: Any
     master_alive: Connection

@@ -12,9 +12,20 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from greenserve import logs
-from greenserve.config import Address, ConfigError, Settings, load, parse_address
+from greenserve.config import (
+    ENV_PREFIX,
+    OPTIONS_BY_NAME,
+    Address,
+    ConfigError,
+    describe,
+    parse_address,
+    parse_value,
+    read_file_keys,
+    resolve,
+)
 
 EXIT_USAGE = 2
+EXIT_APP_LOAD = 3
 TOOLS = ("top", "status", "client")
 
 
@@ -24,10 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] in TOOLS:
             return _tool(args[0], args[1:], os.environ)
-        settings = load(args, os.environ)
+        resolved = resolve(args, os.environ)
     except ConfigError as exc:
         print(f"greenserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    settings = resolved.settings
+    if resolved.print_config:
+        rows = describe(resolved)
+        width = max(len(name) for name, _, _ in rows)
+        for name, value, source in rows:
+            print(f"{name:{width}s} = {value}  # {source}")
+        return 0
+    if resolved.check_config:
+        return _check_app(settings)
     try:
         logs.configure(
             log_format=settings.log_format,
@@ -52,8 +72,52 @@ class _ToolParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _settings(config: str | None, environ: Mapping[str, str]) -> Settings:
-    return load(["--config", config] if config else [], environ)
+def _addresses(config: str | None, environ: Mapping[str, str]) -> dict[str, object]:
+    """bind and metrics_bind as configured: from the file's own keys only, then the env.
+
+    A tool must work when another key of the file is broken (after a failed HUP, say).
+    """
+    names = ("bind", "metrics_bind")
+    values = {name: OPTIONS_BY_NAME[name].parse(OPTIONS_BY_NAME[name].default) for name in names}
+    path = config or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        values.update(read_file_keys(path, names))
+    for name in names:
+        option = OPTIONS_BY_NAME[name]
+        if option.env in environ:
+            values[name] = parse_value(option, environ[option.env], option.env)
+    return values
+
+
+def _check_app(settings: object) -> int:
+    """--check-config: import the app as a worker would, in a child process; 0, or 3."""
+    import subprocess
+
+    code = (
+        "import sys, gevent.monkey; gevent.monkey.patch_all()\n"
+        "from greenserve.worker import AppLoadError, load_app\n"
+        "import pickle\n"
+        "settings = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
+        "try:\n"
+        "    load_app(settings)\n"
+        "except AppLoadError as exc:\n"
+        "    print(f'greenserve: error: {exc}', file=sys.stderr); sys.exit(3)\n"
+        "except BaseException as exc:\n"
+        "    print(f'greenserve: error: app {settings.app!r} failed to import: {exc!r}',"
+        " file=sys.stderr); sys.exit(3)\n"
+    )
+    import pickle
+
+    result = subprocess.run(
+        [sys.executable, "-c", code, pickle.dumps(settings).hex()],
+        cwd=getattr(settings, "chdir", None) or None,
+        stdout=subprocess.DEVNULL,
+        check=False,
+    )
+    if result.returncode == 0:
+        print(f"greenserve: config ok, app {getattr(settings, 'app', None) or '(built-in)'} loads")
+        return 0
+    return EXIT_APP_LOAD if result.returncode == EXIT_APP_LOAD else 1
 
 
 def _local(address: Address) -> Address:
@@ -65,9 +129,10 @@ def _local(address: Address) -> Address:
 def _metrics_url(given: str | None, config: str | None, environ: Mapping[str, str]) -> str:
     if given:
         return given
-    bind = _settings(config, environ).metrics_bind
+    bind = _addresses(config, environ)["metrics_bind"]
     if bind is None:
         raise ConfigError("metrics are off (metrics_bind = off): pass --metrics URL")
+    assert isinstance(bind, Address)
     return f"http://{_local(bind)}/metrics"
 
 
@@ -93,7 +158,12 @@ def _tool(name: str, argv: list[str], environ: Mapping[str, str]) -> int:
             address = parse_address(options.address) if options.address else None
         except ValueError as exc:
             raise ConfigError(f"invalid address {options.address!r}: {exc}") from None
-        return client.run(address or _local(_settings(options.config, environ).bind))
+        if address is None:
+            tcp = [b for b in _addresses(options.config, environ)["bind"] if isinstance(b, Address)]
+            if not tcp:
+                raise ConfigError("no TCP address in bind: pass HOST:PORT")
+            address = _local(tcp[0])
+        return client.run(address)
     url = _metrics_url(options.metrics, options.config, environ)
     if name == "status":
         from greenserve import status

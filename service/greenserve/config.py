@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from greenserve import __version__
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -50,6 +52,76 @@ def parse_address(text: str) -> Address:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8001")
     return Address(host, int(port))
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    """A Unix domain socket path to bind (``unix:/run/app.sock``)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True)
+class FdAddress:
+    """A listening socket inherited as a file descriptor (``fd://3``, systemd, a parent)."""
+
+    fd: int
+
+    def __str__(self) -> str:
+        return f"fd://{self.fd}"
+
+
+Bind = Address | UnixAddress | FdAddress
+
+
+def parse_bind(text: str) -> Bind:
+    """``HOST:PORT``, ``[v6]:PORT``, ``unix:/path`` or ``fd://N``."""
+    text = str(text).strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/") and not path.startswith("."):
+            raise ValueError("expected unix:/absolute/path")
+        return UnixAddress(path)
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not number.isdigit():
+            raise ValueError("expected fd://N, N a file descriptor number")
+        return FdAddress(int(number))
+    return parse_address(text)
+
+
+def _binds(text: str) -> tuple[Bind, ...]:
+    """One or more binds; several are separated by commas (environment and files)."""
+    parts = [part for part in str(text).split(",") if part.strip()]
+    if not parts:
+        raise ValueError("expected at least one address")
+    binds = tuple(parse_bind(part) for part in parts)
+    if len(set(binds)) != len(binds):
+        raise ValueError("the same address twice")
+    return binds
+
+
+def _mode(text: str) -> int:
+    value = str(text).strip()
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError("expected an octal mode, e.g. 660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError("expected an octal mode between 000 and 777")
+    return mode
+
+
+def _directory(text: str) -> str | None:
+    value = str(text).strip()
+    if not value:
+        return None
+    if not os.path.isdir(value):
+        raise ValueError("no such directory")
+    return os.path.abspath(value)
 
 
 def _optional_address(text: str) -> Address | None:
@@ -174,11 +246,46 @@ def _auto_log_format(text: str) -> str | None:
     return None if str(text).strip().lower() == "auto" else _choice(LOG_FORMATS)(text)
 
 
-def _app(text: str) -> str:
-    module, sep, attr = str(text).partition(":")
+@dataclass(frozen=True)
+class AppRef:
+    """``module:attr.path``, optionally a factory call with literal arguments (gunicorn's form)."""
+
+    module: str
+    attr: str
+    args: tuple[Any, ...] | None = None  # None: not a call
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+def parse_app(text: str) -> AppRef:
+    """``myapp:app``, ``myapp:create_app()`` or ``myapp:create_app("prod", debug=False)``."""
+    import ast
+
+    module, sep, attr = str(text).strip().partition(":")
     if not sep or not module or not attr:
-        raise ValueError("expected MODULE:CALLABLE, e.g. myapp:handle")
-    return str(text)
+        raise ValueError("expected MODULE:CALLABLE, e.g. myapp:handle or myapp:create_app()")
+    if "(" not in attr:
+        if not all(part.isidentifier() for part in attr.split(".")):
+            raise ValueError("expected MODULE:CALLABLE, e.g. myapp:handle")
+        return AppRef(module, attr)
+    try:
+        call = ast.parse(attr, mode="eval").body
+        if not isinstance(call, ast.Call):
+            raise ValueError
+        name = ast.unparse(call.func)
+        args = tuple(ast.literal_eval(arg) for arg in call.args)
+        kwargs = tuple((k.arg, ast.literal_eval(k.value)) for k in call.keywords if k.arg)
+        if len(kwargs) != len(call.keywords):
+            raise ValueError
+    except (SyntaxError, ValueError):
+        raise ValueError("a factory takes literal arguments, e.g. create_app('prod')") from None
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise ValueError("expected MODULE:FACTORY(...)")
+    return AppRef(module, name, args, kwargs)
+
+
+def _app(text: str) -> str:
+    parse_app(text)
+    return str(text).strip()
 
 
 @dataclass(frozen=True)
@@ -191,6 +298,9 @@ class Option:
     help: str
     metavar: str = "VALUE"
     switch: bool = False  # a boolean: ``--flag`` alone means true
+    group: str = "serving"  # the --help section
+    short: str = ""  # a one-letter flag, as gunicorn has (-w, -b, -t)
+    repeat: bool = False  # the flag may be given several times (a list in files)
 
     @property
     def flag(self) -> str:
@@ -201,37 +311,48 @@ class Option:
         return ENV_PREFIX + self.name.upper()
 
 
+GROUPS = {
+    "serving": "Serving",
+    "http": "HTTP (--protocol http)",
+    "workers": "Workers and their lifecycle",
+    "logging": "Logging",
+    "metrics": "Metrics",
+    "process": "Process and privileges",
+}
+
 OPTIONS: tuple[Option, ...] = (
-    Option("bind", parse_address, "127.0.0.1:8001", "address to serve on", "HOST:PORT"),
-    Option("workers", _workers, "auto", "worker processes; auto = usable CPUs", "N|auto"),
+    Option(
+        "bind",
+        _binds,
+        "127.0.0.1:8001",
+        "address to serve on, repeatable: HOST:PORT, [v6]:PORT, unix:/path or fd://N",
+        "ADDRESS",
+        short="-b",
+        repeat=True,
+    ),
     Option(
         "protocol",
         _choice(PROTOCOLS),
         "tcp",
-        "tcp: handle(sock, address) per connection; http: HTTP/1.1 to a WSGI app",
+        "tcp: APP is a handler(sock, address) per connection; "
+        "http: APP is a WSGI app (Flask, Django, ...) served over HTTP/1.1",
         "|".join(PROTOCOLS),
     ),
+    Option("backlog", _positive_int, "2048", "the listen queue of each bound socket", "N"),
     Option(
-        "metrics_bind",
-        _optional_address,
-        "127.0.0.1:9191",
-        "address of the master's /metrics and /healthz endpoint; off disables it",
-        "HOST:PORT|off",
-    ),
-    Option("stats_interval", _positive_float, "1", "seconds between worker stats flushes", "S"),
-    Option(
-        "timeout",
-        _non_negative_float,
-        "30",
-        "seconds without a heartbeat before a worker is killed and replaced; 0 disables",
-        "S",
+        "reuse_port",
+        _bool,
+        "false",
+        "one SO_REUSEPORT socket per worker slot (kernel balancing) instead of one shared socket",
+        "BOOL",
+        switch=True,
     ),
     Option(
-        "graceful_timeout",
-        _non_negative_float,
-        "30",
-        "seconds in-flight connections get to finish on stop before they are killed",
-        "S",
+        "unix_mode",
+        _mode,
+        "660",
+        "permissions of unix: sockets (octal); owner and group follow --user/--group",
+        "MODE",
     ),
     Option("max_connections", _positive_int, "1000", "concurrent connections per worker", "N"),
     Option(
@@ -242,19 +363,12 @@ OPTIONS: tuple[Option, ...] = (
         "S",
     ),
     Option(
-        "reuse_port",
-        _bool,
-        "false",
-        "one SO_REUSEPORT socket per worker slot (kernel balancing) instead of one shared socket",
-        "BOOL",
-        switch=True,
-    ),
-    Option(
         "max_body",
         _size,
         "10m",
         "largest HTTP request body accepted (413 above it); k/m/g suffixes",
         "BYTES",
+        group="http",
     ),
     Option(
         "header_timeout",
@@ -263,6 +377,7 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a client gets to send a request's headers once it starts, and to send each "
         "next part of a request body; 0 = no limit",
         "S",
+        group="http",
     ),
     Option(
         "keepalive_timeout",
@@ -270,14 +385,7 @@ OPTIONS: tuple[Option, ...] = (
         "5",
         "seconds an HTTP connection may wait idle for its next request; 0 = idle-timeout only",
         "S",
-    ),
-    Option(
-        "access_log",
-        _bool,
-        "false",
-        "log one event per HTTP request (method, path, status, bytes, duration_ms, peer)",
-        "BOOL",
-        switch=True,
+        group="http",
     ),
     Option(
         "request_timeout",
@@ -286,6 +394,100 @@ OPTIONS: tuple[Option, ...] = (
         "seconds from a request's headers to its response's end before the app is stopped "
         "(504, or a closed connection once the response started); 0 = no limit",
         "S",
+        group="http",
+    ),
+    Option(
+        "access_log",
+        _bool,
+        "false",
+        "log one event per HTTP request (method, path, query, status, bytes, duration_ms, peer, "
+        "user_agent, referer, request_id)",
+        "BOOL",
+        switch=True,
+        group="http",
+    ),
+    Option(
+        "access_log_format",
+        str,
+        "",
+        "the console form of an access log line, with {fields} of the event, e.g. "
+        "'{peer} \"{method} {path}\" {status} {bytes} {duration_ms}ms'; empty = key=value",
+        "TEMPLATE",
+        group="http",
+    ),
+    Option(
+        "workers",
+        _workers,
+        "auto",
+        "worker processes; auto = usable CPUs",
+        "N|auto",
+        group="workers",
+        short="-w",
+    ),
+    Option(
+        "timeout",
+        _non_negative_float,
+        "30",
+        "seconds without a heartbeat before a worker is killed and replaced; 0 disables",
+        "S",
+        group="workers",
+        short="-t",
+    ),
+    Option(
+        "graceful_timeout",
+        _non_negative_float,
+        "30",
+        "seconds in-flight connections get to finish on stop before they are killed",
+        "S",
+        group="workers",
+    ),
+    Option(
+        "max_requests",
+        _non_negative_int,
+        "0",
+        "recycle a worker after this many connections (tcp) or requests (http); 0 = never",
+        "N",
+        group="workers",
+    ),
+    Option(
+        "max_requests_jitter",
+        _non_negative_int,
+        "0",
+        "add random(0..J) to max_requests per worker, so workers do not recycle together",
+        "J",
+        group="workers",
+    ),
+    Option(
+        "block_warn",
+        _non_negative_float,
+        "0.5",
+        "warn (with the stack) when a worker's event loop is blocked this long; 0 disables",
+        "S",
+        group="workers",
+    ),
+    Option(
+        "log_file",
+        _optional_path,
+        "",
+        "append logs to this file (reopened on USR1, for logrotate); empty = stdout",
+        "FILE",
+        group="logging",
+    ),
+    Option(
+        "log_format",
+        _auto_log_format,
+        "auto",
+        "json or console; auto = console on a terminal, else json",
+        "json|console|auto",
+        group="logging",
+    ),
+    Option(
+        "log_level",
+        _choice(LOG_LEVELS),
+        "info",
+        "lowest level logged",
+        "|".join(LOG_LEVELS),
+        group="logging",
     ),
     Option(
         "capture_output",
@@ -294,34 +496,39 @@ OPTIONS: tuple[Option, ...] = (
         "log what the app writes to stdout and stderr as app_output events",
         "BOOL",
         switch=True,
+        group="logging",
     ),
     Option(
-        "max_requests",
-        _non_negative_int,
-        "0",
-        "recycle a worker after this many connections (tcp) or requests (http); 0 = never",
-        "N",
+        "metrics_bind",
+        _optional_address,
+        "127.0.0.1:9191",
+        "address of the master's /metrics and /healthz endpoint; off disables it",
+        "HOST:PORT|off",
+        group="metrics",
     ),
     Option(
-        "max_requests_jitter",
-        _non_negative_int,
-        "0",
-        "add random(0..J) to max_requests per worker, so workers do not recycle together",
-        "J",
-    ),
-    Option(
-        "block_warn",
-        _non_negative_float,
-        "0.5",
-        "warn (with the stack) when a worker's event loop is blocked this long; 0 disables",
+        "stats_interval",
+        _positive_float,
+        "1",
+        "seconds between worker stats flushes",
         "S",
+        group="metrics",
+    ),
+    Option(
+        "chdir",
+        _directory,
+        "",
+        "change to this directory before loading the app (and importing it from there)",
+        "DIR",
+        group="process",
     ),
     Option(
         "pid_file",
         _optional_path,
         "",
-        "write the master's pid here (atomically), removed on exit",
+        "write the master's pid here (atomically); removed on exit",
         "FILE",
+        group="process",
     ),
     Option(
         "user",
@@ -329,60 +536,62 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "workers switch to this user (name or uid) before loading the app",
         "USER",
+        group="process",
     ),
     Option(
-        "group", _group, "", "workers switch to this group (default: the user's group)", "GROUP"
-    ),
-    Option(
-        "log_file",
-        _optional_path,
+        "group",
+        _group,
         "",
-        "append logs to this file (reopened on USR1, for logrotate); empty = stdout",
-        "FILE",
+        "workers switch to this group (default: the user's group)",
+        "GROUP",
+        group="process",
     ),
-    Option(
-        "log_format",
-        _auto_log_format,
-        "auto",
-        "json or console; auto = console on a terminal, else json",
-        "json|console|auto",
-    ),
-    Option("log_level", _choice(LOG_LEVELS), "info", "lowest level logged", "|".join(LOG_LEVELS)),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a master and its workers need to know, resolved and validated."""
+    """Everything a master and its workers need to know, resolved and validated.
+
+    One field per entry of ``OPTIONS`` (tests/unit/test_config.py checks that they match).
+    """
 
     app: str | None
-    bind: Address
-    workers: int
+    bind: tuple[Bind, ...]
     protocol: str
-    metrics_bind: Address | None
-    stats_interval: float
-    timeout: float
-    graceful_timeout: float
+    backlog: int
+    reuse_port: bool
+    unix_mode: int
     max_connections: int
     idle_timeout: float
-    reuse_port: bool
     max_body: int
     header_timeout: float
     keepalive_timeout: float
-    access_log: bool
     request_timeout: float
-    capture_output: bool
+    access_log: bool
+    access_log_format: str
+    workers: int
+    timeout: float
+    graceful_timeout: float
     max_requests: int
     max_requests_jitter: int
     block_warn: float
-    pid_file: str | None
-    user: int | None
-    group: int | None
     log_file: str | None
     log_format: str | None
     log_level: str
+    capture_output: bool
+    metrics_bind: Address | None
+    stats_interval: float
+    chdir: str | None
+    pid_file: str | None
+    user: int | None
+    group: int | None
     config: str | None = None
+
+    @property
+    def tcp_binds(self) -> tuple[Address, ...]:
+        return tuple(b for b in self.bind if isinstance(b, Address))
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -398,7 +607,12 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="greenserve",
-        description="Pre-fork gevent server for TCP handlers, with Prometheus metrics.",
+        description=(
+            "Pre-fork gevent server: one worker per core sharing the listening sockets, a "
+            "greenlet per connection, Prometheus metrics from the master. Serves a TCP handler "
+            "handle(sock, address) with --protocol tcp (the default), or a WSGI app (Flask, "
+            "Django, Falcon, Bottle, ...) over HTTP/1.1 with --protocol http."
+        ),
         epilog=(
             "Every option can also be set in the TOML file given with --config (key = option name "
             "with underscores) or in the environment as GREENSERVE_<OPTION>. Precedence: "
@@ -411,22 +625,41 @@ def build_parser() -> argparse.ArgumentParser:
         "app",
         nargs="?",
         metavar="APP",
-        help="MODULE:CALLABLE, a handler(sock, address); default: the built-in echo service",
+        help="MODULE:CALLABLE, MODULE:FACTORY() or MODULE:FACTORY('arg', ...): a handler(sock, "
+        "address) for --protocol tcp, a WSGI app for --protocol http; default: the built-in "
+        "echo (tcp) or hello (http)",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML file with settings")
+    parser.add_argument("-c", "--config", metavar="FILE", help="TOML file with settings")
+    parser.add_argument("--version", action="version", version=f"greenserve {__version__}")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="load the settings and import the app, then exit: 0 ok, 2 bad settings, 3 app",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings and where each came from, then exit",
+    )
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     for option in OPTIONS:
         extra: dict[str, Any] = {"nargs": "?", "const": "true"} if option.switch else {}
-        parser.add_argument(
-            option.flag,
+        if option.repeat:
+            extra["action"] = "append"
+        flags = [option.short, option.flag] if option.short else [option.flag]
+        groups[option.group].add_argument(
+            *flags,
             dest=option.name,
             metavar=option.metavar,
-            help=f"{option.help} (default: {option.default}; env {option.env})",
+            help=f"{option.help} (default: {option.default or 'none'}; env {option.env})",
             **extra,
         )
     return parser
 
 
-def _parse(option: Option, raw: Any, source: str) -> Any:
+def parse_value(option: Option, raw: Any, source: str) -> Any:
+    if option.repeat and isinstance(raw, list):
+        raw = ",".join(str(item) for item in raw)
     if isinstance(raw, bool) and option.switch:
         raw = str(raw).lower()
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
@@ -439,8 +672,8 @@ def _parse(option: Option, raw: Any, source: str) -> Any:
         ) from None
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """The settings table of a TOML file; unknown keys are errors."""
+def read_file(path: str, *, strict: bool = True) -> dict[str, Any]:
+    """The settings table of a TOML file; unknown keys are errors when ``strict``."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -452,13 +685,28 @@ def read_file(path: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [greenserve] must be a table")
     for key in table:
-        if key not in OPTIONS_BY_NAME and key != "app":
+        if strict and key not in OPTIONS_BY_NAME and key != "app":
             raise ConfigError(f"unknown setting {key!r} in config file {path}")
     return dict(table)
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Settings, where each value came from, and what the command line asked to do."""
+
+    settings: Settings
+    sources: dict[str, str]  # option name -> "default", "file FILE", "env NAME" or "command line"
+    check_config: bool = False
+    print_config: bool = False
+
+
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Resolve settings; raise ConfigError (one line) for anything unknown or invalid."""
+    return resolve(argv, environ).settings
+
+
+def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> Resolved:
+    """``load`` with the source of each value and the --check-config/--print-config flags."""
     cli = vars(build_parser().parse_args(list(argv)))
     for key in environ:
         name = key[len(ENV_PREFIX) :].lower()
@@ -477,20 +725,69 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     file_values = read_file(config_path) if config_path else {}
 
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for option in OPTIONS:
         if option.name in cli:
-            values[option.name] = _parse(option, cli[option.name], option.flag)
+            values[option.name] = parse_value(option, cli[option.name], option.flag)
+            sources[option.name] = "command line"
         elif option.env in environ:
-            values[option.name] = _parse(option, environ[option.env], option.env)
+            values[option.name] = parse_value(option, environ[option.env], option.env)
+            sources[option.name] = f"env {option.env}"
         elif option.name in file_values:
-            values[option.name] = _parse(option, file_values[option.name], config_path or "")
+            values[option.name] = parse_value(option, file_values[option.name], config_path or "")
+            sources[option.name] = f"file {config_path}"
         else:
             values[option.name] = option.parse(option.default)
+            sources[option.name] = "default"
 
     app = cli.get("app") or environ.get(ENV_PREFIX + "APP") or file_values.get("app")
+    sources["app"] = (
+        "command line"
+        if cli.get("app")
+        else f"env {ENV_PREFIX}APP"
+        if environ.get(ENV_PREFIX + "APP")
+        else f"file {config_path}"
+        if file_values.get("app")
+        else "default"
+    )
     if app is not None:
         try:
             app = _app(app)
         except ValueError as exc:
             raise ConfigError(f"invalid value for APP: {app!r} ({exc})") from None
-    return Settings(app=app, config=config_path, **values)
+    return Resolved(
+        Settings(app=app, config=config_path, **values),
+        sources,
+        check_config=bool(cli.get("check_config")),
+        print_config=bool(cli.get("print_config")),
+    )
+
+
+def read_file_keys(path: str, names: Sequence[str]) -> dict[str, Any]:
+    """Only these keys of a config file, parsed; the rest of the file is not validated.
+
+    The tools (status, top, client) need the addresses even when another key is broken, which
+    is exactly when an operator reaches for them (after a failed HUP).
+    """
+    table = read_file(path, strict=False)
+    return {
+        name: parse_value(OPTIONS_BY_NAME[name], table[name], path)
+        for name in names
+        if name in table
+    }
+
+
+def describe(resolved: Resolved) -> list[tuple[str, str, str]]:
+    """(name, value, source) for --print-config, in the table's order."""
+    settings = resolved.settings
+    rows = [("app", str(settings.app or "(built-in)"), resolved.sources["app"])]
+    for option in OPTIONS:
+        value = getattr(settings, option.name)
+        if isinstance(value, tuple):
+            shown = ", ".join(str(item) for item in value)
+        elif option.name == "unix_mode":
+            shown = f"{value:03o}"
+        else:
+            shown = "none" if value is None else str(value)
+        rows.append((option.name, shown, resolved.sources[option.name]))
+    return rows

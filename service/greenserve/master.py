@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import multiprocessing
 import os
 import queue
@@ -28,8 +29,9 @@ from setproctitle import setproctitle
 from greenserve import boot, logs
 from greenserve.aggregate import Aggregator
 from greenserve.config import ConfigError, Settings, load
+from greenserve.listeners import Listeners
 from greenserve.metrics import MetricsServer, build_app, build_registry, is_loopback
-from greenserve.sockets import BindError, bind_listener, bound_address
+from greenserve.sockets import BindError
 from greenserve.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, Heartbeat
 
 EXIT_OK = 0
@@ -59,6 +61,21 @@ HANDLED_SIGNALS = (
     signal.SIGHUP,
     signal.SIGUSR1,
 )
+# Signals an operator may send by habit (gunicorn's USR2 and WINCH) or by accident, whose default
+# action would end the master: each is logged and otherwise ignored.
+IGNORED_SIGNALS = (
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+)
+IGNORED_HINTS = {
+    "SIGUSR2": "binary upgrade is not supported yet: restart the master, or HUP to reload the app",
+    "SIGWINCH": "gunicorn's WINCH (stop all workers) has no meaning here; use TTOU",
+}
 
 
 class State(enum.Enum):
@@ -118,8 +135,7 @@ class Reload:
 
     settings: Settings
     generation: int
-    listener: socket.socket | None  # the old listener when bind changed, closed after hand-over
-    slot_listeners: dict[int, socket.socket] = field(default_factory=dict)  # --reuse-port
+    listeners: Listeners | None  # the old sockets when binds changed, closed after hand-over
 
 
 @dataclass
@@ -141,9 +157,7 @@ class Master:
         self.generation = 1
         self.stop: Stop | None = None
         self.reload: Reload | None = None
-        self.listener: socket.socket | None = None
-        # --reuse-port: one socket per slot, owned here so it outlives the slot's workers
-        self.slot_listeners: dict[int, socket.socket] = {}
+        self.listeners = Listeners(self.settings)
         # each slot's open connections, written by its worker, read by its siblings
         self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS + [0])
         self.metrics: MetricsServer | None = None
@@ -163,29 +177,29 @@ class Master:
     def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
         try:
-            self.listener = bind_listener(self.settings.bind, reuse_port=self.settings.reuse_port)
-            if self.settings.reuse_port:
-                self.slot_listeners[0] = self.listener
-                for index in range(1, self.settings.workers):
-                    self._listener_for(index)
+            if self.settings.chdir:
+                os.chdir(self.settings.chdir)  # before the forkserver starts: workers inherit it
+            self.listeners.open()
+            for index in range(self.settings.workers):
+                self.listeners.for_slot(index)
             self._start_metrics()
         except (BindError, OSError) as exc:
             self.log.error("startup_failed", error=_one_line(exc))
-            for sock in {self.listener, *self.slot_listeners.values()} - {None}:
-                sock.close()
+            self.listeners.close()
             return EXIT_RUNTIME
-        bind = bound_address(self.listener)
+        binds = self.listeners.addresses()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in HANDLED_SIGNALS:
+        for signum in HANDLED_SIGNALS + IGNORED_SIGNALS:
             signal.signal(signum, self._on_signal)
         self.alive_r, self.alive_w = self.ctx.Pipe(duplex=False)
         self._write_pid_file()
         self.log.info(
             "started",
-            bind=str(bind),
+            bind=binds[0],
+            binds=binds,
             workers=self.settings.workers,
             protocol=self.settings.protocol,
             metrics=str(self.metrics.address) if self.metrics else "off",
@@ -203,21 +217,10 @@ class Master:
         self.log.info("stopped", code=self.exit_code)
         return self.exit_code
 
-    def _listener_for(self, slot: int) -> socket.socket:
-        """The socket a slot's workers serve: the shared one, or the slot's own (--reuse-port)."""
-        assert self.listener is not None
-        if not self.settings.reuse_port:
-            return self.listener
-        if slot not in self.slot_listeners:
-            # the same address as slot 0's socket (its port, should the setting say 0)
-            self.slot_listeners[slot] = bind_listener(bound_address(self.listener), reuse_port=True)
-        return self.slot_listeners[slot]
-
     def _set_title(self) -> None:
-        assert self.listener is not None
         setproctitle(
-            f"greenserve: master [{bound_address(self.listener)}, {self.desired()} workers, "
-            f"generation {self.generation}]"
+            f"greenserve: master [{', '.join(self.listeners.addresses())}, {self.desired()} "
+            f"workers, generation {self.generation}]"
         )
 
     def _start_metrics(self) -> None:
@@ -236,7 +239,10 @@ class Master:
                 address, build_app(registry, self.aggregator, lambda: stale_window(self.settings))
             )
         except OSError as exc:
-            raise BindError(f"cannot bind metrics {address}: {_reason(exc)}") from None
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = " (another greenserve? give this one --metrics-bind HOST:PORT, or off)"
+            raise BindError(f"cannot bind metrics {address}: {_reason(exc)}{hint}") from None
         self.metrics.start()
 
     def _write_pid_file(self) -> None:
@@ -283,6 +289,9 @@ class Master:
 
     def _dispatch(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        if signum in IGNORED_SIGNALS:
+            self.log.warning("signal_ignored", signal=name, hint=IGNORED_HINTS.get(name, ""))
+            return
         self.log.info("signal", signal=name, state=self.state.value)
         getattr(self, "handle_" + name.lower())()
 
@@ -327,21 +336,22 @@ class Master:
             for f in fields(Settings)
             if getattr(old, f.name) != getattr(new, f.name)
         }
-        previous_listener, previous_slots = None, {}
-        if new.bind != old.bind or new.reuse_port != old.reuse_port:
+        previous: Listeners | None = None
+        if not self.listeners.compatible(new):
+            fresh = Listeners(new)
             try:
-                new_listener = bind_listener(new.bind, reuse_port=new.reuse_port)
+                fresh.open(previous=self.listeners)
             except BindError as exc:
                 self.log.error("reload_failed", error=str(exc), hint="the running workers go on")
                 return
-            previous_listener, self.listener = self.listener, new_listener
-            previous_slots = self.slot_listeners
-            self.slot_listeners = {0: new_listener} if new.reuse_port else {}
+            previous, self.listeners = self.listeners, fresh
         if self.reload is None:
-            self.reload = Reload(old, self.generation, previous_listener, previous_slots)
-        else:  # a reload during a reload: those listeners never served
-            for sock in {previous_listener, *previous_slots.values()} - {None}:
-                sock.close()
+            self.reload = Reload(old, self.generation, previous)
+        elif previous is not None:
+            if self.reload.listeners is None:
+                self.reload.listeners = previous  # the serving sockets: kept for a rollback
+            else:  # a reload during a reload: the sockets in between never served
+                previous.close(self.listeners, self.reload.listeners)
         self.settings = new
         self.generation += 1
         self.aggregator.set_generation(self.generation)
@@ -384,7 +394,7 @@ class Master:
             slot=slot.index,
             generation=self.generation,
             settings=self.settings,
-            listener=self._listener_for(slot.index),
+            listeners=self.listeners.for_slot(slot.index),
             stats_queue=stats_queue,
             heartbeat=heartbeat,
             master_alive=self.alive_r,
@@ -445,9 +455,8 @@ class Master:
                 slot.outgoing = None
         if self.reload is not None and not any(s.outgoing for s in self.slots.values()):
             # the draining workers keep their own copies of the old sockets
-            old_sockets = {self.reload.listener, *self.reload.slot_listeners.values()}
-            for sock in old_sockets - {None, self.listener, *self.slot_listeners.values()}:
-                sock.close()
+            if self.reload.listeners is not None:
+                self.reload.listeners.close(self.listeners)
             self.reload = None
             self.log.info("reload_complete", generation=self.generation)
 
@@ -553,11 +562,9 @@ class Master:
                 slot.worker, slot.outgoing = slot.outgoing, None
                 slot.worker.kill_reason = None
                 slot.start_at = None
-        if self.reload.listener is not None and self.listener is not None:
-            for sock in {self.listener, *self.slot_listeners.values()}:
-                sock.close()
-            self.listener = self.reload.listener
-            self.slot_listeners = self.reload.slot_listeners
+        if self.reload.listeners is not None:
+            self.listeners.close(self.reload.listeners)
+            self.listeners = self.reload.listeners
         self.settings, self.generation = self.reload.settings, self.reload.generation
         self.aggregator.set_generation(self.generation)
         self.reload = None
@@ -610,9 +617,7 @@ class Master:
                 slot.worker = slot.outgoing = None
                 # --reuse-port: the kernel must stop routing connections to this slot's socket;
                 # those already queued on it are reset (the documented cost of --reuse-port)
-                closing = self.slot_listeners.pop(index, None)
-                if closing is not None and closing is not self.listener:
-                    closing.close()
+                self.listeners.drop_slot(index)
         self.aggregator.set_desired(count)
         self.load[LOAD_IN_USE] = min(len(self.slots), LOAD_SLOTS)
 
@@ -633,9 +638,10 @@ class Master:
         wait = self.settings.graceful_timeout + KILL_GRACE if graceful else KILL_GRACE
         self.stop = Stop(graceful=graceful, kill_at=time.monotonic() + wait)
         self.log.info("stopping", graceful=graceful, timeout=wait)
-        old = {self.reload.listener, *self.reload.slot_listeners.values()} if self.reload else set()
-        for listener in {self.listener, *self.slot_listeners.values(), *old} - {None}:
-            listener.close()  # workers still hold their copies until they drain
+        # workers still hold their copies of the sockets until they drain
+        if self.reload is not None and self.reload.listeners is not None:
+            self.reload.listeners.close()
+        self.listeners.close()
         for worker in self._all():
             self._ask_to_stop(worker, signal.SIGTERM if graceful else signal.SIGQUIT)
 
@@ -655,8 +661,9 @@ class Master:
                 os.unlink(worker.stack_file)
         if self.metrics is not None:
             self.metrics.stop()
-        for listener in {self.listener, *self.slot_listeners.values()} - {None}:
-            listener.close()
+        if self.reload is not None and self.reload.listeners is not None:
+            self.reload.listeners.close()
+        self.listeners.close()
         signal.set_wakeup_fd(-1)
         wake_r.close()
         wake_w.close()
@@ -702,7 +709,7 @@ def _drain_socket(sock: socket.socket) -> None:
 
 
 def _reason(exc: OSError) -> str:
-    return "address already in use" if exc.errno == 98 else (exc.strerror or str(exc))
+    return "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
 
 
 def _one_line(exc: BaseException) -> str:

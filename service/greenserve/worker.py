@@ -20,7 +20,7 @@ from setproctitle import setproctitle
 
 from greenserve import apps, logs
 from greenserve.boot import APP_LOAD_FAILED, STACK_SIGNAL, WorkerSpec
-from greenserve.config import Address, Settings
+from greenserve.config import Address, Settings, parse_app
 from greenserve.protocols.accept import BalancedServer, CountingServer
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
@@ -34,27 +34,43 @@ class AppLoadError(Exception):
 
 
 def load_app(settings: Settings) -> Any:
-    """The handler callable: the built-in echo, or ``module:callable`` from the working dir."""
+    """The handler: the built-in echo/hello, ``module:callable`` or ``module:factory(...)``,
+    imported from the working directory (--chdir)."""
     if settings.app is None:
         return apps.hello if settings.protocol == "http" else apps.echo
-    module_name, _, attr_path = settings.app.partition(":")
+    ref = parse_app(settings.app)
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = importlib.import_module(ref.module)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise AppLoadError(f"cannot import app module {module_name!r}: {exc}") from None
+        if exc.name and ref.module.startswith(exc.name):
+            raise AppLoadError(f"cannot import app module {ref.module!r}: {exc}") from None
         raise
-    for part in attr_path.split("."):
+    for part in ref.attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise AppLoadError(f"app module {module_name!r} has no {attr_path!r}") from None
+            raise AppLoadError(f"app module {ref.module!r} has no {ref.attr!r}") from None
+    if ref.args is not None:
+        if not callable(target):
+            raise AppLoadError(f"app factory {ref.attr!r} is not callable")
+        target = target(*ref.args, **dict(ref.kwargs))
     if not callable(target):
         raise AppLoadError(f"app {settings.app!r} is not callable")
     return target
+
+
+def looks_like_wsgi(app: Any) -> bool:
+    """Whether a callable takes (environ, start_response): a WSGI app, not a TCP handler."""
+    import inspect
+
+    try:
+        names = list(inspect.signature(app).parameters)
+    except (TypeError, ValueError):
+        return False
+    return names[:2] == ["environ", "start_response"]
 
 
 class Worker:
@@ -76,46 +92,54 @@ class Worker:
             else 0
         )
         self.retire_wanted = False
-        listener = gsocket.socket(fileno=spec.listener.detach())
-        self.http: HttpHandler | None = None
+        listeners = [gsocket.socket(fileno=sock.detach()) for sock in spec.listeners]
+        # HTTP: one handler per listener (its SERVER_NAME/PORT), sharing the worker's counters.
+        self.https: list[HttpHandler] = []
+        apps = [app] * len(listeners)
         if settings.protocol == "http":
-            self.http = HttpHandler(
-                app,
-                stats=self.stats,
-                log=log,
-                server_address=listener.getsockname(),
-                max_body=settings.max_body,
-                header_timeout=settings.header_timeout,
-                keepalive_timeout=settings.keepalive_timeout,
-                access_log=settings.access_log,
-                request_timeout=settings.request_timeout,
-            )
-            app = self.http.handle
+            self.https = [
+                HttpHandler(
+                    app,
+                    stats=self.stats,
+                    log=log,
+                    server_address=listener.getsockname(),
+                    max_body=settings.max_body,
+                    header_timeout=settings.header_timeout,
+                    keepalive_timeout=settings.keepalive_timeout,
+                    access_log=settings.access_log,
+                    request_timeout=settings.request_timeout,
+                )
+                for listener in listeners
+            ]
+            apps = [http.handle for http in self.https]
         # Fair accepts on a shared socket; with --reuse-port the kernel spreads connections.
         balanced = not settings.reuse_port and spec.slot < LOAD_SLOTS
         self.protocol = TcpProtocol(
-            app,
+            apps[0],
             self.stats,
             settings.idle_timeout,
             log,
-            deadlines=self.http is not None,
+            deadlines=bool(self.https),
             max_connections=settings.max_connections,
             publish=self._publish if balanced else None,
         )
-        if balanced:
-            self.server: CountingServer = BalancedServer(
-                listener,
-                self.protocol.handle,
-                connections=self.protocol.connections,
-                load=spec.load,
-                slot=spec.slot,
-            )
-        else:
-            self.server = CountingServer(
-                listener, self.protocol.handle, connections=self.protocol.connections
-            )
-        # One accept per wake-up: a worker woken for a burst must not swallow it whole.
-        self.server.max_accept = 1
+        # One protocol per listener; all share the connection registry, sweeper and counters.
+        self.protocols = [self.protocol] + [self.protocol.for_app(a) for a in apps[1:]]
+        self.servers: list[CountingServer] = []
+        for listener, protocol in zip(listeners, self.protocols, strict=True):
+            if balanced:
+                server: CountingServer = BalancedServer(
+                    listener,
+                    protocol.handle,
+                    connections=protocol.connections,
+                    load=spec.load,
+                    slot=spec.slot,
+                )
+            else:
+                server = CountingServer(listener, protocol.handle, connections=protocol.connections)
+            # One accept per wake-up: a worker woken for a burst must not swallow it whole.
+            server.max_accept = 1
+            self.servers.append(server)
         self.graceful = True
 
     def serve(self) -> int:
@@ -129,13 +153,15 @@ class Worker:
         ]
         if self.protocol.idle is not None:
             background.append(gevent.spawn(self.protocol.idle.run))
-        self.server.start()
+        for server in self.servers:
+            server.start()
         if self.protocol.publish is not None:
             self._publish(self.stats.connections_active)
         self.ready = True
         self.flush()  # the master counts this worker as serving from here on
-        host, port = self.server.socket.getsockname()[:2]
-        self.log.info("worker_started", bind=str(Address(host, port)))
+        self.log.info(
+            "worker_started", bind=_shown(self.servers[0].socket), binds=len(self.servers)
+        )
         self.stopping.wait()
         self._drain()
         gevent.killall(background, block=False)
@@ -150,14 +176,17 @@ class Worker:
         self.spec.load[self.spec.slot] = count
 
     def _drain(self) -> None:
-        self.server.close()  # this worker stops accepting; the master's socket stays open
+        for server in self.servers:
+            server.close()  # this worker stops accepting; the master's sockets stay open
         if self.protocol.publish is not None:
             # siblings must not defer accepts to a worker that no longer accepts
-            self.protocol.publish = None
+            for protocol in self.protocols:
+                protocol.publish = None
             self.spec.load[self.spec.slot] = LOAD_UNUSED
-        if self.http is not None:
+        if self.https:
             # Responses from now on carry Connection: close; idle keep-alives end now.
-            self.http.draining = True
+            for http in self.https:
+                http.draining = True
             self.protocol.connections.close_parked()
         connections = self.protocol.connections
         if self.graceful and connections.open:
@@ -203,7 +232,7 @@ class Worker:
                 self.flush()
 
     def _served(self) -> int:
-        if self.http is not None:
+        if self.https:
             return self.stats.requests_served
         return self.stats.connections_accepted
 
@@ -212,6 +241,14 @@ class Worker:
         gsocket.wait_read(self.spec.master_alive.fileno())
         self.log.error("master_gone")
         _exit(1)
+
+
+def _shown(sock: Any) -> str:
+    """A listening socket's address as --bind spells it."""
+    name = sock.getsockname()
+    if isinstance(name, str):
+        return f"unix:{name}"
+    return str(Address(name[0], name[1]))
 
 
 def _exit(code: int) -> NoReturn:
@@ -309,7 +346,7 @@ def run(spec: WorkerSpec) -> NoReturn:
     stats = WorkerStats()
     _watch_blocking(settings.block_warn, stats, log)  # its thread imports lazily too
     _drop_privileges(settings)
-    setproctitle(f"greenserve: worker {spec.slot} [{settings.bind}]")
+    setproctitle(f"greenserve: worker {spec.slot} [{', '.join(str(b) for b in settings.bind)}]")
     try:
         app = load_app(settings)
     except AppLoadError as exc:

@@ -18,7 +18,7 @@ class TestPrecedence:
 
     def test_defaults(self):
         settings = load([], {})
-        assert settings.bind == Address("127.0.0.1", 8001)
+        assert settings.bind == (Address("127.0.0.1", 8001),)
         assert settings.workers == usable_cpus()
         assert settings.metrics_bind == Address("127.0.0.1", 9191)
         assert settings.graceful_timeout == 30
@@ -31,7 +31,7 @@ class TestPrecedence:
         env = {"GREENSERVE_BIND": "127.0.0.1:7001", "GREENSERVE_IDLE_TIMEOUT": "6"}
         settings = load(["--config", path, "--idle-timeout", "7"], env)
         assert settings.workers == 3  # file
-        assert settings.bind == Address("127.0.0.1", 7001)  # env beats file
+        assert settings.bind == (Address("127.0.0.1", 7001),)  # env beats file
         assert settings.idle_timeout == 7  # cli beats env
 
     def test_config_path_from_env_and_greenserve_table(self, tmp_path):
@@ -43,8 +43,8 @@ class TestPrecedence:
     def test_metrics_off_and_ipv6(self):
         settings = load(["--metrics-bind", "off", "--bind", "[::1]:9000"], {})
         assert settings.metrics_bind is None
-        assert settings.bind == Address("::1", 9000)
-        assert str(settings.bind) == "[::1]:9000"
+        assert settings.bind == (Address("::1", 9000),)
+        assert str(settings.bind[0]) == "[::1]:9000"
 
     def test_every_option_has_flag_env_and_help(self):
         for option in OPTIONS:

@@ -36,7 +36,7 @@ class CountingServer(StreamServer):
     def __init__(self, listener: Any, handle: Any, *, connections: Connections) -> None:
         super().__init__(listener, handle)
         self.connections = connections
-        connections.on_room = self._room
+        connections.on_room.append(self._room)
 
     def do_read(self) -> Any:
         listener = self.socket

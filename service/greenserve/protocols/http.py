@@ -973,7 +973,10 @@ class HttpHandler:
         self.draining = False
         self.date = _DateCache()
         self.durations = stats.histograms["http_request_duration_seconds"]
-        host, port = server_address[:2]
+        if isinstance(server_address, str):  # a unix socket: PEP 3333 wants both set anyway
+            host, port = "localhost", 80
+        else:
+            host, port = server_address[:2]
         self.base_environ = {
             "SCRIPT_NAME": "",
             "SERVER_NAME": host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import socket
 import time
 from collections.abc import Callable
@@ -106,7 +107,7 @@ class Connections:
         self.closed_tx = 0
         self.drained = Event()
         self.drained.set()
-        self.on_room: Callable[[], None] | None = None  # the server resumes accepting
+        self.on_room: list[Callable[[], None]] = []  # each server resumes accepting
 
     def add(self, sock: CountingSocket) -> None:
         """Register a connection as soon as it is accepted (before its greenlet runs)."""
@@ -133,8 +134,9 @@ class Connections:
             self.closed_tx += sock.tx
             if not self.open:
                 self.drained.set()
-            if self.on_room is not None and len(self.open) == self.limit - 1:
-                self.on_room()
+            if self.on_room and len(self.open) == self.limit - 1:
+                for resume in self.on_room:
+                    resume()
 
     def kill_all(self) -> None:
         """End every connection's greenlet (after a drain timed out)."""
@@ -229,6 +231,12 @@ class TcpProtocol:
         self.idle = IdleSweeper(idle_timeout, self.connections, tick) if needs_sweeper else None
         self.log = log
 
+    def for_app(self, app: Handler) -> TcpProtocol:
+        """The same protocol for another listener's app: registry, sweeper and counters shared."""
+        other = copy.copy(self)
+        other.app = app
+        return other
+
     def handle(self, sock: CountingSocket, address: Any) -> None:
         """``sock`` comes from protocols.accept.CountingServer, already a CountingSocket.
 
@@ -245,7 +253,8 @@ class TcpProtocol:
         connections = self.connections
         sock.greenlet = gevent.getcurrent()
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.app(sock, address)
         except (TimeoutError, ConnectionError):
             pass  # the peer went away, or the app's own timeout: ordinary ends of a connection

@@ -52,7 +52,9 @@ class Server:
             defaults += ["--bind", "127.0.0.1:0"]
         if not any(a.startswith("--metrics-bind") for a in args):
             defaults += ["--metrics-bind", "127.0.0.1:0"]
-        self.argv = [sys.executable, "-m", "greenserve", *args, *defaults, "--log-format", "json"]
+        if "--log-format" not in args:
+            defaults += ["--log-format", "json"]
+        self.argv = [sys.executable, "-m", "greenserve", *args, *defaults]
         self.proc = subprocess.Popen(
             self.argv,
             cwd=cwd,

@@ -246,6 +246,39 @@ def _auto_log_format(text: str) -> str | None:
     return None if str(text).strip().lower() == "auto" else _choice(LOG_FORMATS)(text)
 
 
+ACCESS_FIELDS = (
+    "method",
+    "path",
+    "query",
+    "status",
+    "bytes",
+    "duration_ms",
+    "peer",
+    "user_agent",
+    "referer",
+    "request_id",
+    "timestamp",
+    "worker",
+)
+
+
+def _access_format(text: str) -> str:
+    """A str.format template over the access event's fields, checked now rather than per line."""
+    import string
+
+    value = str(text)
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"not a format template: {exc}") from None
+    unknown = sorted(name for name in names if name not in ACCESS_FIELDS)
+    if unknown or "" in names:
+        raise ValueError(
+            f"unknown field {unknown[0] if unknown else '{}'}; use " + ", ".join(ACCESS_FIELDS)
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class AppRef:
     """``module:attr.path``, optionally a factory call with literal arguments (gunicorn's form)."""
@@ -408,7 +441,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "access_log_format",
-        str,
+        _access_format,
         "",
         "the console form of an access log line, with {fields} of the event, e.g. "
         "'{peer} \"{method} {path}\" {status} {bytes} {duration_ms}ms'; empty = key=value",

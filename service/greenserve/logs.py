@@ -7,6 +7,7 @@ object per line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import logging
@@ -150,6 +151,7 @@ def configure(
     worker: int | str,
     stream: TextIO | None = None,
     log_file: str | None = None,
+    access_format: str = "",
 ) -> None:
     """Configure structlog and the stdlib root logger for this process.
 
@@ -193,6 +195,8 @@ def configure(
         ]
     else:
         renderer = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        if access_format:
+            renderer.insert(0, _access_line(access_format))
     structlog.configure(
         processors=shared + renderer,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
@@ -200,6 +204,19 @@ def configure(
         cache_logger_on_first_use=False,
     )
     _route_stdlib(out, shared, renderer, LEVELS[level])
+
+
+def _access_line(template: str) -> Any:
+    """Console form of the access log: the event becomes the operator's own one-line format."""
+
+    def render(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("event") != "request":
+            return event
+        fields = {key: "-" if value is None else value for key, value in event.items()}
+        line = template.format_map(collections.defaultdict(lambda: "-", fields))
+        return {"timestamp": event.get("timestamp"), "level": event.get("level"), "event": line}
+
+    return render
 
 
 def _route_stdlib(out: Any, shared: list[Any], renderer: list[Any], level: int) -> None:

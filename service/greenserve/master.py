@@ -690,6 +690,8 @@ def _read_stack(path: str) -> str:
 
 
 def _show(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ", ".join(str(item) for item in value)
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 

@@ -132,14 +132,18 @@ class Summary:
     url: str
     healthy: bool | None
     uptime_seconds: float | None
-    generation: float | None
-    workers_desired: float | None
-    workers_alive: float | None
+    generation: int | None
+    workers_desired: int | None
+    workers_alive: int | None
     workers: list[WorkerRow] = field(default_factory=list)
     totals: WorkerRow | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _rate(now: float | None, before: float | None, seconds: float) -> float | None:
@@ -166,12 +170,18 @@ def summarize(url: str, now: Scrape, before: Scrape | None = None) -> Summary:
         url=url,
         healthy=now.healthy,
         uptime_seconds=time.time() - start if start else None,
-        generation=now.value("greenserve_generation"),
-        workers_desired=now.value("greenserve_workers_desired"),
-        workers_alive=now.value("greenserve_workers_alive"),
+        generation=_int(now.value("greenserve_generation")),
+        workers_desired=_int(now.value("greenserve_workers_desired")),
+        workers_alive=_int(now.value("greenserve_workers_alive")),
     )
     pids = now.by_worker("greenserve_worker_pid")
     ready = now.by_worker("greenserve_worker_ready")
+    desired = summary.workers_desired
+    if desired is not None:
+        # TTOU removes the highest slots; their counters stay on /metrics (monotonic totals),
+        # but a retired slot with no process is not a worker that is down.
+        pids = {w: pid for w, pid in pids.items() if pid or int(w) < desired}
+        ready = {w: value for w, value in ready.items() if w in pids}
     for worker in sorted(pids, key=int):
         summary.workers.append(_row(worker, now, before, seconds, pids, ready))
     summary.totals = _row(None, now, before, seconds, pids, ready)

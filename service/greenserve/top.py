@@ -25,54 +25,46 @@ def _fmt(value: float | None, spec: str = ".0f", scale: float = 1.0) -> str:
     return "-" if value is None else format(value / scale, spec)
 
 
-def render(summary: Summary) -> Table:
+COLUMNS = (  # (heading, value of a row); the first COMPACT fit 80 columns
+    ("worker", lambda row: row.worker),
+    ("pid", lambda row: str(row.pid or "-")),
+    ("state", lambda row: row.state),
+    ("conns", lambda row: _fmt(row.active)),
+    ("req/s", lambda row: _fmt(row.requests_per_s, ".0f")),
+    ("acc/s", lambda row: _fmt(row.accepted_per_s, ".0f")),
+    ("p99 ms", lambda row: _fmt(row.p99_ms, ".1f")),
+    ("RSS MB", lambda row: _fmt(row.rss, ".0f", 1e6)),
+    ("rst", lambda row: _fmt(row.restarts)),
+    ("in KB/s", lambda row: _fmt(row.bytes_in_per_s, ".1f", 1000)),
+    ("out KB/s", lambda row: _fmt(row.bytes_out_per_s, ".1f", 1000)),
+    ("p50 ms", lambda row: _fmt(row.p50_ms, ".2f")),
+    ("lag p99 ms", lambda row: _fmt(row.loop_lag_p99_ms, ".2f")),
+    ("blocked", lambda row: _fmt(row.blocked)),
+)
+COMPACT = 9
+WIDE = 140  # the whole table needs about this many columns
+
+
+def render(summary: Summary, width: int = WIDE) -> Table:
+    """The table for a terminal ``width`` columns wide: the main columns fit 80."""
     health = "[green]healthy[/]" if summary.healthy else "[red]degraded[/]"
-    uptime = _fmt(summary.uptime_seconds)
     table = Table(
         title=(
-            f"greenserve {summary.url}  {health}  up {uptime}s  generation "
-            f"{_fmt(summary.generation)}  workers {_fmt(summary.workers_alive)}/"
+            f"greenserve {summary.url} {health} up {_fmt(summary.uptime_seconds)}s "
+            f"gen {_fmt(summary.generation)} workers {_fmt(summary.workers_alive)}/"
             f"{_fmt(summary.workers_desired)}"
         ),
-        caption="q quits",
+        caption="q quits" + ("" if width >= WIDE else "; widen the terminal for more columns"),
         expand=False,
+        padding=(0, 1) if width >= WIDE else (0, 0, 0, 1),
     )
-    for column in (
-        "worker",
-        "pid",
-        "state",
-        "active",
-        "accepted/s",
-        "req/s",
-        "in KB/s",
-        "out KB/s",
-        "p50 ms",
-        "p99 ms",
-        "RSS MB",
-        "restarts",
-        "lag p99 ms",
-        "blocked",
-    ):
-        table.add_column(column, justify="right")
+    columns = COLUMNS if width >= WIDE else COLUMNS[:COMPACT]
+    for heading, _ in columns:
+        table.add_column(heading, justify="right", no_wrap=True)
     rows: list[WorkerRow] = [*summary.workers, *([summary.totals] if summary.totals else [])]
+    last = summary.workers[-1].worker if summary.workers else None
     for row in rows:
-        table.add_row(
-            row.worker,
-            str(row.pid or "-"),
-            row.state,
-            _fmt(row.active),
-            _fmt(row.accepted_per_s, ".1f"),
-            _fmt(row.requests_per_s, ".1f"),
-            _fmt(row.bytes_in_per_s, ".1f", 1000),
-            _fmt(row.bytes_out_per_s, ".1f", 1000),
-            _fmt(row.p50_ms, ".2f"),
-            _fmt(row.p99_ms, ".2f"),
-            _fmt(row.rss, ".1f", 1e6),
-            _fmt(row.restarts),
-            _fmt(row.loop_lag_p99_ms, ".2f"),
-            _fmt(row.blocked),
-            end_section=row.worker == summary.workers[-1].worker if summary.workers else False,
-        )
+        table.add_row(*(value(row) for _, value in columns), end_section=row.worker == last)
     return table
 
 
@@ -111,7 +103,7 @@ def run(url: str, stdin: TextIO = sys.stdin) -> int:
         while True:
             try:
                 now = fetch(url)
-                view: Table | Group | Text = render(summarize(url, now, before))
+                view: Table | Group | Text = render(summarize(url, now, before), console.width)
                 before = now
             except Unreachable as exc:
                 before = None  # rates restart from the next successful scrape

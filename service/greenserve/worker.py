@@ -330,6 +330,7 @@ def run(spec: WorkerSpec) -> NoReturn:
         level=settings.log_level,
         worker=spec.slot,
         log_file=settings.log_file,
+        access_format=settings.access_log_format,
     )
     log = logs.get()
     if settings.capture_output:
@@ -355,7 +356,15 @@ def run(spec: WorkerSpec) -> NoReturn:
     except BaseException as exc:  # the app's own import failed: keep its traceback as a field
         log.error("app_load_failed", app=settings.app, error=repr(exc), exc_info=True)
         _exit(APP_LOAD_FAILED)
+    if settings.protocol == "tcp" and looks_like_wsgi(app):
+        # Forgetting --protocol http: every connection would fail with an AttributeError.
+        log.warning(
+            "protocol_mismatch",
+            app=settings.app,
+            hint="the app takes (environ, start_response), a WSGI app: run with --protocol http",
+        )
     worker = Worker(spec, app, log, stats)
+    worker.protocol.wsgi_suspect = settings.protocol == "tcp" and looks_like_wsgi(app)
     code = worker.serve()
     # Deliver the final snapshot before leaving: the feeder is a real thread, and the queue is
     # bounded far below a pipe's capacity, so this join cannot wait on the master.

@@ -157,17 +157,19 @@ class TestRequestIds:
         for thread in threads:
             thread.join(30)
         assert errors == []
-        lines = deadline_server.wait_event("request", count=200, path="/log")
-        assert lines
-        app_lines = [
-            e
-            for e in list(deadline_server.events)
-            if str(e.get("event", "")).startswith(
-                ("app sees concurrent-", "app still sees concurrent-")
-            )
-        ]
-        assert len(app_lines) == 400
-        for line in app_lines:
+
+        def app_lines() -> list[dict]:
+            prefixes = ("app sees concurrent-", "app still sees concurrent-")
+            found = [
+                e
+                for e in list(deadline_server.events)
+                if str(e.get("event", "")).startswith(prefixes)
+            ]
+            return found if len(found) >= 400 else []
+
+        lines = wait_until(app_lines, 10, "400 app log lines")
+        assert len(lines) == 400
+        for line in lines:
             assert line["event"].endswith(" " + line["request_id"]), line
 
 

@@ -122,7 +122,7 @@ class TestTop:
 
             loader = threading.Thread(target=load, daemon=True)
             try:
-                child.expect("accepted/s")
+                child.expect("acc/s")
                 loader.start()
                 deadline = time.monotonic() + 12
                 rate = 0.0
@@ -131,7 +131,7 @@ class TestTop:
                     child.expect(r"[│┃] *total *[│┃][^\n]*")
                     cells = [c.strip() for c in re.split("[│┃]", ANSI.sub("", child.after))]
                     cells = [c for c in cells if c]
-                    rate = float(cells[4]) if cells[4] != "-" else 0.0
+                    rate = float(cells[5]) if cells[5] != "-" else 0.0  # acc/s
                     screen = ANSI.sub("", child.before)
                     for worker in ("0", "1"):
                         if re.search(rf"[│┃] *{worker} *[│┃] *\d+ *[│┃] *ready", screen):

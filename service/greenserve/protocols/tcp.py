@@ -16,6 +16,7 @@ from gevent.event import Event
 from greenserve.stats import WorkerStats
 
 Handler = Callable[[Any, Any], Any]
+HINT_EVERY = 60.0  # seconds between two protocol_mismatch hints
 _gevent_send = gsocket.socket.send
 _gevent_sendall = gsocket.socket.sendall
 
@@ -230,6 +231,8 @@ class TcpProtocol:
         tick = 0.25 if deadlines else 1.0
         self.idle = IdleSweeper(idle_timeout, self.connections, tick) if needs_sweeper else None
         self.log = log
+        self.wsgi_suspect = False  # a WSGI app under --protocol tcp: failures get a hint
+        self.hinted_at = -HINT_EVERY
 
     def for_app(self, app: Handler) -> TcpProtocol:
         """The same protocol for another listener's app: registry, sweeper and counters shared."""
@@ -261,6 +264,12 @@ class TcpProtocol:
         except Exception:
             stats.handler_errors += 1
             self.log.error("handler_error", peer=_peer(address), exc_info=True)
+            if self.wsgi_suspect and time.monotonic() - self.hinted_at >= HINT_EVERY:
+                self.hinted_at = time.monotonic()
+                self.log.warning(
+                    "protocol_mismatch",
+                    hint="a WSGI app is served as a TCP handler: run with --protocol http",
+                )
         finally:
             stats.connections_active -= 1
             if publish is not None:

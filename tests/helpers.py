@@ -394,3 +394,17 @@ def serve_in_process(app: Any, chunks: list[bytes], **options: Any) -> tuple[byt
         sock = ScriptedSocket(chunks)
         handler.handle(sock, ("127.0.0.1", 40000))
     return bytes(sock.sent), events
+
+
+def need(tool: str) -> str:
+    """A Debian tool the test needs: skip locally without it, fail under CI=true."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{tool} is missing in CI: .ci/run must install it")
+        pytest.skip(f"{tool} not installed")
+    return path

@@ -750,6 +750,8 @@ def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> Resolved:
             not in (
                 "config",
                 "app",
+                "inherit",  # set by a master for the new master of a USR2 upgrade
+                "upgrade_from",
             )
         ):
             raise ConfigError(f"unknown environment setting {key}")

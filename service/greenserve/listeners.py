@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import stat
+from collections.abc import Mapping
 
 from greenserve.config import Address, Bind, FdAddress, Settings, UnixAddress
 from greenserve.sockets import BindError, bind_listener, bound_address
@@ -39,10 +40,18 @@ class Listeners:
             self.backlog,
         )
 
-    def open(self, previous: Listeners | None = None) -> None:
-        """Bind every address (keeping ``previous``'s socket of the same bind); all or none."""
+    def open(
+        self, previous: Listeners | None = None, inherited: Mapping[Bind, int] | None = None
+    ) -> None:
+        """Bind every address; all or none. ``previous``'s socket of the same bind is kept
+        (reload); a socket ``inherited`` from an upgrading master is adopted (USR2)."""
         try:
             for bind in self.binds:
+                if inherited and bind in inherited:
+                    self.shared[bind] = _inherit(FdAddress(inherited[bind]), shown=bind)
+                    if isinstance(bind, UnixAddress):
+                        self.created_paths.add(bind.path)  # this master removes it now
+                    continue
                 kept = previous.shared.get(bind) if previous is not None else None
                 if (
                     kept is not None
@@ -112,6 +121,14 @@ class Listeners:
             shown.append(str(bound_address(sock)) if isinstance(bind, Address) else str(bind))
         return shown
 
+    def handed_over(self) -> None:
+        """Another master serves these sockets now: closing them here must not remove files."""
+        self.created_paths = set()
+
+    def fds(self) -> dict[str, int]:
+        """Each bind's shared socket, for a new master (USR2)."""
+        return {str(bind): sock.fileno() for bind, sock in self.shared.items()}
+
     def all_sockets(self) -> set[socket.socket]:
         return {*self.shared.values(), *self.per_slot.values()}
 
@@ -158,17 +175,17 @@ def _remove_stale(path: str) -> None:
     raise BindError(f"cannot bind unix:{path}: address already in use")
 
 
-def _inherit(bind: FdAddress) -> socket.socket:
+def _inherit(bind: FdAddress, shown: Bind | None = None) -> socket.socket:
     """A listening stream socket handed down as a file descriptor."""
     try:
         sock = socket.socket(fileno=bind.fd)
     except OSError as exc:
-        raise BindError(f"cannot use {bind}: {exc.strerror or exc}") from None
+        raise BindError(f"cannot use {shown or bind}: {exc.strerror or exc}") from None
     try:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError:
         listening = 0
     if sock.type != socket.SOCK_STREAM or not listening:
         sock.detach()
-        raise BindError(f"cannot use {bind}: not a listening stream socket")
+        raise BindError(f"cannot use {shown or bind}: not a listening stream socket")
     return sock

@@ -28,11 +28,14 @@ from setproctitle import setproctitle
 
 from greenserve import boot, logs
 from greenserve.aggregate import Aggregator
-from greenserve.config import ConfigError, Settings, load
+from greenserve.config import Bind, ConfigError, FdAddress, Settings, load
 from greenserve.listeners import Listeners
 from greenserve.metrics import MetricsServer, build_app, build_registry, is_loopback
+from greenserve.notify import Notifier, activated_fds
+from greenserve.pidfile import PidFile
 from greenserve.sockets import BindError
 from greenserve.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, Heartbeat
+from greenserve.upgrade import Upgrade, inherited
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -60,11 +63,12 @@ HANDLED_SIGNALS = (
     signal.SIGTTOU,
     signal.SIGHUP,
     signal.SIGUSR1,
+    signal.SIGUSR2,
 )
+UPGRADE_DEADLINE = 60.0  # seconds a new master (USR2) gets to have every worker accepting
 # Signals an operator may send by habit (gunicorn's USR2 and WINCH) or by accident, whose default
 # action would end the master: each is logged and otherwise ignored.
 IGNORED_SIGNALS = (
-    signal.SIGUSR2,
     signal.SIGWINCH,
     signal.SIGALRM,
     signal.SIGVTALRM,
@@ -73,7 +77,6 @@ IGNORED_SIGNALS = (
     signal.SIGPWR,
 )
 IGNORED_HINTS = {
-    "SIGUSR2": "binary upgrade is not supported yet: restart the master, or HUP to reload the app",
     "SIGWINCH": "gunicorn's WINCH (stop all workers) has no meaning here; use TTOU",
 }
 
@@ -162,6 +165,23 @@ class Master:
         self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS + [0])
         self.metrics: MetricsServer | None = None
         self.looping = False
+        self.pid_file = PidFile(self.settings.pid_file)
+        self.start_cwd = os.getcwd()
+        self.notifier = Notifier(os.environ)
+        self.notify_socket = self.notifier.address  # handed to a new master (USR2)
+        # Sockets from systemd (LISTEN_FDS) replace --bind, also for every reload.
+        self.bind_override: tuple[Bind, ...] | None = None
+        fds = activated_fds(os.environ)
+        if fds:
+            self.bind_override = tuple(FdAddress(fd) for fd in fds)
+        # A master started by USR2: the old master's sockets, and whom to stop once serving.
+        self.inherited, self.upgrade_from = inherited(os.environ)
+        if self.inherited:
+            self.bind_override = self.bind_override or tuple(self.inherited)
+        if self.bind_override:
+            self.settings = self.settings.with_changes(bind=self.bind_override)
+            self.listeners = Listeners(self.settings)
+        self.upgrade: Upgrade | None = None  # a new master this one started (USR2)
 
     @property
     def state(self) -> State:
@@ -179,7 +199,7 @@ class Master:
         try:
             if self.settings.chdir:
                 os.chdir(self.settings.chdir)  # before the forkserver starts: workers inherit it
-            self.listeners.open()
+            self.listeners.open(inherited=self.inherited)
             for index in range(self.settings.workers):
                 self.listeners.for_slot(index)
             self._start_metrics()
@@ -195,7 +215,7 @@ class Master:
         for signum in HANDLED_SIGNALS + IGNORED_SIGNALS:
             signal.signal(signum, self._on_signal)
         self.alive_r, self.alive_w = self.ctx.Pipe(duplex=False)
-        self._write_pid_file()
+        self.pid_file.write()
         self.log.info(
             "started",
             bind=binds[0],
@@ -245,25 +265,6 @@ class Master:
             raise BindError(f"cannot bind metrics {address}: {_reason(exc)}{hint}") from None
         self.metrics.start()
 
-    def _write_pid_file(self) -> None:
-        path = self.settings.pid_file
-        if path is None:
-            return
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as handle:
-            handle.write(f"{os.getpid()}\n")
-        os.replace(temporary, path)  # atomic: a reader never sees a half-written file
-
-    def _remove_pid_file(self) -> None:
-        path = self.settings.pid_file
-        if path is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            with open(path) as handle:
-                if int(handle.read().strip()) != os.getpid():
-                    return  # another master owns it now
-            os.unlink(path)
-
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.append(signum)
 
@@ -281,6 +282,9 @@ class Master:
             self._reap()
             self._check_heartbeats()
             self._grant_recycle()
+            self._announce_ready()
+            self._watch_upgrade()
+            self.notifier.ping(time.monotonic())
             self._repeat_stop_requests()
             if self.stop is not None:
                 self._advance_stop()
@@ -321,13 +325,61 @@ class Master:
             _kill(worker.pid, signal.SIGUSR1)
         self.log.info("logs_reopened", file=self.settings.log_file if reopened else "stdout")
 
+    def handle_sigusr2(self) -> None:
+        """Binary upgrade: a new master from the installed greenserve, on the same sockets."""
+        if self.stop is not None or self.upgrade is not None or self.upgrade_from is not None:
+            self.log.warning("upgrade_refused", reason="a stop or an upgrade is in progress")
+            return
+        self.pid_file.set_aside()
+        extra = {"NOTIFY_SOCKET": self.notify_socket} if self.notify_socket else {}
+        if extra and extra["NOTIFY_SOCKET"].startswith("\0"):
+            extra["NOTIFY_SOCKET"] = "@" + extra["NOTIFY_SOCKET"][1:]
+        self.upgrade = Upgrade(
+            self.argv, self.listeners.fds(), self.start_cwd, UPGRADE_DEADLINE, extra
+        )
+        self.log.info("upgrade_started", new_master_pid=self.upgrade.pid)
+
+    def _watch_upgrade(self) -> None:
+        if self.upgrade is None or self.stop is not None:
+            return
+        reason = self.upgrade.failure()
+        if reason is None:
+            return
+        self.log.error("upgrade_failed", error=reason, hint="this master goes on serving")
+        self.upgrade.abandon()
+        self.upgrade = None
+        self.pid_file.restore()
+
+    def _announce_ready(self) -> None:
+        """Once every wanted slot's worker accepts: READY=1, and the end of an upgrade."""
+        if self.stop is not None or (self.notifier.ready_sent and self.upgrade_from is None):
+            return
+        wanted = [slot for slot in self.slots.values() if slot.wanted]
+        if not wanted or not all(s.worker is not None and s.worker.ready for s in wanted):
+            return
+        if self.upgrade_from is not None:
+            self.log.info("upgrade_complete", old_master_pid=self.upgrade_from)
+            _kill(self.upgrade_from, signal.SIGTERM)  # the old master drains and exits
+            self.notifier.main_pid(os.getpid())
+            self.upgrade_from = None
+        if not self.notifier.ready_sent:
+            self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        ready = sum(1 for s in self.slots.values() if s.wanted and s.worker and s.worker.ready)
+        return f"{ready}/{self.desired()} workers ready, generation {self.generation}"
+
     def handle_sighup(self) -> None:
         """Re-read the config, start a new generation, drain the old one once it serves."""
         if self.stop is not None:
             return
+        self.notifier.reloading()
         try:
             new = load(self.argv, os.environ)
+            if self.bind_override:
+                new = new.with_changes(bind=self.bind_override)
         except ConfigError as exc:
+            self.notifier.ready(self._status())
             self.log.error("reload_failed", error=str(exc), hint="the running workers go on")
             return
         old = self.settings
@@ -343,6 +395,7 @@ class Master:
                 fresh.open(previous=self.listeners)
             except BindError as exc:
                 self.log.error("reload_failed", error=str(exc), hint="the running workers go on")
+                self.notifier.ready(self._status())
                 return
             previous, self.listeners = self.listeners, fresh
         if self.reload is None:
@@ -459,6 +512,7 @@ class Master:
                 self.reload.listeners.close(self.listeners)
             self.reload = None
             self.log.info("reload_complete", generation=self.generation)
+            self.notifier.ready(self._status())
 
     def _drain_stats(self, worker: WorkerProcess) -> None:
         for _ in range(MAX_MESSAGES_PER_TICK):
@@ -569,6 +623,7 @@ class Master:
         self.aggregator.set_generation(self.generation)
         self.reload = None
         self._set_title()
+        self.notifier.ready(self._status())
 
     def _halt_app_load(self, slot: Slot) -> None:
         self.log.error(
@@ -638,6 +693,12 @@ class Master:
         wait = self.settings.graceful_timeout + KILL_GRACE if graceful else KILL_GRACE
         self.stop = Stop(graceful=graceful, kill_at=time.monotonic() + wait)
         self.log.info("stopping", graceful=graceful, timeout=wait)
+        self.notifier.stopping()
+        if self.upgrade is not None and self.upgrade.process.poll() is None:
+            # TERM from the new master (or anyone) during an upgrade: the new master serves the
+            # sockets from now on, so unix socket files stay and the pid file is its own.
+            self.log.info("upgrade_handed_over", new_master_pid=self.upgrade.pid)
+            self.listeners.handed_over()
         # workers still hold their copies of the sockets until they drain
         if self.reload is not None and self.reload.listeners is not None:
             self.reload.listeners.close()
@@ -668,7 +729,8 @@ class Master:
         wake_r.close()
         wake_w.close()
         self.alive_w.close()
-        self._remove_pid_file()
+        self.pid_file.remove()
+        self.notifier.close()
 
 
 def stale_window(settings: Settings) -> float:

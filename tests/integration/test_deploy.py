@@ -13,7 +13,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.helpers import (
@@ -22,6 +21,7 @@ from tests.helpers import (
     echo_round_trip,
     free_port,
     group_alive,
+    need,
     port_is_free,
     running,
     wait_until,
@@ -29,16 +29,6 @@ from tests.helpers import (
 
 DEPLOY = ROOT / "deploy"
 PYTHON_BIN = str(Path(sys.executable).parent)
-
-
-def need(tool: str) -> str:
-    """A Debian tool the test needs: skip locally without it, fail under CI=true."""
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} is missing in CI: .ci/run must install it")
-        pytest.skip(f"{tool} not installed")
-    return path
 
 
 def titles(sid: int, prefix: str) -> dict[int, str]:
@@ -298,21 +288,28 @@ class TestSystemd:
     """The unit file passes systemd-analyze verify (where systemd-analyze exists)."""
 
     def test_unit_verifies(self, tmp_path):
-        analyze = shutil.which("systemd-analyze")
-        if analyze is None:
-            pytest.skip("systemd-analyze not available")
+        analyze = need("systemd-analyze")
         text = (DEPLOY / "systemd" / "greenserve.service").read_text()
         greenserve = shutil.which("greenserve", path=PYTHON_BIN + os.pathsep + os.environ["PATH"])
         assert greenserve
         unit = tmp_path / "greenserve.service"
         unit.write_text(text.replace("/usr/local/bin/greenserve", greenserve))
+        socket_unit = tmp_path / "greenserve.socket"
+        socket_unit.write_text((DEPLOY / "systemd" / "greenserve.socket").read_text())
         result = subprocess.run(
-            [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+            [analyze, "verify", str(unit), str(socket_unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "greenserve.service" not in result.stderr, result.stderr
         for directive in (
             "KillMode=mixed",
+            "Type=notify",
+            "NotifyAccess=all",
+            "WatchdogSec=",
+            "Requires=greenserve.socket",
             "ExecReload=/bin/kill -HUP $MAINPID",
             "NoNewPrivileges=true",
             "ProtectSystem=strict",

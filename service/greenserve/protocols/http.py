@@ -460,7 +460,10 @@ class HttpConnection:
                     return event
                 if isinstance(event, HttpError):
                     raise event
-            self.sock.parked = True
+            # Parked (closed at once by a drain) only between requests of a keep-alive
+            # connection: a new one may have its first request in flight, and closing it would
+            # fail that request (seen as RemoteDisconnected under load during restarts).
+            self.sock.parked = self.served > 0
             try:
                 self._feed()
             except _Closed:

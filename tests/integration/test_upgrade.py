@@ -1,0 +1,357 @@
+"""USR2 binary upgrade, socket activation and sd_notify, with real processes and real load."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.helpers import (
+    APPS_DIR,
+    STARTED_GROUPS,
+    free_port,
+    need,
+    running,
+    wait_until,
+)
+
+
+class Load:
+    """Client threads, a new connection per request, counting successes and failures."""
+
+    def __init__(self, port: int, threads: int = 4) -> None:
+        self.url = f"http://127.0.0.1:{port}/"
+        self.ok = 0
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as response:
+                    response.read()
+                    good = response.status == 200
+            except OSError as exc:
+                good = False
+                error = repr(exc)
+            with self.lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failed.append(error)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        target = self.ok + count
+        wait_until(lambda: self.ok >= target, timeout, f"{count} more requests")
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return False
+
+
+class TestBinaryUpgrade:
+    """USR2: a new master on the same sockets takes over with no failed request."""
+
+    def test_usr2_under_load(self, tmp_path):
+        pid_file = tmp_path / "greenserve.pid"
+        port = free_port()
+        notes = Notifications(tmp_path)
+        with running(
+            "--protocol",
+            "http",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--pid-file",
+            str(pid_file),
+            "--stats-interval",
+            "0.2",
+            env={"NOTIFY_SOCKET": notes.path},
+            default_bind=False,
+        ) as server:
+            server.started()
+            old = server.proc.pid
+            assert read_pid(pid_file) == old
+            with Load(port) as load:
+                load.wait_for(500)
+                signalled = time.monotonic()
+                server.signal(signal.SIGUSR2)
+                server.wait_event("upgrade_complete", timeout=30)
+                took = time.monotonic() - signalled
+                new = wait_until(
+                    lambda: (read_pid(pid_file) or old) != old and read_pid(pid_file),
+                    10,
+                    "the new master's pid in the pid file",
+                )
+                wait_until(lambda: not alive(old), 30, "the old master gone")
+                load.wait_for(1500)
+            print(
+                f"\nUSR2 to new master serving: {took * 1000:.0f} ms; "
+                f"{load.ok} requests during the test, {len(load.failed)} failed"
+            )
+            assert load.failed == [], load.failed[:5]
+            assert load.ok >= 2000
+            assert alive(new)
+            assert server.find("upgrade_handed_over")
+            assert not Path(str(pid_file) + ".oldbin").exists()
+            notes.wait(f"MAINPID={new}")  # systemd (NotifyAccess=all) follows the new master
+            # the new master serves and reports; stop it (the test's process group holds it)
+            os.kill(new, signal.SIGTERM)
+            wait_until(lambda: not alive(new), 30, "the new master stopped")
+            assert not pid_file.exists()
+
+    def test_a_new_master_that_cannot_load_leaves_the_old_serving(self, tmp_path):
+        config = tmp_path / "g.toml"
+        config.write_text('protocol = "http"\nworkers = 1\n')
+        pid_file = tmp_path / "g.pid"
+        with running("-c", str(config), "--pid-file", str(pid_file)) as server:
+            server.started()
+            config.write_text('protocol = "http"\nworkers = 1\napp = "broken_import:app"\n')
+            server.signal(signal.SIGUSR2)
+            event = server.wait_event("upgrade_failed", timeout=30)[0]
+            assert "code 3" in event["error"]
+            assert read_pid(pid_file) == server.proc.pid
+            assert not Path(str(pid_file) + ".oldbin").exists()
+            with urllib.request.urlopen(
+                f"http://{server.address[0]}:{server.port}/", timeout=5
+            ) as r:
+                assert r.status == 200
+
+
+def _activated(port_holder: socket.socket, *args: str) -> subprocess.Popen:
+    """greenserve started as systemd starts a socket-activated service: fd 3, LISTEN_PID."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENSERVE_", "LISTEN_"))}
+    env["LISTEN_FDS"] = "1"
+    fd = port_holder.fileno()
+    command = (
+        f"exec 3<&{fd}; export LISTEN_PID=$$; exec {sys.executable} -m greenserve " + " ".join(args)
+    )
+    proc = subprocess.Popen(
+        ["sh", "-c", command],
+        cwd=APPS_DIR,
+        env=env,
+        pass_fds=[fd],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    STARTED_GROUPS.append(proc.pid)
+    return proc
+
+
+class TestSocketActivation:
+    """LISTEN_FDS: greenserve serves the sockets it is given, which outlive a restart."""
+
+    def test_real_systemd_socket_activate_http_and_echo(self):
+        tool = need("systemd-socket-activate")
+        for protocol, probe, expect in (
+            ("http", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"Hello, world!"),
+            ("tcp", b"echo me\n", b"echo me\n"),
+        ):
+            port = free_port()
+            proc = subprocess.Popen(
+                [
+                    tool,
+                    "-l",
+                    f"127.0.0.1:{port}",
+                    "-E",
+                    "PATH",
+                    "-E",
+                    "HOME",
+                    sys.executable,
+                    "-m",
+                    "greenserve",
+                    "--protocol",
+                    protocol,
+                    "-w",
+                    "1",
+                    "--metrics-bind",
+                    "off",
+                    "--log-format",
+                    "json",
+                ],
+                cwd=APPS_DIR,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            STARTED_GROUPS.append(proc.pid)
+            try:
+                sock = wait_until(lambda p=port: _connect(p), 10, "the activation socket")
+                with sock:  # the first connection starts greenserve, which then answers it
+                    sock.sendall(probe)
+                    data = b""
+                    deadline = time.monotonic() + 20
+                    while expect not in data and time.monotonic() < deadline:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                assert expect in data, data
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(20)
+
+    def test_restart_under_load_refuses_nothing(self):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(2048)
+        port = holder.getsockname()[1]
+        args = ("--protocol", "http", "-w", "2", "--metrics-bind", "off", "--log-format", "json")
+        first = _activated(holder, *args)
+        try:
+            wait_until(lambda: _get(port), 20, "the first master serving")
+            with Load(port) as load:
+                load.wait_for(300)
+                restarted = time.monotonic()
+                os.killpg(first.pid, signal.SIGTERM)  # systemctl restart: stop ...
+                assert first.wait(30) == 0
+                second = _activated(holder, *args)  # ... and start, on the same socket
+                load.wait_for(1000, timeout=40)
+                took = time.monotonic() - restarted
+            print(
+                f"\nrestart through socket activation: {load.ok} requests, "
+                f"{len(load.failed)} failed, back to serving within {took * 1000:.0f} ms"
+            )
+            assert load.failed == [], load.failed[:5]
+        finally:
+            for proc in (first, locals().get("second")):
+                if proc is not None and proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(20)
+            holder.close()
+
+
+def _connect(port: int) -> socket.socket | None:
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    except OSError:
+        return None
+    return sock
+
+
+def _get(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Notifications:
+    """A datagram socket in the test standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = str(tmp_path / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self) -> list[str]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                return [m for _, m in self.messages]
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def wait(self, text: str, timeout: float = 20) -> float:
+        def seen() -> float | None:
+            self.collect()
+            hits = [t for t, m in self.messages if text in m.split("\n")]
+            return hits[-1] if hits else None
+
+        return wait_until(seen, timeout, f"notification {text}")
+
+
+class TestNotify:
+    """READY only once serving; RELOADING then READY on HUP; STOPPING; watchdog from the loop."""
+
+    def test_lifecycle_notifications(self, tmp_path):
+        notes = Notifications(tmp_path)
+        port = free_port()
+        with running(
+            "--protocol",
+            "http",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            env={"NOTIFY_SOCKET": notes.path},
+            default_bind=False,
+        ) as server:
+            ready_at = notes.wait("READY=1")
+            # READY means serving: the port answers at once, and the workers were up before it
+            assert _get(port)
+            assert len(server.find("worker_started")) == 2
+            started = server.find("worker_started")[-1]
+            assert "STATUS=2/2 workers ready, generation 1" in "\n".join(notes.collect())
+            assert ready_at  # recorded
+            server.signal(signal.SIGHUP)
+            reloading = notes.wait("RELOADING=1")
+            assert any(m.startswith("RELOADING=1\nMONOTONIC_USEC=") for m in notes.collect())
+            server.wait_event("reload_complete", timeout=20)
+            ready_again = notes.wait("READY=1")
+            assert ready_again > reloading
+            server.signal(signal.SIGTERM)
+            notes.wait("STOPPING=1")
+            assert server.wait_exit() == 0
+            assert started
+
+    def test_watchdog_pings_stop_while_the_master_is_frozen(self, tmp_path):
+        notes = Notifications(tmp_path)
+        env = {"NOTIFY_SOCKET": notes.path, "WATCHDOG_USEC": "400000"}  # pings every 0.2 s
+        with running("-w", "1", env=env) as server:
+            notes.wait("READY=1")
+            time.sleep(1.0)  # measuring a rate over a window, not synchronising
+            notes.collect()
+            pings = [t for t, m in notes.messages if m == "WATCHDOG=1"]
+            window = [t for t in pings if t >= pings[-1] - 1.0]
+            assert 3 <= len(window) <= 7, len(window)
+            server.signal(signal.SIGSTOP)
+            try:
+                notes.collect()
+                before = len([m for _, m in notes.messages if m == "WATCHDOG=1"])
+                time.sleep(1.0)  # the frozen master must send nothing in this window
+                notes.collect()
+                after = len([m for _, m in notes.messages if m == "WATCHDOG=1"])
+                assert after - before <= 1  # at most one already in flight
+            finally:
+                server.signal(signal.SIGCONT)
+            notes.wait("WATCHDOG=1")

@@ -102,6 +102,7 @@ class View:
     slots: tuple[SlotView, ...]
     restarts: dict[str, int]
     generation: int
+    tls_expiry: float | None = None  # the served certificate's notAfter, when TLS is on
 
     @property
     def alive(self) -> int:
@@ -117,6 +118,7 @@ class Aggregator:
         self._slots: dict[int, SlotState] = {}
         self._restarts = dict.fromkeys(RESTART_REASONS, 0)
         self._generation = 1
+        self._tls_expiry: float | None = None
         for index in range(desired):
             self._slots[index] = SlotState(index)
 
@@ -125,6 +127,10 @@ class Aggregator:
             self._desired = desired
             for index in range(desired):
                 self._slots.setdefault(index, SlotState(index))
+
+    def set_tls_expiry(self, timestamp: float | None) -> None:
+        with self._lock:
+            self._tls_expiry = timestamp
 
     def set_generation(self, generation: int) -> None:
         with self._lock:
@@ -198,7 +204,13 @@ class Aggregator:
                         labelled=total.labelled,
                     )
                 )
-            return View(self._desired, tuple(slots), dict(self._restarts), self._generation)
+            return View(
+                self._desired,
+                tuple(slots),
+                dict(self._restarts),
+                self._generation,
+                self._tls_expiry,
+            )
 
 
 def health(view: View, stale_after: float | None) -> tuple[bool, dict[str, Any]]:

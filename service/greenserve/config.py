@@ -346,6 +346,7 @@ class Option:
 
 GROUPS = {
     "serving": "Serving",
+    "tls": "TLS (HTTPS, or TLS-wrapped TCP)",
     "http": "HTTP (--protocol http)",
     "workers": "Workers and their lifecycle",
     "logging": "Logging",
@@ -386,6 +387,54 @@ OPTIONS: tuple[Option, ...] = (
         "660",
         "permissions of unix: sockets (octal); owner and group follow --user/--group",
         "MODE",
+    ),
+    Option(
+        "certfile",
+        _optional_path,
+        "",
+        "serve TLS with this PEM certificate (chain); empty = plaintext",
+        "FILE",
+        group="tls",
+    ),
+    Option(
+        "keyfile",
+        _optional_path,
+        "",
+        "the certificate's private key (PEM); its password only from GREENSERVE_KEYFILE_PASSWORD",
+        "FILE",
+        group="tls",
+    ),
+    Option(
+        "ca_certs",
+        _optional_path,
+        "",
+        "CAs (PEM) that sign client certificates, for --verify-client",
+        "FILE",
+        group="tls",
+    ),
+    Option(
+        "verify_client",
+        _choice(("none", "optional", "required")),
+        "none",
+        "mutual TLS: ask clients for a certificate signed by --ca-certs",
+        "none|optional|required",
+        group="tls",
+    ),
+    Option(
+        "tls_ciphers",
+        str,
+        "",
+        "OpenSSL cipher list (TLS 1.2); empty = Python's defaults",
+        "LIST",
+        group="tls",
+    ),
+    Option(
+        "tls_min_version",
+        _choice(("1.2", "1.3")),
+        "1.2",
+        "oldest TLS version accepted",
+        "1.2|1.3",
+        group="tls",
     ),
     Option("max_connections", _positive_int, "1000", "concurrent connections per worker", "N"),
     Option(
@@ -596,6 +645,12 @@ class Settings:
     backlog: int
     reuse_port: bool
     unix_mode: int
+    certfile: str | None
+    keyfile: str | None
+    ca_certs: str | None
+    verify_client: str
+    tls_ciphers: str
+    tls_min_version: str
     max_connections: int
     idle_timeout: float
     max_body: int
@@ -752,6 +807,7 @@ def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> Resolved:
                 "app",
                 "inherit",  # set by a master for the new master of a USR2 upgrade
                 "upgrade_from",
+                "keyfile_password",  # read by greenserve.tls: never on the command line
             )
         ):
             raise ConfigError(f"unknown environment setting {key}")

@@ -35,10 +35,13 @@ from greenserve.notify import Notifier, activated_fds
 from greenserve.pidfile import PidFile
 from greenserve.sockets import BindError
 from greenserve.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, Heartbeat
+from greenserve.tls import TlsError
+from greenserve.tls import check as check_tls
 from greenserve.upgrade import Upgrade, inherited
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
+EXIT_USAGE = 2
 EXIT_APP_LOAD = boot.APP_LOAD_FAILED
 
 # The forkserver is a fresh interpreter (no threads, no copied locks) that imports these once;
@@ -197,6 +200,12 @@ class Master:
     def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
         try:
+            certificate = check_tls(self.settings)
+        except TlsError as exc:
+            self.log.error("startup_failed", error=str(exc))
+            return EXIT_USAGE
+        self._export_certificate(certificate)
+        try:
             if self.settings.chdir:
                 os.chdir(self.settings.chdir)  # before the forkserver starts: workers inherit it
             self.listeners.open(inherited=self.inherited)
@@ -350,6 +359,18 @@ class Master:
         self.upgrade = None
         self.pid_file.restore()
 
+    def _export_certificate(self, certificate: Any) -> None:
+        if certificate is None:
+            self.aggregator.set_tls_expiry(None)
+            return
+        self.aggregator.set_tls_expiry(certificate.not_after)
+        self.log.info(
+            "tls_certificate",
+            subject=certificate.subject,
+            serial=certificate.serial,
+            expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(certificate.not_after)),
+        )
+
     def _announce_ready(self) -> None:
         """Once every wanted slot's worker accepts: READY=1, and the end of an upgrade."""
         if self.stop is not None or (self.notifier.ready_sent and self.upgrade_from is None):
@@ -378,7 +399,8 @@ class Master:
             new = load(self.argv, os.environ)
             if self.bind_override:
                 new = new.with_changes(bind=self.bind_override)
-        except ConfigError as exc:
+            certificate = check_tls(new)  # a bad new certificate leaves the old one serving
+        except (ConfigError, TlsError) as exc:
             self.notifier.ready(self._status())
             self.log.error("reload_failed", error=str(exc), hint="the running workers go on")
             return
@@ -405,6 +427,7 @@ class Master:
                 self.reload.listeners = previous  # the serving sockets: kept for a rollback
             else:  # a reload during a reload: the sockets in between never served
                 previous.close(self.listeners, self.reload.listeners)
+        self._export_certificate(certificate)
         self.settings = new
         self.generation += 1
         self.aggregator.set_generation(self.generation)

@@ -35,7 +35,10 @@ COUNTER_HELP = {
     "event_loop_blocked": "Times the event loop was blocked longer than --block-warn.",
     "log_lines_dropped": "Log lines the worker could not write (stdout and stderr failed).",
     "http_request_timeouts": "HTTP requests stopped by --request-timeout.",
+    "tls_handshakes": "TLS handshakes completed.",
 }
+# Reasons a TLS handshake fails (protocols/tls.py), each shown from the first scrape.
+TLS_FAILURE_REASONS = ("timeout", "eof", "plaintext_http", "client_certificate", "protocol")
 GAUGES = {  # snapshot gauge -> (metric name, help)
     "connections_active": (
         "greenserve_connections_active",
@@ -85,6 +88,12 @@ class GreenserveCollector(Collector):
             "Worker generation: 1 at start, one more for each reload.",
             value=view.generation,
         )
+        if view.tls_expiry is not None:
+            yield GaugeMetricFamily(
+                "greenserve_tls_certificate_expiry_timestamp_seconds",
+                "When the served TLS certificate expires (Unix time).",
+                value=view.tls_expiry,
+            )
         yield CounterMetricFamily(
             "greenserve_master_log_lines_dropped",
             "Log lines the master could not write (stdout and stderr failed).",
@@ -139,6 +148,19 @@ def _per_worker(view: View) -> Iterator[Metric]:
         for code, count in sorted(codes.items()):
             requests.add_metric([str(slot.index), code], count)
     yield requests
+    failures = CounterMetricFamily(
+        "greenserve_tls_handshake_failures",
+        "TLS handshakes that failed, by reason.",
+        labels=["worker", "reason"],
+    )
+    for slot in view.slots:
+        reasons = {
+            **dict.fromkeys(TLS_FAILURE_REASONS, 0),
+            **slot.labelled.get("tls_handshake_failures", {}),
+        }
+        for reason, count in sorted(reasons.items()):
+            failures.add_metric([str(slot.index), reason], count)
+    yield failures
     for name, bounds in HISTOGRAMS.items():
         family = HistogramMetricFamily(
             f"greenserve_{name}", HISTOGRAM_HELP[name], labels=["worker"]

@@ -24,9 +24,11 @@ COUNTERS = (
     "event_loop_blocked",
     "log_lines_dropped",
     "http_request_timeouts",
+    "tls_handshakes",
 )
 GAUGES = ("connections_active", "resident_memory_bytes", "http_requests_in_flight")
-LABELLED = ("http_requests",)  # counters by a label value (the HTTP status code)
+# counters by a label value: the HTTP status code, the reason a TLS handshake failed
+LABELLED = ("http_requests", "tls_handshake_failures")
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DURATION_BUCKETS = (
     0.0005,
@@ -80,6 +82,7 @@ class WorkerStats:
 
     __slots__ = (
         *COUNTERS,
+        "tls_handshake_failures",
         "connections_active",
         "histograms",
         "http_in_flight",
@@ -97,6 +100,8 @@ class WorkerStats:
         self.event_loop_blocked = 0
         self.log_lines_dropped = 0  # copied from logs.dropped() at each flush
         self.http_request_timeouts = 0
+        self.tls_handshakes = 0
+        self.tls_handshake_failures: dict[str, int] = {}
         self.connections_active = 0
         self.http_in_flight = 0
         self.http_requests: dict[str, int] = {}
@@ -123,7 +128,10 @@ class WorkerStats:
                 "resident_memory_bytes": resident_memory_bytes(),
                 "http_requests_in_flight": self.http_in_flight,
             },
-            "labelled": {"http_requests": dict(self.http_requests)},
+            "labelled": {
+                "http_requests": dict(self.http_requests),
+                "tls_handshake_failures": dict(self.tls_handshake_failures),
+            },
             "histograms": {name: h.to_wire() for name, h in self.histograms.items()},
         }
 

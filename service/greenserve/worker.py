@@ -25,6 +25,7 @@ from greenserve.protocols.accept import BalancedServer, CountingServer
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
 from greenserve.stats import LOAD_SLOTS, LOAD_UNUSED, Heartbeat, StatsChannel, WorkerStats
+from greenserve.tls import server_context
 
 LAG_PROBE_INTERVAL = 0.1
 
@@ -108,6 +109,7 @@ class Worker:
                     keepalive_timeout=settings.keepalive_timeout,
                     access_log=settings.access_log,
                     request_timeout=settings.request_timeout,
+                    tls=settings.certfile is not None,
                 )
                 for listener in listeners
             ]
@@ -122,6 +124,8 @@ class Worker:
             deadlines=bool(self.https),
             max_connections=settings.max_connections,
             publish=self._publish if balanced else None,
+            tls=server_context(settings) if settings.certfile else None,
+            handshake_timeout=settings.header_timeout,
         )
         # One protocol per listener; all share the connection registry, sweeper and counters.
         self.protocols = [self.protocol] + [self.protocol.for_app(a) for a in apps[1:]]

@@ -230,3 +230,13 @@ def conformance(environ: dict, start_response: Any) -> Any:
     payload = json.dumps(shown).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [payload]
+
+
+def environ_echo_tls(environ: dict, start_response: Any) -> list[bytes]:
+    """The TLS part of the environ, as JSON."""
+    import json
+
+    shown = {k: environ.get(k) for k in ("wsgi.url_scheme", "SSL_CLIENT_S_DN", "SSL_CLIENT_VERIFY")}
+    payload = json.dumps(shown).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [payload]

@@ -375,6 +375,7 @@ class HttpConnection:
         self.parser = _Parser(sock, handler.header_timeout)
         self.events = self.parser.events
         self.closing = False
+        self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
         sock.expire = self._expire
         # Reads since the last request boundary (see _rejected_request); None past the limit.
         self.history: bytes | None = b""
@@ -557,6 +558,8 @@ class HttpConnection:
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)
         environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
+        if self.extra_environ:
+            environ.update(self.extra_environ)
         self.served += 1
         context = REQUEST_ID.set(request_id)
         if handler.request_timeout:
@@ -926,6 +929,8 @@ class Response:
             return False
         if self.no_body or (self.length is None and self.head.version != "1.1"):
             return False
+        if self.connection.handler.tls:
+            return False  # sendfile would bypass TLS: the file goes through write() instead
         if not any(name.lower() == "content-length" for name, _ in self.headers):
             self.headers = [*self.headers, ("Content-Length", str(size))]
         self._start()
@@ -961,10 +966,12 @@ class HttpHandler:
         keepalive_timeout: float,
         access_log: bool,
         request_timeout: float = 0.0,
+        tls: bool = False,
     ) -> None:
         self.app = app
         self.request_timeout = request_timeout
         # Request ids: unique per worker process, cheap (no uuid per request), never reused.
+        self.tls = tls
         self.id_prefix = os.urandom(6).hex()
         self.id_counter = 0
         self.stats = stats
@@ -986,7 +993,7 @@ class HttpHandler:
             "SERVER_PORT": str(port),
             "SERVER_SOFTWARE": f"greenserve/{__version__}",
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": "https" if tls else "http",
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": False,
             "wsgi.multiprocess": True,
@@ -999,7 +1006,10 @@ class HttpHandler:
 
     def handle(self, sock: Any, address: Any) -> None:
         """One connection (a bound method for the same reason as TcpProtocol.handle)."""
-        HttpConnection(self, sock, address).serve()
+        connection = HttpConnection(self, sock, address)
+        if self.tls:
+            connection.extra_environ = sock.client_environ()
+        connection.serve()
 
     def new_request_id(self) -> str:
         self.id_counter += 1

@@ -13,6 +13,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from greenserve.protocols.tls import HandshakeFailed, TlsSocket
 from greenserve.stats import WorkerStats
 
 Handler = Callable[[Any, Any], Any]
@@ -219,11 +220,16 @@ class TcpProtocol:
         max_connections: int = 1000,
         deadlines: bool = False,
         publish: Callable[[int], None] | None = None,
+        tls: Any = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         """``deadlines``: the handler sets ``sock.deadline``, so sweep even with no idle timeout.
         ``publish``: called with the open-connection count whenever it changes (fair accepts)."""
         self.app = app
         self.publish = publish
+        self.tls = tls  # an ssl.SSLContext: every connection is TLS (protocols/tls.py)
+        self.handshake_timeout = handshake_timeout
+        deadlines = deadlines or tls is not None  # the handshake has a deadline
         self.stats = stats
         self.connections = Connections(stats, max_connections)
         needs_sweeper = bool(idle_timeout) or deadlines
@@ -233,6 +239,17 @@ class TcpProtocol:
         self.log = log
         self.wsgi_suspect = False  # a WSGI app under --protocol tcp: failures get a hint
         self.hinted_at = -HINT_EVERY
+
+    def _serve_tls(self, sock: CountingSocket, address: Any) -> None:
+        """The handshake in this connection's greenlet, then the app on the TLS session."""
+        session = TlsSocket(sock, self.tls)
+        try:
+            session.handshake(self.handshake_timeout)
+        except HandshakeFailed as exc:
+            _tls_failed(self.stats, exc.reason)
+            return
+        self.stats.tls_handshakes += 1
+        self.app(session, address)
 
     def for_app(self, app: Handler) -> TcpProtocol:
         """The same protocol for another listener's app: registry, sweeper and counters shared."""
@@ -258,7 +275,10 @@ class TcpProtocol:
         try:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.app(sock, address)
+            if self.tls is None:
+                self.app(sock, address)
+            else:
+                self._serve_tls(sock, address)
         except (TimeoutError, ConnectionError):
             pass  # the peer went away, or the app's own timeout: ordinary ends of a connection
         except Exception:
@@ -276,6 +296,11 @@ class TcpProtocol:
                 publish(stats.connections_active)
             connections.remove(sock)
             sock.close()
+
+
+def _tls_failed(stats: WorkerStats, reason: str) -> None:
+    failures = stats.tls_handshake_failures
+    failures[reason] = failures.get(reason, 0) + 1
 
 
 def _peer(address: Any) -> str:

@@ -1,0 +1,167 @@
+"""TLS over the worker's own counting sockets, with ssl.SSLObject and memory BIOs.
+
+gevent's SSLSocket would replace the accepted CountingSocket with a socket of its own, losing the
+byte counts the idle sweeper and the metrics read, and the deadlines the protocols set on it. Here
+the CountingSocket keeps doing the I/O (encrypted bytes, so ``bytes_*`` count what crossed the
+wire) and ``TlsSocket`` offers the same ``recv``/``sendall`` to the protocols, with the
+per-connection attributes (``deadline``, ``parked``, ...) forwarded to the socket underneath.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+import time
+from typing import Any
+
+from greenserve.tls import subject_of
+
+_HTTP_START = re.compile(rb"[A-Z]{3,7} [^ ]")  # a plaintext request line: "GET /", "POST h"
+PLAINTEXT_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 34\r\n\r\nThis port expects HTTPS, not HTTP\n"
+)
+RECORD = 16384 + 2048  # one TLS record with its overhead
+
+
+class HandshakeFailed(Exception):
+    """A TLS handshake that did not complete; ``reason`` is the metric label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _forward(name: str) -> property:
+    return property(
+        lambda self: getattr(self.raw, name), lambda self, value: setattr(self.raw, name, value)
+    )
+
+
+class TlsSocket:
+    """A server-side TLS session on top of a CountingSocket."""
+
+    __slots__ = ("first", "incoming", "obj", "outgoing", "raw")
+
+    deadline = _forward("deadline")
+    parked = _forward("parked")
+    request_deadline = _forward("request_deadline")
+    expire = _forward("expire")
+    greenlet = _forward("greenlet")
+    tx = _forward("tx")
+    rx = _forward("rx")
+
+    def __init__(self, raw: Any, context: ssl.SSLContext) -> None:
+        self.raw = raw
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.first = b""  # the first bytes the client sent: tells plaintext HTTP apart
+
+    @property
+    def family(self) -> int:
+        return self.raw.family
+
+    def handshake(self, timeout: float) -> None:
+        """Complete the handshake within ``timeout`` (the sweeper enforces it); or raise."""
+        if timeout:
+            self.raw.deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    self.obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._flush()
+                    if not self._fill():
+                        raise HandshakeFailed("timeout" if self.raw.shut else "eof") from None
+            self._flush()
+        except ssl.SSLError as exc:
+            raise HandshakeFailed(self._failure(exc)) from None
+        except OSError:  # the sweeper's shutdown cancels the wait (gevent's cancel_wait_ex)
+            raise HandshakeFailed("timeout" if self.raw.shut else "eof") from None
+        finally:
+            self.raw.deadline = 0.0
+
+    def _failure(self, exc: ssl.SSLError) -> str:
+        if _HTTP_START.match(self.first):
+            # nginx's answer to plaintext on a TLS port: a short 400, in plaintext, then close.
+            with contextlib.suppress(OSError):
+                self.raw.sendall(PLAINTEXT_ANSWER)
+            return "plaintext_http"
+        if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(exc.reason):
+            return "client_certificate"
+        if isinstance(exc, ssl.SSLEOFError):
+            return "eof"
+        return "protocol"
+
+    def _fill(self) -> bool:
+        """Feed the TLS engine from the socket; False at end of stream."""
+        data = self.raw.recv(RECORD)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        if not self.first:
+            self.first = data[:16]
+        self.incoming.write(data)
+        return True
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.raw.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            try:
+                return self.obj.read(size)
+            except ssl.SSLWantReadError:
+                if self.outgoing.pending:
+                    self._flush()  # a TLS 1.3 key update or session ticket
+                if not self._fill():
+                    return b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            except ssl.SSLError as exc:
+                raise ConnectionError(f"TLS: {exc.reason or exc}") from None
+
+    def sendall(self, data: Any) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = self.obj.write(view)
+                view = view[written:]
+        except ssl.SSLError as exc:
+            raise ConnectionError(f"TLS: {exc.reason or exc}") from None
+        self._flush()
+
+    def send(self, data: Any) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def fileno(self) -> int:
+        # os.sendfile would send plaintext past the TLS layer: the HTTP layer falls back.
+        raise OSError("a TLS connection has no plaintext file descriptor")
+
+    def shutdown(self, how: int) -> None:
+        self.raw.shutdown(how)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def setsockopt(self, *args: Any) -> None:
+        self.raw.setsockopt(*args)
+
+    def getpeername(self) -> Any:
+        return self.raw.getpeername()
+
+    def getpeercert(self) -> dict[str, Any] | None:
+        return self.obj.getpeercert()
+
+    def client_environ(self) -> dict[str, str]:
+        """What a verified client certificate adds to a WSGI environ (nginx's names)."""
+        cert = self.obj.getpeercert()
+        if not cert:
+            return {}
+        return {"SSL_CLIENT_S_DN": subject_of(cert), "SSL_CLIENT_VERIFY": "SUCCESS"}

@@ -1,0 +1,139 @@
+"""TLS settings: the server's SSLContext, built and checked the same way in master and workers.
+
+Stdlib only. The master calls ``check`` before it binds and again on HUP (a missing file, a key
+that does not match, a wrong password or an expired certificate is one line naming the file, and
+exit 2 at start or a reload that leaves the running generation serving); each worker builds its
+own context with ``server_context`` after the fork.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+PASSWORD_ENV = "GREENSERVE_KEYFILE_PASSWORD"
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+class TlsError(ValueError):
+    """A TLS setting that cannot be used; the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What the master exports about the served certificate."""
+
+    not_after: float  # Unix time
+    serial: str
+    subject: str
+
+
+def server_context(settings: Any, password: str | None = None) -> ssl.SSLContext:
+    """The SSLContext for ``settings`` (certfile set); raises TlsError naming the culprit."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = VERSIONS[settings.tls_min_version]
+    if password is None:
+        password = os.environ.get(PASSWORD_ENV)
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile or None, password=password)
+    except FileNotFoundError as exc:
+        raise TlsError(f"cannot read {exc.filename or settings.certfile}: no such file") from None
+    except PermissionError as exc:
+        raise TlsError(f"cannot read {exc.filename}: permission denied") from None
+    except ssl.SSLError as exc:
+        raise TlsError(_key_problem(settings, exc)) from None
+    if settings.tls_ciphers:
+        try:
+            context.set_ciphers(settings.tls_ciphers)
+        except ssl.SSLError:
+            raise TlsError(f"tls_ciphers {settings.tls_ciphers!r} selects no cipher") from None
+    context.verify_mode = VERIFY[settings.verify_client]
+    if settings.ca_certs:
+        try:
+            context.load_verify_locations(cafile=settings.ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(f"cannot load ca_certs {settings.ca_certs}: {_reason(exc)}") from None
+    elif settings.verify_client != "none":
+        raise TlsError("verify_client needs ca_certs: the CAs that sign client certificates")
+    if settings.protocol == "http":
+        context.set_alpn_protocols(["http/1.1"])
+    # Session tickets let a returning client skip the full handshake; no renegotiation.
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    return context
+
+
+def check(settings: Any) -> Certificate | None:
+    """Validate the TLS settings as the master sees them; None when TLS is off."""
+    if not settings.certfile:
+        if settings.keyfile or settings.ca_certs or settings.verify_client != "none":
+            raise TlsError("keyfile, ca_certs and verify_client need certfile")
+        return None
+    password = os.environ.get(PASSWORD_ENV)
+    server_context(settings, password)
+    certificate = read_certificate(settings.certfile)
+    if certificate is not None and certificate.not_after < time.time():
+        raise TlsError(f"certificate {settings.certfile} expired at {_date(certificate.not_after)}")
+    return certificate
+
+
+def read_certificate(path: str) -> Certificate | None:
+    """The first certificate of a PEM file, decoded by the ssl module's own parser."""
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)
+    if decode is None:  # pragma: no cover - an interpreter without it: no expiry checks
+        return None
+    try:
+        info = decode(path)
+    except (OSError, ssl.SSLError):
+        return None
+    subject = ", ".join("=".join(pair) for rdn in info.get("subject", ()) for pair in rdn)
+    return Certificate(
+        not_after=ssl.cert_time_to_seconds(info["notAfter"]),
+        serial=info.get("serialNumber", ""),
+        subject=subject,
+    )
+
+
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
+def subject_of(peercert: dict[str, Any]) -> str:
+    """A verified client certificate's subject as RFC 4514 writes it (nginx's $ssl_client_s_dn):
+    ``CN=client,OU=unit,O=org``, most specific first, commas in values escaped."""
+    parts = []
+    for rdn in reversed(peercert.get("subject", ())):
+        for key, value in rdn:
+            escaped = value.replace("\\", "\\\\").replace(",", "\\,").replace("+", "\\+")
+            parts.append(f"{_SHORT_NAMES.get(key, key)}={escaped}")
+    return ",".join(parts)
+
+
+def _key_problem(settings: Any, exc: ssl.SSLError) -> str:
+    reason = (exc.reason or str(exc)).lower()
+    if "bad decrypt" in reason or "password" in reason or "bad_decrypt" in reason:
+        return f"cannot decrypt keyfile {settings.keyfile or settings.certfile}: wrong password"
+    if "key values mismatch" in reason or "key_values_mismatch" in reason:
+        return f"keyfile {settings.keyfile} does not match certfile {settings.certfile}"
+    return f"cannot load certfile {settings.certfile}: {_reason(exc)}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _date(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))

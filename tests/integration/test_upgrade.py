@@ -153,23 +153,23 @@ class TestBinaryUpgrade:
                 assert r.status == 200
 
 
-def _activated(port_holder: socket.socket, *args: str) -> subprocess.Popen:
+def _activated(port_holder: socket.socket, log: Path, *args: str) -> subprocess.Popen:
     """greenserve started as systemd starts a socket-activated service: fd 3, LISTEN_PID."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENSERVE_", "LISTEN_"))}
     env["LISTEN_FDS"] = "1"
     fd = port_holder.fileno()
-    command = (
-        f"exec 3<&{fd}; export LISTEN_PID=$$; exec {sys.executable} -m greenserve " + " ".join(args)
-    )
-    proc = subprocess.Popen(
-        ["sh", "-c", command],
-        cwd=APPS_DIR,
-        env=env,
-        pass_fds=[fd],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    move = f"exec 3<&{fd} {fd}<&-; " if fd != 3 else ""  # systemd passes fd 3
+    command = f"{move}export LISTEN_PID=$$; exec {sys.executable} -m greenserve " + " ".join(args)
+    with log.open("ab") as output:
+        proc = subprocess.Popen(
+            ["sh", "-c", command],
+            cwd=APPS_DIR,
+            env=env,
+            pass_fds=[fd],
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     STARTED_GROUPS.append(proc.pid)
     return proc
 
@@ -227,21 +227,26 @@ class TestSocketActivation:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(20)
 
-    def test_restart_under_load_refuses_nothing(self):
+    def test_restart_under_load_refuses_nothing(self, tmp_path):
         holder = socket.socket()
         holder.bind(("127.0.0.1", 0))
         holder.listen(2048)
         port = holder.getsockname()[1]
         args = ("--protocol", "http", "-w", "2", "--metrics-bind", "off", "--log-format", "json")
-        first = _activated(holder, *args)
+        log = tmp_path / "masters.log"
+        first = _activated(holder, log, *args)
         try:
-            wait_until(lambda: _get(port), 20, "the first master serving")
+            try:
+                wait_until(lambda: _get(port), 20, "the first master serving")
+            except AssertionError:
+                print(log.read_text())
+                raise
             with Load(port) as load:
                 load.wait_for(300)
                 restarted = time.monotonic()
                 os.killpg(first.pid, signal.SIGTERM)  # systemctl restart: stop ...
                 assert first.wait(30) == 0
-                second = _activated(holder, *args)  # ... and start, on the same socket
+                second = _activated(holder, log, *args)  # ... and start, on the same socket
                 load.wait_for(1000, timeout=40)
                 took = time.monotonic() - restarted
             print(

@@ -461,10 +461,11 @@ class HttpConnection:
                     return event
                 if isinstance(event, HttpError):
                     raise event
-            # Parked (closed at once by a drain) only between requests of a keep-alive
-            # connection: a new one may have its first request in flight, and closing it would
-            # fail that request (seen as RemoteDisconnected under load during restarts).
-            self.sock.parked = self.served > 0
+            # Parked: waiting for a next request, so a drain may end the connection. A new one
+            # may have its first request in flight: a drain gives it a moment instead of closing
+            # it at once, which failed that request (seen under load during restarts).
+            self.sock.parked = True
+            self.sock.fresh = self.served == 0
             try:
                 self._feed()
             except _Closed:

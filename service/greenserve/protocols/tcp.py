@@ -18,6 +18,7 @@ from greenserve.stats import WorkerStats
 
 Handler = Callable[[Any, Any], Any]
 HINT_EVERY = 60.0  # seconds between two protocol_mismatch hints
+FIRST_REQUEST_GRACE = 1.0  # on a drain, seconds a new connection gets for its first request
 _gevent_send = gsocket.socket.send
 _gevent_sendall = gsocket.socket.sendall
 
@@ -36,6 +37,7 @@ class CountingSocket(gsocket.socket):
     __slots__ = (
         "deadline",
         "expire",
+        "fresh",
         "greenlet",
         "idle_since",
         "parked",
@@ -116,6 +118,7 @@ class Connections:
         sock.rx = sock.tx = sock.seen = 0
         sock.deadline = 0.0  # set by a protocol for a phase with a time limit (HTTP headers)
         sock.parked = False  # True while a protocol waits for a next request (keep-alive)
+        sock.fresh = False  # parked before its first request
         # A protocol's own deadline for work in its greenlet (HTTP --request-timeout): when it
         # passes, the sweeper calls ``expire`` (no timer per request: see IdleSweeper).
         sock.request_deadline = 0.0
@@ -150,9 +153,19 @@ class Connections:
                 sock.close()
 
     def close_parked(self) -> None:
-        """On a graceful stop: end the connections that are only waiting for a next request."""
+        """On a graceful stop: end the connections that are only waiting for a next request.
+
+        One that has not sent its first request yet gets FIRST_REQUEST_GRACE for it (its
+        request may be in flight): it is answered with Connection: close, or closed then.
+        """
+        now = time.monotonic()
         for sock in list(self.open):
-            if sock.parked:
+            if not sock.parked:
+                continue
+            if sock.fresh:
+                grace = now + FIRST_REQUEST_GRACE
+                sock.deadline = min(sock.deadline, grace) if sock.deadline else grace
+            else:
                 _shutdown(sock)
 
     def fold(self) -> None:

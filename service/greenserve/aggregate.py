@@ -103,6 +103,7 @@ class View:
     restarts: dict[str, int]
     generation: int
     tls_expiry: float | None = None  # the served certificate's notAfter, when TLS is on
+    draining: bool = False  # a stop began: load balancers must stop routing here
 
     @property
     def alive(self) -> int:
@@ -119,6 +120,7 @@ class Aggregator:
         self._restarts = dict.fromkeys(RESTART_REASONS, 0)
         self._generation = 1
         self._tls_expiry: float | None = None
+        self._draining = False
         for index in range(desired):
             self._slots[index] = SlotState(index)
 
@@ -127,6 +129,10 @@ class Aggregator:
             self._desired = desired
             for index in range(desired):
                 self._slots.setdefault(index, SlotState(index))
+
+    def set_draining(self) -> None:
+        with self._lock:
+            self._draining = True
 
     def set_tls_expiry(self, timestamp: float | None) -> None:
         with self._lock:
@@ -210,6 +216,7 @@ class Aggregator:
                 dict(self._restarts),
                 self._generation,
                 self._tls_expiry,
+                self._draining,
             )
 
 
@@ -236,5 +243,6 @@ def health(view: View, stale_after: float | None) -> tuple[bool, dict[str, Any]]
                 else round(slot.report_age, 3),
             }
         )
-    ok = healthy == view.desired
-    return ok, {"status": "ok" if ok else "degraded", "desired": view.desired, "workers": workers}
+    ok = healthy == view.desired and not view.draining
+    status = "draining" if view.draining else "ok" if ok else "degraded"
+    return ok, {"status": status, "desired": view.desired, "workers": workers}

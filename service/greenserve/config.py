@@ -124,6 +124,19 @@ def _directory(text: str) -> str | None:
     return os.path.abspath(value)
 
 
+def _trusted(text: str) -> Any:
+    from greenserve.proxy import parse_trusted
+
+    return parse_trusted(text)
+
+
+def _root_path(text: str) -> str:
+    value = str(text).strip().rstrip("/")
+    if value and not value.startswith("/"):
+        raise ValueError("expected a path starting with /, e.g. /api")
+    return value
+
+
 def _optional_address(text: str) -> Address | None:
     return None if text.strip().lower() in ("off", "none", "") else parse_address(text)
 
@@ -346,6 +359,7 @@ class Option:
 
 GROUPS = {
     "serving": "Serving",
+    "proxy": "Behind proxies and load balancers",
     "tls": "TLS (HTTPS, or TLS-wrapped TCP)",
     "http": "HTTP (--protocol http)",
     "workers": "Workers and their lifecycle",
@@ -387,6 +401,50 @@ OPTIONS: tuple[Option, ...] = (
         "660",
         "permissions of unix: sockets (octal); owner and group follow --user/--group",
         "MODE",
+    ),
+    Option(
+        "forwarded_allow_ips",
+        _trusted,
+        "127.0.0.1",
+        "peers whose X-Forwarded-For/-Proto/-Host, Forwarded and X-Request-ID are trusted: "
+        "addresses and CIDRs, comma-separated, or * (every peer)",
+        "LIST",
+        group="proxy",
+    ),
+    Option(
+        "root_path",
+        _root_path,
+        "",
+        "the path prefix the app is mounted under behind a proxy: SCRIPT_NAME (and taken off "
+        "PATH_INFO when a request carries it)",
+        "PATH",
+        group="proxy",
+    ),
+    Option(
+        "proxy_protocol",
+        _bool,
+        "false",
+        "expect HAProxy's PROXY protocol header (v1 or v2) first on every connection",
+        "BOOL",
+        switch=True,
+        group="proxy",
+    ),
+    Option(
+        "proxy_allow_from",
+        _trusted,
+        "127.0.0.1",
+        "peers allowed to send a PROXY header (others are closed): addresses, CIDRs or *",
+        "LIST",
+        group="proxy",
+    ),
+    Option(
+        "drain_delay",
+        _non_negative_float,
+        "0",
+        "on TERM, keep serving this long with /healthz at 503 (draining) so load balancers stop "
+        "routing here, then stop gracefully",
+        "S",
+        group="proxy",
     ),
     Option(
         "certfile",
@@ -645,6 +703,11 @@ class Settings:
     backlog: int
     reuse_port: bool
     unix_mode: int
+    forwarded_allow_ips: Any
+    root_path: str
+    proxy_protocol: bool
+    proxy_allow_from: Any
+    drain_delay: float
     certfile: str | None
     keyfile: str | None
     ca_certs: str | None

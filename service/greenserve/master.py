@@ -34,7 +34,7 @@ from greenserve.metrics import MetricsServer, build_app, build_registry, is_loop
 from greenserve.notify import Notifier, activated_fds
 from greenserve.pidfile import PidFile
 from greenserve.sockets import BindError
-from greenserve.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, Heartbeat
+from greenserve.stats import DRAINING, LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, Heartbeat
 from greenserve.tls import TlsError
 from greenserve.tls import check as check_tls
 from greenserve.upgrade import Upgrade, inherited
@@ -165,7 +165,9 @@ class Master:
         self.reload: Reload | None = None
         self.listeners = Listeners(self.settings)
         # each slot's open connections, written by its worker, read by its siblings
-        self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS + [0])
+        self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS + [0, 0])
+        self.drain_until: float | None = None  # --drain-delay: when the real stop begins
+        self.drained = False  # the drain delay was granted (a second TERM stops at once)
         self.metrics: MetricsServer | None = None
         self.looping = False
         self.pid_file = PidFile(self.settings.pid_file)
@@ -292,6 +294,7 @@ class Master:
             self._check_heartbeats()
             self._grant_recycle()
             self._announce_ready()
+            self._end_drain()
             self._watch_upgrade()
             self.notifier.ping(time.monotonic())
             self._repeat_stop_requests()
@@ -358,6 +361,10 @@ class Master:
         self.upgrade.abandon()
         self.upgrade = None
         self.pid_file.restore()
+
+    def _end_drain(self) -> None:
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self._begin_stop(graceful=True)
 
     def _export_certificate(self, certificate: Any) -> None:
         if certificate is None:
@@ -713,6 +720,17 @@ class Master:
     def _begin_stop(self, *, graceful: bool) -> None:
         if self.stop is not None and (graceful or not self.stop.graceful):
             return
+        self.aggregator.set_draining()  # /healthz: 503 at once, for load balancers
+        if graceful and self.settings.drain_delay and not self.drained:
+            self.drained = True
+            # Keep accepting and serving while load balancers notice the 503 and stop routing
+            # here; responses carry Connection: close. The stop proper comes at drain_until.
+            self.drain_until = time.monotonic() + self.settings.drain_delay
+            self.load[DRAINING] = 1
+            self.notifier.send("STATUS=draining")
+            self.log.info("draining", seconds=self.settings.drain_delay)
+            return
+        self.drain_until = None
         wait = self.settings.graceful_timeout + KILL_GRACE if graceful else KILL_GRACE
         self.stop = Stop(graceful=graceful, kill_at=time.monotonic() + wait)
         self.log.info("stopping", graceful=graceful, timeout=wait)

@@ -39,6 +39,8 @@ COUNTER_HELP = {
 }
 # Reasons a TLS handshake fails (protocols/tls.py), each shown from the first scrape.
 TLS_FAILURE_REASONS = ("timeout", "eof", "plaintext_http", "client_certificate", "protocol")
+# Reasons a connection's PROXY header was refused (protocols/tcp.py), seeded the same way.
+PROXY_FAILURE_REASONS = ("not_allowed", "malformed", "timeout", "eof")
 GAUGES = {  # snapshot gauge -> (metric name, help)
     "connections_active": (
         "greenserve_connections_active",
@@ -161,6 +163,19 @@ def _per_worker(view: View) -> Iterator[Metric]:
         for reason, count in sorted(reasons.items()):
             failures.add_metric([str(slot.index), reason], count)
     yield failures
+    refused = CounterMetricFamily(
+        "greenserve_proxy_protocol_failures",
+        "Connections closed because of their PROXY header, by reason.",
+        labels=["worker", "reason"],
+    )
+    for slot in view.slots:
+        reasons = {
+            **dict.fromkeys(PROXY_FAILURE_REASONS, 0),
+            **slot.labelled.get("proxy_protocol_failures", {}),
+        }
+        for reason, count in sorted(reasons.items()):
+            refused.add_metric([str(slot.index), reason], count)
+    yield refused
     for name, bounds in HISTOGRAMS.items():
         family = HistogramMetricFamily(
             f"greenserve_{name}", HISTOGRAM_HELP[name], labels=["worker"]

@@ -28,7 +28,7 @@ COUNTERS = (
 )
 GAUGES = ("connections_active", "resident_memory_bytes", "http_requests_in_flight")
 # counters by a label value: the HTTP status code, the reason a TLS handshake failed
-LABELLED = ("http_requests", "tls_handshake_failures")
+LABELLED = ("http_requests", "tls_handshake_failures", "proxy_protocol_failures")
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DURATION_BUCKETS = (
     0.0005,
@@ -55,7 +55,8 @@ Snapshot = dict[str, Any]
 # Open-connection counts per slot in shared memory, for fair accepts (protocols/accept.py).
 LOAD_SLOTS = 256
 LOAD_UNUSED = -1
-LOAD_IN_USE = LOAD_SLOTS  # the array's last cell: how many slots exist (set by the master)
+LOAD_IN_USE = LOAD_SLOTS  # how many slots exist (set by the master)
+DRAINING = LOAD_SLOTS + 1  # 1 once a stop with --drain-delay began: answer with Connection: close
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -83,6 +84,7 @@ class WorkerStats:
     __slots__ = (
         *COUNTERS,
         "tls_handshake_failures",
+        "proxy_protocol_failures",
         "connections_active",
         "histograms",
         "http_in_flight",
@@ -102,6 +104,7 @@ class WorkerStats:
         self.http_request_timeouts = 0
         self.tls_handshakes = 0
         self.tls_handshake_failures: dict[str, int] = {}
+        self.proxy_protocol_failures: dict[str, int] = {}
         self.connections_active = 0
         self.http_in_flight = 0
         self.http_requests: dict[str, int] = {}
@@ -131,6 +134,7 @@ class WorkerStats:
             "labelled": {
                 "http_requests": dict(self.http_requests),
                 "tls_handshake_failures": dict(self.tls_handshake_failures),
+                "proxy_protocol_failures": dict(self.proxy_protocol_failures),
             },
             "histograms": {name: h.to_wire() for name, h in self.histograms.items()},
         }

@@ -24,7 +24,14 @@ from greenserve.config import Address, Settings, parse_app
 from greenserve.protocols.accept import BalancedServer, CountingServer
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
-from greenserve.stats import LOAD_SLOTS, LOAD_UNUSED, Heartbeat, StatsChannel, WorkerStats
+from greenserve.stats import (
+    DRAINING,
+    LOAD_SLOTS,
+    LOAD_UNUSED,
+    Heartbeat,
+    StatsChannel,
+    WorkerStats,
+)
 from greenserve.tls import server_context
 
 LAG_PROBE_INTERVAL = 0.1
@@ -110,6 +117,8 @@ class Worker:
                     access_log=settings.access_log,
                     request_timeout=settings.request_timeout,
                     tls=settings.certfile is not None,
+                    forwarded_allow=settings.forwarded_allow_ips,
+                    root_path=settings.root_path,
                 )
                 for listener in listeners
             ]
@@ -126,6 +135,7 @@ class Worker:
             publish=self._publish if balanced else None,
             tls=server_context(settings) if settings.certfile else None,
             handshake_timeout=settings.header_timeout,
+            proxy_allow=settings.proxy_allow_from if settings.proxy_protocol else None,
         )
         # One protocol per listener; all share the connection registry, sweeper and counters.
         self.protocols = [self.protocol] + [self.protocol.for_app(a) for a in apps[1:]]
@@ -228,6 +238,10 @@ class Worker:
             started = clock()
             gevent.sleep(LAG_PROBE_INTERVAL)
             lag.observe(max(0.0, clock() - started - LAG_PROBE_INTERVAL))
+            if self.spec.load[DRAINING] and self.https and not self.https[0].draining:
+                # --drain-delay: still accepting, but every response now closes its connection
+                for http in self.https:
+                    http.draining = True
             if self.retire_at and not self.retire_wanted and self._served() >= self.retire_at:
                 # Ask the master for a turn: it replaces one worker at a time, so recycling
                 # never takes two workers out together. Serving goes on meanwhile.

@@ -240,3 +240,28 @@ def environ_echo_tls(environ: dict, start_response: Any) -> list[bytes]:
     payload = json.dumps(shown).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [payload]
+
+
+def environ_echo_remote(environ: dict, start_response: Any) -> list[bytes]:
+    """What a proxy-aware app looks at, as JSON."""
+    import json
+
+    keys = (
+        "REMOTE_ADDR",
+        "REMOTE_PORT",
+        "wsgi.url_scheme",
+        "HTTP_HOST",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "HTTP_X_FORWARDED_FOR",
+        "HTTP_X_REQUEST_ID",
+    )
+    payload = json.dumps({key: environ.get(key) for key in keys}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [payload]
+
+
+def tell_address(sock: Any, address: Any) -> None:
+    """TCP: answer each line with the client's address as the server sees it."""
+    data = sock.recv(65536)
+    sock.sendall(f"{address[0]}:{address[1]} ".encode() + data)

@@ -660,7 +660,7 @@ def main() -> None:
     parser.add_argument("--scrape-workers", type=int, default=64)
     parser.add_argument(
         "--only",
-        choices=("all", "echo", "http", "lifecycle"),
+        choices=("all", "echo", "http", "lifecycle", "tls"),
         default="all",
         help="lifecycle = balance, idle memory, respawn",
     )
@@ -669,6 +669,13 @@ def main() -> None:
 
     report: dict[str, Any] = {"cpus": WORKERS, "args": vars(args)}
     goals: list[dict] = []
+    if args.only == "tls":
+        from tests.bench import tls
+
+        report["tls"] = tls.run(args.rounds, args.seconds)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "latest-tls.json").write_text(json.dumps(report, indent=2))
+        return
     if args.only in ("all", "http"):
         for app_name in HTTP_APPS:
             print(f"HTTP {app_name}: wrk -t1 -c64, two workers each")

@@ -38,6 +38,7 @@ from gevent import socket as gsocket
 
 from greenserve import __version__
 from greenserve.logs import REQUEST_ID
+from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
 
 MAX_REQUEST_LINE = 8190
@@ -376,6 +377,7 @@ class HttpConnection:
         self.events = self.parser.events
         self.closing = False
         self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
+        self.trusted_peer = False  # in --forwarded-allow-ips: its forwarded headers count
         sock.expire = self._expire
         # Reads since the last request boundary (see _rejected_request); None past the limit.
         self.history: bytes | None = b""
@@ -553,7 +555,10 @@ class HttpConnection:
         """Run the app for one request; True when the connection may serve another."""
         handler = self.handler
         started = time.perf_counter()
-        request_id = head.request_id or handler.new_request_id()
+        if head.request_id and self.trusted_peer:
+            request_id = head.request_id  # only a trusted proxy names the request
+        else:
+            request_id = handler.new_request_id()
         body = Input(self, head)
         self.response = writer = Response(self, head, request_id)
         self.continue_sent = False
@@ -561,6 +566,8 @@ class HttpConnection:
         environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
         if self.extra_environ:
             environ.update(self.extra_environ)
+        if self.trusted_peer:
+            apply_forwarded(environ, handler.forwarded_allow)
         self.served += 1
         context = REQUEST_ID.set(request_id)
         if handler.request_timeout:
@@ -968,11 +975,15 @@ class HttpHandler:
         access_log: bool,
         request_timeout: float = 0.0,
         tls: bool = False,
+        forwarded_allow: Any = None,
+        root_path: str = "",
     ) -> None:
         self.app = app
         self.request_timeout = request_timeout
         # Request ids: unique per worker process, cheap (no uuid per request), never reused.
         self.tls = tls
+        self.forwarded_allow = forwarded_allow  # proxy.Trusted, or None: trust no one
+        self.root_path = root_path
         self.id_prefix = os.urandom(6).hex()
         self.id_counter = 0
         self.stats = stats
@@ -989,7 +1000,7 @@ class HttpHandler:
         else:
             host, port = server_address[:2]
         self.base_environ = {
-            "SCRIPT_NAME": "",
+            "SCRIPT_NAME": root_path,
             "SERVER_NAME": host,
             "SERVER_PORT": str(port),
             "SERVER_SOFTWARE": f"greenserve/{__version__}",
@@ -1008,6 +1019,9 @@ class HttpHandler:
     def handle(self, sock: Any, address: Any) -> None:
         """One connection (a bound method for the same reason as TcpProtocol.handle)."""
         connection = HttpConnection(self, sock, address)
+        trusted = self.forwarded_allow
+        if trusted is not None and address and address[0] in trusted:
+            connection.trusted_peer = True
         if self.tls:
             connection.extra_environ = sock.client_environ()
         connection.serve()
@@ -1029,7 +1043,11 @@ class HttpHandler:
         environ["REQUEST_METHOD"] = head.method.decode("latin-1")
         if b"%" in path:
             path = unquote_to_bytes(path)
-        environ["PATH_INFO"] = path.decode("latin-1")
+        path_info = path.decode("latin-1")
+        root = self.root_path
+        if root and (path_info == root or path_info.startswith(root + "/")):
+            path_info = path_info[len(root) :]  # the proxy kept the prefix: SCRIPT_NAME has it
+        environ["PATH_INFO"] = path_info
         environ["QUERY_STRING"] = head.query.decode("latin-1")
         environ["RAW_URI"] = head.url.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/" + head.version

@@ -14,6 +14,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 
 from greenserve.protocols.tls import HandshakeFailed, TlsSocket
+from greenserve.proxy import V2_MAX, ProxyError, header_length, parse_header
 from greenserve.stats import WorkerStats
 
 Handler = Callable[[Any, Any], Any]
@@ -235,6 +236,7 @@ class TcpProtocol:
         publish: Callable[[int], None] | None = None,
         tls: Any = None,
         handshake_timeout: float = 10.0,
+        proxy_allow: Any = None,
     ) -> None:
         """``deadlines``: the handler sets ``sock.deadline``, so sweep even with no idle timeout.
         ``publish``: called with the open-connection count whenever it changes (fair accepts)."""
@@ -242,7 +244,9 @@ class TcpProtocol:
         self.publish = publish
         self.tls = tls  # an ssl.SSLContext: every connection is TLS (protocols/tls.py)
         self.handshake_timeout = handshake_timeout
-        deadlines = deadlines or tls is not None  # the handshake has a deadline
+        # --proxy-protocol: proxy.Trusted peers that must send a PROXY header first
+        self.proxy_allow = proxy_allow
+        deadlines = deadlines or tls is not None or proxy_allow is not None
         self.stats = stats
         self.connections = Connections(stats, max_connections)
         needs_sweeper = bool(idle_timeout) or deadlines
@@ -252,6 +256,33 @@ class TcpProtocol:
         self.log = log
         self.wsgi_suspect = False  # a WSGI app under --protocol tcp: failures get a hint
         self.hinted_at = -HINT_EVERY
+
+    def _proxy_header(self, sock: CountingSocket, address: Any) -> Any:
+        """Read the PROXY header (nothing past it); the client's address, or None to close."""
+        stats = self.stats
+        if not address or address[0] not in self.proxy_allow:
+            _count(stats.proxy_protocol_failures, "not_allowed")
+            return None
+        sock.deadline = time.monotonic() + self.handshake_timeout
+        try:
+            header = read_proxy_header(sock)
+        except ProxyError as exc:
+            _count(stats.proxy_protocol_failures, exc.reason)
+            if exc.reason == "malformed":
+                self.log.warning("proxy_header_refused", peer=_peer(address), error=str(exc))
+            return None
+        except OSError:  # the sweeper shut it at the deadline, or the peer went away
+            _count(stats.proxy_protocol_failures, "timeout" if sock.shut else "eof")
+            return None
+        finally:
+            sock.deadline = 0.0
+        try:
+            client = parse_header(header)
+        except ProxyError as exc:
+            _count(stats.proxy_protocol_failures, exc.reason)
+            self.log.warning("proxy_header_refused", peer=_peer(address), error=str(exc))
+            return None
+        return client if client is not None else address
 
     def _serve_tls(self, sock: CountingSocket, address: Any) -> None:
         """The handshake in this connection's greenlet, then the app on the TLS session."""
@@ -288,6 +319,10 @@ class TcpProtocol:
         try:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.proxy_allow is not None:
+                address = self._proxy_header(sock, address)
+                if address is None:
+                    return
             if self.tls is None:
                 self.app(sock, address)
             else:
@@ -312,8 +347,44 @@ class TcpProtocol:
 
 
 def _tls_failed(stats: WorkerStats, reason: str) -> None:
-    failures = stats.tls_handshake_failures
-    failures[reason] = failures.get(reason, 0) + 1
+    _count(stats.tls_handshake_failures, reason)
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
+
+
+def read_proxy_header(sock: Any) -> bytes:
+    """The PROXY header's bytes, consumed exactly: what follows stays for the protocol.
+
+    Peeks to find the header's length; bytes that are all header are consumed as they come
+    (a second peek at the same bytes would find the socket readable at once, a busy loop).
+    """
+    taken = b""
+    while True:
+        peeked = _peek(sock, 536)
+        if not peeked:
+            raise ProxyError("eof")
+        data = taken + peeked
+        length = header_length(data)
+        if length is None:
+            if len(data) >= V2_MAX:
+                raise ProxyError("malformed", "header too long")
+            taken += sock.recv(len(peeked))
+            continue
+        rest = length - len(taken)
+        while rest > 0:
+            chunk = sock.recv(rest)
+            if not chunk:
+                raise ProxyError("eof")
+            taken += chunk
+            rest -= len(chunk)
+        return taken
+
+
+def _peek(sock: Any, size: int) -> bytes:
+    # gevent's own recv (not CountingSocket's): peeked bytes are counted once, when consumed
+    return gsocket.socket.recv(sock, size, socket.MSG_PEEK)
 
 
 def _peer(address: Any) -> str:

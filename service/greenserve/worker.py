@@ -172,10 +172,12 @@ class Worker:
         if self.protocol.publish is not None:
             self._publish(self.stats.connections_active)
         self.ready = True
-        self.flush()  # the master counts this worker as serving from here on
+        # Logged before the ready snapshot goes out: the master acts on that snapshot (ends a
+        # hand-over, grants the next recycle), and its events must follow this one in the log.
         self.log.info(
             "worker_started", bind=_shown(self.servers[0].socket), binds=len(self.servers)
         )
+        self.flush()  # the master counts this worker as serving from here on
         self.stopping.wait()
         self._drain()
         gevent.killall(background, block=False)

@@ -180,7 +180,9 @@ class TestPrometheus:
         folder = DEPLOY / "prometheus"
         for args in (
             ["check", "config", "prometheus.yml"],
+            ["check", "config", "fleet.yml"],
             ["check", "rules", "alerts.yml"],
+            ["check", "rules", "recording.yml"],
             ["test", "rules", "alerts_test.yml"],
         ):
             result = subprocess.run(
@@ -318,3 +320,51 @@ class TestSystemd:
             assert directive in text
         stop = int(re.search(r"TimeoutStopSec=(\d+)", text).group(1))
         assert stop > 30
+
+
+class TestLoadBalancers:
+    """HAProxy's config and the Kubernetes manifests pass their own validators."""
+
+    def test_haproxy_config_is_valid(self):
+        haproxy = need("haproxy")
+        path = DEPLOY / "haproxy" / "haproxy.cfg"
+        result = subprocess.run(
+            [haproxy, "-c", "-f", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        text = path.read_text()
+        for directive in (
+            "option httpchk GET /healthz",
+            "send-proxy-v2",
+            "option redispatch",
+            "slowstart",
+            "prometheus-exporter",
+            "fall 2",
+            "rise 2",
+        ):
+            assert directive in text, directive
+
+    def test_kubernetes_manifests_validate(self):
+        import kubernetes_validate
+
+        folder = DEPLOY / "kubernetes"
+        kinds = set()
+        for path in sorted(folder.glob("*.yaml")):
+            for document in yaml.safe_load_all(path.read_text()):
+                kinds.add(document["kind"])
+                if document["apiVersion"].startswith("monitoring.coreos.com"):
+                    continue  # a CRD of the Prometheus Operator: no schema ships with the validator
+                kubernetes_validate.validate(document, "1.30.0", strict=True)
+        assert {"Deployment", "Service", "PodDisruptionBudget", "PodMonitor"} <= kinds
+        deployment = yaml.safe_load((folder / "deployment.yaml").read_text())
+        spec = deployment["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        args = container["args"]
+        drain = float(args[args.index("--drain-delay") + 1])
+        graceful = float(args[args.index("--graceful-timeout") + 1])
+        assert spec["terminationGracePeriodSeconds"] > drain + graceful
+        assert {"readinessProbe", "livenessProbe", "startupProbe", "resources"} <= set(container)
+        env = {item["name"]: item for item in container["env"]}
+        assert env["GREENSERVE_WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == (
+            "limits.cpu"
+        )

@@ -162,7 +162,7 @@ def _activated(port_holder: socket.socket, log: Path, *args: str) -> subprocess.
     command = f"{move}export LISTEN_PID=$$; exec {sys.executable} -m greenserve " + " ".join(args)
     with log.open("ab") as output:
         proc = subprocess.Popen(
-            ["bash", "-c", command],  # dash takes one-digit fds only,
+            ["bash", "-c", command],  # dash takes one-digit fds only
             cwd=APPS_DIR,
             env=env,
             pass_fds=[fd],

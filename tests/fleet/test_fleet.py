@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -194,8 +196,9 @@ def backend_up(stats: int, server: str) -> bool | None:
     return None
 
 
-@pytest.fixture()
-def fleet(tmp_path):
+@contextlib.contextmanager
+def running_fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Three hosts, HAProxy and Prometheus, as the test and tests/bench/fleet.py use them."""
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("the fleet test needs root for network namespaces")
@@ -268,6 +271,12 @@ def fleet(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         network.close()
+
+
+@pytest.fixture()
+def fleet(tmp_path):
+    with running_fleet(tmp_path) as running:
+        yield running
 
 
 def test_fleet(fleet):

@@ -408,3 +408,66 @@ def need(tool: str) -> str:
             pytest.fail(f"{tool} is missing in CI: .ci/run must install it")
         pytest.skip(f"{tool} not installed")
     return path
+
+
+class ClientLoad:
+    """Client threads calling ``request`` in a loop (bounded in time) until stopped.
+
+    ``ok`` counts calls that returned, ``failed`` the exceptions of the others (with when they
+    happened), ``seen`` the distinct values the calls returned (other than None).
+    """
+
+    def __init__(self, request: Callable[[], Any], threads: int = 4, seconds: float = 200) -> None:
+        self.request = request
+        self.seconds = seconds
+        self.ok = 0
+        self.failed: list[str] = []
+        self.failed_at: list[float] = []
+        self.seen: set[Any] = set()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                value = self.request()
+            except (OSError, ValueError, AssertionError) as exc:
+                with self.lock:
+                    self.failed.append(repr(exc))
+                    self.failed_at.append(time.monotonic())
+                continue
+            with self.lock:
+                self.ok += 1
+                if value is not None:
+                    self.seen.add(value)
+
+    def start(self) -> ClientLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def end(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def __enter__(self) -> ClientLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
+    def more(self, count: int, timeout: float = 30) -> None:
+        """Wait for ``count`` more successful calls."""
+        target = self.ok + count
+        wait_until(lambda: self.ok >= target, timeout, f"{count} more requests")
+
+
+def http_ok(url: str) -> None:
+    """One GET on a new connection; raises unless it is a 200."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        response.read()
+        if response.status != 200:
+            raise AssertionError(f"status {response.status}")

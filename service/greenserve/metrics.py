@@ -104,6 +104,18 @@ class GreenserveCollector(Collector):
         yield from _per_worker(view)
 
 
+def _by_reason(
+    view: View, name: str, text: str, stat: str, reasons: tuple[str, ...]
+) -> Metric:
+    """A per-worker counter by reason, every known reason present from the first scrape."""
+    family = CounterMetricFamily(name, text, labels=["worker", "reason"])
+    for slot in view.slots:
+        counts = {**dict.fromkeys(reasons, 0), **slot.labelled.get(stat, {})}
+        for reason, count in sorted(counts.items()):
+            family.add_metric([str(slot.index), reason], count)
+    return family
+
+
 def _per_worker(view: View) -> Iterator[Metric]:
     slot_families = (
         (
@@ -150,32 +162,20 @@ def _per_worker(view: View) -> Iterator[Metric]:
         for code, count in sorted(codes.items()):
             requests.add_metric([str(slot.index), code], count)
     yield requests
-    failures = CounterMetricFamily(
+    yield _by_reason(
+        view,
         "greenserve_tls_handshake_failures",
         "TLS handshakes that failed, by reason.",
-        labels=["worker", "reason"],
+        "tls_handshake_failures",
+        TLS_FAILURE_REASONS,
     )
-    for slot in view.slots:
-        reasons = {
-            **dict.fromkeys(TLS_FAILURE_REASONS, 0),
-            **slot.labelled.get("tls_handshake_failures", {}),
-        }
-        for reason, count in sorted(reasons.items()):
-            failures.add_metric([str(slot.index), reason], count)
-    yield failures
-    refused = CounterMetricFamily(
+    yield _by_reason(
+        view,
         "greenserve_proxy_protocol_failures",
         "Connections closed because of their PROXY header, by reason.",
-        labels=["worker", "reason"],
+        "proxy_protocol_failures",
+        PROXY_FAILURE_REASONS,
     )
-    for slot in view.slots:
-        reasons = {
-            **dict.fromkeys(PROXY_FAILURE_REASONS, 0),
-            **slot.labelled.get("proxy_protocol_failures", {}),
-        }
-        for reason, count in sorted(reasons.items()):
-            refused.add_metric([str(slot.index), reason], count)
-    yield refused
     for name, bounds in HISTOGRAMS.items():
         family = HistogramMetricFamily(
             f"greenserve_{name}", HISTOGRAM_HELP[name], labels=["worker"]

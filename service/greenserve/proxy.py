@@ -81,6 +81,13 @@ def apply_forwarded(environ: dict[str, Any], trusted: Trusted) -> None:
 
     RFC 7239 ``Forwarded`` wins over the ``X-Forwarded-*`` family when both are present.
     """
+    if (
+        "HTTP_X_FORWARDED_FOR" not in environ
+        and "HTTP_FORWARDED" not in environ
+        and "HTTP_X_FORWARDED_PROTO" not in environ
+        and "HTTP_X_FORWARDED_HOST" not in environ
+    ):
+        return  # the common case, also from a trusted peer: nothing was forwarded
     forwarded = environ.get("HTTP_FORWARDED")
     if forwarded:
         elements = _forwarded_elements(forwarded)

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +26,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import APPS_DIR, ROOT, STARTED_GROUPS, free_port, need, wait_until
+from tests.helpers import (
+    APPS_DIR,
+    ROOT,
+    STARTED_GROUPS,
+    ClientLoad,
+    free_port,
+    need,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -124,43 +131,10 @@ class Host:
         self.proc.wait(30)
 
 
-class Load:
-    """Client threads through HAProxy, a new connection per request."""
-
-    def __init__(self, url: str, threads: int = 4) -> None:
-        self.url = url
-        self.ok = 0
-        self.failed: list[tuple[float, str]] = []
-        self.remote_addrs: set[str] = set()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 200
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url, timeout=10) as response:
-                    seen = json.loads(response.read())["REMOTE_ADDR"]
-                with self.lock:
-                    self.ok += 1
-                    self.remote_addrs.add(seen)
-            except (OSError, ValueError) as exc:
-                with self.lock:
-                    self.failed.append((time.monotonic(), repr(exc)))
-
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def end(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
-    def more(self, count: int, timeout: float = 30) -> None:
-        target = self.ok + count
-        wait_until(lambda: self.ok >= target, timeout, f"{count} more requests")
+def client_address(url: str) -> str:
+    """One request through HAProxy; the client address the app saw."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())["REMOTE_ADDR"]
 
 
 def haproxy_config(shipped: str, port: int, stats: int) -> str:
@@ -262,6 +236,7 @@ def running_fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "hosts": hosts,
             "url": f"http://127.0.0.1:{port}/",
             "stats": stats,
+            "haproxy_pids": [procs[0].pid],
             "api": f"http://127.0.0.1:{web}/api/v1",
             "logs": tmp_path,
         }
@@ -283,8 +258,7 @@ def test_fleet(fleet):
     """Rolling restart with 0 failed, a host killed and detected, real client addresses, and
     Prometheus's sum over the hosts equal to the client's count."""
     hosts, stats = fleet["hosts"], fleet["stats"]
-    load = Load(fleet["url"])
-    load.start()
+    load = ClientLoad(lambda: client_address(fleet["url"])).start()
     try:
         load.more(300)
         # 1. Rolling restart: TERM (drain: /healthz 503, HAProxy stops routing), wait, start.
@@ -320,11 +294,11 @@ def test_fleet(fleet):
     finally:
         load.end()
     # 3. Every request reached the app with the client's own address, never HAProxy's.
-    assert load.remote_addrs == {"127.0.0.1"}, load.remote_addrs
+    assert load.seen == {"127.0.0.1"}, load.seen
     # 4. Prometheus: the sum over the three hosts matches the client's count of successes.
     api = fleet["api"]
     query = "sum(greenserve_http_requests_total)"
-    counted = Load(fleet["url"], threads=2)
+    counted = ClientLoad(lambda: client_address(fleet["url"]), threads=2)
 
     def direct_sum() -> float:
         """The same sum read from each host's own /metrics."""

@@ -6,45 +6,24 @@ import os
 import pwd
 import signal
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import echo_round_trip, free_port, running, wait_until
+from tests.helpers import ClientLoad, echo_round_trip, free_port, running, wait_until
 from tests.integration.test_metrics import scrape, wait_totals
 
 
-class Load:
-    """Client threads opening a new connection per round trip until stopped."""
+class Load(ClientLoad):
+    """Client threads opening a new connection per echo round trip until stopped."""
 
     def __init__(self, address: tuple[str, int], threads: int = 4) -> None:
-        self.address = address
-        self.ok = 0
-        self.failed: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(lambda: _echo(address), threads)
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                assert echo_round_trip(self.address, b"load", timeout=5) == b"load"
-                with self.lock:
-                    self.ok += 1
-            except (OSError, AssertionError) as exc:
-                with self.lock:
-                    self.failed.append(repr(exc))
 
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
+def _echo(address: tuple[str, int]) -> None:
+    if echo_round_trip(address, b"load", timeout=5) != b"load":
+        raise AssertionError("echo came back wrong")
 
 
 class TestReload:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -16,53 +15,23 @@ from pathlib import Path
 from tests.helpers import (
     APPS_DIR,
     STARTED_GROUPS,
+    ClientLoad,
     free_port,
+    http_ok,
     need,
     running,
     wait_until,
 )
 
 
-class Load:
+class Load(ClientLoad):
     """Client threads, a new connection per request, counting successes and failures."""
 
     def __init__(self, port: int, threads: int = 4) -> None:
-        self.url = f"http://127.0.0.1:{port}/"
-        self.ok = 0
-        self.failed: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 60
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url, timeout=10) as response:
-                    response.read()
-                    good = response.status == 200
-            except OSError as exc:
-                good = False
-                error = repr(exc)
-            with self.lock:
-                if good:
-                    self.ok += 1
-                else:
-                    self.failed.append(error)
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
+        super().__init__(lambda: http_ok(f"http://127.0.0.1:{port}/"), threads, seconds=60)
 
     def wait_for(self, count: int, timeout: float = 30) -> None:
-        target = self.ok + count
-        wait_until(lambda: self.ok >= target, timeout, f"{count} more requests")
+        self.more(count, timeout)
 
 
 def read_pid(path: Path) -> int | None:

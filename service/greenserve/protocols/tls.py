@@ -114,9 +114,14 @@ class TlsSocket:
             self.raw.sendall(data)
 
     def recv(self, size: int) -> bytes:
+        obj = self.obj
+        if not self.incoming.pending and not obj.pending() and not self._fill():
+            # The common case: the protocol asks only when it has consumed everything, so feed
+            # the engine first rather than pay for an SSLWantReadError on every read.
+            return b""
         while True:
             try:
-                return self.obj.read(size)
+                return obj.read(size)
             except ssl.SSLWantReadError:
                 if self.outgoing.pending:
                     self._flush()  # a TLS 1.3 key update or session ticket

@@ -104,9 +104,7 @@ class GreenserveCollector(Collector):
         yield from _per_worker(view)
 
 
-def _by_reason(
-    view: View, name: str, text: str, stat: str, reasons: tuple[str, ...]
-) -> Metric:
+def _by_reason(view: View, name: str, text: str, stat: str, reasons: tuple[str, ...]) -> Metric:
     """A per-worker counter by reason, every known reason present from the first scrape."""
     family = CounterMetricFamily(name, text, labels=["worker", "reason"])
     for slot in view.slots:

@@ -75,6 +75,9 @@ _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0
 # A client's X-Request-ID is used when it is short and printable (it goes into every log line).
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
 TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped again this much later
+_FRAMING_HEADERS = frozenset(
+    (b"host", b"transfer-encoding", b"content-length", b"expect", b"x-request-id")
+)
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 _NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
 
@@ -167,9 +170,8 @@ class _Parser:
         # RFC 9112 7.1.1 allows whitespace (BWS) before a chunk extension's ";". llhttp rejects
         # BWS after the ";" and around "=" whatever the options: see the README.
         self.parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
-
-    def feed(self, data: bytes) -> None:
-        self.parser.feed_data(data)
+        self.feed = self.parser.feed_data  # the parser's own method: no Python frame per read
+        self.valid_host = b""  # the last Host value checked: keep-alive requests repeat it
 
     def on_message_begin(self) -> None:
         self.head = Head()
@@ -209,10 +211,16 @@ class _Parser:
         hosts = 0
         for name, value in head.headers:
             lowered = name.lower()
+            if lowered not in _FRAMING_HEADERS:
+                continue  # most headers: one set lookup, not five comparisons
             if lowered == b"host":
                 hosts += 1
-                if hosts > 1 or not _HOST.fullmatch(value):
-                    raise HttpError(400, "invalid or repeated Host header")
+                if hosts > 1:
+                    raise HttpError(400, "repeated Host header")
+                if value != self.valid_host:
+                    if not _HOST.fullmatch(value):
+                        raise HttpError(400, "invalid Host header")
+                    self.valid_host = value
             elif lowered == b"transfer-encoding":
                 codings = [c.strip() for c in value.lower().split(b",")]
                 if codings != [b"chunked"]:
@@ -229,7 +237,12 @@ class _Parser:
                 head.request_id = value.decode("ascii")
         if not hosts and head.version == "1.1":
             raise HttpError(400, "HTTP/1.1 request without Host")  # RFC 9112 3.2
-        _split_target(head)
+        url = head.url
+        if url[:1] == b"/" and b"#" not in url:  # origin-form, by far the most common
+            path, _, head.query = url.partition(b"?")
+            head.path = path
+        else:
+            _split_target(head)
         self.events.append(head)
 
     def on_body(self, body: bytes) -> None:
@@ -577,7 +590,8 @@ class HttpConnection:
         except RequestTimeout:
             keep = False
         finally:
-            self.sock.request_deadline = 0.0
+            if handler.request_timeout:
+                self.sock.request_deadline = 0.0
             REQUEST_ID.reset(context)
         duration = time.perf_counter() - started
         if self.timed_out is not None:
@@ -882,7 +896,13 @@ class Response:
         if not data:
             return
         if not self.headers_sent:
-            if self.no_body or len(data) <= SMALL_BODY:
+            if len(data) <= SMALL_BODY and not self.no_body:
+                # headers and a small body in one write (the hot path: _start inlined)
+                head = self._head_bytes()
+                self.sock.sendall(head + self._frame(data))
+                self.headers_sent = True
+                return
+            if self.no_body:
                 self._start(data)
                 return
             self._start()
@@ -1059,7 +1079,7 @@ class HttpHandler:
             if "_" in key:
                 continue  # would collide with the dash form in HTTP_*: dropped, like nginx
             key = key.replace("-", "_")
-            if key == "TRANSFER_ENCODING":
+            if head.chunked and key == "TRANSFER_ENCODING":
                 continue  # the body reaches the app de-chunked, with a CONTENT_LENGTH
             text = value.decode("latin-1")
             if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):

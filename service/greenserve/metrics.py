@@ -36,6 +36,7 @@ COUNTER_HELP = {
     "log_lines_dropped": "Log lines the worker could not write (stdout and stderr failed).",
     "http_request_timeouts": "HTTP requests stopped by --request-timeout.",
     "tls_handshakes": "TLS handshakes completed.",
+    "connections_upgraded": "HTTP connections the app took over after an Upgrade (WebSockets).",
 }
 # Reasons a TLS handshake fails (protocols/tls.py), each shown from the first scrape.
 TLS_FAILURE_REASONS = ("timeout", "eof", "plaintext_http", "client_certificate", "protocol")

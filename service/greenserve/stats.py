@@ -25,6 +25,7 @@ COUNTERS = (
     "log_lines_dropped",
     "http_request_timeouts",
     "tls_handshakes",
+    "connections_upgraded",
 )
 GAUGES = ("connections_active", "resident_memory_bytes", "http_requests_in_flight")
 # counters by a label value: the HTTP status code, the reason a TLS handshake failed
@@ -103,6 +104,7 @@ class WorkerStats:
         self.log_lines_dropped = 0  # copied from logs.dropped() at each flush
         self.http_request_timeouts = 0
         self.tls_handshakes = 0
+        self.connections_upgraded = 0  # HTTP connections an app took over (WebSockets)
         self.tls_handshake_failures: dict[str, int] = {}
         self.proxy_protocol_failures: dict[str, int] = {}
         self.connections_active = 0

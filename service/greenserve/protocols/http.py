@@ -132,12 +132,14 @@ class Head:
         "path",
         "query",
         "request_id",
+        "upgrade",
         "url",
         "version",
     )
 
     def __init__(self) -> None:
         self.request_id = ""  # a valid X-Request-ID from the client, else empty
+        self.upgrade = False  # Upgrade: the app may take the connection over
         self.url = b""
         self.path = b"/"
         self.query = b""
@@ -416,7 +418,11 @@ class HttpConnection:
         try:
             parser.feed(data)
         except httptools.HttpParserUpgrade:
-            self.closing = True  # WSGI has no upgrade: answer this request, then close
+            # The connection stops being HTTP after this request: the app may take it over
+            # (WebSockets: see _run_app), or answer it, and then it closes.
+            self.closing = True
+            if parser.head is not None:
+                parser.head.upgrade = True
         except httptools.HttpParserInvalidMethodError as exc:
             rejected = self._rejected_request(data)
             token = self._method_token(rejected) if rejected is not None else b""
@@ -583,7 +589,11 @@ class HttpConnection:
             apply_forwarded(environ, handler.forwarded_allow)
         self.served += 1
         context = REQUEST_ID.set(request_id)
-        if handler.request_timeout:
+        if head.upgrade:
+            # What Flask-Sock, simple-websocket and python-socketio (gevent mode) look for: the
+            # connection's socket, to answer the handshake and speak WebSocket on it themselves.
+            environ["gunicorn.socket"] = self.sock
+        elif handler.request_timeout:  # a connection taken over is no request any more
             self.sock.request_deadline = time.monotonic() + handler.request_timeout
         try:
             keep = self._run_app(head, body, writer, environ)
@@ -655,6 +665,11 @@ class HttpConnection:
         result: Iterable[bytes] | None = None
         try:
             result = handler.app(environ, writer.start_response)
+            if head.upgrade and not writer.status:
+                # The app took the connection over (it answered the Upgrade itself on
+                # gunicorn.socket and never called start_response): nothing more is ours to send.
+                handler.stats.connections_upgraded += 1
+                return None
             if isinstance(result, (list, tuple)):
                 writer.expected = len(result[0]) if len(result) == 1 else sum(map(len, result))
             if not (isinstance(result, FileWrapper) and writer.try_sendfile(result)):
@@ -670,6 +685,11 @@ class HttpConnection:
         except Exception:
             if self.timed_out is not None:
                 return None  # a consequence of the timeout (the socket was shut): reported there
+            if head.upgrade and not writer.status:
+                # How Flask-Sock ends a connection it took over under gunicorn (StopIteration):
+                # the WebSocket is closed, and no HTTP response may follow it.
+                handler.stats.connections_upgraded += 1
+                return None
             handler.stats.handler_errors += 1
             handler.log.error(
                 "app_error",

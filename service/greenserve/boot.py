@@ -13,34 +13,12 @@ import ctypes.util
 import json
 import os
 import signal
-import socket
 import sys
 import traceback
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
 
-from greenserve.config import Settings
+from greenserve.spec import EXIT_RUNTIME, WorkerSpec
 
 PR_SET_PDEATHSIG = 1
-APP_LOAD_FAILED = 3
-CRASHED = 1
-STACK_SIGNAL = signal.SIGUSR2  # the master asks a stuck worker for its stacks with this
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker process is started with; pickled to the forkserver child."""
-
-    slot: int
-    generation: int
-    settings: Settings
-    listeners: tuple[socket.socket, ...]  # one per --bind (the slot's own with --reuse-port)
-    stats_queue: Any
-    heartbeat: Any
-    master_alive: Connection
-    stack_file: str  # faulthandler writes the worker's stacks here when the master asks
-    load: Any  # shared array: each slot's open connections, for fair accepts
 
 
 def start(spec: WorkerSpec) -> None:
@@ -66,7 +44,7 @@ def start(spec: WorkerSpec) -> None:
         worker.run(spec)
     except BaseException:
         _report_crash()
-        os._exit(CRASHED)
+        os._exit(EXIT_RUNTIME)
 
 
 def _report_crash() -> None:
@@ -103,4 +81,4 @@ def die_with_parent() -> None:
     libc = ctypes.CDLL(libc_name, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
-        os._exit(CRASHED)
+        os._exit(EXIT_RUNTIME)

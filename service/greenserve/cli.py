@@ -23,9 +23,8 @@ from greenserve.config import (
     read_file_keys,
     resolve,
 )
+from greenserve.spec import EXIT_APP_LOAD, EXIT_USAGE
 
-EXIT_USAGE = 2
-EXIT_APP_LOAD = 3
 TOOLS = ("top", "status", "client")
 
 

@@ -34,15 +34,18 @@ from greenserve.metrics import MetricsServer, build_app, build_registry, is_loop
 from greenserve.notify import Notifier, activated_fds
 from greenserve.pidfile import PidFile
 from greenserve.sockets import BindError
+from greenserve.spec import (
+    EXIT_APP_LOAD,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    STACK_SIGNAL,
+    WorkerSpec,
+)
 from greenserve.stats import DRAINING, LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, Heartbeat
 from greenserve.tls import TlsError
 from greenserve.tls import check as check_tls
 from greenserve.upgrade import Upgrade, inherited
-
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
-EXIT_APP_LOAD = boot.APP_LOAD_FAILED
 
 # The forkserver is a fresh interpreter (no threads, no copied locks) that imports these once;
 # each worker is then a fork of it, so a respawn costs a fork, not an interpreter start.
@@ -473,7 +476,7 @@ class Master:
         os.close(handle)
         if self.settings.user is not None:
             os.chown(stack_file, self.settings.user, self.settings.group or -1)
-        spec = boot.WorkerSpec(
+        spec = WorkerSpec(
             slot=slot.index,
             generation=self.generation,
             settings=self.settings,
@@ -677,7 +680,7 @@ class Master:
                 if worker.heartbeat.age() > timeout:
                     # First ask for the stacks (faulthandler in the worker), kill a moment later.
                     worker.abort_sent_at = now
-                    _kill(worker.pid, boot.STACK_SIGNAL)
+                    _kill(worker.pid, STACK_SIGNAL)
             elif now - worker.abort_sent_at >= STACK_GRACE:
                 self.log.error(
                     "worker_timeout",

@@ -19,11 +19,11 @@ from gevent.event import Event
 from setproctitle import setproctitle
 
 from greenserve import apps, logs
-from greenserve.boot import APP_LOAD_FAILED, STACK_SIGNAL, WorkerSpec
 from greenserve.config import Address, Settings, parse_app
 from greenserve.protocols.accept import BalancedServer, CountingServer
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
+from greenserve.spec import EXIT_APP_LOAD, STACK_SIGNAL, WorkerSpec
 from greenserve.stats import (
     DRAINING,
     LOAD_SLOTS,
@@ -372,10 +372,10 @@ def run(spec: WorkerSpec) -> NoReturn:
         app = load_app(settings)
     except AppLoadError as exc:
         log.error("app_load_failed", app=settings.app, error=str(exc))
-        _exit(APP_LOAD_FAILED)
+        _exit(EXIT_APP_LOAD)
     except BaseException as exc:  # the app's own import failed: keep its traceback as a field
         log.error("app_load_failed", app=settings.app, error=repr(exc), exc_info=True)
-        _exit(APP_LOAD_FAILED)
+        _exit(EXIT_APP_LOAD)
     if settings.protocol == "tcp" and looks_like_wsgi(app):
         # Forgetting --protocol http: every connection would fail with an AttributeError.
         log.warning(

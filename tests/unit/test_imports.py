@@ -1,0 +1,77 @@
+"""The package's import rules: no cycle among its modules, gevent only on the worker side."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "service" / "greenserve"
+WORKER_SIDE = {
+    "worker",
+    "preload",
+    "protocols.accept",
+    "protocols.tcp",
+    "protocols.http",
+    "protocols.tls",
+}
+
+
+def top_level_imports() -> dict[str, set[str]]:
+    """Module -> the modules it imports at import time (not inside functions)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        name = name.removesuffix(".__init__") if name != "__init__" else "__init__"
+        imported: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                if node.module == "greenserve":
+                    imported |= {f"greenserve.{alias.name}" for alias in node.names}
+        graph[name] = imported
+    return graph
+
+
+class TestImports:
+    """What issue 13 asks of the layout, checked on every run."""
+
+    def test_no_cycle(self):
+        graph = {
+            name: {i.removeprefix("greenserve.") for i in imports if i.startswith("greenserve.")}
+            for name, imports in top_level_imports().items()
+        }
+        visiting: set[str] = set()
+        done: set[str] = set()
+
+        def visit(name: str, path: list[str]) -> None:
+            if name in done or name not in graph:
+                return
+            assert name not in visiting, "import cycle: " + " -> ".join([*path, name])
+            visiting.add(name)
+            for other in graph[name]:
+                visit(other, [*path, name])
+            visiting.discard(name)
+            done.add(name)
+
+        for name in graph:
+            visit(name, [])
+
+    def test_gevent_only_on_the_worker_side(self):
+        for name, imports in top_level_imports().items():
+            if any(i == "gevent" or i.startswith("gevent.") for i in imports):
+                assert name in WORKER_SIDE, f"{name} imports gevent"
+
+    def test_master_side_modules_load_without_gevent(self):
+        import subprocess
+        import sys
+
+        code = (
+            "import sys; import greenserve.master, greenserve.metrics, greenserve.cli; "
+            "print('gevent' in sys.modules)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert out.stdout.strip() == "False"

@@ -340,7 +340,7 @@ class ScriptedSocket:
         self.chunks = collections.deque(chunks)
         self.sent = bytearray()
         self.deadline = self.request_deadline = 0.0
-        self.parked = self.fresh = False
+        self.parked = self.fresh = self.upgraded = False
         self.greenlet = self.expire = None
         self.tx = self.rx = 0
 

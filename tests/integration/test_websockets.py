@@ -107,3 +107,41 @@ class TestSocketIO:
                 assert event == "pong" and data == {"got": {"n": 1}}
             finally:
                 client.disconnect()
+
+
+class TestIdle:
+    """--idle-timeout ends an idle HTTP connection, not an idle WebSocket."""
+
+    def test_idle_websocket_survives_idle_timeout(self):
+        import time
+
+        import websocket
+
+        with running(
+            "ws_apps:app",
+            "--protocol",
+            "http",
+            "-w",
+            "1",
+            "--idle-timeout",
+            "1",
+            "--keepalive-timeout",
+            "0",
+        ) as server:
+            server.started()
+            host, port = server.address
+            ws = websocket.create_connection(f"ws://{host}:{port}/echo", timeout=10)
+            idle_http = socket.create_connection(server.address, timeout=10)
+            try:
+                ws.send("before")
+                assert ws.recv() == "before"
+                # the idle HTTP connection is closed by the sweeper; wait for that, bounded
+                idle_http.settimeout(5)
+                started = time.monotonic()
+                assert idle_http.recv(1) == b""
+                assert time.monotonic() - started < 4
+                ws.send("after a silence longer than --idle-timeout")
+                assert ws.recv() == "after a silence longer than --idle-timeout"
+            finally:
+                ws.close()
+                idle_http.close()

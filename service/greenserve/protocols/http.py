@@ -593,6 +593,7 @@ class HttpConnection:
             # What Flask-Sock, simple-websocket and python-socketio (gevent mode) look for: the
             # connection's socket, to answer the handshake and speak WebSocket on it themselves.
             environ["gunicorn.socket"] = self.sock
+            self.sock.upgraded = True
         elif handler.request_timeout:  # a connection taken over is no request any more
             self.sock.request_deadline = time.monotonic() + handler.request_timeout
         try:

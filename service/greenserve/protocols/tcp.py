@@ -47,6 +47,7 @@ class CountingSocket(gsocket.socket):
         "seen",
         "shut",
         "tx",
+        "upgraded",
     )
 
     def recv(self, *args: Any) -> bytes:
@@ -120,6 +121,7 @@ class Connections:
         sock.deadline = 0.0  # set by a protocol for a phase with a time limit (HTTP headers)
         sock.parked = False  # True while a protocol waits for a next request (keep-alive)
         sock.fresh = False  # parked before its first request
+        sock.upgraded = False  # taken over by the app (WebSockets): no idle timeout
         # A protocol's own deadline for work in its greenlet (HTTP --request-timeout): when it
         # passes, the sweeper calls ``expire`` (no timer per request: see IdleSweeper).
         sock.request_deadline = 0.0
@@ -217,7 +219,9 @@ class IdleSweeper:
                 sock.expire()
             elif moved != sock.seen:
                 sock.seen, sock.idle_since = moved, now
-            elif self.timeout and now - sock.idle_since >= self.timeout:
+            elif self.timeout and now - sock.idle_since >= self.timeout and not sock.upgraded:
+                # An upgraded connection is the app's: a WebSocket idle for minutes (a chat
+                # nobody types in) is alive, and its library pings if it wants liveness.
                 _shutdown(sock)
 
 

@@ -47,6 +47,7 @@ class TlsSocket:
     deadline = _forward("deadline")
     parked = _forward("parked")
     fresh = _forward("fresh")
+    upgraded = _forward("upgraded")
     request_deadline = _forward("request_deadline")
     expire = _forward("expire")
     greenlet = _forward("greenlet")

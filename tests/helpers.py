@@ -471,3 +471,13 @@ def http_ok(url: str) -> None:
         response.read()
         if response.status != 200:
             raise AssertionError(f"status {response.status}")
+
+
+@contextlib.contextmanager
+def steady_server(*args: str, **kwargs: Any) -> Iterator[Server]:
+    """A started server whose workers must all still be the same processes at the end."""
+    with running(*args, **kwargs) as server:
+        server.started()
+        initial = server.worker_pids()
+        yield server
+        assert server.worker_pids() == initial, "a worker died or restarted"

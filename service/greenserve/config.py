@@ -556,6 +556,14 @@ OPTIONS: tuple[Option, ...] = (
         group="http",
     ),
     Option(
+        "ws_max_message",
+        _size,
+        "16m",
+        "largest WebSocket message wsgi.websocket accepts (closed with 1009 above it)",
+        "BYTES",
+        group="http",
+    ),
+    Option(
         "workers",
         _workers,
         "auto",
@@ -722,6 +730,7 @@ class Settings:
     request_timeout: float
     access_log: bool
     access_log_format: str
+    ws_max_message: int
     workers: int
     timeout: float
     graceful_timeout: float

@@ -37,11 +37,17 @@ COUNTER_HELP = {
     "http_request_timeouts": "HTTP requests stopped by --request-timeout.",
     "tls_handshakes": "TLS handshakes completed.",
     "connections_upgraded": "HTTP connections the app took over after an Upgrade (WebSockets).",
+    "websocket_messages_received": "WebSocket messages received (wsgi.websocket).",
+    "websocket_messages_sent": "WebSocket messages sent (wsgi.websocket).",
+    "websocket_bytes_received": "Bytes received on WebSockets (wsgi.websocket), framing included.",
+    "websocket_bytes_sent": "WebSocket payload bytes sent (wsgi.websocket).",
 }
 # Reasons a TLS handshake fails (protocols/tls.py), each shown from the first scrape.
 TLS_FAILURE_REASONS = ("timeout", "eof", "plaintext_http", "client_certificate", "protocol")
 # Reasons a connection's PROXY header was refused (protocols/tcp.py), seeded the same way.
 PROXY_FAILURE_REASONS = ("not_allowed", "malformed", "timeout", "eof")
+# WebSocket close codes shown from the first scrape: normal, going away, abnormal, too big.
+WEBSOCKET_CLOSE_CODES = ("1000", "1001", "1006", "1009")
 GAUGES = {  # snapshot gauge -> (metric name, help)
     "connections_active": (
         "greenserve_connections_active",
@@ -50,6 +56,10 @@ GAUGES = {  # snapshot gauge -> (metric name, help)
     "resident_memory_bytes": (
         "greenserve_worker_resident_memory_bytes",
         "Resident memory of the worker slot's live process.",
+    ),
+    "websocket_connections_active": (
+        "greenserve_websocket_connections_active",
+        "WebSockets open now (wsgi.websocket).",
     ),
     "http_requests_in_flight": (
         "greenserve_http_requests_in_flight",
@@ -105,9 +115,16 @@ class GreenserveCollector(Collector):
         yield from _per_worker(view)
 
 
-def _by_reason(view: View, name: str, text: str, stat: str, reasons: tuple[str, ...]) -> Metric:
-    """A per-worker counter by reason, every known reason present from the first scrape."""
-    family = CounterMetricFamily(name, text, labels=["worker", "reason"])
+def _by_reason(
+    view: View,
+    name: str,
+    text: str,
+    stat: str,
+    reasons: tuple[str, ...],
+    label: str = "reason",
+) -> Metric:
+    """A per-worker counter by label value, every known value present from the first scrape."""
+    family = CounterMetricFamily(name, text, labels=["worker", label])
     for slot in view.slots:
         counts = {**dict.fromkeys(reasons, 0), **slot.labelled.get(stat, {})}
         for reason, count in sorted(counts.items()):
@@ -167,6 +184,14 @@ def _per_worker(view: View) -> Iterator[Metric]:
         "TLS handshakes that failed, by reason.",
         "tls_handshake_failures",
         TLS_FAILURE_REASONS,
+    )
+    yield _by_reason(
+        view,
+        "greenserve_websocket_closes",
+        "WebSockets closed (wsgi.websocket), by the close code received (1006: none).",
+        "websocket_closes",
+        WEBSOCKET_CLOSE_CODES,
+        label="code",
     )
     yield _by_reason(
         view,

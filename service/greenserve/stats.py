@@ -26,10 +26,24 @@ COUNTERS = (
     "http_request_timeouts",
     "tls_handshakes",
     "connections_upgraded",
+    "websocket_messages_received",
+    "websocket_messages_sent",
+    "websocket_bytes_received",
+    "websocket_bytes_sent",
 )
-GAUGES = ("connections_active", "resident_memory_bytes", "http_requests_in_flight")
+GAUGES = (
+    "connections_active",
+    "resident_memory_bytes",
+    "http_requests_in_flight",
+    "websocket_connections_active",
+)
 # counters by a label value: the HTTP status code, the reason a TLS handshake failed
-LABELLED = ("http_requests", "tls_handshake_failures", "proxy_protocol_failures")
+LABELLED = (
+    "http_requests",
+    "tls_handshake_failures",
+    "proxy_protocol_failures",
+    "websocket_closes",
+)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DURATION_BUCKETS = (
     0.0005,
@@ -86,6 +100,8 @@ class WorkerStats:
         *COUNTERS,
         "tls_handshake_failures",
         "proxy_protocol_failures",
+        "websocket_closes",
+        "websocket_connections_active",
         "connections_active",
         "histograms",
         "http_in_flight",
@@ -105,6 +121,12 @@ class WorkerStats:
         self.http_request_timeouts = 0
         self.tls_handshakes = 0
         self.connections_upgraded = 0  # HTTP connections an app took over (WebSockets)
+        self.websocket_messages_received = 0
+        self.websocket_messages_sent = 0
+        self.websocket_bytes_received = 0
+        self.websocket_bytes_sent = 0
+        self.websocket_connections_active = 0
+        self.websocket_closes: dict[str, int] = {}  # by close code
         self.tls_handshake_failures: dict[str, int] = {}
         self.proxy_protocol_failures: dict[str, int] = {}
         self.connections_active = 0
@@ -132,11 +154,13 @@ class WorkerStats:
                 "connections_active": self.connections_active,
                 "resident_memory_bytes": resident_memory_bytes(),
                 "http_requests_in_flight": self.http_in_flight,
+                "websocket_connections_active": self.websocket_connections_active,
             },
             "labelled": {
                 "http_requests": dict(self.http_requests),
                 "tls_handshake_failures": dict(self.tls_handshake_failures),
                 "proxy_protocol_failures": dict(self.proxy_protocol_failures),
+                "websocket_closes": dict(self.websocket_closes),
             },
             "histograms": {name: h.to_wire() for name, h in self.histograms.items()},
         }

@@ -119,6 +119,7 @@ class Worker:
                     tls=settings.certfile is not None,
                     forwarded_allow=settings.forwarded_allow_ips,
                     root_path=settings.root_path,
+                    ws_max_message=settings.ws_max_message,
                 )
                 for listener in listeners
             ]
@@ -203,6 +204,7 @@ class Worker:
             # Responses from now on carry Connection: close; idle keep-alives end now.
             for http in self.https:
                 http.draining = True
+                http.close_websockets()
             self.protocol.connections.close_parked()
         connections = self.protocol.connections
         if self.graceful and connections.open:

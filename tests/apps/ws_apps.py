@@ -38,3 +38,20 @@ def make_socketio() -> Flask:
 
 
 socketio_app = make_socketio()
+
+
+def gevent_websocket_echo(environ: dict, start_response):
+    """The gevent-websocket way (Flask-Sockets, old Socket.IO): environ["wsgi.websocket"]."""
+    ws = environ.get("wsgi.websocket")
+    if ws is None:
+        start_response("400 Bad Request", [("Content-Type", "text/plain")])
+        return [b"websocket expected\n"]
+    while not ws.closed:
+        message = ws.receive()
+        if message is None:
+            break
+        if message == "close please":
+            ws.close(4000, "asked")
+            continue
+        ws.send(message)
+    return []

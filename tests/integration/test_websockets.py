@@ -145,3 +145,193 @@ class TestIdle:
             finally:
                 ws.close()
                 idle_http.close()
+
+
+@pytest.fixture(scope="module")
+def gws_server():
+    with running(
+        "ws_apps:gevent_websocket_echo",
+        "--protocol",
+        "http",
+        "-w",
+        "1",
+        "--ws-max-message",
+        "64k",
+        "--stats-interval",
+        "0.1",
+    ) as server:
+        server.started()
+        yield server
+
+
+def handshake(key: bytes | None = b"dGhlIHNhbXBsZSBub25jZQ==", version: bytes = b"13") -> bytes:
+    lines = [
+        b"GET /ws HTTP/1.1",
+        b"Host: a",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Version: " + version,
+    ]
+    if key is not None:
+        lines.append(b"Sec-WebSocket-Key: " + key)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def frame(opcode: int, payload: bytes, masked: bool = True, fin: bool = True) -> bytes:
+    import os
+    import struct
+
+    head = bytes([(0x80 if fin else 0) | opcode])
+    mask_bit = 0x80 if masked else 0
+    if len(payload) < 126:
+        head += bytes([mask_bit | len(payload)])
+    elif len(payload) < 65536:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", len(payload))
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", len(payload))
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def close_code(sock: socket.socket) -> int:
+    """Read frames until the server's Close; its status code."""
+    import struct
+
+    data = b""
+    sock.settimeout(10)
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed without a Close frame: {data[-40:]!r}")
+        data += chunk
+        frames = data
+        if data.startswith(b"HTTP/"):  # the 101 is still in front of the frames
+            head_end = data.find(b"\r\n\r\n")
+            frames = data[head_end + 4 :] if head_end >= 0 else b""
+        while len(frames) >= 2:
+            opcode, length = frames[0] & 0x0F, frames[1] & 0x7F
+            offset = 2
+            if length == 126:
+                length, offset = struct.unpack("!H", frames[2:4])[0], 4
+            if len(frames) < offset + length:
+                break
+            if opcode == 8:
+                return struct.unpack("!H", frames[offset : offset + 2])[0]
+            frames = frames[offset + length :]
+
+
+class TestGeventWebsocketApi:
+    """environ["wsgi.websocket"]: receive, send, close, closed; RFC 6455 answers to bad input."""
+
+    def test_echo_ping_and_close(self, gws_server):
+        import websocket
+
+        host, port = gws_server.address
+        ws = websocket.create_connection(f"ws://{host}:{port}/ws", timeout=10)
+        try:
+            ws.send("hello")
+            assert ws.recv() == "hello"
+            ws.send_binary(b"\x00\xffbin")
+            assert ws.recv() == b"\x00\xffbin"
+            ws.ping(b"are you there")
+            opcode, data = ws.recv_data_frame(control_frame=True)[0], None
+            assert opcode == websocket.ABNF.OPCODE_PONG
+            ws.send("close please")
+            opcode, close = ws.recv_data_frame(control_frame=True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE
+            assert close.data[:2] == (4000).to_bytes(2, "big") and data is None
+        finally:
+            ws.close()
+
+    def test_handshake_errors(self, gws_server):
+        for request, status in ((handshake(version=b"8"), b"426"), (handshake(key=None), b"400")):
+            with socket.create_connection(gws_server.address, timeout=10) as sock:
+                sock.sendall(request)
+                answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+            if status == b"426":
+                assert b"Sec-WebSocket-Version: 13" in answer
+
+    @pytest.mark.parametrize(
+        ("bad", "code"),
+        [
+            (frame(1, b"unmasked", masked=False), 1002),
+            (frame(1, b"\xff\xfe invalid utf-8"), 1007),
+            (frame(9, b"x", fin=False), 1002),  # a fragmented control frame
+            (frame(3, b"reserved opcode"), 1002),
+            (frame(2, b"x" * 70000), 1009),  # over --ws-max-message 64k
+        ],
+        ids=["unmasked", "bad-utf8", "fragmented-ping", "bad-opcode", "too-big"],
+    )
+    def test_protocol_errors_close_with_their_code(self, gws_server, bad, code):
+        pids = gws_server.worker_pids()
+        with socket.create_connection(gws_server.address, timeout=10) as sock:
+            sock.sendall(handshake())
+            sock.sendall(bad)
+            assert close_code(sock) == code
+        assert gws_server.worker_pids() == pids
+
+    def test_graceful_stop_sends_1001(self):
+        import time
+
+        with running(
+            "ws_apps:gevent_websocket_echo",
+            "--protocol",
+            "http",
+            "-w",
+            "1",
+            "--graceful-timeout",
+            "10",
+        ) as server:
+            server.started()
+            with socket.create_connection(server.address, timeout=10) as sock:
+                sock.sendall(handshake())
+                sock.recv(4096)  # the 101
+                stopped = time.monotonic()
+                server.signal(__import__("signal").SIGTERM)
+                assert close_code(sock) == 1001
+                sock.sendall(frame(8, b"\x03\xe9"))  # the client's Close reply
+                assert server.wait_exit(15) == 0
+                assert time.monotonic() - stopped < 8  # well before --graceful-timeout
+
+    def test_metrics(self, gws_server):
+        import websocket
+
+        host, port = gws_server.address
+        ws = websocket.create_connection(f"ws://{host}:{port}/ws", timeout=10)
+        ws.send("count me")
+        assert ws.recv() == "count me"
+        wait_until(
+            lambda: per_worker(gws_server, "greenserve_websocket_connections_active").get("0") == 1,
+            10,
+            "one open WebSocket",
+        )
+        ws.close()
+        wait_until(
+            lambda: (
+                per_worker(gws_server, "greenserve_websocket_connections_active").get("0") == 0
+                and per_worker(gws_server, "greenserve_websocket_messages_received_total").get(
+                    "0", 0
+                )
+                >= 2
+            ),
+            10,
+            "closed and counted",
+        )
+
+
+def test_a_failed_websocket_does_not_wait_for_a_silent_peer():
+    """After a protocol error the server closes the TCP connection itself (RFC 6455 7.1.7):
+    a hostile peer that stays silent cannot keep a greenlet (no idle timeout applies)."""
+    with running("ws_apps:gevent_websocket_echo", "--protocol", "http", "-w", "1") as server:
+        server.started()
+        with socket.create_connection(server.address, timeout=10) as sock:
+            sock.sendall(handshake())
+            sock.sendall(frame(1, b"unmasked", masked=False))
+            assert close_code(sock) == 1002
+            sock.settimeout(5)
+            rest = b""
+            while chunk := sock.recv(4096):  # the server closes: recv ends, no timeout
+                rest += chunk

@@ -38,6 +38,7 @@ from gevent import socket as gsocket
 
 from greenserve import __version__
 from greenserve.logs import REQUEST_ID
+from greenserve.protocols.websocket import WebSocket
 from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
 
@@ -393,6 +394,7 @@ class HttpConnection:
         self.closing = False
         self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
         self.trusted_peer = False  # in --forwarded-allow-ips: its forwarded headers count
+        self.upgrade_tail = b""  # bytes read past an Upgrade request's head
         sock.expire = self._expire
         # Reads since the last request boundary (see _rejected_request); None past the limit.
         self.history: bytes | None = b""
@@ -417,12 +419,15 @@ class HttpConnection:
         parser = self.parser
         try:
             parser.feed(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             # The connection stops being HTTP after this request: the app may take it over
-            # (WebSockets: see _run_app), or answer it, and then it closes.
+            # (WebSockets: see _run_app), or answer it, and then it closes. Bytes after the
+            # head already belong to the new protocol: kept for wsgi.websocket.
             self.closing = True
             if parser.head is not None:
                 parser.head.upgrade = True
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                self.upgrade_tail = data[offset:]
         except httptools.HttpParserInvalidMethodError as exc:
             rejected = self._rejected_request(data)
             token = self._method_token(rejected) if rejected is not None else b""
@@ -594,6 +599,12 @@ class HttpConnection:
             # connection's socket, to answer the handshake and speak WebSocket on it themselves.
             environ["gunicorn.socket"] = self.sock
             self.sock.upgraded = True
+            if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+                websocket = WebSocket(
+                    self.sock, environ, handler.stats, handler.websockets, handler.ws_max_message
+                )
+                websocket.early = self.upgrade_tail
+                environ["wsgi.websocket"] = websocket
         elif handler.request_timeout:  # a connection taken over is no request any more
             self.sock.request_deadline = time.monotonic() + handler.request_timeout
         try:
@@ -601,6 +612,9 @@ class HttpConnection:
         except RequestTimeout:
             keep = False
         finally:
+            websocket = environ.get("wsgi.websocket")
+            if websocket is not None:
+                websocket.finish()
             if handler.request_timeout:
                 self.sock.request_deadline = 0.0
             REQUEST_ID.reset(context)
@@ -1018,12 +1032,15 @@ class HttpHandler:
         tls: bool = False,
         forwarded_allow: Any = None,
         root_path: str = "",
+        ws_max_message: int = 16 << 20,
     ) -> None:
         self.app = app
         self.request_timeout = request_timeout
         # Request ids: unique per worker process, cheap (no uuid per request), never reused.
         self.tls = tls
         self.forwarded_allow = forwarded_allow  # proxy.Trusted, or None: trust no one
+        self.ws_max_message = ws_max_message
+        self.websockets: set[WebSocket] = set()  # open wsgi.websocket objects (1001 on stop)
         self.root_path = root_path
         self.id_prefix = os.urandom(6).hex()
         self.id_counter = 0
@@ -1066,6 +1083,12 @@ class HttpHandler:
         if self.tls:
             connection.extra_environ = sock.client_environ()
         connection.serve()
+
+    def close_websockets(self) -> None:
+        """A graceful stop: every open WebSocket gets a Close 1001 (going away); its app sees
+        the peer's reply and ends within --graceful-timeout."""
+        for websocket in list(self.websockets):
+            websocket.close(1001, "going away")
 
     def new_request_id(self) -> str:
         self.id_counter += 1

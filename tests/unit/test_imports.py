@@ -13,6 +13,7 @@ WORKER_SIDE = {
     "protocols.tcp",
     "protocols.http",
     "protocols.tls",
+    "protocols.websocket",
 }
 
 

@@ -44,7 +44,7 @@ class WebSocket:
         self.environ = environ
         self.stats = stats
         self.registry = registry
-        self.protocol = ServerProtocol(max_size=max_size)
+        self.engine = ServerProtocol(max_size=max_size)
         self.lock = RLock()
         self.started = False
         self.done = False
@@ -64,8 +64,13 @@ class WebSocket:
         return self.environ.get("HTTP_ORIGIN")
 
     @property
-    def protocol_name(self) -> str | None:
+    def protocol(self) -> str | None:
+        """The subprotocol the client asked for (gevent-websocket's name)."""
         return self.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
+
+    @property
+    def version(self) -> str | None:
+        return self.environ.get("HTTP_SEC_WEBSOCKET_VERSION")
 
     @property
     def closed(self) -> bool:
@@ -87,8 +92,8 @@ class WebSocket:
         for key, value in self.environ.items():
             if key.startswith("HTTP_"):
                 lines.append(f"{key[5:].replace('_', '-').title()}: {value}")
-        self.protocol.receive_data(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        events = self.protocol.events_received()
+        self.engine.receive_data(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        events = self.engine.events_received()
         if not events or not isinstance(events[0], Request):
             self.done = True
             return False
@@ -102,8 +107,8 @@ class WebSocket:
                 )
             self.done = True
             return False
-        response = self.protocol.accept(request)
-        self.protocol.send_response(response)
+        response = self.engine.accept(request)
+        self.engine.send_response(response)
         self._flush()
         if response.status_code != 101:
             self.done = True
@@ -113,7 +118,7 @@ class WebSocket:
         return True
 
     def _flush(self) -> None:
-        data = b"".join(self.protocol.data_to_send())
+        data = b"".join(self.engine.data_to_send())
         if data:
             with self.lock:
                 self.sock.sendall(data)
@@ -134,12 +139,12 @@ class WebSocket:
                     data = b""
             if data:
                 self.stats.websocket_bytes_received += len(data)
-                self.protocol.receive_data(data)
+                self.engine.receive_data(data)
             else:
-                self.protocol.receive_eof()
+                self.engine.receive_eof()
             self._take_events()
             self._flush()  # pongs, close replies, a 1009 or 1002 close
-            protocol = self.protocol
+            protocol = self.engine
             closing = (
                 protocol.close_rcvd is not None
                 or protocol.state is State.CLOSED
@@ -153,7 +158,7 @@ class WebSocket:
         return self.pending.pop(0)
 
     def _take_events(self) -> None:
-        for frame in self.protocol.events_received():
+        for frame in self.engine.events_received():
             opcode = frame.opcode
             if opcode in (Opcode.TEXT, Opcode.BINARY):
                 self.fragment_opcode, self.fragments = opcode, [frame.data]
@@ -170,7 +175,7 @@ class WebSocket:
                         self.pending.append(data.decode())
                     except UnicodeDecodeError:
                         # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
-                        self.protocol.fail(1007, "invalid UTF-8 in a text message")
+                        self.engine.fail(1007, "invalid UTF-8 in a text message")
                         self.failed = True
                         return
                 else:
@@ -182,19 +187,19 @@ class WebSocket:
         is_bytes = isinstance(message, (bytes, bytearray))
         payload = bytes(message) if is_bytes else str(message).encode()
         if binary or (binary is None and is_bytes):
-            self.protocol.send_binary(payload)
+            self.engine.send_binary(payload)
         else:
-            self.protocol.send_text(payload)
+            self.engine.send_text(payload)
         self.stats.websocket_messages_sent += 1
         self.stats.websocket_bytes_sent += len(payload)
         self._flush()
 
     def close(self, code: int = 1000, message: bytes | str = b"") -> None:
         """Send a Close frame; ``receive`` then returns the peer's reply as None."""
-        if not self.started or self.done or self.protocol.state is not State.OPEN:
+        if not self.started or self.done or self.engine.state is not State.OPEN:
             return
         reason = message.decode() if isinstance(message, bytes) else message
-        self.protocol.send_close(code, reason)
+        self.engine.send_close(code, reason)
         try:
             self._flush()
         except OSError:
@@ -208,7 +213,7 @@ class WebSocket:
         if self in self.registry:
             self.registry.discard(self)
             self.stats.websocket_connections_active -= 1
-        code = self.protocol.close_rcvd.code if self.protocol.close_rcvd else 1006
+        code = self.engine.close_rcvd.code if self.engine.close_rcvd else 1006
         closes = self.stats.websocket_closes
         key = str(code)
         closes[key] = closes.get(key, 0) + 1

@@ -1,0 +1,67 @@
+"""WebSocket apps for tests/bench/ws.py: an echo and a broadcast, for each server under test."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+OPEN: set[Any] = set()
+
+
+def greenserve_app(environ: dict, start_response: Any) -> Any:
+    """environ["wsgi.websocket"]: greenserve's own, or gevent-websocket's (same API)."""
+    ws = environ.get("wsgi.websocket")
+    if environ["PATH_INFO"] == "/broadcast":  # one greenlet sends one message to every socket
+        started = time.perf_counter()
+        for peer in list(OPEN):
+            try:
+                peer.send("broadcast")
+            except Exception:  # a peer gone meanwhile
+                OPEN.discard(peer)
+        took = f"{(time.perf_counter() - started) * 1000:.1f}".encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [took]
+    if ws is None:
+        start_response("400 Bad Request", [])
+        return [b""]
+    if environ["PATH_INFO"] == "/idle":
+        OPEN.add(ws)
+    try:
+        while True:
+            message = ws.receive()
+            if message is None:
+                return []
+            ws.send(message)
+    finally:
+        OPEN.discard(ws)
+
+
+def gevent_websocket_server(port: int) -> None:
+    """gevent-websocket on gevent.pywsgi, the classic gevent answer (one process)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    from gevent.pywsgi import WSGIServer
+    from geventwebsocket.handler import WebSocketHandler
+
+    WSGIServer(
+        ("127.0.0.1", port), greenserve_app, handler_class=WebSocketHandler, log=None
+    ).serve_forever()
+
+
+async def asgi_echo(scope: dict, receive: Any, send: Any) -> None:
+    """uvicorn with the websockets library (asyncio + uvloop): the reference."""
+    if scope["type"] != "websocket":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        event = await receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": event.get("text")})
+
+
+if __name__ == "__main__":
+    import sys
+
+    gevent_websocket_server(int(sys.argv[1]))

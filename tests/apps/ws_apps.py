@@ -55,3 +55,31 @@ def gevent_websocket_echo(environ: dict, start_response):
             continue
         ws.send(message)
     return []
+
+
+PAGE = b"""<!doctype html>
+<html><head><title>greenserve websocket</title></head>
+<body><ul id="log"></ul>
+<script>
+const log = document.getElementById("log");
+const ws = new WebSocket(`ws://${location.host}/ws`);
+let received = 0;
+ws.onopen = () => { for (const text of ["one", "two", "caf\\u00e9"]) ws.send(text); };
+ws.onmessage = (event) => {
+  const item = document.createElement("li");
+  item.textContent = "echo: " + event.data;
+  log.appendChild(item);
+  received += 1;
+  if (received === 3) { document.title = "done"; ws.close(1000); }
+};
+ws.onerror = () => { document.title = "error"; };
+</script></body></html>
+"""
+
+
+def browser_page(environ: dict, start_response):
+    """/ serves a page whose script echoes three messages over /ws (wsgi.websocket)."""
+    if environ["PATH_INFO"] == "/ws":
+        return gevent_websocket_echo(environ, start_response)
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+    return [PAGE]

@@ -564,6 +564,15 @@ OPTIONS: tuple[Option, ...] = (
         group="http",
     ),
     Option(
+        "ws_ping_interval",
+        _non_negative_float,
+        "0",
+        "ping every wsgi.websocket this often; one that has not answered the previous ping is "
+        "closed (1011); 0 = no pings",
+        "S",
+        group="http",
+    ),
+    Option(
         "workers",
         _workers,
         "auto",
@@ -731,6 +740,7 @@ class Settings:
     access_log: bool
     access_log_format: str
     ws_max_message: int
+    ws_ping_interval: float
     workers: int
     timeout: float
     graceful_timeout: float

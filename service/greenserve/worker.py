@@ -168,6 +168,8 @@ class Worker:
         ]
         if self.protocol.idle is not None:
             background.append(gevent.spawn(self.protocol.idle.run))
+        if self.https and self.settings.ws_ping_interval:
+            background.append(gevent.spawn(self._ping_loop, self.settings.ws_ping_interval))
         for server in self.servers:
             server.start()
         if self.protocol.publish is not None:
@@ -232,6 +234,13 @@ class Worker:
         while True:
             gevent.sleep(interval)
             self.flush()
+
+    def _ping_loop(self, interval: float) -> None:
+        """--ws-ping-interval: one greenlet pings every open wsgi.websocket (no timer each)."""
+        while True:
+            gevent.sleep(interval)
+            for http in self.https:
+                http.ping_websockets()
 
     def _probe_loop(self) -> None:
         """Heartbeat and event-loop lag: how late the hub wakes a timer is the blocked time."""

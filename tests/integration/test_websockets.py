@@ -335,3 +335,34 @@ def test_a_failed_websocket_does_not_wait_for_a_silent_peer():
             rest = b""
             while chunk := sock.recv(4096):  # the server closes: recv ends, no timeout
                 rest += chunk
+
+
+def test_ping_interval_answers_and_drops_a_silent_peer():
+    """--ws-ping-interval: a live client answers pings and stays; one that stops is closed."""
+    import time
+
+    import websocket
+
+    with running(
+        "ws_apps:gevent_websocket_echo",
+        "--protocol",
+        "http",
+        "-w",
+        "1",
+        "--ws-ping-interval",
+        "0.3",
+    ) as server:
+        server.started()
+        host, port = server.address
+        live = websocket.create_connection(f"ws://{host}:{port}/ws", timeout=10)
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 1.2:  # websocket-client answers pings on recv
+                live.send("alive")
+                assert live.recv() == "alive"
+        finally:
+            live.close()
+        with socket.create_connection(server.address, timeout=10) as silent:
+            silent.sendall(handshake())
+            # never answers: the second ping finds the first unanswered and closes with 1011
+            assert close_code(silent) == 1011

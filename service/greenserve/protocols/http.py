@@ -1084,6 +1084,10 @@ class HttpHandler:
             connection.extra_environ = sock.client_environ()
         connection.serve()
 
+    def ping_websockets(self) -> None:
+        for websocket in list(self.websockets):
+            websocket.ping()
+
     def close_websockets(self) -> None:
         """A graceful stop: every open WebSocket gets a Close 1001 (going away); its app sees
         the peer's reply and ends within --graceful-timeout."""

@@ -16,6 +16,8 @@ with 1009, a protocol error with its RFC 6455 code. A graceful stop closes every
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any
 
 from gevent.lock import RLock
@@ -53,6 +55,7 @@ class WebSocket:
         self.fragment_opcode: Opcode | None = None
         self.early = b""  # frames that arrived with the handshake (read before it was answered)
         self.failed = False  # we failed the connection: no reply is awaited
+        self.awaiting_pong = False  # --ws-ping-interval: a ping is out, no pong yet
 
     # gevent-websocket's attributes
     @property
@@ -165,7 +168,9 @@ class WebSocket:
             elif opcode is Opcode.CONT:
                 self.fragments.append(frame.data)
             else:
-                continue  # PING, PONG, CLOSE: answered by the protocol object
+                if opcode is Opcode.PONG:
+                    self.awaiting_pong = False
+                continue  # PING and CLOSE are answered by the protocol object
             if frame.fin:
                 data = b"".join(self.fragments)
                 self.fragments = []
@@ -193,6 +198,26 @@ class WebSocket:
         self.stats.websocket_messages_sent += 1
         self.stats.websocket_bytes_sent += len(payload)
         self._flush()
+
+    def ping(self) -> None:
+        """--ws-ping-interval: a peer that did not answer the last ping is gone; else ping."""
+        if not self.started or self.done or self.engine.state is not State.OPEN:
+            return
+        if self.awaiting_pong:
+            self.engine.fail(1011, "no answer to ping")
+            self.failed = True
+            try:
+                self._flush()
+            finally:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)  # the app's receive() ends now
+            return
+        self.awaiting_pong = True
+        self.engine.send_ping(b"greenserve")
+        try:
+            self._flush()
+        except OSError:
+            self.finish()
 
     def close(self, code: int = 1000, message: bytes | str = b"") -> None:
         """Send a Close frame; ``receive`` then returns the peer's reply as None."""

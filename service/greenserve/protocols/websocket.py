@@ -20,7 +20,7 @@ import contextlib
 import socket
 from typing import Any
 
-from gevent.lock import RLock
+from gevent.lock import Semaphore
 from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -47,7 +47,7 @@ class WebSocket:
         self.stats = stats
         self.registry = registry
         self.engine = ServerProtocol(max_size=max_size)
-        self.lock = RLock()
+        self.lock = Semaphore()  # writers: the app, the pinger, a stop (Cython, not RLock)
         self.started = False
         self.done = False
         self.pending: list[str | bytes] = []

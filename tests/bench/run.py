@@ -180,34 +180,21 @@ HTTP_APPS = {
 }
 
 
+def greenserve_command(app: str, *extra: str, workers: int = 2) -> list[str]:
+    """greenserve serving ``app`` over HTTP on ``{port}``, quiet, as every bench starts it."""
+    return [
+        sys.executable, "-m", "greenserve", app, "--protocol", "http", "--workers", str(workers),
+        "--bind", "127.0.0.1:{port}", "--metrics-bind", "127.0.0.1:0", "--log-level", "warning",
+        "--log-format", "json", *extra,
+    ]  # fmt: skip
+
+
 def http_contenders(app_name: str = "hello") -> list[Contender]:
     """Two workers each; nginx only for hello (a static 200 from C: the practical ceiling)."""
     py = sys.executable
     app = HTTP_APPS[app_name]
     gunicorn = [py, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning"]
-    contenders = [
-        Contender(
-            "greenserve http x2",
-            [
-                py,
-                "-m",
-                "greenserve",
-                app,
-                "--protocol",
-                "http",
-                "--workers",
-                "2",
-                "--bind",
-                "127.0.0.1:{port}",
-                "--metrics-bind",
-                "127.0.0.1:0",
-                "--log-level",
-                "warning",
-                "--log-format",
-                "json",
-            ],
-        ),
-    ]
+    contenders = [Contender("greenserve http x2", greenserve_command(app))]
     if shutil.which("granian"):  # the Rust WSGI server users pick for speed
         granian = [shutil.which("granian"), "--interface", "wsgi", "--workers", "2"]
         contenders.append(

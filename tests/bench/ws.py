@@ -22,6 +22,7 @@ from tests.bench.run import (
     _metric,
     _rss,
     free_port,
+    greenserve_command,
     session_cpu_seconds,
     started,
 )
@@ -33,11 +34,10 @@ APP = "tests.bench.servers.ws_bench"
 def contenders() -> list[Contender]:
     py = sys.executable
     return [
-        Contender("greenserve (wsgi.websocket) x1", [
-            py, "-m", "greenserve", f"{APP}:greenserve_app", "--protocol", "http", "-w", "1",
-            "--bind", "127.0.0.1:{port}", "--metrics-bind", "127.0.0.1:0", "--log-level",
-            "warning", "--log-format", "json",
-        ]),
+        Contender(
+            "greenserve (wsgi.websocket) x1",
+            greenserve_command(f"{APP}:greenserve_app", workers=1),
+        ),
         Contender("gevent-websocket on pywsgi x1", [py, "-m", APP, "{port}"]),
         Contender("uvicorn + websockets x1", [
             py, "-m", "uvicorn", f"{APP}:asgi_echo", "--port", "{port}", "--log-level",

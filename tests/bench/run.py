@@ -178,6 +178,75 @@ HTTP_APPS = {
     "hello": "greenserve.apps:hello",
     "flask": "tests.bench.servers.flask_json:app",
 }
+SLOW_APP = "tests.bench.servers.slow_app:app"
+
+
+def io_bound(seconds: float, connections: int = 1000) -> list[dict[str, Any]]:
+    """1,000 connections on an app that waits 50 ms: throughput and the tail (issue 19)."""
+    import re
+
+    py = sys.executable
+    gunicorn = [py, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning"]
+    contenders = [Contender("greenserve http x2", greenserve_command(SLOW_APP))]
+    if importlib.util.find_spec("gunicorn"):
+        contenders.append(
+            Contender(
+                "gunicorn -k gevent x2",
+                [*gunicorn, "-k", "gevent", "--worker-connections", "1000", SLOW_APP],
+            )
+        )
+    if shutil.which("granian"):
+        contenders.append(
+            Contender(
+                "granian wsgi x2 (512 threads each)",
+                [
+                    shutil.which("granian"),
+                    "--interface",
+                    "wsgi",
+                    "--workers",
+                    "2",
+                    "--blocking-threads",
+                    "512",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                    "--no-log",
+                    SLOW_APP,
+                ],
+            )
+        )
+    rows = []
+    print(f"\nI/O-bound app (50 ms wait), wrk -t1 -c{connections} -d{seconds:g}")
+    for contender in contenders:
+        port = free_port()
+        with started(contender, port):
+            try:
+                wait_http(port)
+            except AssertionError:
+                print(f"  {contender.name}: did not start")
+                continue
+            out = subprocess.run(
+                ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}", "--latency",
+                 f"http://127.0.0.1:{port}/"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+        row = {
+            "server": contender.name,
+            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_us": _wrk_latency_us(out, "50"),
+            "p90_us": _wrk_latency_us(out, "90"),
+            "p99_us": _wrk_latency_us(out, "99"),
+            "errors": "Socket errors" in out,
+        }
+        rows.append(row)
+        print(
+            f"  {row['server']:34s} {row['requests_per_s']:>9,.0f} req/s  p50 "
+            f"{row['p50_us'] / 1000:.0f} ms  p90 {row['p90_us'] / 1000:.0f} ms  p99 "
+            f"{row['p99_us'] / 1000:.0f} ms{'  (socket errors)' if row['errors'] else ''}",
+            flush=True,
+        )
+    return rows
 
 
 def greenserve_command(app: str, *extra: str, workers: int = 2) -> list[str]:
@@ -647,7 +716,7 @@ def main() -> None:
     parser.add_argument("--scrape-workers", type=int, default=64)
     parser.add_argument(
         "--only",
-        choices=("all", "echo", "http", "lifecycle", "tls"),
+        choices=("all", "echo", "http", "lifecycle", "tls", "io"),
         default="all",
         help="lifecycle = balance, idle memory, respawn",
     )
@@ -656,6 +725,11 @@ def main() -> None:
 
     report: dict[str, Any] = {"cpus": WORKERS, "args": vars(args)}
     goals: list[dict] = []
+    if args.only == "io":
+        report["io_bound"] = io_bound(args.seconds)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "latest-io.json").write_text(json.dumps(report, indent=2))
+        return
     if args.only == "tls":
         from tests.bench import tls
 

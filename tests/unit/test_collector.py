@@ -124,3 +124,19 @@ class TestQuantile:
         assert abs(quantile(0.75, buckets) - 0.15) < 1e-9
         assert quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
         assert quantile(0.99, [(0.1, 0.0), (float("inf"), 5.0)]) == 0.1
+
+
+def test_readme_metrics_section_names_every_family():
+    """The README documents every family the master exports (TLS's expiry gauge included)."""
+    from pathlib import Path
+
+    aggregator = Aggregator(1)
+    aggregator.set_tls_expiry(1e9)
+    text = generate_latest(build_registry(aggregator)).decode()
+    names = [
+        f.name for f in text_string_to_metric_families(text) if f.name.startswith("greenserve_")
+    ]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Metrics") : readme.index("## Load balancing across workers")]
+    for name in names:
+        assert name in section, name

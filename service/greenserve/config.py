@@ -759,10 +759,6 @@ class Settings:
     group: int | None
     config: str | None = None
 
-    @property
-    def tcp_binds(self) -> tuple[Address, ...]:
-        return tuple(b for b in self.bind if isinstance(b, Address))
-
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -64,7 +64,7 @@ class Listeners:
                     continue
                 self.shared[bind] = self._bind(bind)
         except BaseException:
-            self._close_own(previous)
+            self.close(previous)
             raise
 
     def _bind(self, bind: Bind) -> socket.socket:
@@ -132,11 +132,8 @@ class Listeners:
     def all_sockets(self) -> set[socket.socket]:
         return {*self.shared.values(), *self.per_slot.values()}
 
-    def close(self, *keep: Listeners) -> None:
+    def close(self, *keep: Listeners | None) -> None:
         """Close every socket no ``keep`` set uses; remove the unix socket files created."""
-        self._close_own(*keep)
-
-    def _close_own(self, *keep: Listeners | None) -> None:
         kept: set[socket.socket] = set()
         kept_paths: set[str] = set()
         for other in keep:

@@ -168,16 +168,14 @@ def _per_worker(view: View) -> Iterator[Metric]:
         for slot in view.slots:
             family.add_metric([str(slot.index)], slot.gauges[name])
         yield family
-    requests = CounterMetricFamily(
+    yield _by_reason(
+        view,
         "greenserve_http_requests",
         "HTTP requests answered, by status code.",
-        labels=["worker", "code"],
+        "http_requests",
+        SEEDED_CODES,
+        label="code",
     )
-    for slot in view.slots:
-        codes = {**dict.fromkeys(SEEDED_CODES, 0), **slot.labelled["http_requests"]}
-        for code, count in sorted(codes.items()):
-            requests.add_metric([str(slot.index), code], count)
-    yield requests
     yield _by_reason(
         view,
         "greenserve_tls_handshake_failures",

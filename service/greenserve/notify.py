@@ -36,10 +36,6 @@ class Notifier:
         self.last_ping = 0.0
         self.ready_sent = False
 
-    @property
-    def enabled(self) -> bool:
-        return self.sock is not None
-
     def send(self, *fields: str) -> None:
         if self.sock is None:
             return

@@ -207,6 +207,3 @@ class Heartbeat:
 
     def age(self) -> float:
         return time.monotonic() - self._value.value
-
-    def reset(self) -> None:
-        self._value.value = time.monotonic()

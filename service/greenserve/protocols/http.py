@@ -38,6 +38,7 @@ from gevent import socket as gsocket
 
 from greenserve import __version__
 from greenserve.logs import REQUEST_ID
+from greenserve.protocols.tcp import peer as _peer
 from greenserve.protocols.websocket import WebSocket
 from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
@@ -169,10 +170,7 @@ class _Parser:
         # lets an error be traced back to the request it belongs to (HttpConnection._feed).
         self.at_boundary = True
         self.completed = 0
-        self.parser = httptools.HttpRequestParser(self)
-        # RFC 9112 7.1.1 allows whitespace (BWS) before a chunk extension's ";". llhttp rejects
-        # BWS after the ";" and around "=" whatever the options: see the README.
-        self.parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+        self.parser = _request_parser(self)
         self.feed = self.parser.feed_data  # the parser's own method: no Python frame per read
         self.valid_host = b""  # the last Host value checked: keep-alive requests repeat it
 
@@ -792,11 +790,19 @@ def _valid_header(name: str, value: str) -> bytes:
     return line
 
 
+def _request_parser(callbacks: Any) -> httptools.HttpRequestParser:
+    """llhttp as every request of greenserve is parsed: RFC 9112 7.1.1 allows whitespace (BWS)
+    before a chunk extension's ";"; llhttp rejects it after the ";" and around "=" whatever the
+    options (see the README)."""
+    parser = httptools.HttpRequestParser(callbacks)
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    return parser
+
+
 def _messages_completed(data: bytes) -> int:
     """How many whole requests a fresh parser finds at the start of ``data``."""
     counter = _MessageCounter()
-    parser = httptools.HttpRequestParser(counter)
-    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    parser = _request_parser(counter)
     with contextlib.suppress(httptools.HttpParserError):
         parser.feed_data(data)
     return counter.completed
@@ -1153,10 +1159,3 @@ def _as_http_error(exc: Exception, data: bytes) -> HttpError:
         return HttpError(505, message)
     # Includes "chunked" not being the final coding: RFC 9112 6.3 says 400.
     return HttpError(400, message)
-
-
-def _peer(address: Any) -> str:
-    try:
-        return f"{address[0]}:{address[1]}"
-    except (TypeError, IndexError):
-        return str(address)

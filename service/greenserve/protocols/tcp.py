@@ -273,7 +273,7 @@ class TcpProtocol:
         except ProxyError as exc:
             _count(stats.proxy_protocol_failures, exc.reason)
             if exc.reason == "malformed":
-                self.log.warning("proxy_header_refused", peer=_peer(address), error=str(exc))
+                self.log.warning("proxy_header_refused", peer=peer(address), error=str(exc))
             return None
         except OSError:  # the sweeper shut it at the deadline, or the peer went away
             _count(stats.proxy_protocol_failures, "timeout" if sock.shut else "eof")
@@ -284,7 +284,7 @@ class TcpProtocol:
             client = parse_header(header)
         except ProxyError as exc:
             _count(stats.proxy_protocol_failures, exc.reason)
-            self.log.warning("proxy_header_refused", peer=_peer(address), error=str(exc))
+            self.log.warning("proxy_header_refused", peer=peer(address), error=str(exc))
             return None
         return client if client is not None else address
 
@@ -335,7 +335,7 @@ class TcpProtocol:
             pass  # the peer went away, or the app's own timeout: ordinary ends of a connection
         except Exception:
             stats.handler_errors += 1
-            self.log.error("handler_error", peer=_peer(address), exc_info=True)
+            self.log.error("handler_error", peer=peer(address), exc_info=True)
             if self.wsgi_suspect and time.monotonic() - self.hinted_at >= HINT_EVERY:
                 self.hinted_at = time.monotonic()
                 self.log.warning(
@@ -391,7 +391,8 @@ def _peek(sock: Any, size: int) -> bytes:
     return gsocket.socket.recv(sock, size, socket.MSG_PEEK)
 
 
-def _peer(address: Any) -> str:
+def peer(address: Any) -> str:
+    """``host:port`` of a peer for logs (a unix socket's peer as it is)."""
     try:
         return f"{address[0]}:{address[1]}"
     except (TypeError, IndexError):

@@ -79,11 +79,6 @@ class WebSocket:
     def closed(self) -> bool:
         return self.done
 
-    @property
-    def handshaken(self) -> bool:
-        """Whether this object answered the Upgrade (and so owns the connection)."""
-        return self.started
-
     def _start(self) -> bool:
         """The handshake, once; False when it was refused (the answer is sent)."""
         if self.started:

@@ -245,6 +245,19 @@ def running(*args: str, **kwargs: Any) -> Iterator[Server]:
         server.close()
 
 
+def by_label(server: Server, name: str, label: str) -> dict[str, float]:
+    """One metric summed over the workers, by the value of ``label`` (a reason, a code)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(server.metrics_text()):
+        for sample in family.samples:
+            if sample.name == name:
+                key = sample.labels[label]
+                totals[key] = totals.get(key, 0) + sample.value
+    return totals
+
+
 def per_worker(server: Server, name: str) -> dict[str, float]:
     """One metric's value per worker slot, read from the server's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -328,6 +341,15 @@ def parse_responses(raw: bytes, head_indexes: frozenset[int] = frozenset()) -> l
         if status >= 200:
             finals += 1
     return out
+
+
+def final_responses(
+    raw: bytes, head_first: bool = False
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """(status, headers, body) of each final response in ``raw``, interim ones skipped;
+    ``head_first``: the first answers a HEAD request, so it has no body."""
+    heads = frozenset({0}) if head_first else frozenset()
+    return [(r.status, r.headers, r.body) for r in parse_responses(raw, heads) if r.status >= 200]
 
 
 class ScriptedSocket:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import subprocess
 import sys
 import threading
@@ -97,7 +96,13 @@ class TestRequestTimeout:
         threads = [threading.Thread(target=call, args=("slow", "/sleep?s=5")) for _ in range(20)]
         for thread in threads:
             thread.start()
-        time.sleep(0.2)  # load, not synchronisation: the slow requests are in flight
+        wait_until(  # the slow requests are in flight before the fast ones start
+            lambda: (
+                per_worker(deadline_server, "greenserve_http_requests_in_flight").get("0", 0) >= 20
+            ),
+            5,
+            "20 slow requests in flight",
+        )
         fast = [threading.Thread(target=call, args=("fast", "/fast")) for _ in range(20)]
         for thread in fast:
             thread.start()
@@ -262,4 +267,3 @@ def test_request_timeout_is_documented_in_help():
         [sys.executable, "-m", "greenserve", "--help"], capture_output=True, text=True, cwd=APPS_DIR
     ).stdout
     assert "--request-timeout" in out and "--capture-output" in out
-    assert json.dumps  # the module's imports are used

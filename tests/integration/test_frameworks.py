@@ -13,7 +13,7 @@ import random
 import pytest
 import requests
 
-from tests.helpers import APPS_DIR, running
+from tests.helpers import running
 
 FRAMEWORKS = {
     "flask": "fw_flask:app",
@@ -139,8 +139,3 @@ class TestDjango:
             self.base(django_server) + "/protected", data={"field": "value"}, timeout=10
         )
         assert response.status_code == 403
-
-
-def test_framework_apps_are_importable_from_the_apps_dir():
-    """The apps import their shared module by its top-level name, as greenserve loads them."""
-    assert (APPS_DIR / "fw_common.py").exists()

@@ -18,7 +18,15 @@ import zlib
 
 import pytest
 
-from tests.helpers import APPS_DIR, SPLIT_MODES, running, split, steady_server, wait_until
+from tests.helpers import (
+    APPS_DIR,
+    SPLIT_MODES,
+    final_responses,
+    running,
+    split,
+    steady_server,
+    wait_until,
+)
 from tests.http_corpus.corpus import MALFORMED, VALID
 from tests.http_corpus.exchanges import EXCHANGES, LAST, check_exchange
 from tests.integration.test_metrics import scrape, wait_totals
@@ -52,41 +60,6 @@ def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
         return data
     finally:
         sock.close()
-
-
-def final_responses(
-    raw: bytes, head_first: bool = False
-) -> list[tuple[int, dict[str, str], bytes]]:
-    """Split a byte stream of responses (Content-Length or chunked framed), skipping 1xx.
-
-    ``head_first``: the first final response answers a HEAD request, so it has no body.
-    """
-    out = []
-    while raw:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if status < 200 or (head_first and not out):
-            body, raw = b"", rest
-        elif "content-length" in headers:
-            length = int(headers["content-length"])
-            body, raw = rest[:length], rest[length:]
-        elif headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size_line, _, rest = rest.partition(b"\r\n")
-                size = int(size_line, 16)
-                body += rest[:size]
-                rest = rest[size + 2 :]
-                if size == 0:
-                    break
-            raw = rest
-        else:
-            body, raw = rest, b""
-        if status >= 200:
-            out.append((status, headers, body))
-    return out
 
 
 @pytest.fixture(scope="module")

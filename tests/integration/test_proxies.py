@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 
-from tests.helpers import running, wait_until
+from tests.helpers import by_label, running, wait_until
 from tests.unit.test_proxy import ipv4_block, v2
 
 REQUEST = b"GET /where HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -33,14 +33,7 @@ def body_json(raw: bytes) -> dict:
 
 
 def failures(server) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(server.metrics_text()):
-        for sample in family.samples:
-            if sample.name == "greenserve_proxy_protocol_failures_total":
-                out[sample.labels["reason"]] = out.get(sample.labels["reason"], 0) + sample.value
-    return out
+    return by_label(server, "greenserve_proxy_protocol_failures_total", "reason")
 
 
 class TestProxyProtocol:

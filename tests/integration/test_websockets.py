@@ -236,12 +236,12 @@ class TestGeventWebsocketApi:
             ws.send_binary(b"\x00\xffbin")
             assert ws.recv() == b"\x00\xffbin"
             ws.ping(b"are you there")
-            opcode, data = ws.recv_data_frame(control_frame=True)[0], None
+            opcode = ws.recv_data_frame(control_frame=True)[0]
             assert opcode == websocket.ABNF.OPCODE_PONG
             ws.send("close please")
             opcode, close = ws.recv_data_frame(control_frame=True)
             assert opcode == websocket.ABNF.OPCODE_CLOSE
-            assert close.data[:2] == (4000).to_bytes(2, "big") and data is None
+            assert close.data[:2] == (4000).to_bytes(2, "big")
         finally:
             ws.close()
 

@@ -5,12 +5,10 @@ prometheus and wrk:  python -m tests.bench.fleet [--seconds 5]"""
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.bench.run import session_cpu_seconds
+from tests.bench.run import wrk
 from tests.fleet.test_fleet import running_fleet
 
 
@@ -26,20 +24,10 @@ def main() -> None:
                 victim = [h for h in hosts if h.proc is not None][-1]
                 victim.kill()
                 victim.proc = None
-            subprocess.run(["wrk", "-t1", "-c32", "-d1", fleet["url"]], capture_output=True)
             sessions = [h.proc.pid for h in hosts if h.proc is not None] + fleet["haproxy_pids"]
-            before = sum(session_cpu_seconds(pid) for pid in sessions)
-            out = subprocess.run(
-                ["wrk", "-t1", "-c32", f"-d{args.seconds:g}", "--latency", fleet["url"]],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            cpu = sum(session_cpu_seconds(pid) for pid in sessions) - before
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-            p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-            p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)]
-            per = cpu / (rps * args.seconds) * 1000
+            run = wrk(fleet["url"], 32, args.seconds, sessions=tuple(sessions))
+            rps, p99_ms = run.requests_per_s, run.p99_us / 1000
+            per = run.cpu_seconds / (rps * args.seconds) * 1000
             print(f"{count:>5} {rps:>9,.0f} {p99_ms:>7.2f} {per:>10.3f}", flush=True)
 
 

@@ -183,7 +183,6 @@ SLOW_APP = "tests.bench.servers.slow_app:app"
 
 def io_bound(seconds: float, connections: int = 1000) -> list[dict[str, Any]]:
     """1,000 connections on an app that waits 50 ms: throughput and the tail (issue 19)."""
-    import re
 
     py = sys.executable
     gunicorn = [py, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning"]
@@ -226,18 +225,14 @@ def io_bound(seconds: float, connections: int = 1000) -> list[dict[str, Any]]:
             except AssertionError:
                 print(f"  {contender.name}: did not start")
                 continue
-            out = subprocess.run(
-                ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}", "--latency",
-                 f"http://127.0.0.1:{port}/"],
-                capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
+            run = wrk(f"http://127.0.0.1:{port}/", connections, seconds, warm=False)
         row = {
             "server": contender.name,
-            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_us": _wrk_latency_us(out, "50"),
-            "p90_us": _wrk_latency_us(out, "90"),
-            "p99_us": _wrk_latency_us(out, "99"),
-            "errors": "Socket errors" in out,
+            "requests_per_s": run.requests_per_s,
+            "p50_us": run.p50_us,
+            "p90_us": run.p90_us,
+            "p99_us": run.p99_us,
+            "errors": run.errors,
         }
         rows.append(row)
         print(
@@ -303,9 +298,57 @@ def _wrk_latency_us(text: str, percentile: str) -> float:
     return float(match.group(1)) * scale
 
 
+@dataclass
+class WrkRun:
+    """One wrk run: what the client saw, and the servers' CPU meanwhile."""
+
+    requests_per_s: float
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    cpu_seconds: float
+    seconds: float
+    errors: bool
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.requests_per_s * self.seconds / self.cpu_seconds if self.cpu_seconds else 0.0
+
+
+def wrk(
+    url: str,
+    connections: int,
+    seconds: float,
+    *extra: str,
+    sessions: tuple[int, ...] = (),
+    warm: bool = True,
+) -> WrkRun:
+    """``wrk -t1`` on ``url`` (a 1 s warm-up first), with the CPU of the ``sessions``' processes."""
+    import re
+
+    if warm:
+        subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1", *extra, url], capture_output=True)
+    before = sum(session_cpu_seconds(pid) for pid in sessions)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}", "--latency", *extra, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = sum(session_cpu_seconds(pid) for pid in sessions) - before
+    return WrkRun(
+        requests_per_s=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        p50_us=_wrk_latency_us(out, "50"),
+        p90_us=_wrk_latency_us(out, "90"),
+        p99_us=_wrk_latency_us(out, "99"),
+        cpu_seconds=cpu,
+        seconds=seconds,
+        errors="Socket errors" in out or "Non-2xx" in out,
+    )
+
+
 def run_http(rounds: int, seconds: float, app_name: str = "hello") -> dict[str, list[dict]]:
     """Interleaved rounds; a contender that does not start is reported and left out."""
-    import re
 
     results: dict[str, list[dict]] = {}
     contenders = http_contenders(app_name)
@@ -320,24 +363,15 @@ def run_http(rounds: int, seconds: float, app_name: str = "hello") -> dict[str, 
                     print(f"  round {round_index + 1} {contender.name:30s} did not start: {exc}")
                     results.setdefault(contender.name, [])
                     continue
-                url = f"http://127.0.0.1:{port}/"
-                subprocess.run(["wrk", "-t1", "-c64", "-d1", url], check=True, capture_output=True)
-                cpu_before = session_cpu_seconds(proc.pid)
-                out = subprocess.run(
-                    ["wrk", "-t1", "-c64", f"-d{seconds:g}", "--latency", url],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-                cpu = session_cpu_seconds(proc.pid) - cpu_before
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                run = wrk(f"http://127.0.0.1:{port}/", 64, seconds, sessions=(proc.pid,))
+            rps = run.requests_per_s
             sample = {
                 "requests_per_s": rps,
-                "p50_us": _wrk_latency_us(out, "50"),
-                "p99_us": _wrk_latency_us(out, "99"),
-                "server_cpu_seconds": cpu,
-                "requests_per_cpu_s": rps * seconds / cpu if cpu else 0.0,
-                "errors": "Socket errors" in out or "Non-2xx" in out,
+                "p50_us": run.p50_us,
+                "p99_us": run.p99_us,
+                "server_cpu_seconds": run.cpu_seconds,
+                "requests_per_cpu_s": run.per_cpu_s,
+                "errors": run.errors,
             }
             results.setdefault(contender.name, []).append(sample)
             print(

@@ -4,12 +4,10 @@ P-256), and memory per idle TLS connection. Part of ``python -m tests.bench.run 
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,8 +21,8 @@ from tests.bench.run import (
     _metric,
     _rss,
     free_port,
-    session_cpu_seconds,
     started,
+    wrk,
 )
 from tests.helpers import wait_until
 
@@ -139,20 +137,10 @@ def measure(contender: Contender, seconds: float, close: bool) -> dict[str, Any]
             wait_until(lambda: _ready(port), 20, f"HTTPS on {port}")
         except AssertionError:
             return None
-        url = f"https://127.0.0.1:{port}/"
-        extra = ["-H", "Connection: close"] if close else []
-        connections = "16" if close else "64"
-        subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1", *extra, url], capture_output=True)
-        before = session_cpu_seconds(proc.pid)
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}", "--latency", *extra, url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        cpu = session_cpu_seconds(proc.pid) - before
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"per_s": rps, "per_cpu_s": rps * seconds / cpu if cpu else 0.0}
+        extra = ("-H", "Connection: close") if close else ()
+        result = wrk(f"https://127.0.0.1:{port}/", 16 if close else 64, seconds, *extra,
+                     sessions=(proc.pid,))  # fmt: skip
+    return {"per_s": result.requests_per_s, "per_cpu_s": result.per_cpu_s}
 
 
 def run(rounds: int, seconds: float) -> dict[str, Any]:

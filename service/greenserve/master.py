@@ -166,17 +166,15 @@ class Master:
         self.generation = 1
         self.stop: Stop | None = None
         self.reload: Reload | None = None
-        self.listeners = Listeners(self.settings)
         # each slot's open connections, written by its worker, read by its siblings
         self.load = self.ctx.RawArray("i", [LOAD_UNUSED] * LOAD_SLOTS + [0, 0])
-        self.drain_until: float | None = None  # --drain-delay: when the real stop begins
-        self.drained = False  # the drain delay was granted (a second TERM stops at once)
+        # --drain-delay: when the real stop begins; set once (a second TERM stops at once)
+        self.drain_until: float | None = None
         self.metrics: MetricsServer | None = None
         self.looping = False
         self.pid_file = PidFile(self.settings.pid_file)
         self.start_cwd = os.getcwd()
         self.notifier = Notifier(os.environ)
-        self.notify_socket = self.notifier.address  # handed to a new master (USR2)
         # Sockets from systemd (LISTEN_FDS) replace --bind, also for every reload.
         self.bind_override: tuple[Bind, ...] | None = None
         fds = activated_fds(os.environ)
@@ -188,7 +186,7 @@ class Master:
             self.bind_override = self.bind_override or tuple(self.inherited)
         if self.bind_override:
             self.settings = self.settings.with_changes(bind=self.bind_override)
-            self.listeners = Listeners(self.settings)
+        self.listeners = Listeners(self.settings)
         self.upgrade: Upgrade | None = None  # a new master this one started (USR2)
 
     @property
@@ -346,9 +344,7 @@ class Master:
             self.log.warning("upgrade_refused", reason="a stop or an upgrade is in progress")
             return
         self.pid_file.set_aside()
-        extra = {"NOTIFY_SOCKET": self.notify_socket} if self.notify_socket else {}
-        if extra and extra["NOTIFY_SOCKET"].startswith("\0"):
-            extra["NOTIFY_SOCKET"] = "@" + extra["NOTIFY_SOCKET"][1:]
+        extra = self.notifier.child_environ()  # the new master reports to systemd too
         self.upgrade = Upgrade(
             self.argv, self.listeners.fds(), self.start_cwd, UPGRADE_DEADLINE, extra
         )
@@ -366,7 +362,8 @@ class Master:
         self.pid_file.restore()
 
     def _end_drain(self) -> None:
-        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+        drain_until = self.drain_until
+        if drain_until is not None and self.stop is None and time.monotonic() >= drain_until:
             self._begin_stop(graceful=True)
 
     def _export_certificate(self, certificate: Any) -> None:
@@ -724,8 +721,7 @@ class Master:
         if self.stop is not None and (graceful or not self.stop.graceful):
             return
         self.aggregator.set_draining()  # /healthz: 503 at once, for load balancers
-        if graceful and self.settings.drain_delay and not self.drained:
-            self.drained = True
+        if graceful and self.settings.drain_delay and self.drain_until is None:
             # Keep accepting and serving while load balancers notice the 503 and stop routing
             # here; responses carry Connection: close. The stop proper comes at drain_until.
             self.drain_until = time.monotonic() + self.settings.drain_delay
@@ -733,7 +729,6 @@ class Master:
             self.notifier.send("STATUS=draining")
             self.log.info("draining", seconds=self.settings.drain_delay)
             return
-        self.drain_until = None
         wait = self.settings.graceful_timeout + KILL_GRACE if graceful else KILL_GRACE
         self.stop = Stop(graceful=graceful, kill_at=time.monotonic() + wait)
         self.log.info("stopping", graceful=graceful, timeout=wait)

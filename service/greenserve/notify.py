@@ -25,6 +25,7 @@ class Notifier:
 
     def __init__(self, environ: MutableMapping[str, str]) -> None:
         address = environ.pop("NOTIFY_SOCKET", "")
+        self.given = address  # as systemd wrote it, for a child that reports too (USR2)
         if address.startswith("@"):  # the abstract namespace
             address = "\0" + address[1:]
         self.address = address
@@ -35,6 +36,10 @@ class Notifier:
         self.watchdog_interval = _watchdog_interval(environ)
         self.last_ping = 0.0
         self.ready_sent = False
+
+    def child_environ(self) -> dict[str, str]:
+        """NOTIFY_SOCKET for a process that must report to systemd as well (a new master)."""
+        return {"NOTIFY_SOCKET": self.given} if self.given else {}
 
     def send(self, *fields: str) -> None:
         if self.sock is None:

@@ -994,17 +994,17 @@ class Response:
             fd = filelike.fileno()
             offset = filelike.tell()
             size = os.fstat(fd).st_size - offset
+            # A socket with no plaintext descriptor (TLS: protocols/tls.py) cannot sendfile:
+            # the file then goes through write() like any iterable.
+            out = self.sock.fileno()
         except (AttributeError, OSError, ValueError):
             return False
         if self.no_body or (self.length is None and self.head.version != "1.1"):
             return False
-        if self.connection.handler.tls:
-            return False  # sendfile would bypass TLS: the file goes through write() instead
         if not any(name.lower() == "content-length" for name, _ in self.headers):
             self.headers = [*self.headers, ("Content-Length", str(size))]
         self._start()
         remaining = self.length if self.length is not None else size
-        out = self.sock.fileno()
         while remaining > 0:
             try:
                 sent = os.sendfile(out, fd, offset, min(remaining, 1 << 20))

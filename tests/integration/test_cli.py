@@ -15,7 +15,7 @@ import pexpect
 import pytest
 
 from tests.helpers import APPS_DIR, ROOT, running, wait_until
-from tests.integration.test_tools import ANSI, metrics_url, tool
+from tests.integration.test_tools import ANSI, metrics_url, spawn_top, tool
 
 
 def http_get(address: tuple[str, int], path: str = "/") -> bytes:
@@ -320,14 +320,7 @@ class TestTools:
     def test_top_fits_80_columns(self):
         with running("-w", "2", "--stats-interval", "0.2") as server:
             server.started()
-            child = pexpect.spawn(
-                sys.executable,
-                ["-m", "greenserve", "top", "--metrics", metrics_url(server)],
-                dimensions=(30, 80),
-                env={**os.environ, "TERM": "xterm-256color"},
-                encoding="utf-8",
-                timeout=15,
-            )
+            child = spawn_top(server, 30, 80)
             try:
                 child.expect(r"total[^\n]*\n")
                 screen = ANSI.sub("", child.before + child.after)

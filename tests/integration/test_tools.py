@@ -31,6 +31,18 @@ def tool(*args: str, stdin: str | None = None, timeout: float = 20) -> subproces
     )
 
 
+def spawn_top(server, rows: int, columns: int) -> pexpect.spawn:
+    """``greenserve top`` on the server, in a real pseudo-terminal of that size."""
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "greenserve", "top", "--metrics", metrics_url(server)],
+        dimensions=(rows, columns),
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)},
+        encoding="utf-8",
+        timeout=15,
+    )
+
+
 def metrics_url(server) -> str:
     host, port = server.metrics_address
     return f"http://{host}:{port}/metrics"
@@ -105,14 +117,7 @@ class TestTop:
     def test_rows_rates_and_quit(self):
         with running("--workers", "2", "--stats-interval", "0.2") as server:
             server.started()
-            child = pexpect.spawn(
-                sys.executable,
-                ["-m", "greenserve", "top", "--metrics", metrics_url(server)],
-                dimensions=(40, 220),
-                env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "220"},
-                encoding="utf-8",
-                timeout=15,
-            )
+            child = spawn_top(server, 40, 220)
             stop = threading.Event()
 
             def load() -> None:

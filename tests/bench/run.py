@@ -720,17 +720,19 @@ def chart(report: dict[str, Any], path: Path) -> None:
     print(f"chart: {path}")
 
 
-def run_nginx(nginx: str, port: str) -> None:
-    """Run nginx in the foreground with two workers answering 200 with the hello body."""
+def run_nginx(nginx: str, port: str, cert: str = "", key: str = "") -> None:
+    """Run nginx in the foreground with two workers answering 200 with the hello body; with
+    ``cert`` and ``key``, over TLS."""
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="greenserve-bench-nginx-"))
+    tls = f" ssl; ssl_certificate {cert}; ssl_certificate_key {key}" if cert else ""
     (folder / "nginx.conf").write_text(
         f"worker_processes 2;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
         "events { worker_connections 4096; }\n"
         f"http {{ access_log off; client_body_temp_path {folder}; proxy_temp_path {folder};\n"
         f"  fastcgi_temp_path {folder}; uwsgi_temp_path {folder}; scgi_temp_path {folder};\n"
-        f"  server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain;\n"
+        f"  server {{ listen 127.0.0.1:{port}{tls}; location / {{ default_type text/plain;\n"
         '    return 200 "Hello, world!\\n"; } } }\n'
     )
     os.execv(
@@ -740,7 +742,7 @@ def run_nginx(nginx: str, port: str) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--nginx"]:
-        run_nginx(sys.argv[2], sys.argv[3])
+        run_nginx(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)

@@ -217,26 +217,3 @@ def idle_tls_memory(pki: dict[str, str], connections: int) -> dict[str, float]:
         f"{per / 1024:.2f} KiB per connection"
     )
     return {"connections": connections, "per_connection": per}
-
-
-def run_nginx(nginx: str, port: str, cert: str, key: str) -> None:
-    import os
-
-    folder = Path(tempfile.mkdtemp(prefix="greenserve-bench-nginx-tls-"))
-    (folder / "nginx.conf").write_text(
-        f"worker_processes 2;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
-        "events { worker_connections 4096; }\n"
-        f"http {{ access_log off; client_body_temp_path {folder}; proxy_temp_path {folder};\n"
-        f"  fastcgi_temp_path {folder}; uwsgi_temp_path {folder}; scgi_temp_path {folder};\n"
-        f"  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert};\n"
-        f"    ssl_certificate_key {key}; location / {{ default_type text/plain;\n"
-        '    return 200 "Hello, world!\\n"; } } }\n'
-    )
-    os.execv(
-        nginx, [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
-    )
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--nginx"]:
-        run_nginx(*sys.argv[2:6])

@@ -336,9 +336,8 @@ def _app(text: str) -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its name (file key and field), parser, default and help text."""
+    """One setting: its parser, default and help text; ``name`` is its Settings field's."""
 
-    name: str
     parse: Callable[[str], Any]
     default: str
     help: str
@@ -347,6 +346,7 @@ class Option:
     group: str = "serving"  # the --help section
     short: str = ""  # a one-letter flag, as gunicorn has (-w, -b, -t)
     repeat: bool = False  # the flag may be given several times (a list in files)
+    name: str = ""  # the file key; filled in from the field (OPTIONS)
 
     @property
     def flag(self) -> str:
@@ -355,6 +355,17 @@ class Option:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+
+def setting(
+    parse: Callable[[str], Any],
+    default: str,
+    help: str,
+    metavar: str = "VALUE",
+    **how: Any,
+) -> Any:
+    """A Settings field that is an option (``how``: switch, group, short, repeat)."""
+    return dataclasses.field(metadata={"option": Option(parse, default, help, metavar, **how)})
 
 
 GROUPS = {
@@ -368,176 +379,175 @@ GROUPS = {
     "process": "Process and privileges",
 }
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "bind",
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a master and its workers need to know, resolved and validated.
+
+    Each field is one option, declared once: its parser, default, help and flags are the field's
+    ``setting(...)``, and the CLI flag, ``GREENSERVE_*`` variable and config-file key all derive
+    from it (``OPTIONS``). Adding an option is one field here plus the code that reads it.
+    """
+
+    app: str | None
+    bind: tuple[Bind, ...] = setting(
         _binds,
         "127.0.0.1:8001",
         "address to serve on, repeatable: HOST:PORT, [v6]:PORT, unix:/path or fd://N",
         "ADDRESS",
         short="-b",
         repeat=True,
-    ),
-    Option(
-        "protocol",
+    )
+    protocol: str = setting(
         _choice(PROTOCOLS),
         "tcp",
         "tcp: APP is a handler(sock, address) per connection; "
         "http: APP is a WSGI app (Flask, Django, ...) served over HTTP/1.1",
         "|".join(PROTOCOLS),
-    ),
-    Option("backlog", _positive_int, "2048", "the listen queue of each bound socket", "N"),
-    Option(
-        "reuse_port",
+    )
+    backlog: int = setting(
+        _positive_int,
+        "2048",
+        "the listen queue of each bound socket",
+        "N",
+    )
+    reuse_port: bool = setting(
         _bool,
         "false",
         "one SO_REUSEPORT socket per worker slot (kernel balancing) instead of one shared socket",
         "BOOL",
         switch=True,
-    ),
-    Option(
-        "unix_mode",
+    )
+    unix_mode: int = setting(
         _mode,
         "660",
         "permissions of unix: sockets (octal); owner and group follow --user/--group",
         "MODE",
-    ),
-    Option(
-        "forwarded_allow_ips",
+    )
+    forwarded_allow_ips: Any = setting(
         _trusted,
         "127.0.0.1",
         "peers whose X-Forwarded-For/-Proto/-Host, Forwarded and X-Request-ID are trusted: "
         "addresses and CIDRs, comma-separated, or * (every peer)",
         "LIST",
         group="proxy",
-    ),
-    Option(
-        "root_path",
+    )
+    root_path: str = setting(
         _root_path,
         "",
         "the path prefix the app is mounted under behind a proxy: SCRIPT_NAME (and taken off "
         "PATH_INFO when a request carries it)",
         "PATH",
         group="proxy",
-    ),
-    Option(
-        "proxy_protocol",
+    )
+    proxy_protocol: bool = setting(
         _bool,
         "false",
         "expect HAProxy's PROXY protocol header (v1 or v2) first on every connection",
         "BOOL",
         switch=True,
         group="proxy",
-    ),
-    Option(
-        "proxy_allow_from",
+    )
+    proxy_allow_from: Any = setting(
         _trusted,
         "127.0.0.1",
         "peers allowed to send a PROXY header (others are closed): addresses, CIDRs or *",
         "LIST",
         group="proxy",
-    ),
-    Option(
-        "drain_delay",
+    )
+    drain_delay: float = setting(
         _non_negative_float,
         "0",
         "on TERM, keep serving this long with /healthz at 503 (draining) so load balancers stop "
         "routing here, then stop gracefully",
         "S",
         group="proxy",
-    ),
-    Option(
-        "certfile",
+    )
+    certfile: str | None = setting(
         _optional_path,
         "",
         "serve TLS with this PEM certificate (chain); empty = plaintext",
         "FILE",
         group="tls",
-    ),
-    Option(
-        "keyfile",
+    )
+    keyfile: str | None = setting(
         _optional_path,
         "",
         "the certificate's private key (PEM); its password only from GREENSERVE_KEYFILE_PASSWORD",
         "FILE",
         group="tls",
-    ),
-    Option(
-        "ca_certs",
+    )
+    ca_certs: str | None = setting(
         _optional_path,
         "",
         "CAs (PEM) that sign client certificates, for --verify-client",
         "FILE",
         group="tls",
-    ),
-    Option(
-        "verify_client",
+    )
+    verify_client: str = setting(
         _choice(("none", "optional", "required")),
         "none",
         "mutual TLS: ask clients for a certificate signed by --ca-certs",
         "none|optional|required",
         group="tls",
-    ),
-    Option(
-        "tls_ciphers",
+    )
+    tls_ciphers: str = setting(
         str,
         "",
         "OpenSSL cipher list (TLS 1.2); empty = Python's defaults",
         "LIST",
         group="tls",
-    ),
-    Option(
-        "tls_min_version",
+    )
+    tls_min_version: str = setting(
         _choice(("1.2", "1.3")),
         "1.2",
         "oldest TLS version accepted",
         "1.2|1.3",
         group="tls",
-    ),
-    Option("max_connections", _positive_int, "1000", "concurrent connections per worker", "N"),
-    Option(
-        "idle_timeout",
+    )
+    max_connections: int = setting(
+        _positive_int,
+        "1000",
+        "concurrent connections per worker",
+        "N",
+    )
+    idle_timeout: float = setting(
         _non_negative_float,
         "300",
         "close a connection that sends nothing for this long; 0 = never",
         "S",
-    ),
-    Option(
-        "max_body",
+    )
+    max_body: int = setting(
         _size,
         "10m",
         "largest HTTP request body accepted (413 above it); k/m/g suffixes",
         "BYTES",
         group="http",
-    ),
-    Option(
-        "header_timeout",
+    )
+    header_timeout: float = setting(
         _non_negative_float,
         "10",
         "seconds a client gets to send a request's headers once it starts, and to send each "
         "next part of a request body; 0 = no limit",
         "S",
         group="http",
-    ),
-    Option(
-        "keepalive_timeout",
+    )
+    keepalive_timeout: float = setting(
         _non_negative_float,
         "5",
         "seconds an HTTP connection may wait idle for its next request; 0 = idle-timeout only",
         "S",
         group="http",
-    ),
-    Option(
-        "request_timeout",
+    )
+    request_timeout: float = setting(
         _non_negative_float,
         "0",
         "seconds from a request's headers to its response's end before the app is stopped "
         "(504, or a closed connection once the response started); 0 = no limit",
         "S",
         group="http",
-    ),
-    Option(
-        "access_log",
+    )
+    access_log: bool = setting(
         _bool,
         "false",
         "log one event per HTTP request (method, path, query, status, bytes, duration_ms, peer, "
@@ -545,222 +555,157 @@ OPTIONS: tuple[Option, ...] = (
         "BOOL",
         switch=True,
         group="http",
-    ),
-    Option(
-        "access_log_format",
+    )
+    access_log_format: str = setting(
         _access_format,
         "",
         "the console form of an access log line, with {fields} of the event, e.g. "
         "'{peer} \"{method} {path}\" {status} {bytes} {duration_ms}ms'; empty = key=value",
         "TEMPLATE",
         group="http",
-    ),
-    Option(
-        "ws_max_message",
+    )
+    ws_max_message: int = setting(
         _size,
         "16m",
         "largest WebSocket message wsgi.websocket accepts (closed with 1009 above it)",
         "BYTES",
         group="http",
-    ),
-    Option(
-        "ws_ping_interval",
+    )
+    ws_ping_interval: float = setting(
         _non_negative_float,
         "0",
         "ping every wsgi.websocket this often; one that has not answered the previous ping is "
         "closed (1011); 0 = no pings",
         "S",
         group="http",
-    ),
-    Option(
-        "workers",
+    )
+    workers: int = setting(
         _workers,
         "auto",
         "worker processes; auto = usable CPUs",
         "N|auto",
         group="workers",
         short="-w",
-    ),
-    Option(
-        "timeout",
+    )
+    timeout: float = setting(
         _non_negative_float,
         "30",
         "seconds without a heartbeat before a worker is killed and replaced; 0 disables",
         "S",
         group="workers",
         short="-t",
-    ),
-    Option(
-        "graceful_timeout",
+    )
+    graceful_timeout: float = setting(
         _non_negative_float,
         "30",
         "seconds in-flight connections get to finish on stop before they are killed",
         "S",
         group="workers",
-    ),
-    Option(
-        "max_requests",
+    )
+    max_requests: int = setting(
         _non_negative_int,
         "0",
         "recycle a worker after this many connections (tcp) or requests (http); 0 = never",
         "N",
         group="workers",
-    ),
-    Option(
-        "max_requests_jitter",
+    )
+    max_requests_jitter: int = setting(
         _non_negative_int,
         "0",
         "add random(0..J) to max_requests per worker, so workers do not recycle together",
         "J",
         group="workers",
-    ),
-    Option(
-        "block_warn",
+    )
+    block_warn: float = setting(
         _non_negative_float,
         "0.5",
         "warn (with the stack) when a worker's event loop is blocked this long; 0 disables",
         "S",
         group="workers",
-    ),
-    Option(
-        "log_file",
+    )
+    log_file: str | None = setting(
         _optional_path,
         "",
         "append logs to this file (reopened on USR1, for logrotate); empty = stdout",
         "FILE",
         group="logging",
-    ),
-    Option(
-        "log_format",
+    )
+    log_format: str | None = setting(
         _auto_log_format,
         "auto",
         "json or console; auto = console on a terminal, else json",
         "json|console|auto",
         group="logging",
-    ),
-    Option(
-        "log_level",
+    )
+    log_level: str = setting(
         _choice(LOG_LEVELS),
         "info",
         "lowest level logged",
         "|".join(LOG_LEVELS),
         group="logging",
-    ),
-    Option(
-        "capture_output",
+    )
+    capture_output: bool = setting(
         _bool,
         "true",
         "log what the app writes to stdout and stderr as app_output events",
         "BOOL",
         switch=True,
         group="logging",
-    ),
-    Option(
-        "metrics_bind",
+    )
+    metrics_bind: Address | None = setting(
         _optional_address,
         "127.0.0.1:9191",
         "address of the master's /metrics and /healthz endpoint; off disables it",
         "HOST:PORT|off",
         group="metrics",
-    ),
-    Option(
-        "stats_interval",
+    )
+    stats_interval: float = setting(
         _positive_float,
         "1",
         "seconds between worker stats flushes",
         "S",
         group="metrics",
-    ),
-    Option(
-        "chdir",
+    )
+    chdir: str | None = setting(
         _directory,
         "",
         "change to this directory before loading the app (and importing it from there)",
         "DIR",
         group="process",
-    ),
-    Option(
-        "pid_file",
+    )
+    pid_file: str | None = setting(
         _optional_path,
         "",
         "write the master's pid here (atomically); removed on exit",
         "FILE",
         group="process",
-    ),
-    Option(
-        "user",
+    )
+    user: int | None = setting(
         _user,
         "",
         "workers switch to this user (name or uid) before loading the app",
         "USER",
         group="process",
-    ),
-    Option(
-        "group",
+    )
+    group: int | None = setting(
         _group,
         "",
         "workers switch to this group (default: the user's group)",
         "GROUP",
         group="process",
-    ),
-)
-OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a master and its workers need to know, resolved and validated.
-
-    One field per entry of ``OPTIONS`` (tests/unit/test_config.py checks that they match).
-    """
-
-    app: str | None
-    bind: tuple[Bind, ...]
-    protocol: str
-    backlog: int
-    reuse_port: bool
-    unix_mode: int
-    forwarded_allow_ips: Any
-    root_path: str
-    proxy_protocol: bool
-    proxy_allow_from: Any
-    drain_delay: float
-    certfile: str | None
-    keyfile: str | None
-    ca_certs: str | None
-    verify_client: str
-    tls_ciphers: str
-    tls_min_version: str
-    max_connections: int
-    idle_timeout: float
-    max_body: int
-    header_timeout: float
-    keepalive_timeout: float
-    request_timeout: float
-    access_log: bool
-    access_log_format: str
-    ws_max_message: int
-    ws_ping_interval: float
-    workers: int
-    timeout: float
-    graceful_timeout: float
-    max_requests: int
-    max_requests_jitter: int
-    block_warn: float
-    log_file: str | None
-    log_format: str | None
-    log_level: str
-    capture_output: bool
-    metrics_bind: Address | None
-    stats_interval: float
-    chdir: str | None
-    pid_file: str | None
-    user: int | None
-    group: int | None
+    )
     config: str | None = None
 
     def with_changes(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], name=f.name)
+    for f in dataclasses.fields(Settings)
+    if "option" in f.metadata
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -944,6 +889,21 @@ def read_file_keys(path: str, names: Sequence[str]) -> dict[str, Any]:
         for name in names
         if name in table
     }
+
+
+def changes(old: Settings, new: Settings) -> dict[str, list[Any]]:
+    """The settings a reload changes, old and new value, for its log event."""
+    return {
+        f.name: [_shown(getattr(old, f.name)), _shown(getattr(new, f.name))]
+        for f in dataclasses.fields(Settings)
+        if getattr(old, f.name) != getattr(new, f.name)
+    }
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ", ".join(str(item) for item in value)
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
 def describe(resolved: Resolved) -> list[tuple[str, str, str]]:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from greenserve.slots import SlotLiveness
 from greenserve.stats import COUNTERS, GAUGES, HISTOGRAMS, LABELLED, WIRE_VERSION, Snapshot
 
 RESTART_REASONS = ("exit", "signal", "timeout", "max_requests", "reload")
@@ -64,18 +65,26 @@ class Totals:
 
 
 @dataclass
-class SlotState:
-    """One worker slot: its live processes and what its dead predecessors counted."""
+class SlotCounters:
+    """One worker slot's counters: its live processes' latest snapshots and its dead ones' sums."""
 
     index: int
-    pid: int | None = None  # the slot's current process (the newest)
-    generation: int = 0
-    ready: bool = False
-    last_report: float | None = None
     restarts: int = 0
     retired: Totals = field(default_factory=Totals)
     live: dict[int, Snapshot] = field(default_factory=dict)  # pid -> latest snapshot
     pids: set[int] = field(default_factory=set)  # every live process of the slot
+
+
+@dataclass(frozen=True)
+class MasterState:
+    """What the master publishes once per loop turn for scrapes: the slot table's liveness and
+    the few values only the master knows. Published whole, so a scrape never sees half a change."""
+
+    desired: int = 0
+    generation: int = 1
+    slots: tuple[SlotLiveness, ...] = ()
+    tls_expiry: float | None = None  # the served certificate's notAfter, when TLS is on
+    draining: bool = False  # a stop began: load balancers must stop routing here
 
 
 @dataclass(frozen=True)
@@ -102,8 +111,8 @@ class View:
     slots: tuple[SlotView, ...]
     restarts: dict[str, int]
     generation: int
-    tls_expiry: float | None = None  # the served certificate's notAfter, when TLS is on
-    draining: bool = False  # a stop began: load balancers must stop routing here
+    tls_expiry: float | None = None
+    draining: bool = False
 
     @property
     def alive(self) -> int:
@@ -111,44 +120,26 @@ class View:
 
 
 class Aggregator:
-    """Thread-safe: the master loop writes, scrape threads read ``view()``."""
+    """Thread-safe: the master loop writes, scrape threads read ``view()``.
 
-    def __init__(self, desired: int) -> None:
+    It keeps counters only. Which process serves a slot and whether it is ready comes from the
+    slot table (greenserve.slots), published by the master with ``publish``.
+    """
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._desired = desired
-        self._slots: dict[int, SlotState] = {}
+        self._slots: dict[int, SlotCounters] = {}
         self._restarts = dict.fromkeys(RESTART_REASONS, 0)
-        self._generation = 1
-        self._tls_expiry: float | None = None
-        self._draining = False
-        for index in range(desired):
-            self._slots[index] = SlotState(index)
+        self._state = MasterState()
 
-    def set_desired(self, desired: int) -> None:
+    def publish(self, state: MasterState) -> None:
         with self._lock:
-            self._desired = desired
-            for index in range(desired):
-                self._slots.setdefault(index, SlotState(index))
+            self._state = state
 
-    def set_draining(self) -> None:
+    def process_started(self, slot: int, pid: int) -> None:
+        """Snapshots from this process count from now on."""
         with self._lock:
-            self._draining = True
-
-    def set_tls_expiry(self, timestamp: float | None) -> None:
-        with self._lock:
-            self._tls_expiry = timestamp
-
-    def set_generation(self, generation: int) -> None:
-        with self._lock:
-            self._generation = generation
-
-    def process_started(self, slot: int, pid: int, generation: int) -> None:
-        """A new process becomes the slot's current one (an old one may still be draining)."""
-        with self._lock:
-            state = self._slots.setdefault(slot, SlotState(slot))
-            state.pid, state.generation = pid, generation
-            state.ready, state.last_report = False, None
-            state.pids.add(pid)
+            self._slots.setdefault(slot, SlotCounters(slot)).pids.add(pid)
 
     def apply(self, message: Snapshot) -> bool:
         """Take a snapshot from one of the slot's live processes; anything else is ignored."""
@@ -163,9 +154,6 @@ class Aggregator:
             if previous is not None and previous["seq"] >= message["seq"]:
                 return False
             state.live[pid] = message
-            if pid == state.pid:
-                state.ready = state.ready or bool(message["ready"])
-                state.last_report = time.monotonic()
             return True
 
     def process_exited(self, slot: int, pid: int, reason: str | None) -> None:
@@ -181,8 +169,6 @@ class Aggregator:
             snapshot = state.live.pop(pid, None)
             if snapshot is not None:
                 state.retired.add(snapshot)
-            if pid == state.pid:
-                state.pid, state.ready, state.last_report = None, False, None
             if reason is not None:
                 self._restarts[reason] += 1
                 state.restarts += 1
@@ -190,18 +176,22 @@ class Aggregator:
     def view(self) -> View:
         now = time.monotonic()
         with self._lock:
+            published = self._state
+            liveness = {slot.index: slot for slot in published.slots}
             slots = []
-            for state in sorted(self._slots.values(), key=lambda s: s.index):
-                live = list(state.live.values())
-                total = state.retired.plus(live)
+            for index in sorted(set(liveness) | set(self._slots)):
+                counted = self._slots.get(index) or SlotCounters(index)
+                shown = liveness.get(index) or SlotLiveness(index, None, False, None)
+                live = list(counted.live.values())
+                total = counted.retired.plus(live)
                 slots.append(
                     SlotView(
-                        index=state.index,
-                        pid=state.pid,
-                        alive=state.pid is not None,
-                        ready=state.ready,
-                        report_age=None if state.last_report is None else now - state.last_report,
-                        restarts=state.restarts,
+                        index=index,
+                        pid=shown.pid,
+                        alive=shown.pid is not None,
+                        ready=shown.ready,
+                        report_age=None if shown.last_report is None else now - shown.last_report,
+                        restarts=counted.restarts,
                         counters=total.counters,
                         gauges={
                             name: sum(s["gauges"].get(name, 0) for s in live) for name in GAUGES
@@ -211,12 +201,12 @@ class Aggregator:
                     )
                 )
             return View(
-                self._desired,
+                published.desired,
                 tuple(slots),
                 dict(self._restarts),
-                self._generation,
-                self._tls_expiry,
-                self._draining,
+                published.generation,
+                published.tls_expiry,
+                published.draining,
             )
 
 

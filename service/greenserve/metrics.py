@@ -4,6 +4,7 @@ master's loop."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import threading
@@ -23,7 +24,8 @@ from prometheus_client.registry import Collector
 
 from greenserve import logs
 from greenserve.aggregate import RESTART_REASONS, Aggregator, View, health
-from greenserve.config import Address
+from greenserve.config import Address, Settings
+from greenserve.sockets import BindError
 from greenserve.stats import HISTOGRAMS
 
 COUNTER_HELP = {
@@ -286,6 +288,44 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def serve_metrics(settings: Settings, aggregator: Aggregator, log: Any) -> MetricsServer | None:
+    """Start ``/metrics`` and ``/healthz`` on --metrics-bind; None when it is off.
+
+    Raises BindError (one line) when the address cannot be bound.
+    """
+    address = settings.metrics_bind
+    if address is None:
+        return None
+    if not is_loopback(address):
+        log.warning(
+            "metrics_exposed",
+            metrics_bind=str(address),
+            hint="metrics reveal internals; bind them to loopback or firewall the port",
+        )
+    app = build_app(build_registry(aggregator), aggregator, lambda: stale_window(settings))
+    try:
+        server = MetricsServer(address, app)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use"
+            hint = " (another greenserve? give this one --metrics-bind HOST:PORT, or off)"
+        raise BindError(f"cannot bind metrics {address}: {reason}{hint}") from None
+    server.start()
+    return server
+
+
+def stale_window(settings: Settings) -> float:
+    """How long a worker may go without reporting before /healthz calls it stale.
+
+    Shorter than ``--timeout`` (which kills): a worker silent for a few stats intervals is
+    already not serving, and operators should see that before the replacement happens.
+    """
+    window = max(2.0, 3 * settings.stats_interval)
+    return min(window, settings.timeout) if settings.timeout else window
 
 
 def is_loopback(address: Address) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from greenserve.aggregate import RESTART_REASONS, Aggregator
+from greenserve.aggregate import RESTART_REASONS, Aggregator, MasterState
 from greenserve.metrics import build_registry
+from greenserve.slots import SlotTable, Worker
 from greenserve.stats import WorkerStats
 
 FAMILIES = {
@@ -39,7 +40,9 @@ class TestCollector:
     """Values read back through registry.get_sample_value."""
 
     def test_every_family_has_samples_before_any_worker_reports(self):
-        registry = build_registry(Aggregator(2))
+        aggregator = Aggregator()
+        aggregator.publish(MasterState(2, 1, SlotTable(2).liveness()))
+        registry = build_registry(aggregator)
         families = {
             f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
         }
@@ -62,9 +65,13 @@ class TestCollector:
         assert registry.get_sample_value("process_resident_memory_bytes") > 0
 
     def test_values_follow_the_aggregate(self):
-        agg = Aggregator(1)
+        agg, table = Aggregator(), SlotTable(1)
         registry = build_registry(agg)
-        agg.process_started(0, 100, 1)
+        worker = Worker(0, 1, 100, 0.0)
+        table.started(worker)
+        table.reported(worker, ready=True, retire=False, now=0.0)
+        agg.publish(MasterState(1, 1, table.liveness()))
+        agg.process_started(0, 100)
         stats = WorkerStats()
         stats.connections_accepted = 7
         stats.connections_active = 2
@@ -93,7 +100,9 @@ class TestCollector:
             registry.get_sample_value("greenserve_event_loop_lag_seconds_count", {"worker": "0"})
             == 1
         )
+        table.exited(worker, 1, 5.0, stopping=False)
         agg.process_exited(0, 100, "exit")
+        agg.publish(MasterState(1, 1, table.liveness()))
         assert registry.get_sample_value("greenserve_workers_alive") == 0
         assert (
             registry.get_sample_value("greenserve_worker_restarts_total", {"reason": "exit"}) == 1
@@ -130,8 +139,8 @@ def test_readme_metrics_section_names_every_family():
     """The README documents every family the master exports (TLS's expiry gauge included)."""
     from pathlib import Path
 
-    aggregator = Aggregator(1)
-    aggregator.set_tls_expiry(1e9)
+    aggregator = Aggregator()
+    aggregator.publish(MasterState(1, 1, SlotTable(1).liveness(), tls_expiry=1e9))
     text = generate_latest(build_registry(aggregator)).decode()
     names = [
         f.name for f in text_string_to_metric_families(text) if f.name.startswith("greenserve_")

@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from greenserve.catalog import BY_NAME
 from greenserve.slots import SlotLiveness
 from greenserve.stats import COUNTERS, GAUGES, HISTOGRAMS, LABELLED, WIRE_VERSION, Snapshot
 
-RESTART_REASONS = ("exit", "signal", "timeout", "max_requests", "reload")
+RESTART_REASONS = BY_NAME["worker_restarts"].seeded
 
 
 @dataclass

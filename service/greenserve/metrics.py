@@ -23,195 +23,86 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from greenserve import logs
-from greenserve.aggregate import RESTART_REASONS, Aggregator, View, health
+from greenserve.aggregate import Aggregator, SlotView, View, health
+from greenserve.catalog import (
+    MASTER_FAMILIES,
+    SLOT_FAMILIES,
+    WORKER_COUNTERS,
+    WORKER_GAUGES,
+    WORKER_HISTOGRAMS,
+    WORKER_LABELLED,
+)
 from greenserve.config import Address, Settings
 from greenserve.sockets import BindError
-from greenserve.stats import HISTOGRAMS
 
-COUNTER_HELP = {
-    "connections_accepted": "Connections accepted by the worker slot.",
-    "bytes_received": "Bytes received from clients by the worker slot.",
-    "bytes_sent": "Bytes sent to clients by the worker slot.",
-    "handler_errors": "Connections whose handler raised an exception.",
-    "stats_dropped": "Stats snapshots dropped because the channel to the master was full.",
-    "event_loop_blocked": "Times the event loop was blocked longer than --block-warn.",
-    "log_lines_dropped": "Log lines the worker could not write (stdout and stderr failed).",
-    "http_request_timeouts": "HTTP requests stopped by --request-timeout.",
-    "tls_handshakes": "TLS handshakes completed.",
-    "connections_upgraded": "HTTP connections the app took over after an Upgrade (WebSockets).",
-    "websocket_messages_received": "WebSocket messages received (wsgi.websocket).",
-    "websocket_messages_sent": "WebSocket messages sent (wsgi.websocket).",
-    "websocket_bytes_received": "Bytes received on WebSockets (wsgi.websocket), framing included.",
-    "websocket_bytes_sent": "WebSocket payload bytes sent (wsgi.websocket).",
-}
-# Reasons a TLS handshake fails (protocols/tls.py), each shown from the first scrape.
-TLS_FAILURE_REASONS = ("timeout", "eof", "plaintext_http", "client_certificate", "protocol")
-# Reasons a connection's PROXY header was refused (protocols/tcp.py), seeded the same way.
-PROXY_FAILURE_REASONS = ("not_allowed", "malformed", "timeout", "eof")
-# WebSocket close codes shown from the first scrape: normal, going away, abnormal, too big.
-WEBSOCKET_CLOSE_CODES = ("1000", "1001", "1006", "1009")
-GAUGES = {  # snapshot gauge -> (metric name, help)
-    "connections_active": (
-        "greenserve_connections_active",
-        "Connections open in the worker slot now.",
-    ),
-    "resident_memory_bytes": (
-        "greenserve_worker_resident_memory_bytes",
-        "Resident memory of the worker slot's live process.",
-    ),
-    "websocket_connections_active": (
-        "greenserve_websocket_connections_active",
-        "WebSockets open now (wsgi.websocket).",
-    ),
-    "http_requests_in_flight": (
-        "greenserve_http_requests_in_flight",
-        "HTTP requests being answered by the worker slot now.",
-    ),
-}
-HISTOGRAM_HELP = {
-    "event_loop_lag_seconds": "How late the worker's event loop woke a timer (blocked-loop time).",
-    "http_request_duration_seconds": "Time from a request's head to the end of its response.",
-}
-# Shown at 0 before the first request so that the family exists from the first scrape.
-SEEDED_CODES = ("200",)
+KINDS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
 
 class GreenserveCollector(Collector):
-    """Builds every greenserve family from the aggregator on each scrape."""
+    """Builds every family of catalog.py from the aggregator on each scrape."""
 
     def __init__(self, aggregator: Aggregator) -> None:
         self.aggregator = aggregator
 
     def collect(self) -> Iterable[Metric]:
         view = self.aggregator.view()
-        yield GaugeMetricFamily(
-            "greenserve_workers_alive", "Worker processes alive now.", value=view.alive
-        )
-        yield GaugeMetricFamily(
-            "greenserve_workers_desired", "Worker processes the master keeps.", value=view.desired
-        )
-        restarts = CounterMetricFamily(
-            "greenserve_worker_restarts",
-            "Worker processes replaced, by reason.",
-            labels=["reason"],
-        )
-        for reason in RESTART_REASONS:
-            restarts.add_metric([reason], view.restarts.get(reason, 0))
-        yield restarts
-        yield GaugeMetricFamily(
-            "greenserve_generation",
-            "Worker generation: 1 at start, one more for each reload.",
-            value=view.generation,
-        )
-        if view.tls_expiry is not None:
-            yield GaugeMetricFamily(
-                "greenserve_tls_certificate_expiry_timestamp_seconds",
-                "When the served TLS certificate expires (Unix time).",
-                value=view.tls_expiry,
-            )
-        yield CounterMetricFamily(
-            "greenserve_master_log_lines_dropped",
-            "Log lines the master could not write (stdout and stderr failed).",
-            value=logs.dropped(),
-        )
+        master: dict[str, float | None] = {
+            "workers_alive": view.alive,
+            "workers_desired": view.desired,
+            "generation": view.generation,
+            "tls_certificate_expiry_timestamp_seconds": view.tls_expiry,
+            "master_log_lines_dropped": logs.dropped(),
+        }
+        for family in MASTER_FAMILIES:
+            if family.label:
+                metric = KINDS[family.kind](family.metric, family.help, labels=[family.label])
+                counts = {**dict.fromkeys(family.seeded, 0), **view.restarts}
+                for value, count in counts.items():
+                    metric.add_metric([value], count)
+                yield metric
+            elif master[family.name] is not None:  # no certificate gauge without TLS
+                yield KINDS[family.kind](family.metric, family.help, value=master[family.name])
         yield from _per_worker(view)
 
 
-def _by_reason(
-    view: View,
-    name: str,
-    text: str,
-    stat: str,
-    reasons: tuple[str, ...],
-    label: str = "reason",
-) -> Metric:
-    """A per-worker counter by label value, every known value present from the first scrape."""
-    family = CounterMetricFamily(name, text, labels=["worker", label])
-    for slot in view.slots:
-        counts = {**dict.fromkeys(reasons, 0), **slot.labelled.get(stat, {})}
-        for reason, count in sorted(counts.items()):
-            family.add_metric([str(slot.index), reason], count)
-    return family
+SLOT_VALUES: dict[str, Callable[[SlotView], float]] = {
+    "worker_pid": lambda slot: slot.pid or 0,
+    "worker_ready": lambda slot: int(slot.alive and slot.ready),
+    "slot_restarts": lambda slot: slot.restarts,
+}
 
 
 def _per_worker(view: View) -> Iterator[Metric]:
-    slot_families = (
-        (
-            GaugeMetricFamily,
-            "greenserve_worker_pid",
-            "Process id of the slot's live worker; 0 when none.",
-            lambda slot: slot.pid or 0,
-        ),
-        (
-            GaugeMetricFamily,
-            "greenserve_worker_ready",
-            "1 when the slot's worker is accepting connections.",
-            lambda slot: int(slot.alive and slot.ready),
-        ),
-        (
-            CounterMetricFamily,
-            "greenserve_slot_restarts",
-            "Worker processes replaced in this slot, any reason.",
-            lambda slot: slot.restarts,
-        ),
-    )
-    for kind, name, text, value in slot_families:
-        family = kind(name, text, labels=["worker"])
+    for family in SLOT_FAMILIES:
+        metric = KINDS[family.kind](family.metric, family.help, labels=["worker"])
         for slot in view.slots:
-            family.add_metric([str(slot.index)], value(slot))
-        yield family
-    for name, text in COUNTER_HELP.items():
-        family = CounterMetricFamily(f"greenserve_{name}", text, labels=["worker"])
+            metric.add_metric([str(slot.index)], SLOT_VALUES[family.name](slot))
+        yield metric
+    for family in WORKER_COUNTERS + WORKER_GAUGES:
+        metric = KINDS[family.kind](family.metric, family.help, labels=["worker"])
         for slot in view.slots:
-            family.add_metric([str(slot.index)], slot.counters[name])
-        yield family
-    for name, (metric, text) in GAUGES.items():
-        family = GaugeMetricFamily(metric, text, labels=["worker"])
+            values = slot.counters if family.kind == "counter" else slot.gauges
+            metric.add_metric([str(slot.index)], values[family.stat])
+        yield metric
+    for family in WORKER_LABELLED:
+        # every seeded value is present from the first scrape
+        metric = CounterMetricFamily(family.metric, family.help, labels=["worker", family.label])
         for slot in view.slots:
-            family.add_metric([str(slot.index)], slot.gauges[name])
-        yield family
-    yield _by_reason(
-        view,
-        "greenserve_http_requests",
-        "HTTP requests answered, by status code.",
-        "http_requests",
-        SEEDED_CODES,
-        label="code",
-    )
-    yield _by_reason(
-        view,
-        "greenserve_tls_handshake_failures",
-        "TLS handshakes that failed, by reason.",
-        "tls_handshake_failures",
-        TLS_FAILURE_REASONS,
-    )
-    yield _by_reason(
-        view,
-        "greenserve_websocket_closes",
-        "WebSockets closed (wsgi.websocket), by the close code received (1006: none).",
-        "websocket_closes",
-        WEBSOCKET_CLOSE_CODES,
-        label="code",
-    )
-    yield _by_reason(
-        view,
-        "greenserve_proxy_protocol_failures",
-        "Connections closed because of their PROXY header, by reason.",
-        "proxy_protocol_failures",
-        PROXY_FAILURE_REASONS,
-    )
-    for name, bounds in HISTOGRAMS.items():
-        family = HistogramMetricFamily(
-            f"greenserve_{name}", HISTOGRAM_HELP[name], labels=["worker"]
-        )
+            counts = {**dict.fromkeys(family.seeded, 0), **slot.labelled.get(family.stat, {})}
+            for value, count in sorted(counts.items()):
+                metric.add_metric([str(slot.index), value], count)
+        yield metric
+    for family in WORKER_HISTOGRAMS:
+        metric = HistogramMetricFamily(family.metric, family.help, labels=["worker"])
         for slot in view.slots:
-            hist = slot.histograms[name]
+            hist = slot.histograms[family.stat]
             buckets, running = [], 0
-            for bound, count in zip((*map(str, bounds), "+Inf"), hist["counts"], strict=True):
+            bounds = (*map(str, family.buckets), "+Inf")
+            for bound, count in zip(bounds, hist["counts"], strict=True):
                 running += count
                 buckets.append((bound, running))
-            family.add_metric([str(slot.index)], buckets, hist["sum"])
-        yield family
+            metric.add_metric([str(slot.index)], buckets, hist["sum"])
+        yield metric
 
 
 def build_registry(aggregator: Aggregator) -> CollectorRegistry:

@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from greenserve import catalog
+
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -156,7 +158,7 @@ def _requests(scrape: Scrape, worker: str | None) -> float | None:
     values = [
         value
         for (name, labels), value in scrape.samples.items()
-        if name == "greenserve_http_requests_total"
+        if name == catalog.sample("http_requests")
         and (worker is None or dict(labels).get("worker") == worker)
     ]
     return sum(values) if values else None
@@ -170,12 +172,12 @@ def summarize(url: str, now: Scrape, before: Scrape | None = None) -> Summary:
         url=url,
         healthy=now.healthy,
         uptime_seconds=time.time() - start if start else None,
-        generation=_int(now.value("greenserve_generation")),
-        workers_desired=_int(now.value("greenserve_workers_desired")),
-        workers_alive=_int(now.value("greenserve_workers_alive")),
+        generation=_int(now.value(catalog.sample("generation"))),
+        workers_desired=_int(now.value(catalog.sample("workers_desired"))),
+        workers_alive=_int(now.value(catalog.sample("workers_alive"))),
     )
-    pids = now.by_worker("greenserve_worker_pid")
-    ready = now.by_worker("greenserve_worker_ready")
+    pids = now.by_worker(catalog.sample("worker_pid"))
+    ready = now.by_worker(catalog.sample("worker_ready"))
     desired = summary.workers_desired
     if desired is not None:
         # TTOU removes the highest slots; their counters stay on /metrics (monotonic totals),
@@ -205,12 +207,12 @@ def _row(
         return sum(values.values()) if values else None
 
     names = {
-        "active": "greenserve_connections_active",
-        "accepted": "greenserve_connections_accepted_total",
-        "bytes_in": "greenserve_bytes_received_total",
-        "bytes_out": "greenserve_bytes_sent_total",
-        "rss": "greenserve_worker_resident_memory_bytes",
-        "restarts": "greenserve_slot_restarts_total",
+        "active": catalog.sample("connections_active"),
+        "accepted": catalog.sample("connections_accepted"),
+        "bytes_in": catalog.sample("bytes_received"),
+        "bytes_out": catalog.sample("bytes_sent"),
+        "rss": catalog.sample("worker_resident_memory_bytes"),
+        "restarts": catalog.sample("slot_restarts"),
     }
     values = {key: counter(now, name) or 0.0 for key, name in names.items()}
     if worker is None:
@@ -221,7 +223,7 @@ def _row(
     row = WorkerRow(
         worker=worker or "total", pid=pid, state=state, requests=_requests(now, worker), **values
     )
-    row.blocked = counter(now, "greenserve_event_loop_blocked_total")
+    row.blocked = counter(now, catalog.sample("event_loop_blocked"))
     if before is None:
         return row
     row.accepted_per_s = _rate(values["accepted"], counter(before, names["accepted"]), seconds)
@@ -229,9 +231,9 @@ def _row(
     row.bytes_out_per_s = _rate(values["bytes_out"], counter(before, names["bytes_out"]), seconds)
     row.requests_per_s = _rate(row.requests, _requests(before, worker), seconds)
     for attr, name, q in (
-        ("p50_ms", "greenserve_http_request_duration_seconds", 0.5),
-        ("p99_ms", "greenserve_http_request_duration_seconds", 0.99),
-        ("loop_lag_p99_ms", "greenserve_event_loop_lag_seconds", 0.99),
+        ("p50_ms", catalog.sample("http_request_duration_seconds"), 0.5),
+        ("p99_ms", catalog.sample("http_request_duration_seconds"), 0.99),
+        ("loop_lag_p99_ms", catalog.sample("event_loop_lag_seconds"), 0.99),
     ):
         delta = _delta_buckets(now.buckets(name, worker), before.buckets(name, worker))
         value = quantile(q, delta)

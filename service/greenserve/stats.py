@@ -14,57 +14,20 @@ from bisect import bisect_left
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+from greenserve.catalog import (
+    WORKER_COUNTERS,
+    WORKER_GAUGES,
+    WORKER_HISTOGRAMS,
+    WORKER_LABELLED,
+)
+
 WIRE_VERSION = 1
-COUNTERS = (
-    "connections_accepted",
-    "bytes_received",
-    "bytes_sent",
-    "handler_errors",
-    "stats_dropped",
-    "event_loop_blocked",
-    "log_lines_dropped",
-    "http_request_timeouts",
-    "tls_handshakes",
-    "connections_upgraded",
-    "websocket_messages_received",
-    "websocket_messages_sent",
-    "websocket_bytes_received",
-    "websocket_bytes_sent",
-)
-GAUGES = (
-    "connections_active",
-    "resident_memory_bytes",
-    "http_requests_in_flight",
-    "websocket_connections_active",
-)
-# counters by a label value: the HTTP status code, the reason a TLS handshake failed
-LABELLED = (
-    "http_requests",
-    "tls_handshake_failures",
-    "proxy_protocol_failures",
-    "websocket_closes",
-)
-LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-DURATION_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-HISTOGRAMS = {
-    "event_loop_lag_seconds": LAG_BUCKETS,
-    "http_request_duration_seconds": DURATION_BUCKETS,
-}
+# Snapshot keys, from the one declaration of each metric (catalog.py).
+COUNTERS = tuple(family.stat for family in WORKER_COUNTERS)
+GAUGES = tuple(family.stat for family in WORKER_GAUGES)
+LABELLED = tuple(family.stat for family in WORKER_LABELLED)  # counters by a label value
+HISTOGRAMS = {family.stat: family.buckets for family in WORKER_HISTOGRAMS}
+_COUNTED_GAUGES = tuple(name for name in GAUGES if name != "resident_memory_bytes")
 
 Snapshot = dict[str, Any]
 # Open-connection counts per slot in shared memory, for fair accepts (protocols/accept.py).
@@ -94,44 +57,27 @@ class Histogram:
 
 
 class WorkerStats:
-    """A worker's counters since its process started. Single-threaded use only (one gevent hub)."""
+    """A worker's counters since its process started. Single-threaded use only (one gevent hub).
+
+    One plain attribute per snapshot key (catalog.py declares them), touched directly by the hot
+    path: ``stats.bytes_sent += n``.
+    """
 
     __slots__ = (
         *COUNTERS,
-        "tls_handshake_failures",
-        "proxy_protocol_failures",
-        "websocket_closes",
-        "websocket_connections_active",
-        "connections_active",
+        *LABELLED,
+        *_COUNTED_GAUGES,
         "histograms",
-        "http_in_flight",
-        "http_requests",
         "requests_served",
         "seq",
     )
 
     def __init__(self) -> None:
-        self.connections_accepted = 0
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.handler_errors = 0
-        self.stats_dropped = 0
-        self.event_loop_blocked = 0
-        self.log_lines_dropped = 0  # copied from logs.dropped() at each flush
-        self.http_request_timeouts = 0
-        self.tls_handshakes = 0
-        self.connections_upgraded = 0  # HTTP connections an app took over (WebSockets)
-        self.websocket_messages_received = 0
-        self.websocket_messages_sent = 0
-        self.websocket_bytes_received = 0
-        self.websocket_bytes_sent = 0
-        self.websocket_connections_active = 0
-        self.websocket_closes: dict[str, int] = {}  # by close code
-        self.tls_handshake_failures: dict[str, int] = {}
-        self.proxy_protocol_failures: dict[str, int] = {}
-        self.connections_active = 0
-        self.http_in_flight = 0
-        self.http_requests: dict[str, int] = {}
+        for name in COUNTERS + _COUNTED_GAUGES:
+            setattr(self, name, 0)
+        for name in LABELLED:
+            setattr(self, name, {})  # label value -> count
+        # log_lines_dropped is copied from logs.dropped() at each flush
         self.requests_served = 0  # HTTP requests answered (for --max-requests), any status
         self.histograms = {name: Histogram(bounds) for name, bounds in HISTOGRAMS.items()}
         self.seq = 0
@@ -141,6 +87,8 @@ class WorkerStats:
     ) -> Snapshot:
         """``retire``: the worker reached --max-requests and asks for its turn to be replaced."""
         self.seq += 1
+        gauges = {name: getattr(self, name) for name in _COUNTED_GAUGES}
+        gauges["resident_memory_bytes"] = resident_memory_bytes()
         return {
             "retire": retire,
             "v": WIRE_VERSION,
@@ -150,18 +98,8 @@ class WorkerStats:
             "seq": self.seq,
             "ready": ready,
             "counters": {name: getattr(self, name) for name in COUNTERS},
-            "gauges": {
-                "connections_active": self.connections_active,
-                "resident_memory_bytes": resident_memory_bytes(),
-                "http_requests_in_flight": self.http_in_flight,
-                "websocket_connections_active": self.websocket_connections_active,
-            },
-            "labelled": {
-                "http_requests": dict(self.http_requests),
-                "tls_handshake_failures": dict(self.tls_handshake_failures),
-                "proxy_protocol_failures": dict(self.proxy_protocol_failures),
-                "websocket_closes": dict(self.websocket_closes),
-            },
+            "gauges": gauges,
+            "labelled": {name: dict(getattr(self, name)) for name in LABELLED},
             "histograms": {name: h.to_wire() for name, h in self.histograms.items()},
         }
 

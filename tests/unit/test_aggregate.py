@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from greenserve.aggregate import Aggregator, MasterState, health
+from greenserve.catalog import LAG_BUCKETS
 from greenserve.slots import SlotTable, Worker
-from greenserve.stats import LAG_BUCKETS, WorkerStats
+from greenserve.stats import WorkerStats
 
 
 def _snapshot(stats: WorkerStats, slot: int, pid: int, ready: bool = True) -> dict:

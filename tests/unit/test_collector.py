@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from greenserve import catalog
 from greenserve.aggregate import RESTART_REASONS, Aggregator, MasterState
 from greenserve.metrics import build_registry
 from greenserve.slots import SlotTable, Worker
 from greenserve.stats import WorkerStats
 
-FAMILIES = {
-    "greenserve_workers_alive",
-    "greenserve_workers_desired",
-    "greenserve_worker_restarts",
-    "greenserve_connections_accepted",
-    "greenserve_connections_active",
-    "greenserve_bytes_received",
-    "greenserve_bytes_sent",
-    "greenserve_handler_errors",
-    "greenserve_stats_dropped",
-    "greenserve_worker_resident_memory_bytes",
-    "greenserve_event_loop_lag_seconds",
-    "greenserve_event_loop_blocked",
-    "greenserve_http_requests",
-    "greenserve_http_request_duration_seconds",
-    "greenserve_http_requests_in_flight",
-    "greenserve_generation",
-    "greenserve_worker_pid",
-    "greenserve_worker_ready",
-    "greenserve_slot_restarts",
-    "greenserve_log_lines_dropped",
-    "greenserve_master_log_lines_dropped",
-    "greenserve_http_request_timeouts",
+# Every family but the certificate gauge, which exists only with TLS on.
+FAMILIES = {f.metric for f in catalog.FAMILIES} - {
+    catalog.BY_NAME["tls_certificate_expiry_timestamp_seconds"].metric
 }
 
 
@@ -135,17 +118,38 @@ class TestQuantile:
         assert quantile(0.99, [(0.1, 0.0), (float("inf"), 5.0)]) == 0.1
 
 
-def test_readme_metrics_section_names_every_family():
-    """The README documents every family the master exports (TLS's expiry gauge included)."""
+def _readme_metric_rows() -> dict[str, tuple[tuple[str, ...], str]]:
     from pathlib import Path
 
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Metrics") : readme.index("## Load balancing across workers")]
+    rows = {}
+    for match in re.finditer(r"^\| `(greenserve_\w+)(?:\{([\w,]+)\})?` \| (\w+) \|", section, re.M):
+        labels = tuple(match.group(2).split(",")) if match.group(2) else ()
+        rows[match.group(1)] = (labels, match.group(3))
+    return rows
+
+
+def test_the_scrape_is_exactly_the_catalog():
+    """What the collector exports, with TLS on, is the catalog: names, types and help."""
     aggregator = Aggregator()
     aggregator.publish(MasterState(1, 1, SlotTable(1).liveness(), tls_expiry=1e9))
     text = generate_latest(build_registry(aggregator)).decode()
-    names = [
-        f.name for f in text_string_to_metric_families(text) if f.name.startswith("greenserve_")
-    ]
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Metrics") : readme.index("## Load balancing across workers")]
-    for name in names:
-        assert name in section, name
+    exported = {
+        f.name: f for f in text_string_to_metric_families(text) if f.name.startswith("greenserve_")
+    }
+    assert set(exported) == {f.metric for f in catalog.FAMILIES}
+    for family in catalog.FAMILIES:
+        assert exported[family.metric].type == family.kind, family.name
+        assert exported[family.metric].documentation == family.help, family.name
+
+
+def test_readme_metric_table_is_the_catalog():
+    """One README row per family, with the catalog's type and labels, and no other rows."""
+    rows = _readme_metric_rows()
+    expected = {}
+    for family in catalog.FAMILIES:
+        per_worker = family.stat or family in catalog.SLOT_FAMILIES
+        labels = (("worker",) if per_worker else ()) + ((family.label,) if family.label else ())
+        expected[family.sample] = (labels, family.kind)
+    assert rows == expected

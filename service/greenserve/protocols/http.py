@@ -545,11 +545,11 @@ class HttpConnection:
             if head.content_length is not None and head.content_length > handler.max_body:
                 self.send_error(413, "request body too large")
                 return
-            stats.http_in_flight += 1
+            stats.http_requests_in_flight += 1
             try:
                 keep = self._respond(head)
             finally:
-                stats.http_in_flight -= 1
+                stats.http_requests_in_flight -= 1
             if not keep:
                 return
 

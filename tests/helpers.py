@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -387,31 +390,29 @@ class ScriptedSocket:
         self.chunks.clear()
 
 
-def serve_in_process(app: Any, chunks: list[bytes], **options: Any) -> tuple[bytes, list[dict]]:
+def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[bytes, list[dict]]:
     """Run one HTTP connection through the real protocol code, with no socket and no process.
+
+    ``changes``: Settings fields to change from the defaults (1 MiB bodies, 5 s header timeout).
 
     Returns what the server wrote and the log events it emitted (structlog's capture_logs).
     """
     import structlog
     from structlog.testing import capture_logs
 
+    from greenserve.config import load
     from greenserve.protocols.http import HttpHandler
     from greenserve.stats import WorkerStats
 
-    settings = {
-        "max_body": 1 << 20,
-        "header_timeout": 5.0,
-        "keepalive_timeout": 5.0,
-        "access_log": False,
-        **options,
-    }
+    flags = ["--protocol", "http", "--max-body", "1m", "--header-timeout", "5"]
+    settings = load(flags, {}).with_changes(**changes)
     with capture_logs() as events:
         handler = HttpHandler(
             app,
+            settings,
             stats=WorkerStats(),
             log=structlog.get_logger(),
             server_address=("127.0.0.1", 8000),
-            **settings,
         )
         sock = ScriptedSocket(chunks)
         handler.handle(sock, ("127.0.0.1", 40000))
@@ -503,3 +504,131 @@ def steady_server(*args: str, **kwargs: Any) -> Iterator[Server]:
         initial = server.worker_pids()
         yield server
         assert server.worker_pids() == initial, "a worker died or restarted"
+
+
+def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything until the server closes; fails if it does not close within ``timeout``."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+    finally:
+        sock.close()
+
+
+def v2(command: int, family: int, body: bytes, tlvs: bytes = b"") -> bytes:
+    """A PROXY protocol v2 header."""
+    from greenserve.proxy import V2_SIGNATURE
+
+    payload = body + tlvs
+    return (
+        V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(payload)) + payload
+    )
+
+
+def ipv4_block(src: str, dst: str, sport: int, dport: int) -> bytes:
+    return (
+        ipaddress.IPv4Address(src).packed
+        + ipaddress.IPv4Address(dst).packed
+        + struct.pack("!HH", sport, dport)
+    )
+
+
+def scrape(server) -> dict[str, float]:
+    """Totals over workers of every sample, keyed by name (plus labels other than worker)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(server.metrics_text()):
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "worker"}
+            key = sample.name + ("" if not labels else str(sorted(labels.items())))
+            totals[key] = totals.get(key, 0) + sample.value
+    return totals
+
+
+def traffic(server, connections: int, size: int) -> None:
+    payload = b"m" * size
+    for _ in range(connections):
+        assert echo_round_trip(server.address, payload) == payload
+
+
+def wait_totals(server, expected: dict[str, float], timeout: float = 5) -> dict[str, float]:
+    def matches():
+        totals = scrape(server)
+        return totals if all(totals.get(k) == v for k, v in expected.items()) else None
+
+    try:
+        return wait_until(matches, timeout, f"totals {expected}")
+    except AssertionError:
+        got = {k: scrape(server).get(k) for k in expected}
+        raise AssertionError(f"expected {expected}, scraped {got}") from None
+
+
+def settled_totals(server, quiet: float = 0.5, timeout: float = 10) -> dict[str, float]:
+    """Totals once they stopped changing for ``quiet`` seconds (late flushes have landed)."""
+    last: dict[str, tuple[dict[str, float], float]] = {}
+
+    def stable():
+        totals = scrape(server)
+        keys = ("greenserve_connections_accepted_total", "greenserve_bytes_received_total")
+        current = {k: totals[k] for k in keys}
+        now = time.monotonic()
+        if "seen" not in last or last["seen"][0] != current:
+            last["seen"] = (current, now)
+            return None
+        return totals if now - last["seen"][1] >= quiet else None
+
+    return wait_until(stable, timeout, "totals to settle", step=0.05)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def tool(*args: str, stdin: str | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "greenserve", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=APPS_DIR,
+        env={k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")},
+    )
+
+
+def metrics_url(server) -> str:
+    host, port = server.metrics_address
+    return f"http://{host}:{port}/metrics"
+
+
+def spawn_top(server, rows: int, columns: int) -> Any:
+    """``greenserve top`` on the server, in a real pseudo-terminal of that size (pexpect)."""
+    import pexpect
+
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "greenserve", "top", "--metrics", metrics_url(server)],
+        dimensions=(rows, columns),
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)},
+        encoding="utf-8",
+        timeout=15,
+    )
+
+
+def echo_once(address: tuple[str, int]) -> None:
+    if echo_round_trip(address, b"load", timeout=5) != b"load":
+        raise AssertionError("echo came back wrong")
+
+
+class Load(ClientLoad):
+    """Client threads opening a new connection per echo round trip until stopped."""
+
+    def __init__(self, address: tuple[str, int], threads: int = 4) -> None:
+        super().__init__(lambda: echo_once(address), threads)

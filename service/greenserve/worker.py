@@ -107,19 +107,7 @@ class Worker:
         if settings.protocol == "http":
             self.https = [
                 HttpHandler(
-                    app,
-                    stats=self.stats,
-                    log=log,
-                    server_address=listener.getsockname(),
-                    max_body=settings.max_body,
-                    header_timeout=settings.header_timeout,
-                    keepalive_timeout=settings.keepalive_timeout,
-                    access_log=settings.access_log,
-                    request_timeout=settings.request_timeout,
-                    tls=settings.certfile is not None,
-                    forwarded_allow=settings.forwarded_allow_ips,
-                    root_path=settings.root_path,
-                    ws_max_message=settings.ws_max_message,
+                    app, settings, stats=self.stats, log=log, server_address=listener.getsockname()
                 )
                 for listener in listeners
             ]
@@ -128,15 +116,12 @@ class Worker:
         balanced = not settings.reuse_port and spec.slot < LOAD_SLOTS
         self.protocol = TcpProtocol(
             apps[0],
+            settings,
             self.stats,
-            settings.idle_timeout,
             log,
             deadlines=bool(self.https),
-            max_connections=settings.max_connections,
             publish=self._publish if balanced else None,
             tls=server_context(settings) if settings.certfile else None,
-            handshake_timeout=settings.header_timeout,
-            proxy_allow=settings.proxy_allow_from if settings.proxy_protocol else None,
         )
         # One protocol per listener; all share the connection registry, sweeper and counters.
         self.protocols = [self.protocol] + [self.protocol.for_app(a) for a in apps[1:]]

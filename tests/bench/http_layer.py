@@ -28,9 +28,14 @@ from greenserve.protocols.http import HttpHandler
 from greenserve.stats import WorkerStats
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-handler = HttpHandler(apps.hello, stats=WorkerStats(), log=structlog.get_logger(),
-                      server_address=("127.0.0.1", 8000), max_body=1 << 20, header_timeout=10.0,
-                      keepalive_timeout=5.0, access_log=False)
+try:  # the Settings-reading handler (since the #13 redesign), else the keyword form before it
+    from greenserve.config import load
+    handler = HttpHandler(apps.hello, load(["--protocol", "http"], {}), stats=WorkerStats(),
+                          log=structlog.get_logger(), server_address=("127.0.0.1", 8000))
+except TypeError:
+    handler = HttpHandler(apps.hello, stats=WorkerStats(), log=structlog.get_logger(),
+                          server_address=("127.0.0.1", 8000), max_body=1 << 20,
+                          header_timeout=10.0, keepalive_timeout=5.0, access_log=False)
 best = float("inf")
 for _ in range(5):
     sock = ScriptedSocket([REQUEST] * COUNT)

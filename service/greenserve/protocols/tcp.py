@@ -13,6 +13,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from greenserve.config import Settings
 from greenserve.protocols.tls import HandshakeFailed, TlsSocket
 from greenserve.proxy import V2_MAX, ProxyError, header_length, parse_header
 from greenserve.stats import WorkerStats
@@ -231,28 +232,28 @@ class TcpProtocol:
     def __init__(
         self,
         app: Handler,
+        settings: Settings,
         stats: WorkerStats,
-        idle_timeout: float,
         log: Any,
         *,
-        max_connections: int = 1000,
         deadlines: bool = False,
         publish: Callable[[int], None] | None = None,
         tls: Any = None,
-        handshake_timeout: float = 10.0,
-        proxy_allow: Any = None,
     ) -> None:
         """``deadlines``: the handler sets ``sock.deadline``, so sweep even with no idle timeout.
-        ``publish``: called with the open-connection count whenever it changes (fair accepts)."""
+        ``publish``: called with the open-connection count whenever it changes (fair accepts).
+        ``tls``: an ssl.SSLContext built from ``settings``: every connection is TLS."""
         self.app = app
         self.publish = publish
-        self.tls = tls  # an ssl.SSLContext: every connection is TLS (protocols/tls.py)
-        self.handshake_timeout = handshake_timeout
+        self.tls = tls
+        self.handshake_timeout = settings.header_timeout
         # --proxy-protocol: proxy.Trusted peers that must send a PROXY header first
+        proxy_allow = settings.proxy_allow_from if settings.proxy_protocol else None
         self.proxy_allow = proxy_allow
+        idle_timeout = settings.idle_timeout
         deadlines = deadlines or tls is not None or proxy_allow is not None
         self.stats = stats
-        self.connections = Connections(stats, max_connections)
+        self.connections = Connections(stats, settings.max_connections)
         needs_sweeper = bool(idle_timeout) or deadlines
         # Deadlines (HTTP header and keep-alive timeouts) want a finer sweep than idleness.
         tick = 0.25 if deadlines else 1.0

@@ -1,0 +1,341 @@
+"""HTTP/1.1 requests: parsing and validating a request head, and the body an app reads.
+
+httptools (llhttp, the parser of Node.js) rejects ambiguous framing (Content-Length with
+Transfer-Encoding, duplicate Content-Length, bad chunk sizes, obs-fold, bad header names and
+values); ``RequestParser`` adds the limits (414, 431, 413), 400 for a missing, repeated or
+malformed Host and for a request-target that is not origin-form, absolute-form or ``OPTIONS *``,
+501 for transfer codings other than chunked and for unknown methods, 505 for versions other than
+1.0 and 1.1. Its callbacks only queue events (a head, body chunks, END); ``Input`` (the app's
+``wsgi.input``) pulls body events from its connection on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from greenserve.protocols.tcp import CountingSocket
+
+if TYPE_CHECKING:  # the connection that owns this request (no import at run time: no cycle)
+    from greenserve.protocols.http import HttpConnection
+
+
+MAX_REQUEST_LINE = 8190
+
+MAX_HEADERS = 100
+
+MAX_HEADER_FIELD = 8190
+
+MAX_HEADER_BYTES = 65536
+DRAIN_LIMIT = 1 << 20  # unread body we are willing to discard to keep a connection alive
+
+_TOKEN_METHOD = re.compile(rb"[A-Z][A-Z-]* ")
+
+METHOD_PREFIX = re.compile(rb"[A-Z][A-Z-]{0,30}")
+
+# RFC 9112 3.2 / RFC 3986 3.2.2: host [ ":" port ], the host a reg-name or an IP literal.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
+# A client's X-Request-ID is used when it is short and printable (it goes into every log line).
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
+
+_FRAMING_HEADERS = frozenset(
+    (b"host", b"transfer-encoding", b"content-length", b"expect", b"x-request-id")
+)
+
+
+class HttpError(Exception):
+    """A request we answer with ``status`` and then close."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class Head:
+    """A parsed and validated request line and header block."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "request_id",
+        "upgrade",
+        "url",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.request_id = ""  # a valid X-Request-ID from the client, else empty
+        self.upgrade = False  # Upgrade: the app may take the connection over
+        self.url = b""
+        self.path = b"/"
+        self.query = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.expect_continue = False
+
+
+END = object()  # marks the end of a message in the event queue
+
+
+class RequestParser:
+    """httptools callbacks: enforce limits, validate heads, queue heads, body chunks and ends."""
+
+    def __init__(self, sock: CountingSocket, header_timeout: float) -> None:
+        self.sock = sock
+        self.header_timeout = header_timeout
+        self.events: deque[Any] = deque()
+        self.head: Head | None = None
+        self.header_bytes = 0
+        # Whether the bytes fed next start a new request, and how many requests completed:
+        # lets an error be traced back to the request it belongs to (HttpConnection._feed).
+        self.at_boundary = True
+        self.completed = 0
+        self.parser = request_parser(self)
+        self.feed = self.parser.feed_data  # the parser's own method: no Python frame per read
+        self.valid_host = b""  # the last Host value checked: keep-alive requests repeat it
+
+    def on_message_begin(self) -> None:
+        self.head = Head()
+        self.header_bytes = 0
+        self.at_boundary = False
+        self.sock.parked = False
+        if self.header_timeout:
+            self.sock.deadline = time.monotonic() + self.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        assert self.head is not None
+        self.head.url += url
+        if len(self.head.url) > MAX_REQUEST_LINE:
+            raise HttpError(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self.head
+        assert head is not None
+        self.header_bytes += len(name) + len(value) + 4
+        if len(name) + len(value) > MAX_HEADER_FIELD or self.header_bytes > MAX_HEADER_BYTES:
+            raise HttpError(431, "header field too large")
+        if len(head.headers) >= MAX_HEADERS:
+            raise HttpError(431, "too many header fields")
+        # llhttp trims leading whitespace only; RFC 9110 5.5 excludes trailing OWS too.
+        head.headers.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        head = self.head
+        assert head is not None
+        parser = self.parser
+        self.sock.deadline = 0.0
+        head.version = parser.get_http_version()
+        if head.version not in ("1.1", "1.0"):
+            raise HttpError(505, f"HTTP/{head.version} is not supported")
+        head.method = parser.get_method()
+        head.keep_alive = parser.should_keep_alive()
+        hosts = 0
+        for name, value in head.headers:
+            lowered = name.lower()
+            if lowered not in _FRAMING_HEADERS:
+                continue  # most headers: one set lookup, not five comparisons
+            if lowered == b"host":
+                hosts += 1
+                if hosts > 1:
+                    raise HttpError(400, "repeated Host header")
+                if value != self.valid_host:
+                    if not _HOST.fullmatch(value):
+                        raise HttpError(400, "invalid Host header")
+                    self.valid_host = value
+            elif lowered == b"transfer-encoding":
+                codings = [c.strip() for c in value.lower().split(b",")]
+                if codings != [b"chunked"]:
+                    raise HttpError(501, f"transfer coding {value.decode('latin-1')!r}")
+                head.chunked = True
+                if head.version == "1.0":
+                    # RFC 9112 6.1: the framing of such a message is suspect; close after it.
+                    head.keep_alive = False
+            elif lowered == b"content-length":
+                head.content_length = int(value)
+            elif lowered == b"expect" and value.lower() == b"100-continue":
+                head.expect_continue = head.version == "1.1"
+            elif lowered == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                head.request_id = value.decode("ascii")
+        if not hosts and head.version == "1.1":
+            raise HttpError(400, "HTTP/1.1 request without Host")  # RFC 9112 3.2
+        url = head.url
+        if url[:1] == b"/" and b"#" not in url:  # origin-form, by far the most common
+            path, _, head.query = url.partition(b"?")
+            head.path = path
+        else:
+            _split_target(head)
+        self.events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        self.at_boundary = True
+        self.completed += 1
+        self.events.append(END)
+
+
+def _split_target(head: Head) -> None:
+    """PATH_INFO and QUERY_STRING from the request-target, or 400 (RFC 9112 3.2)."""
+    url = head.url
+    if url[:1] == b"/":  # origin-form, by far the most common
+        path, _, query = url.partition(b"?")
+        head.path, head.query = path.partition(b"#")[0], query
+    elif url == b"*":
+        if head.method != b"OPTIONS":
+            raise HttpError(400, "the asterisk form is only for OPTIONS")
+        head.path = b"*"
+    else:  # absolute-form: keep only the path
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise HttpError(400, "invalid request-target") from None
+        if not parsed.schema or not parsed.host:
+            raise HttpError(400, "invalid request-target")
+        head.path, head.query = parsed.path or b"/", parsed.query or b""
+
+
+def request_parser(callbacks: Any) -> httptools.HttpRequestParser:
+    """llhttp as every request of greenserve is parsed: RFC 9112 7.1.1 allows whitespace (BWS)
+    before a chunk extension's ";"; llhttp rejects it after the ";" and around "=" whatever the
+    options (see the README)."""
+    parser = httptools.HttpRequestParser(callbacks)
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    return parser
+
+
+def messages_completed(data: bytes) -> int:
+    """How many whole requests a fresh parser finds at the start of ``data``."""
+    counter = _MessageCounter()
+    parser = request_parser(counter)
+    with contextlib.suppress(httptools.HttpParserError):
+        parser.feed_data(data)
+    return counter.completed
+
+
+class _MessageCounter:
+    __slots__ = ("completed",)
+
+    def __init__(self) -> None:
+        self.completed = 0
+
+    def on_message_complete(self) -> None:
+        self.completed += 1
+
+
+def as_http_error(exc: Exception, data: bytes) -> HttpError:
+    """The status a parser error deserves; ``data`` starts where the failing request starts."""
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        if isinstance(exc.__context__, HttpError):
+            return exc.__context__
+        return HttpError(400, str(exc))
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        if _TOKEN_METHOD.match(data):
+            return HttpError(501, "method not implemented")
+        return HttpError(400, "invalid method")
+    message = str(exc)
+    if "HTTP version" in message:
+        return HttpError(505, message)
+    # Includes "chunked" not being the final coding: RFC 9112 6.3 says 400.
+    return HttpError(400, message)
+
+
+class Input:
+    """``wsgi.input``: the request body, streamed from the socket as the app reads it.
+
+    ``done`` is True once the end of the body was reached; ``buffer`` holds what was read from
+    the socket but not yet by the app.
+    """
+
+    __slots__ = ("buffer", "connection", "done", "head", "received")
+
+    def __init__(self, connection: HttpConnection, head: Head) -> None:
+        self.connection = connection
+        self.head = head
+        self.buffer = b""
+        self.done = head.content_length == 0 or (head.content_length is None and not head.chunked)
+        self.received = 0
+
+    def _more(self) -> bool:
+        """Pull the next body chunk into the buffer; False at the end of the body."""
+        if self.done:
+            return False
+        chunk = self.connection.next_body_event(self)
+        if chunk is END:
+            self.done = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._more():
+                pass
+            data, self.buffer = self.buffer, b""
+            return data
+        while len(self.buffer) < size and self._more():
+            pass
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        while True:
+            end = self.buffer.find(b"\n")
+            limit = size if size is not None and size >= 0 else None
+            if end >= 0 and (limit is None or end < limit):
+                data, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+                return data
+            if limit is not None and len(self.buffer) >= limit:
+                data, self.buffer = self.buffer[:limit], self.buffer[limit:]
+                return data
+            if not self._more():
+                data, self.buffer = self.buffer, b""
+                return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def discard(self) -> int:
+        """Drop what the app did not read, up to DRAIN_LIMIT; returns what was dropped."""
+        discarded = len(self.buffer)
+        self.buffer = b""
+        while discarded <= DRAIN_LIMIT and self._more():
+            discarded += len(self.buffer)
+            self.buffer = b""
+        return discarded
+
+    @property
+    def complete(self) -> bool:
+        return self.done and not self.buffer

@@ -1,0 +1,308 @@
+"""HTTP/1.1 responses: the status line and header block, the body's framing, sendfile.
+
+Each rule keeps a pooled keep-alive connection in step (see the README): no body on HEAD, 1xx, 204
+and 304; never more bytes than the app's Content-Length (the rest is cut, logged, counted, and
+the connection closed); a body shorter than its Content-Length closes the connection; an error
+before the first byte is on the wire becomes a 500 (the connection's job, with ``started``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from gevent import socket as gsocket
+
+from greenserve.protocols.http_request import Head
+
+if TYPE_CHECKING:  # the connection that owns this request (no import at run time: no cycle)
+    from greenserve.protocols.http import HttpConnection, HttpHandler
+
+
+SMALL_BODY = 16384  # headers and a body up to this size go out in one write
+
+SERVER = b"greenserve"
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+# RFC 9110 5.6.2 token: a response header name must be one, or the header block is ambiguous.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+# RFC 9110 5.5: no control characters in a field value except horizontal tab.
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+_NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
+
+
+class DateCache:
+    """The Date header, formatted once per second rather than once per response."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: lets the server send a file with ``sendfile``."""
+
+    def __init__(self, filelike: Any, block_size: int = 65536) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            block = self.filelike.read(self.block_size)
+            if not block:
+                return
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+# Apps send the same few headers again and again: each is validated and encoded once.
+_VALID_HEADERS: dict[tuple[str, str], bytes] = {}
+
+_VALID_HEADERS_MAX = 1024
+
+
+def _valid_header(name: str, value: str) -> bytes:
+    if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
+    line = f"{name}: {value}".encode("latin-1")
+    if len(_VALID_HEADERS) < _VALID_HEADERS_MAX:
+        _VALID_HEADERS[(name, value)] = line
+    return line
+
+
+class Response:
+    """``start_response`` and ``write`` for one request, and the framing of its body."""
+
+    __slots__ = (
+        "body_sent",
+        "chunked",
+        "connection",
+        "expected",
+        "handler",
+        "head",
+        "headers",
+        "headers_sent",
+        "keep_alive",
+        "length",
+        "no_body",
+        "request_id",
+        "sock",
+        "status",
+        "status_code",
+        "truncated",
+    )
+
+    def __init__(
+        self, connection: HttpConnection, handler: HttpHandler, head: Head, request_id: str
+    ) -> None:
+        self.connection = connection
+        self.handler = handler  # shared by the listener's connections: drain flag, Date cache
+        self.request_id = request_id
+        self.sock = connection.sock
+        self.head = head
+        self.status = b""
+        self.status_code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.chunked = False
+        self.length: int | None = None
+        self.keep_alive = head.keep_alive and not connection.closing
+        self.body_sent = 0
+        self.truncated = 0  # bytes the app wrote past its own Content-Length, not sent
+        self.no_body = head.method == b"HEAD"
+        self.expected: int | None = None  # total body length when the result is a list
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status:
+            raise AssertionError("start_response called twice without exc_info")
+        code = int(status[:3])
+        if not 100 <= code <= 999 or status[3:4] not in ("", " "):
+            raise ValueError(f"invalid status {status!r}")
+        self.status, self.status_code, self.headers = status.encode("latin-1"), code, headers
+        if code in _NO_BODY_STATUS:
+            self.no_body = True
+        return self.write
+
+    def _head_bytes(self) -> bytes:
+        """The status line and header block; raises on anything that cannot go on the wire."""
+        if not self.status:
+            raise AssertionError("the application did not call start_response")
+        lines = [b"HTTP/1.1 " + self.status]
+        request_id: str | None = self.request_id
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == "x-request-id":
+                request_id = None  # the app set its own
+            elif lowered == "content-length":
+                self.length = int(value)
+                if self.length < 0:
+                    raise ValueError(f"negative Content-Length {value!r}")
+                continue  # written once below, with the framing decision
+            if lowered == "connection":
+                if value.lower() == "close":
+                    self.keep_alive = False
+                continue
+            if lowered == "transfer-encoding":
+                continue  # framing is ours
+            line = _VALID_HEADERS.get((name, value))
+            if line is None:
+                line = _valid_header(name, value)
+            lines.append(line)
+        code = self.status_code
+        if code < 200 or code == 204:
+            self.length = None  # RFC 9110 8.6: no Content-Length on 1xx and 204
+        elif self.length is None and self.no_body:
+            if self.expected and self.head.method == b"HEAD":  # what a GET would get
+                self.length = self.expected
+                lines.append(b"Content-Length: " + str(self.length).encode())
+        elif self.length is None:
+            if self.expected is not None:
+                self.length = self.expected  # the whole body is known (a list, or finished)
+                lines.append(b"Content-Length: " + str(self.length).encode())
+            elif self.head.version == "1.1":
+                self.chunked = True
+                lines.append(b"Transfer-Encoding: chunked")
+            else:
+                self.keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+        elif self.length is not None:
+            lines.append(b"Content-Length: " + str(self.length).encode())
+        if self.handler.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            lines.append(b"Connection: close")
+        elif self.head.version == "1.0":
+            lines.append(b"Connection: keep-alive")
+        if request_id is not None:
+            lines.append(b"X-Request-ID: " + request_id.encode())
+        lines.append(b"Date: " + self.handler.date.get())
+        lines.append(b"Server: " + SERVER)
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    def write(self, data: bytes) -> None:
+        """The WSGI ``write`` callable, and each chunk of an iterable result."""
+        if data.__class__ is not bytes and not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"the application wrote {type(data).__name__}, not bytes")
+        if not data:
+            return
+        if not self.headers_sent:
+            if len(data) <= SMALL_BODY and not self.no_body:
+                # headers and a small body in one write (the hot path: _start inlined)
+                head = self._head_bytes()
+                self.sock.sendall(head + self._frame(data))
+                self.headers_sent = True
+                return
+            if self.no_body:
+                self._start(data)
+                return
+            self._start()
+        elif self.no_body:
+            return
+        self.sock.sendall(self._frame(data))
+
+    def _start(self, data: bytes = b"") -> None:
+        """Send the header block, with ``data`` after it; until this, a 500 is still possible."""
+        head = self._head_bytes()
+        if data and not self.no_body:
+            head += self._frame(data)
+        self.sock.sendall(head)
+        self.headers_sent = True
+
+    def _frame(self, data: bytes) -> bytes:
+        length = self.length
+        if length is not None and self.body_sent + len(data) > length:
+            # PEP 3333: never more than the declared length; the excess would be read as the
+            # start of the next response by a client or proxy that reuses the connection.
+            keep = max(0, length - self.body_sent)
+            self.truncated += len(data) - keep
+            self.keep_alive = False
+            data = data[:keep]
+        self.body_sent += len(data)
+        if self.chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
+
+    def finish(self) -> None:
+        if not self.headers_sent:
+            if self.expected is None:
+                self.expected = 0  # nothing was written: an empty body
+            self._start()
+            if self.length and not self.no_body:
+                self.keep_alive = False  # a declared body never sent: framing is lost
+        elif self.no_body:
+            pass
+        elif self.length is not None and self.body_sent != self.length:
+            self.keep_alive = False  # the app's Content-Length was wrong: framing is lost
+        elif self.chunked:
+            self.sock.sendall(b"0\r\n\r\n")
+
+    def try_sendfile(self, wrapper: FileWrapper) -> bool:
+        """Send a file with os.sendfile when its length is known; False to fall back."""
+        filelike = wrapper.filelike
+        try:
+            fd = filelike.fileno()
+            offset = filelike.tell()
+            size = os.fstat(fd).st_size - offset
+            # A socket with no plaintext descriptor (TLS: protocols/tls.py) cannot sendfile:
+            # the file then goes through write() like any iterable.
+            out = self.sock.fileno()
+        except (AttributeError, OSError, ValueError):
+            return False
+        if self.no_body or (self.length is None and self.head.version != "1.1"):
+            return False
+        if not any(name.lower() == "content-length" for name, _ in self.headers):
+            self.headers = [*self.headers, ("Content-Length", str(size))]
+        self._start()
+        remaining = self.length if self.length is not None else size
+        while remaining > 0:
+            try:
+                sent = os.sendfile(out, fd, offset, min(remaining, 1 << 20))
+            except BlockingIOError:
+                gsocket.wait_write(out)
+                continue
+            if sent == 0:
+                break
+            offset += sent
+            remaining -= sent
+            self.body_sent += sent
+            self.sock.tx += sent
+        return True

@@ -20,11 +20,18 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import echo_round_trip, per_worker, running, wait_until
+from tests.helpers import (
+    Load,
+    echo_round_trip,
+    per_worker,
+    read_all,
+    running,
+    scrape,
+    settled_totals,
+    wait_totals,
+    wait_until,
+)
 from tests.http_corpus.corpus import VALID
-from tests.integration.test_http import read_all
-from tests.integration.test_lifecycle import Load
-from tests.integration.test_metrics import scrape, settled_totals, wait_totals
 
 SOAK_SECONDS = float(os.environ.get("GREENSERVE_SOAK_SECONDS", "12"))
 

@@ -14,8 +14,7 @@ import urllib.request
 import pexpect
 import pytest
 
-from tests.helpers import APPS_DIR, ROOT, running, wait_until
-from tests.integration.test_tools import ANSI, metrics_url, spawn_top, tool
+from tests.helpers import ANSI, APPS_DIR, ROOT, metrics_url, running, spawn_top, tool, wait_until
 
 
 def http_get(address: tuple[str, int], path: str = "/") -> bytes:

@@ -22,14 +22,16 @@ from tests.helpers import (
     APPS_DIR,
     SPLIT_MODES,
     final_responses,
+    read_all,
     running,
+    scrape,
     split,
     steady_server,
+    wait_totals,
     wait_until,
 )
 from tests.http_corpus.corpus import MALFORMED, VALID
 from tests.http_corpus.exchanges import EXCHANGES, LAST, check_exchange
-from tests.integration.test_metrics import scrape, wait_totals
 
 MODES = SPLIT_MODES
 
@@ -44,22 +46,6 @@ def send(address: tuple[str, int], data: bytes, mode: str, seed: int = 0) -> soc
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server may answer and close before a hostile request is fully sent
     return sock
-
-
-def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
-    """Everything until the server closes; fails if it does not close within ``timeout``."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
-    except ConnectionResetError:
-        return data
-    finally:
-        sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ClientLoad, echo_round_trip, free_port, running, wait_until
-from tests.integration.test_metrics import scrape, wait_totals
-
-
-class Load(ClientLoad):
-    """Client threads opening a new connection per echo round trip until stopped."""
-
-    def __init__(self, address: tuple[str, int], threads: int = 4) -> None:
-        super().__init__(lambda: _echo(address), threads)
-
-
-def _echo(address: tuple[str, int]) -> None:
-    if echo_round_trip(address, b"load", timeout=5) != b"load":
-        raise AssertionError("echo came back wrong")
+from tests.helpers import (
+    Load,
+    echo_round_trip,
+    free_port,
+    running,
+    scrape,
+    wait_totals,
+    wait_until,
+)
 
 
 class TestReload:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenserve import catalog
-from tests.helpers import echo_round_trip, running, wait_until
+from tests.helpers import echo_round_trip, running, scrape, traffic, wait_totals, wait_until
 
 # without TLS, every family but the certificate's expiry
 SCRAPED_FAMILIES = [
@@ -26,52 +26,6 @@ COUNTERS = (
     "greenserve_bytes_received_total",
     "greenserve_bytes_sent_total",
 )
-
-
-def scrape(server) -> dict[str, float]:
-    """Totals over workers of every sample, keyed by name (plus labels other than worker)."""
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(server.metrics_text()):
-        for sample in family.samples:
-            labels = {k: v for k, v in sample.labels.items() if k != "worker"}
-            key = sample.name + ("" if not labels else str(sorted(labels.items())))
-            totals[key] = totals.get(key, 0) + sample.value
-    return totals
-
-
-def traffic(server, connections: int, size: int) -> None:
-    payload = b"m" * size
-    for _ in range(connections):
-        assert echo_round_trip(server.address, payload) == payload
-
-
-def wait_totals(server, expected: dict[str, float], timeout: float = 5) -> dict[str, float]:
-    def matches():
-        totals = scrape(server)
-        return totals if all(totals.get(k) == v for k, v in expected.items()) else None
-
-    try:
-        return wait_until(matches, timeout, f"totals {expected}")
-    except AssertionError:
-        got = {k: scrape(server).get(k) for k in expected}
-        raise AssertionError(f"expected {expected}, scraped {got}") from None
-
-
-def settled_totals(server, quiet: float = 0.5, timeout: float = 10) -> dict[str, float]:
-    """Totals once they stopped changing for ``quiet`` seconds (late flushes have landed)."""
-    last: dict[str, tuple[dict[str, float], float]] = {}
-
-    def stable():
-        totals = scrape(server)
-        keys = ("greenserve_connections_accepted_total", "greenserve_bytes_received_total")
-        current = {k: totals[k] for k in keys}
-        now = time.monotonic()
-        if "seen" not in last or last["seen"][0] != current:
-            last["seen"] = (current, now)
-            return None
-        return totals if now - last["seen"][1] >= quiet else None
-
-    return wait_until(stable, timeout, "totals to settle", step=0.05)
 
 
 class TestExactAccounting:

@@ -9,8 +9,7 @@ import signal
 import socket
 import time
 
-from tests.helpers import by_label, running, wait_until
-from tests.unit.test_proxy import ipv4_block, v2
+from tests.helpers import by_label, ipv4_block, running, v2, wait_until
 
 REQUEST = b"GET /where HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 

@@ -16,8 +16,7 @@ import pytest
 import requests
 import trustme
 
-from tests.helpers import by_label, per_worker, running, wait_until
-from tests.integration.test_tools import tool
+from tests.helpers import by_label, per_worker, running, tool, wait_until
 
 
 @pytest.fixture(scope="module")

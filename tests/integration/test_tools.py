@@ -13,39 +13,19 @@ import time
 
 import pexpect
 
-from tests.helpers import APPS_DIR, echo_round_trip, free_port, running, wait_until
-from tests.integration.test_metrics import scrape, traffic, wait_totals
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def tool(*args: str, stdin: str | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "greenserve", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=APPS_DIR,
-        env={k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")},
-    )
-
-
-def spawn_top(server, rows: int, columns: int) -> pexpect.spawn:
-    """``greenserve top`` on the server, in a real pseudo-terminal of that size."""
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "greenserve", "top", "--metrics", metrics_url(server)],
-        dimensions=(rows, columns),
-        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)},
-        encoding="utf-8",
-        timeout=15,
-    )
-
-
-def metrics_url(server) -> str:
-    host, port = server.metrics_address
-    return f"http://{host}:{port}/metrics"
+from tests.helpers import (
+    ANSI,
+    echo_round_trip,
+    free_port,
+    metrics_url,
+    running,
+    scrape,
+    spawn_top,
+    tool,
+    traffic,
+    wait_totals,
+    wait_until,
+)
 
 
 class TestStatus:

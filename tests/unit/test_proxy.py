@@ -15,21 +15,7 @@ from greenserve.proxy import (
     parse_header,
     parse_trusted,
 )
-
-
-def v2(command: int, family: int, body: bytes, tlvs: bytes = b"") -> bytes:
-    payload = body + tlvs
-    return (
-        V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(payload)) + payload
-    )
-
-
-def ipv4_block(src: str, dst: str, sport: int, dport: int) -> bytes:
-    return (
-        ipaddress.IPv4Address(src).packed
-        + ipaddress.IPv4Address(dst).packed
-        + struct.pack("!HH", sport, dport)
-    )
+from tests.helpers import ipv4_block, v2
 
 
 class TestTrusted:

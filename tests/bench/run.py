@@ -46,6 +46,18 @@ class Contender:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# --baseline DIR: another checkout of greenserve (a git worktree) run side by side as one more
+# contender, so a change's cost is measured interleaved with the code before it.
+BASELINE: list[Path] = []
+
+
+def baseline_contenders(name: str, argv: list[str]) -> list[Contender]:
+    return [
+        Contender(f"{name} (baseline)", argv, {"PYTHONPATH": str(tree / "service")})
+        for tree in BASELINE
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -124,6 +136,7 @@ def echo_contenders() -> list[Contender]:
     gs += ["--metrics-bind", "127.0.0.1:0", "--log-level", "warning", "--log-format", "json"]
     contenders = [
         Contender("greenserve", gs),
+        *baseline_contenders("greenserve", gs),
         Contender("greenserve (counting off)", gs, {"PYTHONPATH": str(HERE / "nocount")}),
         Contender(
             f"bare StreamServer x{WORKERS}",
@@ -259,6 +272,7 @@ def http_contenders(app_name: str = "hello") -> list[Contender]:
     app = HTTP_APPS[app_name]
     gunicorn = [py, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning"]
     contenders = [Contender("greenserve http x2", greenserve_command(app))]
+    contenders += baseline_contenders("greenserve http x2", greenserve_command(app))
     if shutil.which("granian"):  # the Rust WSGI server users pick for speed
         granian = [shutil.which("granian"), "--interface", "wsgi", "--workers", "2"]
         contenders.append(
@@ -757,9 +771,17 @@ def main() -> None:
         help="lifecycle = balance, idle memory, respawn",
     )
     parser.add_argument("--idle-connections", type=int, default=10_000)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another greenserve checkout (e.g. a git worktree of main) to run alongside",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        BASELINE.append(args.baseline.resolve())
 
-    report: dict[str, Any] = {"cpus": WORKERS, "args": vars(args)}
+    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report: dict[str, Any] = {"cpus": WORKERS, "args": shown}
     goals: list[dict] = []
     if args.only == "io":
         report["io_bound"] = io_bound(args.seconds)

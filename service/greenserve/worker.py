@@ -20,7 +20,7 @@ from setproctitle import setproctitle
 
 from greenserve import apps, logs
 from greenserve.config import Address, Settings, parse_app
-from greenserve.protocols.accept import BalancedServer, CountingServer
+from greenserve.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
 from greenserve.protocols.http import HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
 from greenserve.spec import EXIT_APP_LOAD, STACK_SIGNAL, WorkerSpec
@@ -137,8 +137,7 @@ class Worker:
                 )
             else:
                 server = CountingServer(listener, protocol.handle, connections=protocol.connections)
-            # One accept per wake-up: a worker woken for a burst must not swallow it whole.
-            server.max_accept = 1
+            server.max_accept = MAX_ACCEPT
             self.servers.append(server)
         self.graceful = True
 

@@ -316,10 +316,12 @@ class TcpProtocol:
         stats = self.stats
         stats.connections_accepted += 1
         stats.connections_active += 1
+        connections = self.connections
         publish = self.publish
         if publish is not None:
-            publish(stats.connections_active)
-        connections = self.connections
+            # the registry, not the counter: it already holds connections accepted in the same
+            # wake-up whose greenlets have not started yet
+            publish(len(connections.open))
         sock.greenlet = gevent.getcurrent()
         try:
             if sock.family != socket.AF_UNIX:
@@ -345,9 +347,9 @@ class TcpProtocol:
                 )
         finally:
             stats.connections_active -= 1
-            if publish is not None:
-                publish(stats.connections_active)
             connections.remove(sock)
+            if publish is not None:
+                publish(len(connections.open))
             sock.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -265,3 +266,17 @@ def tell_address(sock: Any, address: Any) -> None:
     """TCP: answer each line with the client's address as the server sees it."""
     data = sock.recv(65536)
     sock.sendall(f"{address[0]}:{address[1]} ".encode() + data)
+
+
+_served = itertools.count(1)
+
+
+def busy_sequence(environ: dict, start_response: Any) -> list[bytes]:
+    """Burn ``?ms=N`` ms of CPU (no yield), then answer with this worker's serving order."""
+    query = dict(pair.split("=", 1) for pair in environ["QUERY_STRING"].split("&") if "=" in pair)
+    end = time.perf_counter() + float(query.get("ms", "0")) / 1000
+    while time.perf_counter() < end:
+        pass
+    body = str(next(_served)).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -338,6 +338,26 @@ class TestApps:
             wait_until(served, 5, f"{requests}..{requests + 16} requests counted")
 
 
+class TestFairness:
+    """A connection that keeps its pipe full does not keep the others waiting (issue 19)."""
+
+    def test_a_new_connection_is_served_between_a_pipelined_flood(self):
+        with running(
+            "greenserve_testapps:busy_sequence", "--protocol", "http", "--workers", "1"
+        ) as server:
+            server.started()
+            flood = socket.create_connection(server.address, timeout=10)
+            # 100 requests of 2 ms of CPU each, all in the socket at once: 200 ms of work
+            flood.sendall(b"GET /?ms=2 HTTP/1.1\r\nHost: a\r\n\r\n" * 100)
+            with socket.create_connection(server.address, timeout=10) as other:
+                other.sendall(b"GET /?ms=0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                order = int(read_all(other).split(b"\r\n\r\n", 1)[1])
+            flood.close()
+            # Served in its turn, not after the flood (it would be 101st): a few flood
+            # requests may go first, depending on when its connection was accepted.
+            assert order < 50, order
+
+
 class TestTimeoutsAndDrain:
     """Slow clients are cut off; stops finish in-flight requests and close idle ones."""
 

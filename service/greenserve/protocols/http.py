@@ -50,6 +50,8 @@ HISTORY_LIMIT = 65536  # request bytes kept across reads to place a parse error 
 
 
 TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped again this much later
+TURN_SECONDS = 0.0005  # the longest a connection keeps the hub from polling between requests
+TURN_YIELD = 1e-6  # a timer, not sleep(0): it fires after the next poll, behind ready I/O
 
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 
@@ -219,6 +221,7 @@ class HttpConnection:
         handler = self.handler
         stats = handler.stats
         keepalive = handler.keepalive_timeout
+        loop = gevent.get_hub().loop
         while not self.closing:
             if keepalive:
                 self.sock.deadline = time.monotonic() + keepalive
@@ -239,6 +242,12 @@ class HttpConnection:
                 stats.http_requests_in_flight -= 1
             if not keep:
                 return
+            # Fairness: a client that sends its next request as soon as it has the response
+            # keeps this greenlet reading without ever waiting, so the hub would not poll (or
+            # run timers) until the connection went quiet. Once this loop turn has run longer
+            # than TURN_SECONDS, step back behind the I/O that became ready meanwhile.
+            if time.time() - loop.now() > TURN_SECONDS:
+                gevent.sleep(TURN_YIELD)
 
     def send_error(self, status: int, detail: str, request_id: str = "") -> None:
         body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()

@@ -338,6 +338,9 @@ def run(spec: WorkerSpec) -> NoReturn:
     # Patching happens here, not at import: the forkserver preloads this module and must keep
     # its own stdlib unpatched; every module imported so far is patched in place.
     monkey.patch_all()
+    # gevent records who spawned each greenlet (for its debugging dumps): 13.5 us against 5.2 us
+    # per Greenlet created, measured, and one is created per connection.
+    gevent.config.track_greenlet_tree = False
     settings = spec.settings
     # Files first, while this process may still be root; then drop privileges.
     logs.configure(

@@ -169,7 +169,7 @@ class HttpConnection:
     def next_head(self) -> Head | None:
         while True:
             while self.events:
-                event = self.events.popleft()
+                event = self.events.pop(0)
                 if event.__class__ is Head:
                     return event
                 if isinstance(event, HttpError):
@@ -206,7 +206,7 @@ class HttpConnection:
                 raise ConnectionError("client closed during the request body") from None
             finally:
                 self.sock.deadline = 0.0
-        event = self.events.popleft()
+        event = self.events.pop(0)
         if isinstance(event, HttpError):
             raise event
         if event is not END:
@@ -281,6 +281,7 @@ class HttpConnection:
         self.response = writer = Response(self, self.handler, head, request_id)
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)
+        head.headers = ()  # type: ignore[assignment]  # in the environ now; a long request (a WebSocket) need not keep both
         environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
         if self.extra_environ:
             environ.update(self.extra_environ)
@@ -292,6 +293,8 @@ class HttpConnection:
             # What Flask-Sock, simple-websocket and python-socketio (gevent mode) look for: the
             # connection's socket, to answer the handshake and speak WebSocket on it themselves.
             environ["gunicorn.socket"] = self.sock
+            self.parser.release()  # no HTTP after this request: its END is already queued
+            self.history = None
             self.sock.upgraded = True
             if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
                 websocket = WebSocket(

@@ -16,15 +16,16 @@ with 1009, a protocol error with its RFC 6455 code. A graceful stop closes every
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 from typing import Any
 
 from gevent.lock import Semaphore
 from websockets.frames import Opcode
-from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.utils import accept_key
 
 from greenserve.stats import WorkerStats
 
@@ -46,7 +47,10 @@ class WebSocket:
         self.environ = environ
         self.stats = stats
         self.registry = registry
-        self.engine = ServerProtocol(max_size=max_size)
+        self.max_size = max_size
+        # The frame engine exists only once the handshake succeeded: an app that answers the
+        # Upgrade itself on gunicorn.socket (Flask-Sock) never pays for one.
+        self.engine: ServerProtocol | None = None
         self.lock = Semaphore()  # writers: the app, the pinger, a stop (Cython, not RLock)
         self.started = False
         self.done = False
@@ -84,33 +88,21 @@ class WebSocket:
         if self.started:
             return not self.done
         self.started = True
-        # The protocol object parses the handshake itself (its parser then moves on to frames):
-        # the request it sees is rebuilt from the environ, the head greenserve already parsed.
-        lines = [f"GET {self.environ.get('RAW_URI') or self.path or '/'} HTTP/1.1"]
-        for key, value in self.environ.items():
-            if key.startswith("HTTP_"):
-                lines.append(f"{key[5:].replace('_', '-').title()}: {value}")
-        self.engine.receive_data(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        events = self.engine.events_received()
-        if not events or not isinstance(events[0], Request):
-            self.done = True
-            return False
-        request = events[0]
-        if self.environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
-            # RFC 6455 4.4: 426 with the version this server speaks.
+        environ = self.environ
+        refusal = _refusal(environ)
+        if refusal is not None:
             with self.lock:
-                self.sock.sendall(
-                    b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"
-                    b"Connection: close\r\nContent-Length: 0\r\n\r\n"
-                )
+                self.sock.sendall(refusal)
             self.done = True
             return False
-        response = self.engine.accept(request)
-        self.engine.send_response(response)
-        self._flush()
-        if response.status_code != 101:
-            self.done = True
-            return False
+        accept = accept_key(environ["HTTP_SEC_WEBSOCKET_KEY"].strip())
+        with self.lock:
+            self.sock.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
+            )
+        # Handshake done here, so the engine starts OPEN: its parser never holds the request.
+        self.engine = ServerProtocol(state=State.OPEN, max_size=self.max_size)
         self.registry.add(self)
         self.stats.websocket_connections_active += 1
         return True
@@ -233,7 +225,47 @@ class WebSocket:
         if self in self.registry:
             self.registry.discard(self)
             self.stats.websocket_connections_active -= 1
-        code = self.engine.close_rcvd.code if self.engine.close_rcvd else 1006
+        engine = self.engine
+        code = engine.close_rcvd.code if engine is not None and engine.close_rcvd else 1006
         closes = self.stats.websocket_closes
         key = str(code)
         closes[key] = closes.get(key, 0) + 1
+
+
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",")}
+
+
+def _refusal(environ: dict[str, Any]) -> bytes | None:
+    """The answer to a handshake RFC 6455 4.2.1 refuses, or None for a valid one."""
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+        # RFC 6455 4.4: 426 with the version this server speaks.
+        return (
+            b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"
+            b"Connection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+    problem = None
+    if environ.get("REQUEST_METHOD") != "GET":
+        problem = "the method must be GET"
+    elif "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
+        problem = "missing Connection: Upgrade"
+    elif "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")):
+        problem = "missing Upgrade: websocket"
+    else:
+        key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
+        if key is None:
+            problem = "missing Sec-WebSocket-Key header"
+        else:
+            try:
+                valid = len(base64.b64decode(key.strip().encode("ascii"), validate=True)) == 16
+            except (ValueError, UnicodeEncodeError):
+                valid = False
+            if not valid:
+                problem = "invalid Sec-WebSocket-Key header"
+    if problem is None:
+        return None
+    body = f"Failed to open a WebSocket connection: {problem}.\n".encode()
+    return (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )

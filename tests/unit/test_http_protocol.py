@@ -91,6 +91,25 @@ class TestResponseRules:
         raw, _ = run(before + b"5; a=b\r\nhello\r\n0\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 400 ")
 
+    def test_app_headers_are_cached_but_framing_and_ids_are_not(self):
+        """Header lines are remembered between responses; the ones with a meaning are not."""
+
+        def app(environ, start_response):
+            length = "2" if environ["PATH_INFO"] == "/short" else "5"
+            start_response(
+                "200 OK",
+                [("X-Request-ID", "mine"), ("Content-Length", length), ("X-Same", "1")],
+            )
+            return [b"hello"[: int(length)]]
+
+        one = req("GET /long HTTP/1.1", "Host: a")
+        raw, _ = run(one + one + req("GET /short HTTP/1.1", "Host: a") + LAST, app=app)
+        responses = parse_responses(raw)
+        assert [r.body for r in responses] == [b"hello", b"hello", b"he", b"hello"]
+        for response in responses[:3]:  # (a repeated header would read "mine,<our id>")
+            assert response.headers["x-request-id"] == "mine"
+            assert response.headers["x-same"] == "1"
+
     def test_chunked_body_with_many_pieces(self):
         body = chunked(*[b"x" * 1000] * 50)
         request = req("POST /echo HTTP/1.1", "Host: a", "Transfer-Encoding: chunked") + body

@@ -563,7 +563,8 @@ class HttpHandler:
     def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
         environ = dict(self.base_environ)
         path = head.path
-        environ["REQUEST_METHOD"] = head.method.decode("latin-1")
+        method = head.method
+        environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
         if b"%" in path:
             path = unquote_to_bytes(path)
         path_info = path.decode("latin-1")
@@ -573,21 +574,42 @@ class HttpHandler:
         environ["PATH_INFO"] = path_info
         environ["QUERY_STRING"] = head.query.decode("latin-1")
         environ["RAW_URI"] = head.url.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/" + head.version
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/" + head.version
         environ["REMOTE_ADDR"] = str(address[0]) if address else ""
         environ["REMOTE_PORT"] = str(address[1]) if address else ""
         environ["wsgi.input"] = body
+        known = _ENVIRON_KEYS
+        chunked = head.chunked
         for name, value in head.headers:
-            key = name.decode("latin-1").upper()
-            if "_" in key:
-                continue  # would collide with the dash form in HTTP_*: dropped, like nginx
-            key = key.replace("-", "_")
-            if head.chunked and key == "TRANSFER_ENCODING":
-                continue  # the body reaches the app de-chunked, with a CONTENT_LENGTH
-            text = value.decode("latin-1")
-            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                environ[key] = text
+            key = known.get(name, _UNKNOWN)
+            if key is _UNKNOWN:
+                key = _environ_key(name)
+            if key is None or (chunked and key == "HTTP_TRANSFER_ENCODING"):
+                # a name with "_" would collide with the dash form in HTTP_*: dropped, like
+                # nginx; a chunked body reaches the app de-chunked, with a CONTENT_LENGTH
                 continue
-            key = "HTTP_" + key
-            environ[key] = environ[key] + "," + text if key in environ else text
+            text = value.decode("latin-1")
+            if key in environ and key not in _PLAIN_KEYS:
+                environ[key] = environ[key] + "," + text
+            else:
+                environ[key] = text
         return environ
+
+
+# Header name (as the client spelled it) -> environ key, or None for a name that is dropped.
+# Clients send the same few names on every request: each is worked out once.
+_ENVIRON_KEYS: dict[bytes, str | None] = {}
+_ENVIRON_KEYS_MAX = 1024
+_UNKNOWN = object()
+_PLAIN_KEYS = frozenset(("CONTENT_TYPE", "CONTENT_LENGTH"))
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
+
+def _environ_key(name: bytes) -> str | None:
+    key = name.decode("latin-1").upper()
+    result = None if "_" in key else key.replace("-", "_")
+    if result is not None and result not in _PLAIN_KEYS:
+        result = "HTTP_" + result
+    if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
+        _ENVIRON_KEYS[name] = result
+    return result

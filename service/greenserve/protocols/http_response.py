@@ -93,11 +93,13 @@ _VALID_HEADERS: dict[tuple[str, str], bytes] = {}
 _VALID_HEADERS_MAX = 1024
 
 
-def _valid_header(name: str, value: str) -> bytes:
+def _valid_header(name: str, value: str, *, cache: bool = True) -> bytes:
+    """The header's line; remembered for the next response unless ``cache`` is false (an
+    X-Request-ID: the caller must see it every time)."""
     if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
         raise ValueError(f"invalid response header {name!r}: {value!r}")
     line = f"{name}: {value}".encode("latin-1")
-    if len(_VALID_HEADERS) < _VALID_HEADERS_MAX:
+    if cache and len(_VALID_HEADERS) < _VALID_HEADERS_MAX:
         _VALID_HEADERS[(name, value)] = line
     return line
 
@@ -169,7 +171,14 @@ class Response:
             raise AssertionError("the application did not call start_response")
         lines = [b"HTTP/1.1 " + self.status]
         request_id: str | None = self.request_id
-        for name, value in self.headers:
+        known = _VALID_HEADERS
+        for header in self.headers:
+            # a header seen before that needs nothing but copying (apps may pass lists: skipped)
+            line = known.get(header) if header.__class__ is tuple else None
+            if line is not None:
+                lines.append(line)
+                continue
+            name, value = header
             lowered = name.lower()
             if lowered == "x-request-id":
                 request_id = None  # the app set its own
@@ -184,10 +193,7 @@ class Response:
                 continue
             if lowered == "transfer-encoding":
                 continue  # framing is ours
-            line = _VALID_HEADERS.get((name, value))
-            if line is None:
-                line = _valid_header(name, value)
-            lines.append(line)
+            lines.append(_valid_header(name, value, cache=lowered != "x-request-id"))
         code = self.status_code
         if code < 200 or code == 204:
             self.length = None  # RFC 9110 8.6: no Content-Length on 1xx and 204

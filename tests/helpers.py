@@ -379,6 +379,9 @@ class ScriptedSocket:
         self.rx += len(chunk)
         return chunk
 
+    def recv_after_wait(self, size: int) -> bytes:
+        return self.recv(size)
+
     def sendall(self, data: bytes) -> None:
         self.sent += data
         self.tx += len(data)

@@ -32,14 +32,16 @@ class TestExchanges:
 class TestRequestCorpus:
     """The request corpus in process: valid requests reach the app, malformed ones get a status."""
 
+    @pytest.mark.parametrize("mode", ["whole", "bytewise"])
     @pytest.mark.parametrize(
         ("name", "request_bytes", "expected"), VALID, ids=[v[0] for v in VALID]
     )
-    def test_valid(self, name, request_bytes, expected):
+    def test_valid(self, name, request_bytes, expected, mode):
+        """Byte by byte too: a chunked body's trailer then arrives after the environ is built."""
         from tests.apps.greenserve_testapps import environ_echo
 
         head = request_bytes.startswith(b"HEAD ")
-        raw, _ = run(request_bytes, app=environ_echo)
+        raw, _ = run(request_bytes, mode, app=environ_echo)
         finals = [
             r for r in parse_responses(raw, frozenset({0} if head else ())) if r.status >= 200
         ]

@@ -94,13 +94,14 @@ class HttpConnection:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _feed(self) -> None:
+    def _feed(self, idle: bool = False) -> None:
         """Read from the socket into the parser; raises _Closed at end of stream.
 
         A parse error is queued as an event, not raised: requests parsed before it in the same
         read (pipelining) are answered first, in order.
         """
-        data = self.sock.recv(RECV_SIZE)
+        sock = self.sock
+        data = sock.recv_after_wait(RECV_SIZE) if idle else sock.recv(RECV_SIZE)
         if not data:
             raise _Closed
         parser = self.parser
@@ -180,7 +181,7 @@ class HttpConnection:
             self.sock.parked = True
             self.sock.fresh = self.served == 0
             try:
-                self._feed()
+                self._feed(idle=self.served > 0)
             except _Closed:
                 return None
             finally:
@@ -281,7 +282,9 @@ class HttpConnection:
         self.response = writer = Response(self, self.handler, head, request_id)
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)
-        head.headers = ()  # type: ignore[assignment]  # in the environ now; a long request (a WebSocket) need not keep both
+        # in the environ now: a long request (a WebSocket) need not keep both; a list, for the
+        # trailer fields of a chunked body, which llhttp reports as headers after this point
+        head.headers = []
         environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
         if self.extra_environ:
             environ.update(self.extra_environ)

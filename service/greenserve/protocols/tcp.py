@@ -63,6 +63,13 @@ class CountingSocket(gsocket.socket):
             self.rx += len(data)
             return data
 
+    def recv_after_wait(self, size: int) -> bytes:
+        """``recv`` for a reader that expects to wait (a keep-alive connection between requests):
+        readiness first, so the usual case costs one recv, not a failed one and a second."""
+        if self.timeout != 0.0:
+            self._wait(self._read_event)
+        return self.recv(size)
+
     def recv_into(self, *args: Any) -> int:
         while True:
             try:

@@ -133,6 +133,11 @@ class TlsSocket:
             except ssl.SSLError as exc:
                 raise ConnectionError(f"TLS: {exc.reason or exc}") from None
 
+    def recv_after_wait(self, size: int) -> bytes:
+        """Plaintext may already sit in the TLS object with nothing to read on the socket:
+        never wait for the socket first."""
+        return self.recv(size)
+
     def sendall(self, data: Any) -> None:
         view = memoryview(data)
         try:

@@ -306,3 +306,29 @@ class TestRefusedAtStart:
         assert old.returncode == 2 and "expired" in old.stdout + old.stderr
         for result in (missing, mismatch, old):
             assert "Traceback" not in result.stdout + result.stderr
+
+
+class TestTlsWebSockets:
+    """wss:// with both WebSocket routes: wsgi.websocket and a library on gunicorn.socket."""
+
+    @pytest.mark.parametrize(
+        ("app", "path"),
+        [("ws_apps:gevent_websocket_echo", "/ws"), ("ws_apps:app", "/echo")],
+        ids=["wsgi.websocket", "flask-sock"],
+    )
+    def test_echo_over_tls(self, pki, app, path):
+        import websocket
+
+        with running(app, "--protocol", "http", "-w", "1", *tls_args(pki)) as server:
+            server.started()
+            host, port = server.address
+            ws = websocket.create_connection(
+                f"wss://{host}:{port}{path}", timeout=10, sslopt={"ca_certs": str(pki["ca"])}
+            )
+            try:
+                ws.send("hello over tls")
+                assert ws.recv() == "hello over tls"
+                ws.send_binary(b"\x00\xff" * 35000)  # several TLS records each way
+                assert ws.recv() == b"\x00\xff" * 35000
+            finally:
+                ws.close()

@@ -51,7 +51,6 @@ HISTORY_LIMIT = 65536  # request bytes kept across reads to place a parse error 
 
 TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped again this much later
 TURN_SECONDS = 0.0005  # the longest a connection keeps the hub from polling between requests
-TURN_YIELD = 1e-6  # a timer, not sleep(0): it fires after the next poll, behind ready I/O
 
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 
@@ -222,7 +221,8 @@ class HttpConnection:
         handler = self.handler
         stats = handler.stats
         keepalive = handler.keepalive_timeout
-        loop = gevent.get_hub().loop
+        hub = gevent.get_hub()
+        loop = hub.loop
         while not self.closing:
             if keepalive:
                 self.sock.deadline = time.monotonic() + keepalive
@@ -246,9 +246,14 @@ class HttpConnection:
             # Fairness: a client that sends its next request as soon as it has the response
             # keeps this greenlet reading without ever waiting, so the hub would not poll (or
             # run timers) until the connection went quiet. Once this loop turn has run longer
-            # than TURN_SECONDS, step back behind the I/O that became ready meanwhile.
+            # than TURN_SECONDS, step back behind the I/O that became ready meanwhile: a timer,
+            # not sleep(0) (a callback, run before the next poll), so it resumes after the poll.
             if time.time() - loop.now() > TURN_SECONDS:
-                gevent.sleep(TURN_YIELD)
+                turn = loop.timer(0.0)  # 0, not a small delay: libev rounds a poll's timeout
+                try:  # up to whole milliseconds, so 1 us slept 1 ms whenever nothing was ready
+                    hub.wait(turn)
+                finally:
+                    turn.close()
 
     def send_error(self, status: int, detail: str, request_id: str = "") -> None:
         body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()

@@ -595,6 +595,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def tool(*args: str, stdin: str | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+    """``greenserve ARGS`` run to its end, in its own session, with no GREENSERVE_* settings."""
     return subprocess.run(
         [sys.executable, "-m", "greenserve", *args],
         input=stdin,
@@ -602,6 +603,7 @@ def tool(*args: str, stdin: str | None = None, timeout: float = 20) -> subproces
         text=True,
         timeout=timeout,
         cwd=APPS_DIR,
+        start_new_session=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")},
     )
 

@@ -6,17 +6,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from greenserve.config import usable_cpus
 from tests.helpers import (
-    APPS_DIR,
     echo_round_trip,
     group_alive,
     port_is_free,
     running,
+    tool,
     wait_until,
 )
 
@@ -203,15 +202,7 @@ class TestFailuresAtStart:
     """Bad usage, busy addresses and broken apps: one line, the right exit code."""
 
     def _run(self, *args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "greenserve", *args, "--log-format", "json"],
-            cwd=APPS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            start_new_session=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")},
-        )
+        return tool(*args, "--log-format", "json", timeout=timeout)
 
     def test_bad_worker_count_is_usage_error(self):
         result = self._run("--workers", "zero", "--bind", "127.0.0.1:0")

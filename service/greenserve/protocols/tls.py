@@ -98,9 +98,10 @@ class TlsSocket:
             return "eof"
         return "protocol"
 
-    def _fill(self) -> bool:
-        """Feed the TLS engine from the socket; False at end of stream."""
-        data = self.raw.recv(RECORD)
+    def _fill(self, idle: bool = False) -> bool:
+        """Feed the TLS engine from the socket; False at end of stream. ``idle``: nothing is
+        expected yet, so wait for readability before reading (one recv, not a failed one)."""
+        data = self.raw.recv_after_wait(RECORD) if idle else self.raw.recv(RECORD)
         if not data:
             self.incoming.write_eof()
             return False
@@ -114,9 +115,9 @@ class TlsSocket:
         if data:
             self.raw.sendall(data)
 
-    def recv(self, size: int) -> bytes:
+    def recv(self, size: int, idle: bool = False) -> bytes:
         obj = self.obj
-        if not self.incoming.pending and not obj.pending() and not self._fill():
+        if not self.incoming.pending and not obj.pending() and not self._fill(idle):
             # The common case: the protocol asks only when it has consumed everything, so feed
             # the engine first rather than pay for an SSLWantReadError on every read.
             return b""
@@ -134,9 +135,9 @@ class TlsSocket:
                 raise ConnectionError(f"TLS: {exc.reason or exc}") from None
 
     def recv_after_wait(self, size: int) -> bytes:
-        """Plaintext may already sit in the TLS object with nothing to read on the socket:
-        never wait for the socket first."""
-        return self.recv(size)
+        """Waits for the socket first only when the TLS object holds nothing: plaintext may
+        already sit in it with nothing left to read on the socket."""
+        return self.recv(size, idle=True)
 
     def sendall(self, data: Any) -> None:
         view = memoryview(data)

@@ -20,6 +20,7 @@ from tests.bench.run import (
     _healthy,
     _metric,
     _rss,
+    baseline_contenders,
     free_port,
     started,
     wrk,
@@ -49,32 +50,34 @@ def certificates() -> dict[str, str]:
 def contenders(pki: dict[str, str]) -> list[Contender]:
     py = sys.executable
     app = "greenserve.apps:hello"
+    greenserve = Contender(
+        "greenserve https x2",
+        [
+            py,
+            "-m",
+            "greenserve",
+            app,
+            "--protocol",
+            "http",
+            "--workers",
+            "2",
+            "--bind",
+            "127.0.0.1:{port}",
+            "--metrics-bind",
+            "127.0.0.1:0",
+            "--log-level",
+            "warning",
+            "--log-format",
+            "json",
+            "--certfile",
+            pki["cert"],
+            "--keyfile",
+            pki["key"],
+        ],
+    )
     out = [
-        Contender(
-            "greenserve https x2",
-            [
-                py,
-                "-m",
-                "greenserve",
-                app,
-                "--protocol",
-                "http",
-                "--workers",
-                "2",
-                "--bind",
-                "127.0.0.1:{port}",
-                "--metrics-bind",
-                "127.0.0.1:0",
-                "--log-level",
-                "warning",
-                "--log-format",
-                "json",
-                "--certfile",
-                pki["cert"],
-                "--keyfile",
-                pki["key"],
-            ],
-        ),
+        greenserve,
+        *baseline_contenders(greenserve.name, greenserve.argv),
         Contender(
             "gunicorn -k gevent_pywsgi x2 (TLS)",
             [
@@ -105,7 +108,7 @@ def contenders(pki: dict[str, str]) -> list[Contender]:
                 [
                     py,
                     "-m",
-                    "tests.bench.tls",
+                    "tests.bench.run",
                     "--nginx",
                     nginx,
                     "{port}",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+
 from flask import Flask
 from flask_sock import Sock
 
@@ -83,3 +86,22 @@ def browser_page(environ: dict, start_response):
         return gevent_websocket_echo(environ, start_response)
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
     return [PAGE]
+
+
+_served = itertools.count(1)
+
+
+def busy_ws(environ: dict, start_response):
+    """Each WebSocket message costs 2 ms of CPU (no yield) and is answered with this worker's
+    serving order; a plain request gets its order too."""
+    ws = environ.get("wsgi.websocket")
+    if ws is None:
+        body = str(next(_served)).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    while (message := ws.receive()) is not None:
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        ws.send(f"{message} {next(_served)}")
+    return []

@@ -15,6 +15,7 @@ WORKER_SIDE = {
     "protocols.http_request",
     "protocols.http_response",
     "protocols.tls",
+    "protocols.turns",
     "protocols.websocket",
 }
 

@@ -40,6 +40,7 @@ from greenserve.protocols.http_request import (
 from greenserve.protocols.http_response import REASONS, SERVER, DateCache, FileWrapper, Response
 from greenserve.protocols.tcp import CountingSocket
 from greenserve.protocols.tcp import peer as _peer
+from greenserve.protocols.turns import TURN_SECONDS, step_back
 from greenserve.protocols.websocket import WebSocket
 from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
@@ -50,7 +51,6 @@ HISTORY_LIMIT = 65536  # request bytes kept across reads to place a parse error 
 
 
 TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped again this much later
-TURN_SECONDS = 0.0005  # the longest a connection keeps the hub from polling between requests
 
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 
@@ -243,17 +243,8 @@ class HttpConnection:
                 stats.http_requests_in_flight -= 1
             if not keep:
                 return
-            # Fairness: a client that sends its next request as soon as it has the response
-            # keeps this greenlet reading without ever waiting, so the hub would not poll (or
-            # run timers) until the connection went quiet. Once this loop turn has run longer
-            # than TURN_SECONDS, step back behind the I/O that became ready meanwhile: a timer,
-            # not sleep(0) (a callback, run before the next poll), so it resumes after the poll.
-            if time.time() - loop.now() > TURN_SECONDS:
-                turn = loop.timer(0.0)  # 0, not a small delay: libev rounds a poll's timeout
-                try:  # up to whole milliseconds, so 1 us slept 1 ms whenever nothing was ready
-                    hub.wait(turn)
-                finally:
-                    turn.close()
+            if time.time() - loop.now() > TURN_SECONDS:  # fairness: see protocols/turns.py
+                step_back(hub)
 
     def send_error(self, status: int, detail: str, request_id: str = "") -> None:
         body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()

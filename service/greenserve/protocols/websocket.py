@@ -19,14 +19,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
+import time
 from typing import Any
 
+from gevent import get_hub
 from gevent.lock import Semaphore
 from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
+from greenserve.protocols.turns import TURN_SECONDS, step_back
 from greenserve.stats import WorkerStats
 
 RECV_SIZE = 65536
@@ -117,6 +120,9 @@ class WebSocket:
         """The next message (str for text, bytes for binary), or None once the socket closed."""
         if not self._start():
             return None
+        hub = get_hub()
+        if time.time() - hub.loop.now() > TURN_SECONDS:  # fairness: see protocols/turns.py
+            step_back(hub)
         while not self.pending:
             if self.done:
                 return None

@@ -127,7 +127,13 @@ def _local(address: Address) -> Address:
 
 def _metrics_url(given: str | None, config: str | None, environ: Mapping[str, str]) -> str:
     if given:
-        return given
+        if "://" in given:
+            return given
+        # HOST:PORT, as given to --metrics-bind: what an operator types first
+        try:
+            return f"http://{_local(parse_address(given))}/metrics"
+        except ValueError:
+            raise ConfigError(f"--metrics: expected a URL or HOST:PORT, got {given!r}") from None
     bind = _addresses(config, environ)["metrics_bind"]
     if bind is None:
         raise ConfigError("metrics are off (metrics_bind = off): pass --metrics URL")
@@ -144,7 +150,9 @@ def _tool(name: str, argv: list[str], environ: Mapping[str, str]) -> int:
         )
     else:
         parser.add_argument(
-            "--metrics", metavar="URL", help="the /metrics URL; default: from --metrics-bind"
+            "--metrics",
+            metavar="URL|HOST:PORT",
+            help="the /metrics URL, or the --metrics-bind address; default: from --metrics-bind",
         )
     if name == "status":
         parser.add_argument("--json", action="store_true", help="machine-readable output")

@@ -57,6 +57,11 @@ class TestStatus:
             healthy = tool("status", "--metrics", url)
             assert healthy.returncode == 0, healthy.stdout
             assert "healthy" in healthy.stdout
+            host, port = server.metrics_address  # the --metrics-bind form works too
+            by_address = tool("status", "--metrics", f"{host}:{port}")
+            assert by_address.returncode == 0 and by_address.stdout.startswith(
+                f"greenserve at {url}: healthy"
+            ), by_address.stdout
             victim = server.worker_pids()[1]
             os.kill(victim, signal.SIGSTOP)
             try:

@@ -248,6 +248,11 @@ def running(*args: str, **kwargs: Any) -> Iterator[Server]:
         server.close()
 
 
+def serving_http(*args: str, workers: int = 1, **kwargs: Any) -> Any:
+    """``running`` with ``--protocol http`` and ``workers`` workers (one unless said)."""
+    return running(*args, "--protocol", "http", "-w", str(workers), **kwargs)
+
+
 def by_label(server: Server, name: str, label: str) -> dict[str, float]:
     """One metric summed over the workers, by the value of ``label`` (a reason, a code)."""
     from prometheus_client.parser import text_string_to_metric_families

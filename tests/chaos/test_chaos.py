@@ -27,6 +27,7 @@ from tests.helpers import (
     read_all,
     running,
     scrape,
+    serving_http,
     settled_totals,
     wait_totals,
     wait_until,
@@ -278,16 +279,7 @@ class TestHostileHttp:
     """Slow and malformed clients cannot hurt the others or the worker."""
 
     def test_slowloris(self):
-        with running(
-            "--protocol",
-            "http",
-            "--workers",
-            "1",
-            "--header-timeout",
-            "2",
-            "--stats-interval",
-            "0.1",
-        ) as server:
+        with serving_http("--header-timeout", "2", "--stats-interval", "0.1") as server:
             server.started()
             (pid,) = server.worker_pids().values()
             slow = [socket.create_connection(server.address, timeout=10) for _ in range(500)]
@@ -338,16 +330,7 @@ class TestHostileHttp:
             assert server.worker_pids() == {0: pid}
 
     def test_http_fuzz(self):
-        with running(
-            "--protocol",
-            "http",
-            "--workers",
-            "1",
-            "--header-timeout",
-            "1",
-            "--keepalive-timeout",
-            "1",
-        ) as server:
+        with serving_http("--header-timeout", "1", "--keepalive-timeout", "1") as server:
             server.started()
             (pid,) = server.worker_pids().values()
             statuses: dict[str, int] = {}
@@ -430,7 +413,7 @@ class TestSoak:
     def test_soak(self):
         with (
             running("--workers", "2", "--stats-interval", "0.2") as tcp,
-            running("--protocol", "http", "--workers", "2", "--stats-interval", "0.2") as http,
+            serving_http("--stats-interval", "0.2", workers=2) as http,
         ):
             tcp.started()
             http.started()

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import urllib.request
 
-from tests.helpers import STARTED_GROUPS, free_port, need, running, wait_until
+from tests.helpers import STARTED_GROUPS, free_port, need, serving_http, wait_until
 
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,7 +41,7 @@ def evaluate(target: str, expression: str) -> object:
 
 def test_chromium_echoes_through_a_websocket(tmp_path):
     chromium = need("chromium")
-    with running("ws_apps:browser_page", "--protocol", "http", "-w", "1") as server:
+    with serving_http("ws_apps:browser_page") as server:
         server.started()
         host, port = server.address
         devtools = free_port()

@@ -14,7 +14,17 @@ import urllib.request
 import pexpect
 import pytest
 
-from tests.helpers import ANSI, APPS_DIR, ROOT, metrics_url, running, spawn_top, tool, wait_until
+from tests.helpers import (
+    ANSI,
+    APPS_DIR,
+    ROOT,
+    metrics_url,
+    running,
+    serving_http,
+    spawn_top,
+    tool,
+    wait_until,
+)
 
 
 def http_get(address: tuple[str, int], path: str = "/") -> bytes:
@@ -68,17 +78,14 @@ class TestBinds:
 
     def test_tcp_and_unix_together_then_the_file_is_removed(self, tmp_path):
         path = str(tmp_path / "app.sock")
-        with running(
-            "--protocol",
-            "http",
-            "-w",
-            "2",
+        with serving_http(
             "-b",
             "127.0.0.1:0",
             "-b",
             f"unix:{path}",
             "--unix-mode",
             "600",
+            workers=2,
             default_bind=False,
         ) as server:
             started = server.started()
@@ -99,9 +106,7 @@ class TestBinds:
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(path)
         stale.close()  # the file stays, nobody listens: what a killed server leaves
-        with running(
-            "--protocol", "http", "-w", "1", "-b", f"unix:{path}", default_bind=False
-        ) as server:
+        with serving_http("-b", f"unix:{path}", default_bind=False) as server:
             server.wait_event("worker_started", timeout=15)
             assert unix_get(path).endswith(b"Hello, world!\n")
             second = tool("-b", f"unix:{path}", "--metrics-bind", "off")
@@ -157,9 +162,7 @@ class TestBinds:
             probe.close()
         except OSError:
             pytest.skip("::1 is not configured here")
-        with running(
-            "--protocol", "http", "-w", "1", "-b", "[::1]:0", "--backlog", "64", default_bind=False
-        ) as server:
+        with serving_http("-b", "[::1]:0", "--backlog", "64", default_bind=False) as server:
             server.started()
             assert server.address[0] == "::1"
             with urllib.request.urlopen(f"http://[::1]:{server.port}/", timeout=5) as r:
@@ -181,9 +184,7 @@ class TestApps:
             ("factory_app:create_app()", b"hello from default"),
             ('factory_app:create_app("prod", greeting="hi")', b"hi from prod"),
         ):
-            with running(
-                spec, "--protocol", "http", "-w", "1", "--chdir", str(APPS_DIR), cwd=tmp_path
-            ) as server:
+            with serving_http(spec, "--chdir", str(APPS_DIR), cwd=tmp_path) as server:
                 server.started()
                 assert http_get(server.address) == body
 
@@ -259,11 +260,7 @@ class TestOperators:
             assert "--protocol http" in event["hint"]
 
     def test_console_access_log_format(self):
-        with running(
-            "--protocol",
-            "http",
-            "-w",
-            "1",
+        with serving_http(
             "--access-log",
             "--log-format",
             "console",

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import APPS_DIR, per_worker, running, steady_server, wait_until
+from tests.helpers import APPS_DIR, per_worker, serving_http, steady_server, wait_until
 
 
 def get(server, path: str, headers: dict | None = None, timeout: float = 10):
@@ -179,7 +179,7 @@ class TestAppLogs:
     """The app's stdlib logging and stray output become JSON events with the request's id."""
 
     def test_flask_error_is_one_json_event_with_the_exception(self):
-        with running("deadline_app:flask_app", "--protocol", "http", "--workers", "1") as server:
+        with serving_http("deadline_app:flask_app") as server:
             server.started()
             response, _ = get(server, "/fail")
             assert response.status == 500
@@ -191,15 +191,7 @@ class TestAppLogs:
                 assert line.startswith("{"), line
 
     def test_flask_view_past_its_deadline(self):
-        with running(
-            "deadline_app:flask_app",
-            "--protocol",
-            "http",
-            "--workers",
-            "1",
-            "--request-timeout",
-            "0.5",
-        ) as server:
+        with serving_http("deadline_app:flask_app", "--request-timeout", "0.5") as server:
             server.started()
             started = time.monotonic()
             response, _ = get(server, "/sleep")

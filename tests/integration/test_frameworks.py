@@ -13,7 +13,7 @@ import random
 import pytest
 import requests
 
-from tests.helpers import running
+from tests.helpers import serving_http
 
 FRAMEWORKS = {
     "flask": "fw_flask:app",
@@ -30,9 +30,7 @@ def expected_digest(data: bytes) -> dict[str, object]:
 
 @pytest.fixture(scope="module", params=sorted(FRAMEWORKS))
 def app(request):
-    with running(
-        FRAMEWORKS[request.param], "--protocol", "http", "--workers", "1", "--max-body", "8m"
-    ) as server:
+    with serving_http(FRAMEWORKS[request.param], "--max-body", "8m") as server:
         server.started()
         host, port = server.address
         with requests.Session() as session:  # keep-alive across the requests of a test
@@ -106,7 +104,7 @@ class TestFrameworks:
 
 @pytest.fixture(scope="module")
 def django_server():
-    with running(FRAMEWORKS["django"], "--protocol", "http", "--workers", "1") as server:
+    with serving_http(FRAMEWORKS["django"]) as server:
         server.started()
         yield server
 

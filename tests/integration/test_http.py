@@ -23,8 +23,8 @@ from tests.helpers import (
     SPLIT_MODES,
     final_responses,
     read_all,
-    running,
     scrape,
+    serving_http,
     split,
     steady_server,
     wait_totals,
@@ -184,9 +184,7 @@ class TestApps:
     """WSGI compliance and real clients."""
 
     def test_validator_wrapped_app(self):
-        with running(
-            "greenserve_testapps:validated", "--protocol", "http", "--workers", "1"
-        ) as server:
+        with serving_http("greenserve_testapps:validated") as server:
             server.started()
             conn = http.client.HTTPConnection(*server.address, timeout=10)
             for method, body in (("GET", None), ("POST", b"x" * 5000), ("HEAD", None)):
@@ -201,9 +199,7 @@ class TestApps:
 
     def test_validator_wrapped_framing(self):
         """wsgiref.validate around 204, 304, HEAD and Content-Length, on one connection."""
-        with running(
-            "greenserve_testapps:validated_framing", "--protocol", "http", "--workers", "1"
-        ) as server:
+        with serving_http("greenserve_testapps:validated_framing") as server:
             server.started()
             conn = http.client.HTTPConnection(*server.address, timeout=10)
             for method, path, status, body in (
@@ -220,7 +216,7 @@ class TestApps:
             assert "app_error" not in server.output and "AssertionError" not in server.output
 
     def test_flask_end_to_end_with_urllib_and_keepalive(self):
-        with running("flask_app:app", "--protocol", "http", "--workers", "2") as server:
+        with serving_http("flask_app:app", workers=2) as server:
             server.started()
             host, port = server.address
             with urllib.request.urlopen(f"http://{host}:{port}/hello/world?q=1", timeout=10) as r:
@@ -243,9 +239,7 @@ class TestApps:
     def test_upload_300k_chunked_upload_and_2mb_stream(self):
         import hashlib
 
-        with running(
-            "greenserve_testapps:upload_size", "--protocol", "http", "--workers", "1"
-        ) as up:
+        with serving_http("greenserve_testapps:upload_size") as up:
             up.started()
             payload = bytes(random.Random(1).randrange(256) for _ in range(300_000))
             conn = http.client.HTTPConnection(*up.address, timeout=20)
@@ -263,9 +257,7 @@ class TestApps:
             conn.request("POST", "/u", body=b"abc", headers={"Expect": "100-continue"})
             assert conn.getresponse().read().decode().startswith("3 ")
             conn.close()
-        with running(
-            "greenserve_testapps:streamed", "--protocol", "http", "--workers", "1"
-        ) as down:
+        with serving_http("greenserve_testapps:streamed") as down:
             down.started()
             conn = http.client.HTTPConnection(*down.address, timeout=20)
             conn.request("GET", "/big")
@@ -277,9 +269,7 @@ class TestApps:
             conn.close()
 
     def test_file_wrapper_sends_the_file(self):
-        with running(
-            "greenserve_testapps:send_file", "--protocol", "http", "--workers", "1"
-        ) as server:
+        with serving_http("greenserve_testapps:send_file") as server:
             server.started()
             host, port = server.address
             with urllib.request.urlopen(f"http://{host}:{port}/f", timeout=10) as r:
@@ -288,15 +278,7 @@ class TestApps:
             assert body == (APPS_DIR / "greenserve_testapps.py").read_bytes()
 
     def test_app_errors_are_500_or_a_close_and_counted(self):
-        with running(
-            "greenserve_testapps:raises",
-            "--protocol",
-            "http",
-            "--workers",
-            "1",
-            "--stats-interval",
-            "0.1",
-        ) as server:
+        with serving_http("greenserve_testapps:raises", "--stats-interval", "0.1") as server:
             server.started()
             raw = read_all(
                 send(server.address, b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n", "whole")
@@ -317,7 +299,7 @@ class TestApps:
             if os.environ.get("CI") == "true":
                 pytest.fail("wrk is missing in CI: .ci/run must install it")
             pytest.skip("wrk not installed (Debian package wrk)")
-        with running("--protocol", "http", "--workers", "2", "--stats-interval", "0.2") as server:
+        with serving_http("--stats-interval", "0.2", workers=2) as server:
             server.started()
             host, port = server.address
             result = subprocess.run(
@@ -342,9 +324,7 @@ class TestFairness:
     """A connection that keeps its pipe full does not keep the others waiting (issue 19)."""
 
     def test_a_new_connection_is_served_between_a_pipelined_flood(self):
-        with running(
-            "greenserve_testapps:busy_sequence", "--protocol", "http", "--workers", "1"
-        ) as server:
+        with serving_http("greenserve_testapps:busy_sequence") as server:
             server.started()
             flood = socket.create_connection(server.address, timeout=10)
             # 100 requests of 2 ms of CPU each, all in the socket at once: 200 ms of work
@@ -362,16 +342,7 @@ class TestTimeoutsAndDrain:
     """Slow clients are cut off; stops finish in-flight requests and close idle ones."""
 
     def test_header_timeout_and_keepalive_timeout(self):
-        with running(
-            "--protocol",
-            "http",
-            "--workers",
-            "1",
-            "--header-timeout",
-            "0.5",
-            "--keepalive-timeout",
-            "0.7",
-        ) as server:
+        with serving_http("--header-timeout", "0.5", "--keepalive-timeout", "0.7") as server:
             server.started()
             slow = socket.create_connection(server.address, timeout=10)
             slow.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
@@ -388,15 +359,7 @@ class TestTimeoutsAndDrain:
     def test_body_short_of_its_content_length_is_closed(self):
         """Found by the fuzz suite: a body that stops short used to hold its greenlet until the
         idle timeout (300 s); each wait for more body now has the header timeout."""
-        with running(
-            "greenserve_testapps:environ_echo",
-            "--protocol",
-            "http",
-            "--workers",
-            "1",
-            "--header-timeout",
-            "0.5",
-        ) as server:
+        with serving_http("greenserve_testapps:environ_echo", "--header-timeout", "0.5") as server:
             server.started()
             sock = send(
                 server.address,
@@ -416,12 +379,8 @@ class TestTimeoutsAndDrain:
             assert after.startswith(b"HTTP/1.1 200")  # the worker serves on
 
     def test_term_finishes_in_flight_with_connection_close(self):
-        with running(
+        with serving_http(
             "greenserve_testapps:slow_hello",
-            "--protocol",
-            "http",
-            "--workers",
-            "1",
             "--keepalive-timeout",
             "30",
             "--stats-interval",
@@ -445,9 +404,7 @@ class TestHttpMetrics:
     """Requests by code, durations and access logs."""
 
     def test_requests_by_code_histogram_and_access_log(self):
-        with running(
-            "--protocol", "http", "--workers", "1", "--access-log", "--stats-interval", "0.1"
-        ) as server:
+        with serving_http("--access-log", "--stats-interval", "0.1") as server:
             server.started()
             host, port = server.address
             for _ in range(7):
@@ -470,7 +427,7 @@ class TestHttpMetrics:
 
 
 def test_hello_is_the_default_http_app():
-    with running("--protocol", "http", "--workers", "1") as server:
+    with serving_http() as server:
         server.started()
         host, port = server.address
         with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as r:

@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 
-from tests.helpers import by_label, ipv4_block, running, v2, wait_until
+from tests.helpers import by_label, ipv4_block, running, serving_http, v2, wait_until
 
 REQUEST = b"GET /where HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
@@ -39,14 +39,7 @@ class TestProxyProtocol:
     """The app sees the client the proxy names; bad or missing headers close, count, go on."""
 
     def test_http_v1_and_v2(self):
-        with running(
-            "greenserve_testapps:environ_echo_remote",
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--proxy-protocol",
-        ) as server:
+        with serving_http("greenserve_testapps:environ_echo_remote", "--proxy-protocol") as server:
             server.started()
             line = b"PROXY TCP4 198.51.100.7 10.0.0.1 5555 8000\r\n"
             assert body_json(exchange(server.address, line + REQUEST))["REMOTE_ADDR"] == (
@@ -68,16 +61,8 @@ class TestProxyProtocol:
             assert out == b"198.51.100.7:5555 hi\n"
 
     def test_refused_headers_close_and_count(self):
-        with running(
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--proxy-protocol",
-            "--header-timeout",
-            "1",
-            "--stats-interval",
-            "0.1",
+        with serving_http(
+            "--proxy-protocol", "--header-timeout", "1", "--stats-interval", "0.1"
         ) as server:
             server.started()
             pid = server.worker_pids()
@@ -97,16 +82,8 @@ class TestProxyProtocol:
             assert server.worker_pids() == pid
 
     def test_peer_not_allowed(self):
-        with running(
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--proxy-protocol",
-            "--proxy-allow-from",
-            "192.0.2.1",
-            "--stats-interval",
-            "0.1",
+        with serving_http(
+            "--proxy-protocol", "--proxy-allow-from", "192.0.2.1", "--stats-interval", "0.1"
         ) as server:
             server.started()
             line = b"PROXY TCP4 198.51.100.7 10.0.0.1 5555 8000\r\n"
@@ -123,14 +100,8 @@ class TestForwardedHeaders:
             b"X-Forwarded-Host: shop.example\r\nX-Request-ID: from-proxy\r\n"
         )
         request = REQUEST.replace(b"Host: a\r\n", b"Host: a\r\n" + headers)
-        with running(
-            "greenserve_testapps:environ_echo_remote",
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--root-path",
-            "/api",
+        with serving_http(
+            "greenserve_testapps:environ_echo_remote", "--root-path", "/api"
         ) as server:  # default: 127.0.0.1 trusted
             server.started()
             shown = body_json(exchange(server.address, request))
@@ -140,14 +111,8 @@ class TestForwardedHeaders:
             assert shown["SCRIPT_NAME"] == "/api" and shown["PATH_INFO"] == "/where"
             prefixed = exchange(server.address, request.replace(b"GET /where", b"GET /api/where"))
             assert body_json(prefixed)["PATH_INFO"] == "/where"
-        with running(
-            "greenserve_testapps:environ_echo_remote",
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--forwarded-allow-ips",
-            "192.0.2.1",
+        with serving_http(
+            "greenserve_testapps:environ_echo_remote", "--forwarded-allow-ips", "192.0.2.1"
         ) as server:
             server.started()
             shown = body_json(exchange(server.address, request))
@@ -160,7 +125,7 @@ class TestDrainDelay:
     """TERM with --drain-delay: /healthz 503 at once, serving goes on, then a graceful stop."""
 
     def test_drain_delay(self):
-        with running("--protocol", "http", "-w", "2", "--drain-delay", "2") as server:
+        with serving_http("--drain-delay", "2", workers=2) as server:
             server.started()
             host, port = server.address
             server.signal(signal.SIGTERM)

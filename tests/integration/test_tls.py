@@ -16,7 +16,7 @@ import pytest
 import requests
 import trustme
 
-from tests.helpers import by_label, per_worker, running, tool, wait_until
+from tests.helpers import by_label, per_worker, running, serving_http, tool, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +60,8 @@ class TestHttps:
     """HTTPS with urllib, requests and http.client; ALPN; the environ says https."""
 
     def test_clients(self, pki):
-        with running(
-            "greenserve_testapps:environ_echo",
-            "--protocol",
-            "http",
-            "-w",
-            "2",
-            "--stats-interval",
-            "0.2",
-            *tls_args(pki),
+        with serving_http(
+            "greenserve_testapps:environ_echo", "--stats-interval", "0.2", *tls_args(pki), workers=2
         ) as server:
             server.started()
             host, port = server.address
@@ -94,9 +87,7 @@ class TestHttps:
             )
 
     def test_url_scheme_and_send_file(self, pki):
-        with running(
-            "greenserve_testapps:send_file", "--protocol", "http", "-w", "1", *tls_args(pki)
-        ) as server:
+        with serving_http("greenserve_testapps:send_file", *tls_args(pki)) as server:
             server.started()
             host, port = server.address
             got = requests.get(f"https://{host}:{port}/", verify=str(pki["ca"]), timeout=10)
@@ -105,9 +96,7 @@ class TestHttps:
             assert got.content == (APPS_DIR / "greenserve_testapps.py").read_bytes()
 
     def test_plaintext_gets_a_short_400_and_the_worker_serves_on(self, pki):
-        with running(
-            "--protocol", "http", "-w", "1", "--stats-interval", "0.2", *tls_args(pki)
-        ) as server:
+        with serving_http("--stats-interval", "0.2", *tls_args(pki)) as server:
             server.started()
             host, port = server.address
             with socket.create_connection((host, port), timeout=10) as sock:
@@ -131,16 +120,8 @@ class TestHttps:
             )
 
     def test_silent_client_closed_after_the_header_timeout(self, pki):
-        with running(
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--header-timeout",
-            "1",
-            "--stats-interval",
-            "0.2",
-            *tls_args(pki),
+        with serving_http(
+            "--header-timeout", "1", "--stats-interval", "0.2", *tls_args(pki)
         ) as server:
             server.started()
             started = time.monotonic()
@@ -181,12 +162,8 @@ class TestMutualTls:
     """--verify-client required: a client certificate signed by --ca-certs, or no session."""
 
     def test_accepted_and_refused(self, pki):
-        with running(
+        with serving_http(
             "greenserve_testapps:environ_echo_tls",
-            "--protocol",
-            "http",
-            "-w",
-            "1",
             "--stats-interval",
             "0.2",
             "--ca-certs",
@@ -222,7 +199,7 @@ class TestRotation:
     """HUP with a new certificate: a new generation serves it, no request fails."""
 
     def test_rotation_under_load(self, ca, pki, tmp_path):
-        with running("--protocol", "http", "-w", "2", *tls_args(pki)) as server:
+        with serving_http(*tls_args(pki), workers=2) as server:
             server.started()
             host, port = server.address
             context = client_context(pki)
@@ -268,7 +245,7 @@ class TestRotation:
             assert len(first) == 1 and len(serials) == 2
 
     def test_invalid_new_certificate_keeps_the_old_generation(self, pki):
-        with running("--protocol", "http", "-w", "1", *tls_args(pki)) as server:
+        with serving_http(*tls_args(pki)) as server:
             server.started()
             pki["key"].write_text("not a key\n")
             server.signal(signal.SIGHUP)
@@ -319,7 +296,7 @@ class TestTlsWebSockets:
     def test_echo_over_tls(self, pki, app, path):
         import websocket
 
-        with running(app, "--protocol", "http", "-w", "1", *tls_args(pki)) as server:
+        with serving_http(app, *tls_args(pki)) as server:
             server.started()
             host, port = server.address
             ws = websocket.create_connection(

@@ -20,6 +20,7 @@ from tests.helpers import (
     http_ok,
     need,
     running,
+    serving_http,
     wait_until,
 )
 
@@ -59,17 +60,14 @@ class TestBinaryUpgrade:
         pid_file = tmp_path / "greenserve.pid"
         port = free_port()
         notes = Notifications(tmp_path)
-        with running(
-            "--protocol",
-            "http",
-            "-w",
-            "2",
+        with serving_http(
             "-b",
             f"127.0.0.1:{port}",
             "--pid-file",
             str(pid_file),
             "--stats-interval",
             "0.2",
+            workers=2,
             env={"NOTIFY_SOCKET": notes.path},
             default_bind=False,
         ) as server:
@@ -280,13 +278,10 @@ class TestNotify:
     def test_lifecycle_notifications(self, tmp_path):
         notes = Notifications(tmp_path)
         port = free_port()
-        with running(
-            "--protocol",
-            "http",
-            "-w",
-            "2",
+        with serving_http(
             "-b",
             f"127.0.0.1:{port}",
+            workers=2,
             env={"NOTIFY_SOCKET": notes.path},
             default_bind=False,
         ) as server:

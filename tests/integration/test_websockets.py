@@ -6,17 +6,13 @@ import socket
 
 import pytest
 
-from tests.helpers import per_worker, read_all, running, wait_until
+from tests.helpers import per_worker, read_all, serving_http, wait_until
 
 
 @pytest.fixture(scope="module")
 def flask_sock_server():
-    with running(
+    with serving_http(
         "ws_apps:app",
-        "--protocol",
-        "http",
-        "-w",
-        "1",
         "--stats-interval",
         "0.1",
         "--request-timeout",
@@ -95,7 +91,7 @@ class TestSocketIO:
     def test_websocket_transport(self):
         import socketio
 
-        with running("ws_apps:socketio_app", "--protocol", "http", "-w", "1") as server:
+        with serving_http("ws_apps:socketio_app") as server:
             server.started()
             host, port = server.address
             client = socketio.SimpleClient()
@@ -117,16 +113,8 @@ class TestIdle:
 
         import websocket
 
-        with running(
-            "ws_apps:app",
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--idle-timeout",
-            "1",
-            "--keepalive-timeout",
-            "0",
+        with serving_http(
+            "ws_apps:app", "--idle-timeout", "1", "--keepalive-timeout", "0"
         ) as server:
             server.started()
             host, port = server.address
@@ -149,16 +137,8 @@ class TestIdle:
 
 @pytest.fixture(scope="module")
 def gws_server():
-    with running(
-        "ws_apps:gevent_websocket_echo",
-        "--protocol",
-        "http",
-        "-w",
-        "1",
-        "--ws-max-message",
-        "64k",
-        "--stats-interval",
-        "0.1",
+    with serving_http(
+        "ws_apps:gevent_websocket_echo", "--ws-max-message", "64k", "--stats-interval", "0.1"
     ) as server:
         server.started()
         yield server
@@ -276,15 +256,7 @@ class TestGeventWebsocketApi:
     def test_graceful_stop_sends_1001(self):
         import time
 
-        with running(
-            "ws_apps:gevent_websocket_echo",
-            "--protocol",
-            "http",
-            "-w",
-            "1",
-            "--graceful-timeout",
-            "10",
-        ) as server:
+        with serving_http("ws_apps:gevent_websocket_echo", "--graceful-timeout", "10") as server:
             server.started()
             with socket.create_connection(server.address, timeout=10) as sock:
                 sock.sendall(handshake())
@@ -325,7 +297,7 @@ class TestGeventWebsocketApi:
 def test_a_failed_websocket_does_not_wait_for_a_silent_peer():
     """After a protocol error the server closes the TCP connection itself (RFC 6455 7.1.7):
     a hostile peer that stays silent cannot keep a greenlet (no idle timeout applies)."""
-    with running("ws_apps:gevent_websocket_echo", "--protocol", "http", "-w", "1") as server:
+    with serving_http("ws_apps:gevent_websocket_echo") as server:
         server.started()
         with socket.create_connection(server.address, timeout=10) as sock:
             sock.sendall(handshake())
@@ -343,15 +315,7 @@ def test_ping_interval_answers_and_drops_a_silent_peer():
 
     import websocket
 
-    with running(
-        "ws_apps:gevent_websocket_echo",
-        "--protocol",
-        "http",
-        "-w",
-        "1",
-        "--ws-ping-interval",
-        "0.3",
-    ) as server:
+    with serving_http("ws_apps:gevent_websocket_echo", "--ws-ping-interval", "0.3") as server:
         server.started()
         host, port = server.address
         live = websocket.create_connection(f"ws://{host}:{port}/ws", timeout=10)
@@ -370,7 +334,7 @@ def test_ping_interval_answers_and_drops_a_silent_peer():
 
 def test_a_websocket_flood_does_not_keep_other_connections_waiting():
     """100 messages sent at once, 2 ms of CPU each: a plain request is served in between."""
-    with running("ws_apps:busy_ws", "--protocol", "http", "-w", "1") as server:
+    with serving_http("ws_apps:busy_ws") as server:
         server.started()
         with socket.create_connection(server.address, timeout=10) as flood:
             flood.sendall(handshake())

@@ -11,7 +11,7 @@ keeps serving, and the old one is retired only once the new one accepts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from greenserve.spec import EXIT_APP_LOAD
@@ -84,14 +84,14 @@ class SlotLiveness:
 class SlotTable:
     """Every slot and every live process, serving, handing over or draining."""
 
-    count: int
-    now: float = 0.0
+    count: InitVar[int]  # the slots to start with (due at ``now``); desired() says how many now
+    now: InitVar[float] = 0.0
     slots: dict[int, Slot] = field(default_factory=dict)
     retiring: list[Worker] = field(default_factory=list)  # told to drain, in no slot
 
-    def __post_init__(self) -> None:
-        for index in range(self.count):
-            self.slots[index] = Slot(index, start_at=self.now)
+    def __post_init__(self, count: int, now: float) -> None:
+        for index in range(count):
+            self.slots[index] = Slot(index, start_at=now)
 
     # -- reading -------------------------------------------------------------------------------
 

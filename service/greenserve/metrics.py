@@ -33,7 +33,7 @@ from greenserve.catalog import (
     WORKER_LABELLED,
 )
 from greenserve.config import Address, Settings
-from greenserve.sockets import BindError
+from greenserve.sockets import BindError, bind_reason
 
 KINDS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
@@ -199,12 +199,10 @@ def serve_metrics(settings: Settings, aggregator: Aggregator, log: Any) -> Metri
     try:
         server = MetricsServer(address, app)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
         hint = ""
         if exc.errno == errno.EADDRINUSE:
-            reason = "address already in use"
             hint = " (another greenserve? give this one --metrics-bind HOST:PORT, or off)"
-        raise BindError(f"cannot bind metrics {address}: {reason}{hint}") from None
+        raise BindError(f"cannot bind metrics {address}: {bind_reason(exc)}{hint}") from None
     server.start()
     return server
 

@@ -34,9 +34,15 @@ def bind_listener(
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise BindError(f"cannot bind {address}: {reason}") from None
+        raise BindError(f"cannot bind {address}: {bind_reason(exc)}") from None
     return sock
+
+
+def bind_reason(exc: OSError) -> str:
+    """Why a bind failed, in the words the user's next step depends on."""
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    return exc.strerror or str(exc)
 
 
 def bound_address(sock: socket.socket) -> Address:

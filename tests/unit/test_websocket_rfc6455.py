@@ -51,9 +51,31 @@ def close(code: int | None = None, reason: bytes = b"") -> bytes:
     return frame(CLOSE, b"" if code is None else struct.pack("!H", code) + reason)
 
 
+DELIVERY = ["frames"]
+
+
+@pytest.fixture(autouse=True, params=["frames", "joined", "bytewise"])
+def delivery(request):
+    """Every case three ways: one recv per frame; everything, handshake included, in one recv;
+    one byte per recv. Whole messages are framed on a fast path and everything else by the
+    engine, so these check that the two agree wherever the reads split the frames."""
+    DELIVERY[0] = request.param
+    yield request.param
+    DELIVERY[0] = "frames"
+
+
+def chunks(*frames: bytes) -> list[bytes]:
+    how = DELIVERY[0]
+    if how == "joined":
+        return [HANDSHAKE + b"".join(frames)]
+    if how == "bytewise":
+        return [HANDSHAKE, *(bytes((byte,)) for byte in b"".join(frames))]
+    return [HANDSHAKE, *frames]
+
+
 def exchange(*frames: bytes, **settings) -> list[tuple[bool, int, bytes]]:
     """The frames the server sent (fin, opcode, payload), each checked to be unmasked."""
-    out, _ = serve_in_process(echo, [HANDSHAKE, *frames], **settings)
+    out, _ = serve_in_process(echo, chunks(*frames), **settings)
     assert out.startswith(b"HTTP/1.1 101 "), out[:80]
     data = out[out.index(b"\r\n\r\n") + 4 :]
     found = []
@@ -87,6 +109,28 @@ class TestSection5_2BaseFraming:
         assert frames[0] == (True, BINARY, payload)
         assert closed_with(frames) == 1000
 
+    def test_messages_are_answered_in_order_with_control_frames_between(self):
+        """Whole messages (the fast path) and engine frames interleaved, the Close last: every
+        message is answered before the Close, whichever way the reads split them."""
+        frames = exchange(
+            frame(TEXT, b"one"),
+            frame(BINARY, b"\x00two"),
+            frame(PING, b"p"),
+            frame(TEXT, b"thr", fin=False),
+            frame(CONT, b"ee"),
+            frame(TEXT, "\u00e9".encode() * 70),  # a 16-bit length
+            close(1000),
+        )
+        assert frames == [
+            (True, TEXT, b"one"),
+            (True, BINARY, b"\x00two"),
+            (True, PONG, b"p"),
+            (True, TEXT, b"three"),
+            (True, TEXT, "\u00e9".encode() * 70),
+            (True, CLOSE, frames[-1][2]),
+        ]
+        assert closed_with(frames) == 1000
+
     @pytest.mark.parametrize("rsv", [1, 2, 4, 7])
     def test_rsv_bits_without_an_extension_fail_with_1002(self, rsv):
         """Autobahn 3.x: no extension was negotiated, so RSV1-3 must be 0."""
@@ -106,7 +150,7 @@ class TestSection5_3Masking:
     def test_the_rfc_example_frames(self):
         """5.7: a masked "Hello" from the client; the server's unmasked "Hello" byte for byte."""
         hello = bytes.fromhex("818537fa213d7f9f4d5158")
-        out, _ = serve_in_process(echo, [HANDSHAKE, hello, close(1000)])
+        out, _ = serve_in_process(echo, chunks(hello, close(1000)))
         assert bytes.fromhex("810548656c6c6f") in out
 
 

@@ -29,10 +29,19 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
+
 from greenserve.protocols.turns import TURN_SECONDS, step_back
 from greenserve.stats import WorkerStats
 
 RECV_SIZE = 65536
+# The fast path (see ``_feed``) takes whole single-frame messages up to this size; a longer one
+# goes to the engine as it arrives rather than waiting in our buffer.
+FAST_LIMIT = 65536
+_OPEN = State.OPEN
 
 
 class WebSocket:
@@ -63,6 +72,9 @@ class WebSocket:
         self.early = b""  # frames that arrived with the handshake (read before it was answered)
         self.failed = False  # we failed the connection: no reply is awaited
         self.awaiting_pong = False  # --ws-ping-interval: a ping is out, no pong yet
+        self.buffer: bytes | bytearray = b""  # received, not yet framed: part of a frame
+        self.more = False  # whole frames may wait in the buffer behind the last message
+        self.owed = 0  # bytes of the current frame the engine still needs (0: at a boundary)
 
     # gevent-websocket's attributes
     @property
@@ -126,32 +138,132 @@ class WebSocket:
         while not self.pending:
             if self.done:
                 return None
-            if self.early:
-                data, self.early = self.early, b""
+            eof = False
+            if self.more:
+                self.more = False
+                self._feed(b"")  # the frames after the message the last call returned
             else:
-                try:
-                    data = self.sock.recv(RECV_SIZE)
-                except OSError:
-                    data = b""
-            if data:
-                self.stats.websocket_bytes_received += len(data)
-                self.engine.receive_data(data)
-            else:
-                self.engine.receive_eof()
-            self._take_events()
-            self._flush()  # pongs, close replies, a 1009 or 1002 close
+                if self.early:
+                    data, self.early = self.early, b""
+                else:
+                    try:
+                        # The peer usually has not answered yet: wait first, then one recv.
+                        data = self.sock.recv_after_wait(RECV_SIZE)
+                    except OSError:
+                        data = b""
+                if data:
+                    self.stats.websocket_bytes_received += len(data)
+                    self._feed(data)
+                else:
+                    eof = True
+                    self.engine.receive_eof()
+                    self._take_events()
             protocol = self.engine
+            if protocol.writes:
+                self._flush()  # pongs, close replies, a 1009 or 1002 close
             closing = (
                 protocol.close_rcvd is not None
                 or protocol.state is State.CLOSED
                 or protocol.parser_exc is not None  # a protocol error: failed (RFC 6455 7.1.7)
                 or self.failed
             )
-            if closing or not data:
+            if closing or eof:
                 # The closing handshake is complete (our reply is flushed): the server closes
                 # the TCP connection now (RFC 6455 7.1.1), when the app returns.
                 self.finish()
         return self.pending.pop(0)
+
+    def _feed(self, data: bytes) -> None:
+        """Frame ``data``: a whole unfragmented text or binary message is taken here, with one
+        C call to unmask it; anything else (control frames, fragments, a message too long or
+        arriving in pieces, any protocol error) goes to the engine, always from a frame boundary
+        so its parser and ours agree on where each frame starts.
+
+        Why: through the engine, a 64-byte echo cost more CPU in framing than in the socket
+        calls (py-spy, ``tests/bench/ws.py``); the common message needs no generator, no Frame
+        object and no event queue.
+        """
+        if self.buffer:
+            # A frame arrived in pieces: collect in place (a client trickling a long message
+            # byte by byte must not cost a copy of the whole buffer per byte).
+            self.buffer += data
+            buf = self.buffer
+        else:
+            buf = data
+        end = len(buf)
+        pos = 0
+        engine = self.engine
+        while pos < end:
+            if self.pending and not self.owed:
+                # One message at a time, as each arrived: a Close read with it waits until the
+                # app asks again, so the app can still answer this message.
+                self.more = True
+                break
+            if self.owed:
+                take = min(self.owed, end - pos)
+                engine.receive_data(buf[pos : pos + take])
+                self.owed -= take
+                pos += take
+                self._take_events()
+                continue
+            if end - pos < 2:
+                break
+            first, second = buf[pos], buf[pos + 1]
+            length = second & 0x7F
+            head = 2
+            if length == 126:
+                head = 4
+            elif length == 127:
+                head = 10
+            if second & 0x80:
+                head += 4
+            if end - pos < head:
+                break
+            if length == 126:
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            simple = (
+                (first == 0x81 or first == 0x82)  # FIN, no RSV bit, text or binary
+                and second & 0x80  # masked, as a client must
+                and length <= FAST_LIMIT
+                and (self.max_size is None or length <= self.max_size)
+                and engine.state is _OPEN
+                and engine.current_size is None  # no fragmented message in progress
+                and not self.failed
+            )
+            if not simple:
+                self.owed = head + length
+                continue
+            if end - pos < head + length:
+                break  # the rest of a short message: wait for it here
+            start = pos + head
+            payload = apply_mask(buf[start : start + length], buf[start - 4 : start])
+            pos = start + length
+            if not self._deliver(first == 0x81, payload):
+                return
+        if pos >= end:
+            self.buffer = b""
+        elif buf is self.buffer:
+            del buf[:pos]
+        else:
+            self.buffer = bytearray(buf[pos:])
+
+    def _deliver(self, text: bool, data: bytes) -> bool:
+        """Queue one whole message; False when a text message is not UTF-8 (connection failed)."""
+        self.stats.websocket_messages_received += 1
+        if not text:
+            self.pending.append(data)
+            return True
+        try:
+            self.pending.append(data.decode())
+        except UnicodeDecodeError:
+            # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
+            self.engine.fail(1007, "invalid UTF-8 in a text message")
+            self.failed = True
+            self.buffer = b""
+            return False
+        return True
 
     def _take_events(self) -> None:
         for frame in self.engine.events_received():
@@ -167,30 +279,34 @@ class WebSocket:
             if frame.fin:
                 data = b"".join(self.fragments)
                 self.fragments = []
-                self.stats.websocket_messages_received += 1
-                if self.fragment_opcode is Opcode.TEXT:
-                    try:
-                        self.pending.append(data.decode())
-                    except UnicodeDecodeError:
-                        # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
-                        self.engine.fail(1007, "invalid UTF-8 in a text message")
-                        self.failed = True
-                        return
-                else:
-                    self.pending.append(data)
+                if not self._deliver(self.fragment_opcode is Opcode.TEXT, data):
+                    return
 
     def send(self, message: str | bytes, binary: bool | None = None) -> None:
         if not self._start() or self.done:
             raise ConnectionError("the WebSocket is closed")
         is_bytes = isinstance(message, (bytes, bytearray))
         payload = bytes(message) if is_bytes else str(message).encode()
-        if binary or (binary is None and is_bytes):
-            self.engine.send_binary(payload)
+        size = len(payload)
+        engine = self.engine
+        if engine.state is not _OPEN:
+            raise ConnectionError("the WebSocket is closing")
+        # The frame is built here (a server does not mask): the engine's Frame object and its
+        # serializer cost more than the socket call for a short message. Its state is unchanged
+        # by a whole unfragmented message, and its output queue is empty (flushed after each use).
+        first = 0x82 if binary or (binary is None and is_bytes) else 0x81
+        if size < 126:
+            header = bytes((first, size))
+        elif size < 65536:
+            header = bytes((first, 126)) + size.to_bytes(2, "big")
         else:
-            self.engine.send_text(payload)
+            header = bytes((first, 127)) + size.to_bytes(8, "big")
+        with self.lock:
+            self.sock.sendall(header + payload if size < 16384 else header)
+            if size >= 16384:
+                self.sock.sendall(payload)  # no copy of a long payload just to join it
         self.stats.websocket_messages_sent += 1
-        self.stats.websocket_bytes_sent += len(payload)
-        self._flush()
+        self.stats.websocket_bytes_sent += size
 
     def ping(self) -> None:
         """--ws-ping-interval: a peer that did not answer the last ping is gone; else ping."""

@@ -40,7 +40,7 @@ from greenserve.protocols.http_request import (
 from greenserve.protocols.http_response import REASONS, SERVER, DateCache, FileWrapper, Response
 from greenserve.protocols.tcp import CountingSocket
 from greenserve.protocols.tcp import peer as _peer
-from greenserve.protocols.turns import TURN_SECONDS, step_back
+from greenserve.protocols.turns import TURN_SECONDS, buffered_reader, step_back
 from greenserve.protocols.websocket import WebSocket
 from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
@@ -74,14 +74,18 @@ class HttpConnection:
         # Per-connection state
         self.handler = handler
         self.sock = sock
+        # The socket the sweeper watches, whose deadline and state the connection sets several
+        # times per request: under TLS the CountingSocket beneath, set directly rather than
+        # through the TLS wrapper's forwarding properties (7 Python calls per request).
+        self.watched: CountingSocket = getattr(sock, "raw", sock)
         self.address = address
-        self.parser = RequestParser(sock, handler.header_timeout)
+        self.parser = RequestParser(self.watched, handler.header_timeout)
         self.events = self.parser.events
         self.closing = False
         self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
         self.trusted_peer = False  # in --forwarded-allow-ips: its forwarded headers count
         self.upgrade_tail = b""  # bytes read past an Upgrade request's head
-        sock.expire = self._expire
+        self.watched.expire = self._expire
         # Reads since the last request boundary (see _rejected_request); None past the limit.
         self.history: bytes | None = b""
         self.history_base = 0  # parser.completed when history started
@@ -177,14 +181,14 @@ class HttpConnection:
             # Parked: waiting for a next request, so a drain may end the connection. A new one
             # may have its first request in flight: a drain gives it a moment instead of closing
             # it at once, which failed that request (seen under load during restarts).
-            self.sock.parked = True
-            self.sock.fresh = self.served == 0
+            self.watched.parked = True
+            self.watched.fresh = self.served == 0
             try:
                 self._feed(idle=self.served > 0)
             except _Closed:
                 return None
             finally:
-                self.sock.parked = False
+                self.watched.parked = False
 
     def next_body_event(self, body: Input) -> Any:
         """The next body chunk (bytes) or END, reading from the socket as needed."""
@@ -199,13 +203,13 @@ class HttpConnection:
             # Each wait for more body has the header timeout too (nginx's client_body_timeout):
             # a body that stops short of its Content-Length must not hold a greenlet for good.
             if timeout:
-                self.sock.deadline = time.monotonic() + timeout
+                self.watched.deadline = time.monotonic() + timeout
             try:
                 self._feed()
             except _Closed:
                 raise ConnectionError("client closed during the request body") from None
             finally:
-                self.sock.deadline = 0.0
+                self.watched.deadline = 0.0
         event = self.events.pop(0)
         if isinstance(event, HttpError):
             raise event
@@ -223,9 +227,10 @@ class HttpConnection:
         keepalive = handler.keepalive_timeout
         hub = gevent.get_hub()
         loop = hub.loop
+        ready = buffered_reader(self.sock)
         while not self.closing:
             if keepalive:
-                self.sock.deadline = time.monotonic() + keepalive
+                self.watched.deadline = time.monotonic() + keepalive
             try:
                 head = self.next_head()
             except HttpError as exc:
@@ -243,7 +248,13 @@ class HttpConnection:
                 stats.http_requests_in_flight -= 1
             if not keep:
                 return
-            if time.time() - loop.now() > TURN_SECONDS:  # fairness: see protocols/turns.py
+            # Fairness (protocols/turns.py): only a request already read needs a step back;
+            # reading the next one from the socket waits through the hub anyway. The END of
+            # a request whose body the app never read is still queued: it is no request.
+            events = self.events
+            while events and events[0] is END:
+                del events[0]
+            if (events or ready()) and time.time() - loop.now() > TURN_SECONDS:
                 step_back(hub)
 
     def send_error(self, status: int, detail: str, request_id: str = "") -> None:
@@ -294,7 +305,7 @@ class HttpConnection:
             environ["gunicorn.socket"] = self.sock
             self.parser.release()  # no HTTP after this request: its END is already queued
             self.history = None
-            self.sock.upgraded = True
+            self.watched.upgraded = True
             if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
                 websocket = WebSocket(
                     self.sock, environ, handler.stats, handler.websockets, handler.ws_max_message
@@ -302,7 +313,7 @@ class HttpConnection:
                 websocket.early = self.upgrade_tail
                 environ["wsgi.websocket"] = websocket
         elif handler.request_timeout:  # a connection taken over is no request any more
-            self.sock.request_deadline = time.monotonic() + handler.request_timeout
+            self.watched.request_deadline = time.monotonic() + handler.request_timeout
         try:
             keep = self._run_app(head, body, writer, environ)
         except RequestTimeout:
@@ -312,7 +323,7 @@ class HttpConnection:
             if websocket is not None:
                 websocket.finish()
             if handler.request_timeout:
-                self.sock.request_deadline = 0.0
+                self.watched.request_deadline = 0.0
             REQUEST_ID.reset(context)
         duration = time.perf_counter() - started
         if self.timed_out is not None:
@@ -428,13 +439,13 @@ class HttpConnection:
         exception comes again. The throw is scheduled on the hub, as gevent's own kill is: a
         throw from the sweeper's greenlet would leave the sweeper suspended.
         """
-        greenlet = self.sock.greenlet
+        greenlet = self.watched.greenlet
         if greenlet is None or greenlet.dead:
             return
         if self.timed_out is None:
             frame = greenlet.gr_frame  # where the app waits, before the exception unwinds it
             self.timed_out = "".join(traceback.format_stack(frame)) if frame else ""
-            self.sock.request_deadline = time.monotonic() + TIMEOUT_GRACE
+            self.watched.request_deadline = time.monotonic() + TIMEOUT_GRACE
         else:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(2)

@@ -117,10 +117,16 @@ class TlsSocket:
 
     def recv(self, size: int, idle: bool = False) -> bytes:
         obj = self.obj
-        if not self.incoming.pending and not obj.pending() and not self._fill(idle):
+        if not self.incoming.pending and not obj.pending():
             # The common case: the protocol asks only when it has consumed everything, so feed
-            # the engine first rather than pay for an SSLWantReadError on every read.
-            return b""
+            # the engine first rather than pay for an SSLWantReadError on every read. Inlined
+            # from _fill: this runs once per request.
+            raw = self.raw
+            data = raw.recv_after_wait(RECORD) if idle else raw.recv(RECORD)
+            if not data:
+                self.incoming.write_eof()
+                return b""
+            self.incoming.write(data)
         while True:
             try:
                 return obj.read(size)
@@ -134,20 +140,24 @@ class TlsSocket:
             except ssl.SSLError as exc:
                 raise ConnectionError(f"TLS: {exc.reason or exc}") from None
 
+    def buffered(self) -> bool:
+        """Whether received bytes wait in the TLS engine: a read returns without a wait."""
+        return bool(self.incoming.pending or self.obj.pending())
+
     def recv_after_wait(self, size: int) -> bytes:
         """Waits for the socket first only when the TLS object holds nothing: plaintext may
         already sit in it with nothing left to read on the socket."""
         return self.recv(size, idle=True)
 
     def sendall(self, data: Any) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                written = self.obj.write(view)
-                view = view[written:]
+            # A memory BIO grows as needed, so one write takes all of it (no partial writes).
+            self.obj.write(data)
         except ssl.SSLError as exc:
             raise ConnectionError(f"TLS: {exc.reason or exc}") from None
-        self._flush()
+        out = self.outgoing.read()
+        if out:
+            self.raw.sendall(out)
 
     def send(self, data: Any) -> int:
         self.sendall(data)

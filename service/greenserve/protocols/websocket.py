@@ -34,7 +34,7 @@ try:
 except ImportError:  # websockets built without its C extension
     from websockets.utils import apply_mask
 
-from greenserve.protocols.turns import TURN_SECONDS, step_back
+from greenserve.protocols.turns import TURN_SECONDS, buffered_reader, step_back
 from greenserve.stats import WorkerStats
 
 RECV_SIZE = 65536
@@ -56,6 +56,7 @@ class WebSocket:
         max_size: int | None,
     ) -> None:
         self.sock = sock
+        self.buffered = buffered_reader(sock)
         self.environ = environ
         self.stats = stats
         self.registry = registry
@@ -132,9 +133,11 @@ class WebSocket:
         """The next message (str for text, bytes for binary), or None once the socket closed."""
         if not self._start():
             return None
-        hub = get_hub()
-        if time.time() - hub.loop.now() > TURN_SECONDS:  # fairness: see protocols/turns.py
-            step_back(hub)
+        # Fairness (protocols/turns.py): a message already read is returned without a wait.
+        if self.pending or self.more or self.early or self.buffered():
+            hub = get_hub()
+            if time.time() - hub.loop.now() > TURN_SECONDS:
+                step_back(hub)
         while not self.pending:
             if self.done:
                 return None

@@ -16,7 +16,15 @@ import pytest
 import requests
 import trustme
 
-from tests.helpers import by_label, per_worker, running, serving_http, tool, wait_until
+from tests.helpers import (
+    by_label,
+    per_worker,
+    read_all,
+    running,
+    serving_http,
+    tool,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +93,26 @@ class TestHttps:
                 10,
                 "handshakes counted",
             )
+
+    def test_a_new_connection_is_served_between_a_pipelined_flood_of_records(self, pki):
+        """Each request in its own TLS record, all in the socket at once: one read takes them
+        all into the TLS engine, so after each answer the next request is already there (no
+        socket wait, no poll). The fairness turn is taken there too (protocols/turns.py)."""
+        with serving_http("greenserve_testapps:busy_sequence", *tls_args(pki)) as server:
+            server.started()
+            context = client_context(pki)
+            flood = context.wrap_socket(
+                socket.create_connection(server.address, timeout=10), server_hostname="127.0.0.1"
+            )
+            for _ in range(100):  # 2 ms of CPU each: 200 ms of work, one record per request
+                flood.sendall(b"GET /?ms=2 HTTP/1.1\r\nHost: a\r\n\r\n")
+            with context.wrap_socket(
+                socket.create_connection(server.address, timeout=10), server_hostname="127.0.0.1"
+            ) as other:
+                other.sendall(b"GET /?ms=0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                order = int(read_all(other).split(b"\r\n\r\n", 1)[1])
+            flood.close()
+            assert order < 50, order  # 101st without the turn
 
     def test_url_scheme_and_send_file(self, pki):
         with serving_http("greenserve_testapps:send_file", *tls_args(pki)) as server:

@@ -40,7 +40,7 @@ from greenserve.protocols.http_request import (
 from greenserve.protocols.http_response import REASONS, SERVER, DateCache, FileWrapper, Response
 from greenserve.protocols.tcp import CountingSocket
 from greenserve.protocols.tcp import peer as _peer
-from greenserve.protocols.turns import TURN_SECONDS, buffered_reader, step_back
+from greenserve.protocols.turns import TURN_SECONDS, step_back
 from greenserve.protocols.websocket import WebSocket
 from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
@@ -227,7 +227,6 @@ class HttpConnection:
         keepalive = handler.keepalive_timeout
         hub = gevent.get_hub()
         loop = hub.loop
-        ready = buffered_reader(self.sock)
         while not self.closing:
             if keepalive:
                 self.watched.deadline = time.monotonic() + keepalive
@@ -249,12 +248,12 @@ class HttpConnection:
             if not keep:
                 return
             # Fairness (protocols/turns.py): only a request already read needs a step back;
-            # reading the next one from the socket waits through the hub anyway. The END of
-            # a request whose body the app never read is still queued: it is no request.
+            # reading the next one waits through the hub anyway (TLS: see TlsSocket.recv).
+            # The END of a request whose body the app never read is still queued: no request.
             events = self.events
             while events and events[0] is END:
                 del events[0]
-            if (events or ready()) and time.time() - loop.now() > TURN_SECONDS:
+            if events and time.time() - loop.now() > TURN_SECONDS:
                 step_back(hub)
 
     def send_error(self, status: int, detail: str, request_id: str = "") -> None:

@@ -15,6 +15,7 @@ import ssl
 import time
 from typing import Any
 
+from greenserve.protocols.turns import take_turn
 from greenserve.tls import subject_of
 
 _HTTP_START = re.compile(rb"[A-Z]{3,7} [^ ]")  # a plaintext request line: "GET /", "POST h"
@@ -115,12 +116,16 @@ class TlsSocket:
         if data:
             self.raw.sendall(data)
 
-    def recv(self, size: int, idle: bool = False) -> bytes:
+    def _read(self, size: int, idle: bool) -> bytes:
         obj = self.obj
-        if not self.incoming.pending and not obj.pending():
+        if self.incoming.pending or obj.pending():
+            if idle:
+                # Plaintext already here (pipelined requests): no wait on the socket, so no
+                # poll either; the fairness turn is taken here (protocols/turns.py).
+                take_turn()
+        else:
             # The common case: the protocol asks only when it has consumed everything, so feed
-            # the engine first rather than pay for an SSLWantReadError on every read. Inlined
-            # from _fill: this runs once per request.
+            # the engine first rather than pay for an SSLWantReadError on every read.
             raw = self.raw
             data = raw.recv_after_wait(RECORD) if idle else raw.recv(RECORD)
             if not data:
@@ -140,14 +145,13 @@ class TlsSocket:
             except ssl.SSLError as exc:
                 raise ConnectionError(f"TLS: {exc.reason or exc}") from None
 
-    def buffered(self) -> bool:
-        """Whether received bytes wait in the TLS engine: a read returns without a wait."""
-        return bool(self.incoming.pending or self.obj.pending())
+    def recv(self, size: int) -> bytes:
+        return self._read(size, False)
 
     def recv_after_wait(self, size: int) -> bytes:
-        """Waits for the socket first only when the TLS object holds nothing: plaintext may
-        already sit in it with nothing left to read on the socket."""
-        return self.recv(size, idle=True)
+        """``recv`` for a reader that expects to wait: readiness first, unless the TLS engine
+        already holds bytes (then nothing may be left to read on the socket)."""
+        return self._read(size, True)
 
     def sendall(self, data: Any) -> None:
         try:

@@ -17,8 +17,10 @@ back also when the next read would wait anyway cost a poll and two epoll_ctl cal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from typing import Any
+
+from gevent import get_hub
 
 TURN_SECONDS = 0.0005
 
@@ -34,11 +36,9 @@ def step_back(hub: Any) -> None:
         turn.close()
 
 
-def _nothing_buffered() -> bool:
-    return False
-
-
-def buffered_reader(sock: Any) -> Callable[[], bool]:
-    """Whether ``sock`` holds bytes already read from the network: a TLS session's plaintext.
-    A plain socket holds none (the kernel's buffer is read through a wait)."""
-    return getattr(sock, "buffered", _nothing_buffered)
+def take_turn() -> None:
+    """Step back if the current loop turn has run past ``TURN_SECONDS``; for a reader about to
+    go on without waiting (a request or message already read)."""
+    hub = get_hub()
+    if time.time() - hub.loop.now() > TURN_SECONDS:
+        step_back(hub)

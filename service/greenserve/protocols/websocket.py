@@ -19,10 +19,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
-import time
 from typing import Any
 
-from gevent import get_hub
 from gevent.lock import Semaphore
 from websockets.frames import Opcode
 from websockets.protocol import State
@@ -34,7 +32,7 @@ try:
 except ImportError:  # websockets built without its C extension
     from websockets.utils import apply_mask
 
-from greenserve.protocols.turns import TURN_SECONDS, buffered_reader, step_back
+from greenserve.protocols.turns import take_turn
 from greenserve.stats import WorkerStats
 
 RECV_SIZE = 65536
@@ -56,7 +54,6 @@ class WebSocket:
         max_size: int | None,
     ) -> None:
         self.sock = sock
-        self.buffered = buffered_reader(sock)
         self.environ = environ
         self.stats = stats
         self.registry = registry
@@ -133,11 +130,10 @@ class WebSocket:
         """The next message (str for text, bytes for binary), or None once the socket closed."""
         if not self._start():
             return None
-        # Fairness (protocols/turns.py): a message already read is returned without a wait.
-        if self.pending or self.more or self.early or self.buffered():
-            hub = get_hub()
-            if time.time() - hub.loop.now() > TURN_SECONDS:
-                step_back(hub)
+        # Fairness (protocols/turns.py): a message already read is returned without a wait
+        # (reads from the socket wait through the hub; TLS: see TlsSocket.recv).
+        if self.pending or self.more or self.early:
+            take_turn()
         while not self.pending:
             if self.done:
                 return None

@@ -28,6 +28,7 @@ from greenserve.config import Settings
 from greenserve.logs import REQUEST_ID
 from greenserve.protocols.http_request import (
     DRAIN_LIMIT,
+    EMPTY_INPUT,
     END,
     METHOD_PREFIX,
     Head,
@@ -284,7 +285,12 @@ class HttpConnection:
             request_id = head.request_id  # only a trusted proxy names the request
         else:
             request_id = handler.new_request_id()
-        body = Input(self, head)
+        # A request without a body (most) shares one empty, finished input: nothing to read,
+        # nothing to keep per request.
+        if head.content_length is None and not head.chunked:
+            body = EMPTY_INPUT
+        else:
+            body = Input(self, head)
         self.response = writer = Response(self, self.handler, head, request_id)
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)

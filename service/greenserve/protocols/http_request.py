@@ -280,6 +280,14 @@ class Input:
         self.done = head.content_length == 0 or (head.content_length is None and not head.chunked)
         self.received = 0
 
+    @classmethod
+    def empty(cls) -> Input:
+        """An input with nothing to read, already at its end: shared by bodiless requests."""
+        body = cls.__new__(cls)
+        body.connection = body.head = None  # type: ignore[assignment]
+        body.buffer, body.done, body.received = b"", True, 0
+        return body
+
     def _more(self) -> bool:
         """Pull the next body chunk into the buffer; False at the end of the body."""
         if self.done:
@@ -346,3 +354,6 @@ class Input:
     @property
     def complete(self) -> bool:
         return self.done and not self.buffer
+
+
+EMPTY_INPUT = Input.empty()

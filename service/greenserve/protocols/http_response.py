@@ -51,20 +51,28 @@ _NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
 
 
 class DateCache:
-    """The Date header, formatted once per second rather than once per response."""
+    """The Date header, formatted once per second rather than once per response; ``end`` is
+    the whole end of a header block from it on (Date, Server, the blank line), joined once."""
 
-    __slots__ = ("second", "value")
+    __slots__ = ("end_value", "second", "value")
 
     def __init__(self) -> None:
         self.second = 0
         self.value = b""
+        self.end_value = b""
 
     def get(self) -> bytes:
         now = int(time.time())
         if now != self.second:
             self.second = now
             self.value = formatdate(now, usegmt=True).encode()
+            self.end_value = b"\r\nDate: " + self.value + b"\r\nServer: " + SERVER + b"\r\n\r\n"
         return self.value
+
+    def end(self) -> bytes:
+        if int(time.time()) != self.second:
+            self.get()
+        return self.end_value
 
 
 class FileWrapper:
@@ -220,9 +228,7 @@ class Response:
             lines.append(b"Connection: keep-alive")
         if request_id is not None:
             lines.append(b"X-Request-ID: " + request_id.encode())
-        lines.append(b"Date: " + self.handler.date.get())
-        lines.append(b"Server: " + SERVER)
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+        return b"\r\n".join(lines) + self.handler.date.end()
 
     def write(self, data: bytes) -> None:
         """The WSGI ``write`` callable, and each chunk of an iterable result."""

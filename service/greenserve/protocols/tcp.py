@@ -68,7 +68,12 @@ class CountingSocket(gsocket.socket):
         readiness first, so the usual case costs one recv, not a failed one and a second."""
         if self.timeout != 0.0:
             self._wait(self._read_event)
-        return self.recv(size)
+        try:
+            data = self._sock.recv(size)  # recv's body, one Python frame less per request
+        except BlockingIOError:
+            return self.recv(size)  # woken but nothing to read after all: wait again
+        self.rx += len(data)
+        return data
 
     def recv_into(self, *args: Any) -> int:
         while True:

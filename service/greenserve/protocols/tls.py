@@ -43,7 +43,7 @@ def _forward(name: str) -> property:
 class TlsSocket:
     """A server-side TLS session on top of a CountingSocket."""
 
-    __slots__ = ("first", "incoming", "obj", "outgoing", "raw")
+    __slots__ = ("engine", "first", "incoming", "obj", "outgoing", "raw")
 
     deadline = _forward("deadline")
     parked = _forward("parked")
@@ -60,6 +60,9 @@ class TlsSocket:
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        # ssl.SSLObject's read, write and pending are one-line Python wrappers over the C
+        # object beneath: the hot path calls that directly (three Python frames per request).
+        self.engine = getattr(self.obj, "_sslobj", self.obj)
         self.first = b""  # the first bytes the client sent: tells plaintext HTTP apart
 
     @property
@@ -117,8 +120,8 @@ class TlsSocket:
             self.raw.sendall(data)
 
     def _read(self, size: int, idle: bool) -> bytes:
-        obj = self.obj
-        if self.incoming.pending or obj.pending():
+        engine = self.engine
+        if self.incoming.pending or engine.pending():
             if idle:
                 # Plaintext already here (pipelined requests): no wait on the socket, so no
                 # poll either; the fairness turn is taken here (protocols/turns.py).
@@ -134,7 +137,7 @@ class TlsSocket:
             self.incoming.write(data)
         while True:
             try:
-                return obj.read(size)
+                return engine.read(size)
             except ssl.SSLWantReadError:
                 if self.outgoing.pending:
                     self._flush()  # a TLS 1.3 key update or session ticket
@@ -156,7 +159,7 @@ class TlsSocket:
     def sendall(self, data: Any) -> None:
         try:
             # A memory BIO grows as needed, so one write takes all of it (no partial writes).
-            self.obj.write(data)
+            self.engine.write(data)
         except ssl.SSLError as exc:
             raise ConnectionError(f"TLS: {exc.reason or exc}") from None
         out = self.outgoing.read()

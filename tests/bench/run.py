@@ -565,6 +565,14 @@ def _healthy(mport: int, timeout: float = 30) -> None:
     wait_until(lambda: _answers_200(url), timeout, "/healthz 200")
 
 
+def _worker_pid(mport: int, timeout: float = 30) -> int:
+    """Worker 0's pid from /metrics. /healthz turns 200 on the worker's ready message, which can
+    come before its first stats report: until then the gauge reads 0 (seen on a busy machine)."""
+    return int(
+        wait_until(lambda: _metric(mport, "greenserve_worker_pid").get("0"), timeout, "worker pid")
+    )
+
+
 def _active_reaches(mport: int, total: int, timeout: float) -> dict[str, float]:
     """Per-worker open connections, once they add up to ``total``."""
 
@@ -629,11 +637,11 @@ def idle_memory(connections: int) -> dict[str, float]:
     ) as proc:
         wait_port(port)
         _healthy(mport)
-        worker = _metric(mport, "greenserve_worker_pid")["0"]
-        before = _rss(int(worker))
+        worker = _worker_pid(mport)
+        before = _rss(worker)
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
         _active_reaches(mport, connections, timeout=30)
-        after = _rss(int(worker))
+        after = _rss(worker)
         for sock in socks:
             sock.close()
         assert proc.poll() is None
@@ -670,7 +678,7 @@ def respawn(rounds: int) -> dict[str, float]:
         try:
             starts.append(wait_port(port) - began)
             _healthy(mport)
-            victim = int(_metric(mport, "greenserve_worker_pid")["0"])
+            victim = _worker_pid(mport)
             killed = time.time()
             os.kill(victim, signal.SIGKILL)
             assert proc.stdout is not None

@@ -18,8 +18,8 @@ from tests.bench.run import (
     _active_reaches,
     _greenserve,
     _healthy,
-    _metric,
     _rss,
+    _worker_pid,
     baseline_contenders,
     free_port,
     started,
@@ -204,7 +204,7 @@ def idle_tls_memory(pki: dict[str, str], connections: int) -> dict[str, float]:
     context = ssl.create_default_context(cafile=pki["ca"])
     with started(contender, port):
         _healthy(mport)
-        worker = int(_metric(mport, "greenserve_worker_pid")["0"])
+        worker = _worker_pid(mport)
         before = _rss(worker)
         socks = []
         for _ in range(connections):

@@ -21,6 +21,7 @@ from tests.bench.run import (
     _healthy,
     _metric,
     _rss,
+    _worker_pid,
     free_port,
     greenserve_command,
     session_cpu_seconds,
@@ -133,7 +134,7 @@ def idle_and_broadcast(count: int) -> dict[str, float]:
     ])  # fmt: skip
     with started(contender, port):
         _healthy(mport)
-        worker = int(_metric(mport, "greenserve_worker_pid")["0"])
+        worker = _worker_pid(mport)
 
         async def run() -> dict[str, float]:
             before = _rss(worker)

@@ -135,13 +135,15 @@ class RequestParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self.head
         assert head is not None
-        self.header_bytes += len(name) + len(value) + 4
-        if len(name) + len(value) > MAX_HEADER_FIELD or self.header_bytes > MAX_HEADER_BYTES:
+        size = len(name) + len(value)  # called once per header: each len counts
+        total = self.header_bytes = self.header_bytes + size + 4
+        if size > MAX_HEADER_FIELD or total > MAX_HEADER_BYTES:
             raise HttpError(431, "header field too large")
-        if len(head.headers) >= MAX_HEADERS:
+        headers = head.headers
+        if len(headers) >= MAX_HEADERS:
             raise HttpError(431, "too many header fields")
         # llhttp trims leading whitespace only; RFC 9110 5.5 excludes trailing OWS too.
-        head.headers.append((name, value.rstrip(b" \t")))
+        headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         head = self.head

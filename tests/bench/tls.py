@@ -22,6 +22,7 @@ from tests.bench.run import (
     _worker_pid,
     baseline_contenders,
     free_port,
+    rotated,
     started,
     wrk,
 )
@@ -151,7 +152,7 @@ def run(rounds: int, seconds: float) -> dict[str, Any]:
     table: dict[str, dict[str, list[float]]] = {}
     for mode, close in (("keep-alive requests", False), ("new TLS handshakes", True)):
         for index in range(rounds):
-            for contender in contenders(pki):
+            for contender in rotated(contenders(pki), index):
                 sample = measure(contender, seconds, close)
                 key = table.setdefault(f"{mode}: {contender.name}", {"per_s": [], "per_cpu_s": []})
                 if sample is None:

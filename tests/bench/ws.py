@@ -24,6 +24,7 @@ from tests.bench.run import (
     _worker_pid,
     free_port,
     greenserve_command,
+    rotated,
     session_cpu_seconds,
     started,
 )
@@ -83,7 +84,7 @@ def _answers(port: int) -> bool:
 def echo(rounds: int, seconds: float, connections: int = 50) -> dict[str, float]:
     results: dict[str, list[float]] = {}
     for index in range(rounds):
-        for contender in contenders():
+        for contender in rotated(contenders(), index):
             port = free_port()
             with started(contender, port) as proc:
                 try:

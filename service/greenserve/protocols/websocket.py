@@ -40,6 +40,11 @@ RECV_SIZE = 65536
 # goes to the engine as it arrives rather than waiting in our buffer.
 FAST_LIMIT = 65536
 _OPEN = State.OPEN
+# The engine's size of a fragmented message in progress (None between messages): ``cur_size``
+# up to websockets 15, ``current_size`` since.
+_FRAGMENTED = next(
+    name for name in ("current_size", "cur_size") if hasattr(ServerProtocol(state=_OPEN), name)
+)
 
 
 class WebSocket:
@@ -228,7 +233,7 @@ class WebSocket:
                 and length <= FAST_LIMIT
                 and (self.max_size is None or length <= self.max_size)
                 and engine.state is _OPEN
-                and engine.current_size is None  # no fragmented message in progress
+                and getattr(engine, _FRAGMENTED) is None  # no fragmented message in progress
                 and not self.failed
             )
             if not simple:

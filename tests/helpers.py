@@ -384,6 +384,10 @@ class ScriptedSocket:
         self.rx += len(chunk)
         return chunk
 
+    @property
+    def watched(self) -> ScriptedSocket:
+        return self
+
     def recv_after_wait(self, size: int) -> bytes:
         return self.recv(size)
 

@@ -3,8 +3,9 @@
 gevent's SSLSocket would replace the accepted CountingSocket with a socket of its own, losing the
 byte counts the idle sweeper and the metrics read, and the deadlines the protocols set on it. Here
 the CountingSocket keeps doing the I/O (encrypted bytes, so ``bytes_*`` count what crossed the
-wire) and ``TlsSocket`` offers the same ``recv``/``sendall`` to the protocols, with the
-per-connection attributes (``deadline``, ``parked``, ...) forwarded to the socket underneath.
+wire) and ``TlsSocket`` offers the same ``recv``/``sendall`` to the protocols. The
+per-connection state the sweeper reads (``deadline``, ``parked``, ...) stays on the CountingSocket:
+``watched`` names it, for TLS and plaintext alike.
 """
 
 from __future__ import annotations
@@ -34,26 +35,10 @@ class HandshakeFailed(Exception):
         self.reason = reason
 
 
-def _forward(name: str) -> property:
-    return property(
-        lambda self: getattr(self.raw, name), lambda self, value: setattr(self.raw, name, value)
-    )
-
-
 class TlsSocket:
     """A server-side TLS session on top of a CountingSocket."""
 
     __slots__ = ("engine", "first", "incoming", "obj", "outgoing", "raw")
-
-    deadline = _forward("deadline")
-    parked = _forward("parked")
-    fresh = _forward("fresh")
-    upgraded = _forward("upgraded")
-    request_deadline = _forward("request_deadline")
-    expire = _forward("expire")
-    greenlet = _forward("greenlet")
-    tx = _forward("tx")
-    rx = _forward("rx")
 
     def __init__(self, raw: Any, context: ssl.SSLContext) -> None:
         self.raw = raw
@@ -64,6 +49,11 @@ class TlsSocket:
         # object beneath: the hot path calls that directly (three Python frames per request).
         self.engine = getattr(self.obj, "_sslobj", self.obj)
         self.first = b""  # the first bytes the client sent: tells plaintext HTTP apart
+
+    @property
+    def watched(self) -> Any:
+        """The CountingSocket beneath: the sweeper reads its deadlines and state."""
+        return self.raw
 
     @property
     def family(self) -> int:

@@ -312,9 +312,13 @@ class HttpConnection:
             self.watched.upgraded = True
             if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
                 websocket = WebSocket(
-                    self.sock, environ, handler.stats, handler.websockets, handler.ws_max_message
+                    self.sock,
+                    environ,
+                    handler.stats,
+                    handler.websockets,
+                    handler.ws_max_message,
+                    early=self.upgrade_tail,
                 )
-                websocket.early = self.upgrade_tail
                 environ["wsgi.websocket"] = websocket
         elif handler.request_timeout:  # a connection taken over is no request any more
             self.watched.request_deadline = time.monotonic() + handler.request_timeout

@@ -57,7 +57,9 @@ class WebSocket:
         stats: WorkerStats,
         registry: set[WebSocket],
         max_size: int | None,
+        early: bytes = b"",
     ) -> None:
+        """``early``: bytes that came with the handshake, read before it was answered."""
         self.sock = sock
         self.environ = environ
         self.stats = stats
@@ -72,11 +74,11 @@ class WebSocket:
         self.pending: list[str | bytes] = []
         self.fragments: list[bytes] = []
         self.fragment_opcode: Opcode | None = None
-        self.early = b""  # frames that arrived with the handshake (read before it was answered)
         self.failed = False  # we failed the connection: no reply is awaited
         self.awaiting_pong = False  # --ws-ping-interval: a ping is out, no pong yet
-        self.buffer: bytes | bytearray = b""  # received, not yet framed: part of a frame
-        self.more = False  # whole frames may wait in the buffer behind the last message
+        # received, not yet framed: the early bytes, or frames behind the last message
+        self.buffer: bytes | bytearray = bytearray(early) if early else b""
+        self.more = bool(early)  # whole frames may wait in the buffer
         self.owed = 0  # bytes of the current frame the engine still needs (0: at a boundary)
 
     # gevent-websocket's attributes
@@ -123,6 +125,7 @@ class WebSocket:
         self.engine = ServerProtocol(state=State.OPEN, max_size=self.max_size)
         self.registry.add(self)
         self.stats.websocket_connections_active += 1
+        self.stats.websocket_bytes_received += len(self.buffer)
         return True
 
     def _flush(self) -> None:
@@ -137,7 +140,7 @@ class WebSocket:
             return None
         # Fairness (protocols/turns.py): a message already read is returned without a wait
         # (reads from the socket wait through the hub; TLS: see TlsSocket.recv).
-        if self.pending or self.more or self.early:
+        if self.pending or self.more:
             take_turn()
         while not self.pending:
             if self.done:
@@ -145,16 +148,13 @@ class WebSocket:
             eof = False
             if self.more:
                 self.more = False
-                self._feed(b"")  # the frames after the message the last call returned
+                self._feed(b"")  # frames already read: early, or behind the last message
             else:
-                if self.early:
-                    data, self.early = self.early, b""
-                else:
-                    try:
-                        # The peer usually has not answered yet: wait first, then one recv.
-                        data = self.sock.recv_after_wait(RECV_SIZE)
-                    except OSError:
-                        data = b""
+                try:
+                    # The peer usually has not answered yet: wait first, then one recv.
+                    data = self.sock.recv_after_wait(RECV_SIZE)
+                except OSError:
+                    data = b""
                 if data:
                     self.stats.websocket_bytes_received += len(data)
                     self._feed(data)

@@ -119,8 +119,8 @@ class BalancedServer(CountingServer):
             return None
         accepted = super().do_read()
         if accepted is not None:
-            # counted at once: the next accept of this wake-up must see it (the connection's
-            # greenlet, which publishes too, starts only after the wake-up)
+            # published at once, not when the connection's greenlet starts (after the wake-up):
+            # the next accept of this wake-up, and the siblings, must see it
             self.load[self.slot] = len(self.connections.open)
         return accepted
 

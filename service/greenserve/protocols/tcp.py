@@ -259,7 +259,8 @@ class TcpProtocol:
         tls: Any = None,
     ) -> None:
         """``deadlines``: the handler sets ``sock.deadline``, so sweep even with no idle timeout.
-        ``publish``: called with the open-connection count whenever it changes (fair accepts).
+        ``publish``: called with the open-connection count when a connection ends (fair accepts;
+        BalancedServer publishes the rise at accept).
         ``tls``: an ssl.SSLContext built from ``settings``: every connection is TLS."""
         self.app = app
         self.publish = publish
@@ -335,11 +336,7 @@ class TcpProtocol:
         stats.connections_accepted += 1
         stats.connections_active += 1
         connections = self.connections
-        publish = self.publish
-        if publish is not None:
-            # the registry, not the counter: it already holds connections accepted in the same
-            # wake-up whose greenlets have not started yet
-            publish(len(connections.open))
+        publish = self.publish  # the count going up is published at accept (BalancedServer)
         sock.greenlet = gevent.getcurrent()
         try:
             if sock.family != socket.AF_UNIX:

@@ -41,7 +41,7 @@ from greenserve.protocols.http_request import (
 from greenserve.protocols.http_response import REASONS, SERVER, DateCache, FileWrapper, Response
 from greenserve.protocols.tcp import CountingSocket
 from greenserve.protocols.tcp import peer as _peer
-from greenserve.protocols.turns import TURN_SECONDS, step_back
+from greenserve.protocols.turns import take_turn
 from greenserve.protocols.websocket import WebSocket
 from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
@@ -225,8 +225,6 @@ class HttpConnection:
         handler = self.handler
         stats = handler.stats
         keepalive = handler.keepalive_timeout
-        hub = gevent.get_hub()
-        loop = hub.loop
         while not self.closing:
             if keepalive:
                 self.watched.deadline = time.monotonic() + keepalive
@@ -253,8 +251,8 @@ class HttpConnection:
             events = self.events
             while events and events[0] is END:
                 del events[0]
-            if events and time.time() - loop.now() > TURN_SECONDS:
-                step_back(hub)
+            if events:
+                take_turn()
 
     def send_error(self, status: int, detail: str, request_id: str = "") -> None:
         body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()

@@ -282,14 +282,6 @@ class Input:
         self.done = head.content_length == 0 or (head.content_length is None and not head.chunked)
         self.received = 0
 
-    @classmethod
-    def empty(cls) -> Input:
-        """An input with nothing to read, already at its end: shared by bodiless requests."""
-        body = cls.__new__(cls)
-        body.connection = body.head = None  # type: ignore[assignment]
-        body.buffer, body.done, body.received = b"", True, 0
-        return body
-
     def _more(self) -> bool:
         """Pull the next body chunk into the buffer; False at the end of the body."""
         if self.done:
@@ -358,4 +350,6 @@ class Input:
         return self.done and not self.buffer
 
 
-EMPTY_INPUT = Input.empty()
+# A head with no length and no chunking: the input is at its end from the start. Shared by
+# every request without a body; nothing in it changes.
+EMPTY_INPUT = Input(None, Head())  # type: ignore[arg-type]

@@ -581,15 +581,18 @@ class HttpHandler:
         path = head.path
         method = head.method
         environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
-        if b"%" in path:
+        if _PERCENT in path:  # an int: see http_request._HASH
             path = unquote_to_bytes(path)
         path_info = path.decode("latin-1")
         root = self.root_path
         if root and (path_info == root or path_info.startswith(root + "/")):
             path_info = path_info[len(root) :]  # the proxy kept the prefix: SCRIPT_NAME has it
         environ["PATH_INFO"] = path_info
-        environ["QUERY_STRING"] = head.query.decode("latin-1")
-        environ["RAW_URI"] = head.url.decode("latin-1")
+        query = head.query
+        environ["QUERY_STRING"] = query.decode("latin-1") if query else ""
+        url = head.url
+        # most targets are a bare path: its text is already decoded
+        environ["RAW_URI"] = path_info if url is path and not root else url.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/" + head.version
         environ["REMOTE_ADDR"] = str(address[0]) if address else ""
         environ["REMOTE_PORT"] = str(address[1]) if address else ""
@@ -617,6 +620,7 @@ class HttpHandler:
 _ENVIRON_KEYS: dict[bytes, str | None] = {}
 _ENVIRON_KEYS_MAX = 1024
 _UNKNOWN = object()
+_PERCENT = ord("%")
 _PLAIN_KEYS = frozenset(("CONTENT_TYPE", "CONTENT_LENGTH"))
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 

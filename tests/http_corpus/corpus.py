@@ -46,7 +46,17 @@ VALID: list[tuple[str, bytes, dict]] = [
     (
         "http/1.0 keep-alive",
         req("GET / HTTP/1.0", "Connection: keep-alive"),
-        {"HTTP_CONNECTION": "keep-alive"},
+        {"HTTP_CONNECTION": "keep-alive", "SERVER_PROTOCOL": "HTTP/1.0"},
+    ),
+    (
+        "http/1.0 keep-alive through proxy-connection",
+        req("GET / HTTP/1.0", "Proxy-Connection: keep-alive"),
+        {"SERVER_PROTOCOL": "HTTP/1.0"},
+    ),
+    (
+        "http/1.1 keep-alive asked",
+        req("GET / HTTP/1.1", "Host: a", "Connection: keep-alive"),
+        {"SERVER_PROTOCOL": "HTTP/1.1"},
     ),
     (
         "host header",
@@ -251,6 +261,14 @@ MALFORMED: list[tuple[str, bytes, int]] = [
     ("version 1.2", req("GET / HTTP/1.2"), 505),
     ("version 2.0", req("GET / HTTP/2.0"), 505),
     ("version 3.0", req("GET / HTTP/3.0"), 505),
+    # llhttp keeps these alive when asked: the version must still be checked, and first
+    ("version 2.0 keep-alive", req("GET / HTTP/2.0", "Host: a", "Connection: keep-alive"), 505),
+    (
+        "version 2.0 keep-alive, repeated host",
+        req("GET / HTTP/2.0", "Connection: keep-alive", "Host: a", "Host: b"),
+        505,
+    ),
+    ("version 0.9 keep-alive", req("GET / HTTP/0.9", "Proxy-Connection: keep-alive"), 505),
     ("garbage version", req("GET / HTTP/1.1x"), 400),
     ("http/0.9 request line", b"GET /\r\n\r\n", 505),
     ("lowercase method", req("get / HTTP/1.1"), 400),

@@ -342,19 +342,21 @@ class TestTimeoutsAndDrain:
     """Slow clients are cut off; stops finish in-flight requests and close idle ones."""
 
     def test_header_timeout_and_keepalive_timeout(self):
-        with serving_http("--header-timeout", "0.5", "--keepalive-timeout", "0.7") as server:
+        """The header clock starts when a read ends inside a head (a head that comes whole
+        never needs it): a keep-alive timeout well over it must not be what closes."""
+        with serving_http("--header-timeout", "0.5", "--keepalive-timeout", "2") as server:
             server.started()
             slow = socket.create_connection(server.address, timeout=10)
             slow.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
             started = time.monotonic()
             assert read_all(slow) == b""
-            assert 0.4 < time.monotonic() - started < 2.5
+            assert 0.4 < time.monotonic() - started < 1.6
             idle = socket.create_connection(server.address, timeout=10)
             idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             started = time.monotonic()
             raw = read_all(idle)
             assert raw.startswith(b"HTTP/1.1 200")
-            assert 0.6 < time.monotonic() - started < 2.5
+            assert 1.9 < time.monotonic() - started < 4
 
     def test_body_short_of_its_content_length_is_closed(self):
         """Found by the fuzz suite: a body that stops short used to hold its greenlet until the

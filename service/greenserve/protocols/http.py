@@ -129,9 +129,12 @@ class HttpConnection:
             if parser.at_boundary:  # the common case: whole requests in each read
                 self.history = b""
                 self.history_base = parser.completed
-            elif self.history is not None:
-                history = self.history + data
-                self.history = history if len(history) <= HISTORY_LIMIT else None
+            else:
+                if parser.untimed:
+                    parser.start_header_clock()
+                if self.history is not None:
+                    history = self.history + data
+                    self.history = history if len(history) <= HISTORY_LIMIT else None
 
     def _rejected_request(self, data: bytes) -> bytes | None:
         """The bytes of the request llhttp rejected, from its start; None if that is unknown.

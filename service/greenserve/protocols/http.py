@@ -184,14 +184,13 @@ class HttpConnection:
             # Parked: waiting for a next request, so a drain may end the connection. A new one
             # may have its first request in flight: a drain gives it a moment instead of closing
             # it at once, which failed that request (seen under load during restarts).
+            # It stays parked until a request begins (RequestParser.on_message_begin).
             self.watched.parked = True
             self.watched.fresh = self.served == 0
             try:
                 self._feed(idle=self.served > 0)
             except _Closed:
                 return None
-            finally:
-                self.watched.parked = False
 
     def next_body_event(self, body: Input) -> Any:
         """The next body chunk (bytes) or END, reading from the socket as needed."""

@@ -31,6 +31,7 @@ from greenserve.protocols.http_request import (
     EMPTY_INPUT,
     END,
     METHOD_PREFIX,
+    PLAIN_KEYS,
     Head,
     HttpError,
     Input,
@@ -599,39 +600,19 @@ class HttpHandler:
         environ["REMOTE_ADDR"] = str(address[0]) if address else ""
         environ["REMOTE_PORT"] = str(address[1]) if address else ""
         environ["wsgi.input"] = body
-        known = _ENVIRON_KEYS
         chunked = head.chunked
-        for name, value in head.headers:
-            key = known.get(name, _UNKNOWN)
-            if key is _UNKNOWN:
-                key = _environ_key(name)
+        for key, value in head.headers:
             if key is None or (chunked and key == "HTTP_TRANSFER_ENCODING"):
-                # a name with "_" would collide with the dash form in HTTP_*: dropped, like
-                # nginx; a chunked body reaches the app de-chunked, with a CONTENT_LENGTH
+                # a name that is dropped (see http_request.environ_key); a chunked body
+                # reaches the app de-chunked, with a CONTENT_LENGTH
                 continue
             text = value.decode("latin-1")
-            if key in environ and key not in _PLAIN_KEYS:
+            if key in environ and key not in PLAIN_KEYS:
                 environ[key] = environ[key] + "," + text
             else:
                 environ[key] = text
         return environ
 
 
-# Header name (as the client spelled it) -> environ key, or None for a name that is dropped.
-# Clients send the same few names on every request: each is worked out once.
-_ENVIRON_KEYS: dict[bytes, str | None] = {}
-_ENVIRON_KEYS_MAX = 1024
-_UNKNOWN = object()
 _PERCENT = ord("%")
-_PLAIN_KEYS = frozenset(("CONTENT_TYPE", "CONTENT_LENGTH"))
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
-
-
-def _environ_key(name: bytes) -> str | None:
-    key = name.decode("latin-1").upper()
-    result = None if "_" in key else key.replace("-", "_")
-    if result is not None and result not in _PLAIN_KEYS:
-        result = "HTTP_" + result
-    if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
-        _ENVIRON_KEYS[name] = result
-    return result

@@ -48,17 +48,38 @@ _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
 # through the buffer protocol first (135 ns, measured with timeit on Python 3.11).
 _HASH = ord("#")
 
-_FRAMING_HEADERS = frozenset(
+# The environ keys of the fields the parser checks or acts on.
+_FRAMING_KEYS = frozenset(
     (
-        b"host",
-        b"transfer-encoding",
-        b"content-length",
-        b"expect",
-        b"x-request-id",
-        b"connection",
-        b"proxy-connection",
+        "HTTP_HOST",
+        "HTTP_TRANSFER_ENCODING",
+        "CONTENT_LENGTH",
+        "HTTP_EXPECT",
+        "HTTP_X_REQUEST_ID",
+        "HTTP_CONNECTION",
+        "HTTP_PROXY_CONNECTION",
     )
 )
+
+PLAIN_KEYS = frozenset(("CONTENT_TYPE", "CONTENT_LENGTH"))  # PEP 3333: no HTTP_ prefix
+
+# Header name (as the client spelled it) -> environ key, or None for a name that is dropped.
+# Clients send the same few names on every request: each is worked out once, in on_header,
+# and the parser's own checks and the environ both go by the key.
+_ENVIRON_KEYS: dict[bytes, str | None] = {}
+_ENVIRON_KEYS_MAX = 1024
+_UNKNOWN = object()
+
+
+def _environ_key(name: bytes) -> str | None:
+    """A name with "_" would collide with the dash form in HTTP_*: dropped, like nginx."""
+    key = name.decode("latin-1").upper()
+    result = None if "_" in key else key.replace("-", "_")
+    if result is not None and result not in PLAIN_KEYS:
+        result = "HTTP_" + result
+    if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
+        _ENVIRON_KEYS[name] = result
+    return result
 
 
 class HttpError(Exception):
@@ -93,7 +114,7 @@ class Head:
         self.url = b""
         self.path = b"/"
         self.query = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[str | None, bytes]] = []  # (environ key, value) per field
         self.method = b""
         self.version = "1.1"
         self.keep_alive = True
@@ -161,8 +182,11 @@ class RequestParser:
         headers = head.headers
         if len(headers) >= MAX_HEADERS:
             raise HttpError(431, "too many header fields")
+        key = _ENVIRON_KEYS.get(name, _UNKNOWN)
+        if key is _UNKNOWN:
+            key = _environ_key(name)
         # llhttp trims leading whitespace only; RFC 9110 5.5 excludes trailing OWS too.
-        headers.append((name, value.rstrip(b" \t")))
+        headers.append((key, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         head = self.head
@@ -177,11 +201,10 @@ class RequestParser:
         hosts = 0
         expect = connection = False
         try:
-            for name, value in head.headers:
-                lowered = name.lower()
-                if lowered not in _FRAMING_HEADERS:
+            for key, value in head.headers:
+                if key not in _FRAMING_KEYS:
                     continue  # most headers: one set lookup, not six comparisons
-                if lowered == b"host":
+                if key == "HTTP_HOST":
                     hosts += 1
                     if hosts > 1:
                         raise HttpError(400, "repeated Host header")
@@ -189,16 +212,16 @@ class RequestParser:
                         if not _HOST.fullmatch(value):
                             raise HttpError(400, "invalid Host header")
                         self.valid_host = value
-                elif lowered == b"transfer-encoding":
+                elif key == "HTTP_TRANSFER_ENCODING":
                     codings = [c.strip() for c in value.lower().split(b",")]
                     if codings != [b"chunked"]:
                         raise HttpError(501, f"transfer coding {value.decode('latin-1')!r}")
                     head.chunked = True
-                elif lowered == b"content-length":
+                elif key == "CONTENT_LENGTH":
                     head.content_length = int(value)
-                elif lowered == b"expect":
+                elif key == "HTTP_EXPECT":
                     expect = expect or value.lower() == b"100-continue"
-                elif lowered == b"x-request-id":
+                elif key == "HTTP_X_REQUEST_ID":
                     if _REQUEST_ID.fullmatch(value):
                         head.request_id = value.decode("ascii")
                 else:

@@ -85,6 +85,23 @@ class TestResponseRules:
         assert raw.startswith(b"HTTP/1.1 500 ")
         assert any(e["event"] == "app_error" for e in events)
 
+    @pytest.mark.parametrize(
+        "status", ["200 OK\r\nX-Injected: 1", "20 OK", "200OK", "1000 Big", "200 O\x00K", b"200 OK"]
+    )
+    def test_invalid_status_is_a_500_every_time(self, status):
+        """Validated once and then remembered: only valid statuses are remembered."""
+
+        def app(environ, start_response):
+            start_response(status, [("Content-Length", "2")])
+            return [b"ok"]
+
+        one = req("GET / HTTP/1.1", "Host: a")
+        for _ in range(2):
+            raw, events = run(one, app=app)
+            assert raw.startswith(b"HTTP/1.1 500 "), raw[:100]
+            assert b"X-Injected" not in raw
+            assert any(e["event"] == "app_error" for e in events)
+
     def test_chunk_extension_whitespace_limits_of_llhttp(self):
         """Documented in the README: BWS before ";" is accepted, BWS after it is not."""
         before = req("POST /echo HTTP/1.1", "Host: a", "Transfer-Encoding: chunked")

@@ -113,6 +113,24 @@ def _valid_header(name: str, value: str, *, cache: bool = True) -> bytes:
     return line
 
 
+# Apps answer with the same few statuses: each is validated and encoded once.
+_STATUSES: dict[str, tuple[bytes, int]] = {}
+
+_STATUSES_MAX = 256
+
+
+def _valid_status(status: str) -> tuple[bytes, int]:
+    """The status line's bytes and code; ValueError for anything that cannot go on the wire
+    (a reason phrase with CR or LF would end the status line early)."""
+    code = int(status[:3])
+    if not 100 <= code <= 999 or status[3:4] not in ("", " ") or _BAD_VALUE.search(status):
+        raise ValueError(f"invalid status {status!r}")
+    known = status.encode("latin-1"), code
+    if len(_STATUSES) < _STATUSES_MAX:
+        _STATUSES[status] = known
+    return known
+
+
 class Response:
     """``start_response`` and ``write`` for one request, and the framing of its body."""
 
@@ -166,10 +184,9 @@ class Response:
                 exc_info = None
         elif self.status:
             raise AssertionError("start_response called twice without exc_info")
-        code = int(status[:3])
-        if not 100 <= code <= 999 or status[3:4] not in ("", " "):
-            raise ValueError(f"invalid status {status!r}")
-        self.status, self.status_code, self.headers = status.encode("latin-1"), code, headers
+        known = _STATUSES.get(status)
+        self.status, code = known if known is not None else _valid_status(status)
+        self.status_code, self.headers = code, headers
         if code in _NO_BODY_STATUS:
             self.no_body = True
         return self.write

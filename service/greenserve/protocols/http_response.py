@@ -120,12 +120,12 @@ _STATUSES_MAX = 256
 
 
 def _valid_status(status: str) -> tuple[bytes, int]:
-    """The status line's bytes and code; ValueError for anything that cannot go on the wire
+    """The status line and the code; ValueError for anything that cannot go on the wire
     (a reason phrase with CR or LF would end the status line early)."""
     code = int(status[:3])
     if not 100 <= code <= 999 or status[3:4] not in ("", " ") or _BAD_VALUE.search(status):
         raise ValueError(f"invalid status {status!r}")
-    known = status.encode("latin-1"), code
+    known = b"HTTP/1.1 " + status.encode("latin-1"), code
     if len(_STATUSES) < _STATUSES_MAX:
         _STATUSES[status] = known
     return known
@@ -161,7 +161,7 @@ class Response:
         self.request_id = request_id
         self.sock = connection.sock
         self.head = head
-        self.status = b""
+        self.status = b""  # the status line, once start_response was called
         self.status_code = 0
         self.headers: list[tuple[str, str]] = []
         self.headers_sent = False
@@ -195,7 +195,7 @@ class Response:
         """The status line and header block; raises on anything that cannot go on the wire."""
         if not self.status:
             raise AssertionError("the application did not call start_response")
-        lines = [b"HTTP/1.1 " + self.status]
+        lines = [self.status]
         request_id: str | None = self.request_id
         known = _VALID_HEADERS
         for header in self.headers:

@@ -357,6 +357,7 @@ class TestTimeoutsAndDrain:
             raw = read_all(idle)
             assert raw.startswith(b"HTTP/1.1 200")
             assert 1.9 < time.monotonic() - started < 4
+            assert server.find("handler_error") == []  # timed out, not failed
 
     def test_body_short_of_its_content_length_is_closed(self):
         """Found by the fuzz suite: a body that stops short used to hold its greenlet until the
@@ -400,6 +401,8 @@ class TestTimeoutsAndDrain:
             assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"slow done")
             assert b"Connection: close" in raw
             assert server.wait_exit(10) == 0
+            # closed by the server as an ordinary end of a connection, not a handler's failure
+            assert server.find("handler_error") == []
 
 
 class TestHttpMetrics:

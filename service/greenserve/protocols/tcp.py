@@ -198,10 +198,13 @@ class Connections:
 
 def _shutdown(sock: CountingSocket) -> None:
     # shutdown, not close: a handler blocked in recv sees end-of-file and returns normally,
-    # one blocked in send sees a broken pipe.
+    # one blocked in send sees a broken pipe. The OS socket's own shutdown: gevent's first
+    # throws "File descriptor was closed in another greenlet" (EBADF) into a waiting reader,
+    # which a handler cannot tell from a bug (a TERM with idle connections logged one
+    # handler_error traceback per connection).
     sock.shut = True
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+        sock._sock.shutdown(socket.SHUT_RDWR)
 
 
 class IdleSweeper:

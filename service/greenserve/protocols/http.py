@@ -603,7 +603,7 @@ class HttpHandler:
         chunked = head.chunked
         for key, value in head.headers:
             if key is None or (chunked and key == "HTTP_TRANSFER_ENCODING"):
-                # a name that is dropped (see http_request.environ_key); a chunked body
+                # a name that is dropped (see http_request._environ_key); a chunked body
                 # reaches the app de-chunked, with a CONTENT_LENGTH
                 continue
             text = value.decode("latin-1")

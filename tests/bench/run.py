@@ -384,6 +384,7 @@ def run_http(rounds: int, seconds: float, app_name: str = "hello") -> dict[str, 
                 run = wrk(f"http://127.0.0.1:{port}/", 64, seconds, sessions=(proc.pid,))
             rps = run.requests_per_s
             sample = {
+                "round": round_index + 1,
                 "requests_per_s": rps,
                 "p50_us": run.p50_us,
                 "p99_us": run.p99_us,
@@ -423,6 +424,16 @@ def http_table(results: dict[str, list[dict]], title: str) -> list[dict[str, Any
             f" {row['p99_us'] / 1000:>7.2f} {row['requests_per_cpu_s']:>10,.0f}"
         )
     return rows
+
+
+def paired_ratios(results: dict[str, list[dict]], ours: str, other: str) -> list[float]:
+    """``ours`` / ``other`` per server CPU-second within each round, in round order. Printed
+    beside the medians, not instead of them: granian's own rounds fall into two groups here
+    (about 32,000 or 50,000 hello requests per CPU-second), so the ratio of medians depends on
+    how many of its rounds were fast, and the rounds show which."""
+    key = "requests_per_cpu_s"
+    theirs = {s["round"]: s[key] for s in results.get(other, [])}
+    return [s[key] / theirs[s["round"]] for s in results.get(ours, []) if theirs.get(s["round"])]
 
 
 def http_goals(rows: list[dict[str, Any]], app_name: str) -> list[dict]:
@@ -818,6 +829,13 @@ def main() -> None:
             report[f"http_{app_name}_raw"] = http
             rows = http_table(http, f"HTTP {app_name}")
             report[f"http_{app_name}"] = rows
+            ratios = paired_ratios(http, "greenserve http x2", "granian wsgi x2")
+            if ratios:
+                print(
+                    "per round, greenserve / granian req per CPU-s: "
+                    + " ".join(f"{r:.2f}" for r in ratios)
+                    + f" (median {statistics.median(ratios):.2f})"
+                )
             goals += http_goals(rows, app_name)
     if args.only in ("all", "lifecycle"):
         report["balance"] = balance(args.rounds)

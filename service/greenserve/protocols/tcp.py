@@ -294,11 +294,14 @@ class TcpProtocol:
         try:
             header = read_proxy_header(sock)
         except ProxyError as exc:
+            if sock.shut:  # the sweeper shut it at the deadline: read as end-of-file
+                _count(stats.proxy_protocol_failures, "timeout")
+                return None
             _count(stats.proxy_protocol_failures, exc.reason)
             if exc.reason == "malformed":
                 self.log.warning("proxy_header_refused", peer=peer(address), error=str(exc))
             return None
-        except OSError:  # the sweeper shut it at the deadline, or the peer went away
+        except OSError:  # the peer went away (a reset), or an error after the deadline's shutdown
             _count(stats.proxy_protocol_failures, "timeout" if sock.shut else "eof")
             return None
         finally:

@@ -75,7 +75,7 @@ class TlsSocket:
             self._flush()
         except ssl.SSLError as exc:
             raise HandshakeFailed(self._failure(exc)) from None
-        except OSError:  # the sweeper's shutdown cancels the wait (gevent's cancel_wait_ex)
+        except OSError:  # a reset, or a write after the sweeper's shutdown at the deadline
             raise HandshakeFailed("timeout" if self.raw.shut else "eof") from None
         finally:
             self.raw.deadline = 0.0

@@ -359,6 +359,22 @@ class TestTimeoutsAndDrain:
             assert 1.9 < time.monotonic() - started < 4
             assert server.find("handler_error") == []  # timed out, not failed
 
+    def test_header_clock_of_a_pipelined_request_waits_for_its_turn(self):
+        """A next request's head cut short in the same read starts its header clock when the
+        connection waits for it, not while the app answers the request before it."""
+        with serving_http("greenserve_testapps:slow_hello", "--header-timeout", "0.5") as server:
+            server.started()
+            sock = send(
+                server.address,
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nX-Slow: ",
+                "whole",
+            )
+            started = time.monotonic()
+            raw = read_all(sock)  # the 1 s answer, then closed at the second head's deadline
+            assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"slow done"), raw[:200]
+            assert time.monotonic() - started < 3
+            assert server.find("handler_error") == []
+
     def test_body_short_of_its_content_length_is_closed(self):
         """Found by the fuzz suite: a body that stops short used to hold its greenlet until the
         idle timeout (300 s); each wait for more body now has the header timeout."""

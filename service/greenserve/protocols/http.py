@@ -130,12 +130,9 @@ class HttpConnection:
             if parser.at_boundary:  # the common case: whole requests in each read
                 self.history = b""
                 self.history_base = parser.completed
-            else:
-                if parser.untimed:
-                    parser.start_header_clock()
-                if self.history is not None:
-                    history = self.history + data
-                    self.history = history if len(history) <= HISTORY_LIMIT else None
+            elif self.history is not None:
+                history = self.history + data
+                self.history = history if len(history) <= HISTORY_LIMIT else None
 
     def _rejected_request(self, data: bytes) -> bytes | None:
         """The bytes of the request llhttp rejected, from its start; None if that is unknown.
@@ -175,6 +172,7 @@ class HttpConnection:
         return data
 
     def next_head(self) -> Head | None:
+        parser = self.parser
         while True:
             while self.events:
                 event = self.events.pop(0)
@@ -182,12 +180,19 @@ class HttpConnection:
                     return event
                 if isinstance(event, HttpError):
                     raise event
-            # Parked: waiting for a next request, so a drain may end the connection. A new one
-            # may have its first request in flight: a drain gives it a moment instead of closing
-            # it at once, which failed that request (seen under load during restarts).
-            # It stays parked until a request begins (RequestParser.on_message_begin).
-            self.watched.parked = True
-            self.watched.fresh = self.served == 0
+            if parser.head_open:
+                # A request has begun, its head not whole: its header clock starts at the first
+                # wait for the rest. A head that came whole never needs it, and one begun behind
+                # a pipelined request must not run out while the app answers that request.
+                if parser.untimed:
+                    parser.start_header_clock()
+            else:
+                # Parked: waiting for a next request, so a drain may end the connection. A new
+                # one may have its first request in flight: a drain gives it a moment instead of
+                # closing it at once, which failed that request (seen under load in restarts).
+                # It stays parked until a request begins (RequestParser.on_message_begin).
+                self.watched.parked = True
+                self.watched.fresh = self.served == 0
             try:
                 self._feed(idle=self.served > 0)
             except _Closed:

@@ -141,7 +141,8 @@ class RequestParser:
         # lets an error be traced back to the request it belongs to (HttpConnection._feed).
         self.at_boundary = True
         self.completed = 0
-        self.untimed = False  # a head has begun and its header clock has not started
+        self.head_open = False  # a request has begun and its head is not whole yet
+        self.untimed = False  # ... and its header clock has not started
         self.parser = request_parser(self)
         self.feed = self.parser.feed_data  # the parser's own method: no Python frame per read
         self.valid_host = b""  # the last Host value checked: keep-alive requests repeat it
@@ -156,12 +157,11 @@ class RequestParser:
         self.head = Head()
         self.header_bytes = 0
         self.at_boundary = False
-        self.untimed = True
+        self.head_open = self.untimed = True
         self.sock.parked = False
 
     def start_header_clock(self) -> None:
-        """A read ended inside a head: --header-timeout counts from now. A head that came whole
-        in one read (nearly every one) is parsed before anything else runs: no clock needed."""
+        """--header-timeout counts from now (see HttpConnection.next_head)."""
         self.untimed = False
         if self.header_timeout:
             self.sock.deadline = time.monotonic() + self.header_timeout
@@ -193,7 +193,7 @@ class RequestParser:
         assert head is not None
         parser = self.parser
         self.sock.deadline = 0.0
-        self.untimed = False
+        self.head_open = self.untimed = False
         keep_alive = head.keep_alive = parser.should_keep_alive()
         if not keep_alive:
             head.version = _supported_version(parser)  # a 505 comes before any header's error

@@ -39,7 +39,7 @@ from greenserve.protocols.http_request import (
     as_http_error,
     messages_completed,
 )
-from greenserve.protocols.http_response import REASONS, SERVER, DateCache, FileWrapper, Response
+from greenserve.protocols.http_response import REASONS, DateCache, FileWrapper, Response
 from greenserve.protocols.tcp import CountingSocket
 from greenserve.protocols.tcp import peer as _peer
 from greenserve.protocols.turns import take_turn
@@ -254,7 +254,7 @@ class HttpConnection:
             if not keep:
                 return
             # Fairness (protocols/turns.py): only a request already read needs a step back;
-            # reading the next one waits through the hub anyway (TLS: see TlsSocket.recv).
+            # reading the next one waits through the hub anyway (TLS: see TlsSocket._read).
             # The END of a request whose body the app never read is still queued: no request.
             events = self.events
             while events and events[0] is END:
@@ -268,14 +268,8 @@ class HttpConnection:
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
             + b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
             + (b"X-Request-ID: " + request_id.encode() + b"\r\n" if request_id else b"")
-            + b"Content-Length: "
-            + str(len(body)).encode()
-            + b"\r\n"
-            + b"Date: "
-            + self.handler.date.get()
-            + b"\r\nServer: "
-            + SERVER
-            + b"\r\n\r\n"
+            + b"Content-Length: %d" % len(body)
+            + self.handler.date.end()
             + body
         )
         self.handler.count(status, 0.0)

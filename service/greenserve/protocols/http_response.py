@@ -51,27 +51,21 @@ _NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
 
 
 class DateCache:
-    """The Date header, formatted once per second rather than once per response; ``end`` is
-    the whole end of a header block from it on (Date, Server, the blank line), joined once."""
+    """The end of every header block from the Date header on (Date, Server, the blank line),
+    formatted and joined once per second rather than once per response."""
 
-    __slots__ = ("end_value", "second", "value")
+    __slots__ = ("end_value", "second")
 
     def __init__(self) -> None:
         self.second = 0
-        self.value = b""
         self.end_value = b""
 
-    def get(self) -> bytes:
+    def end(self) -> bytes:
         now = int(time.time())
         if now != self.second:
             self.second = now
-            self.value = formatdate(now, usegmt=True).encode()
-            self.end_value = b"\r\nDate: " + self.value + b"\r\nServer: " + SERVER + b"\r\n\r\n"
-        return self.value
-
-    def end(self) -> bytes:
-        if int(time.time()) != self.second:
-            self.get()
+            date = formatdate(now, usegmt=True).encode()
+            self.end_value = b"\r\nDate: " + date + b"\r\nServer: " + SERVER + b"\r\n\r\n"
         return self.end_value
 
 

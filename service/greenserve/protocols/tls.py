@@ -152,9 +152,7 @@ class TlsSocket:
             self.engine.write(data)
         except ssl.SSLError as exc:
             raise ConnectionError(f"TLS: {exc.reason or exc}") from None
-        out = self.outgoing.read()
-        if out:
-            self.raw.sendall(out)
+        self._flush()
 
     def send(self, data: Any) -> int:
         self.sendall(data)

@@ -139,7 +139,7 @@ class WebSocket:
         if not self._start():
             return None
         # Fairness (protocols/turns.py): a message already read is returned without a wait
-        # (reads from the socket wait through the hub; TLS: see TlsSocket.recv).
+        # (reads from the socket wait through the hub; TLS: see TlsSocket._read).
         if self.pending or self.more:
             take_turn()
         while not self.pending:
@@ -306,9 +306,11 @@ class WebSocket:
         else:
             header = bytes((first, 127)) + size.to_bytes(8, "big")
         with self.lock:
-            self.sock.sendall(header + payload if size < 16384 else header)
-            if size >= 16384:
-                self.sock.sendall(payload)  # no copy of a long payload just to join it
+            if size < 16384:
+                self.sock.sendall(header + payload)
+            else:  # no copy of a long payload just to join it
+                self.sock.sendall(header)
+                self.sock.sendall(payload)
         self.stats.websocket_messages_sent += 1
         self.stats.websocket_bytes_sent += size
 

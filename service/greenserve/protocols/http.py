@@ -30,6 +30,7 @@ from greenserve.protocols.http_request import (
     DRAIN_LIMIT,
     EMPTY_INPUT,
     END,
+    FAST_PARSE,
     METHOD_PREFIX,
     PLAIN_KEYS,
     Head,
@@ -37,6 +38,7 @@ from greenserve.protocols.http_request import (
     Input,
     RequestParser,
     as_http_error,
+    fast_head,
     messages_completed,
 )
 from greenserve.protocols.http_response import REASONS, DateCache, FileWrapper, Response
@@ -109,6 +111,16 @@ class HttpConnection:
         if not data:
             raise _Closed
         parser = self.parser
+        if parser.at_boundary and FAST_PARSE is not None:
+            # A plain request, whole in this read: its environ is built in C (_fasthead.c), and
+            # llhttp, still at a message boundary, never sees it.
+            head = fast_head(data, self.handler.base_environ)
+            if head is not None:
+                watched = self.watched
+                watched.deadline = 0.0  # as on_message_begin and on_headers_complete do
+                watched.parked = False
+                self.events.append(head)
+                return
         try:
             parser.feed(data)
         except httptools.HttpParserUpgrade as exc:
@@ -579,6 +591,14 @@ class HttpHandler:
         self.stats.requests_served += 1
 
     def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
+        environ = head.environ
+        if environ is not None:  # built by FAST_PARSE from base_environ: the request's part
+            if self.root_path:
+                environ["PATH_INFO"] = self._below_root(environ["PATH_INFO"])
+            environ["REMOTE_ADDR"] = str(address[0]) if address else ""
+            environ["REMOTE_PORT"] = str(address[1]) if address else ""
+            environ["wsgi.input"] = body
+            return environ
         environ = dict(self.base_environ)
         path = head.path
         method = head.method
@@ -587,8 +607,8 @@ class HttpHandler:
             path = unquote_to_bytes(path)
         path_info = path.decode("latin-1")
         root = self.root_path
-        if root and (path_info == root or path_info.startswith(root + "/")):
-            path_info = path_info[len(root) :]  # the proxy kept the prefix: SCRIPT_NAME has it
+        if root:
+            path_info = self._below_root(path_info)
         environ["PATH_INFO"] = path_info
         query = head.query
         environ["QUERY_STRING"] = query.decode("latin-1") if query else ""
@@ -611,6 +631,13 @@ class HttpHandler:
             else:
                 environ[key] = text
         return environ
+
+    def _below_root(self, path_info: str) -> str:
+        """The proxy kept the --root-path prefix: SCRIPT_NAME has it, PATH_INFO the rest."""
+        root = self.root_path
+        if path_info == root or path_info.startswith(root + "/"):
+            return path_info[len(root) :]
+        return path_info
 
 
 _PERCENT = ord("%")

@@ -12,6 +12,7 @@ malformed Host and for a request-target that is not origin-form, absolute-form o
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -71,6 +72,26 @@ _ENVIRON_KEYS_MAX = 1024
 _UNKNOWN = object()
 
 
+# The C accelerator's interface version this module expects (see _fasthead.c). A build older
+# than its source (an editable install not rebuilt) is ignored rather than trusted.
+FASTHEAD_ABI = 1
+
+
+def _load_fasthead() -> Any:
+    """greenserve._fasthead.parse, or None: not built (no compiler at install), stale, or
+    turned off with GREENSERVE_NO_EXTENSIONS=1 (the same switch idea as aiohttp's)."""
+    if os.environ.get("GREENSERVE_NO_EXTENSIONS"):
+        return None
+    try:
+        from greenserve import _fasthead  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _fasthead.parse if getattr(_fasthead, "ABI", None) == FASTHEAD_ABI else None
+
+
+FAST_PARSE = _load_fasthead()
+
+
 def _environ_key(name: bytes) -> str | None:
     """A name with "_" would collide with the dash form in HTTP_*: dropped, like nginx."""
     key = name.decode("latin-1").upper()
@@ -96,6 +117,7 @@ class Head:
     __slots__ = (
         "chunked",
         "content_length",
+        "environ",
         "expect_continue",
         "headers",
         "keep_alive",
@@ -121,6 +143,18 @@ class Head:
         self.chunked = False
         self.content_length: int | None = None
         self.expect_continue = False
+        self.environ: dict[str, Any] | None = None  # built already (FAST_PARSE), else None
+
+
+def fast_head(data: bytes, base_environ: dict[str, Any]) -> Head | None:
+    """The head of a plain request that is all of ``data``, its environ built in C from
+    ``base_environ``; None for anything else (left to llhttp), or without the extension."""
+    parsed = FAST_PARSE(data, base_environ) if FAST_PARSE is not None else None
+    if parsed is None:
+        return None
+    head = Head()
+    head.environ, head.method, head.url, head.request_id, head.keep_alive = parsed
+    return head
 
 
 END = object()  # marks the end of a message in the event queue

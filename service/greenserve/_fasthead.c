@@ -1,0 +1,359 @@
+/* greenserve._fasthead: the WSGI environ of a plain HTTP/1.1 request head, built in C.
+ *
+ * Why: per request, llhttp's callbacks into Python (one per header), the checks on them and the
+ * environ built from them were a third of the HTTP layer's Python time (issue 19). Most requests
+ * are plain: GET with a Host and a few headers, whole in one read. This builds their environ in
+ * one call.
+ *
+ * It is a strict subset of what the llhttp path accepts. Anything else returns None and goes to
+ * llhttp unchanged: bodies and framing headers, Expect, Upgrade, bytes past the head (pipelined
+ * requests), other versions, unknown methods, obs-text, control characters, fragments, a missing
+ * or repeated Host or one that is not a plain host[:port], and every head that could reach a
+ * limit. So a head taken here is one llhttp would take too, and the environ must be the one the
+ * Python path builds: tests/unit/test_fasthead.py checks both on the conformance corpus and on
+ * generated heads.
+ *
+ * parse(data: bytes, base: dict) -> (environ, method, url, request_id, keep_alive) | None
+ *   environ     a copy of ``base`` with REQUEST_METHOD, PATH_INFO (percent-decoded, latin-1),
+ *               QUERY_STRING, RAW_URI, SERVER_PROTOCOL and the header fields (PEP 3333 keys,
+ *               repeated fields joined with ",", names with "_" dropped)
+ *   method      bytes, url bytes, request_id str ("" unless a valid X-Request-ID),
+ *   keep_alive  False for "Connection: close"
+ *
+ * ABI is compared by greenserve.protocols.http_request: a build older than its source is
+ * ignored, not trusted. Bump it with any change to what parse accepts or returns.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define FASTHEAD_ABI 1
+#define MAX_HEAD 8190   /* below every limit of the llhttp path: 414 and 431 cannot apply */
+#define MAX_FIELDS 100  /* http_request.MAX_HEADERS */
+#define MAX_REQUEST_ID 200
+
+static const char *const METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
+#define N_METHODS 7
+static PyObject *method_text[N_METHODS];
+static PyObject *method_bytes[N_METHODS];
+
+static PyObject *k_method, *k_path, *k_query, *k_raw, *k_protocol, *k_content_type;
+static PyObject *v_http11, *v_empty, *v_comma;
+
+static unsigned char TCHAR[256];  /* RFC 9110 token */
+static unsigned char VCHAR[256];  /* field value: visible ASCII, SP, HT */
+static unsigned char UCHAR[256];  /* request-target: visible ASCII but "#" */
+static unsigned char HCHAR[256];  /* Host reg-name, as http_request._HOST */
+
+static void init_tables(void) {
+    const char *tokens = "!#$%&'*+-.^_`|~";
+    const char *host = "-._~%!$&'()*+,;=";
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+        TCHAR[c] = alnum || (c && strchr(tokens, c));
+        VCHAR[c] = (c >= 0x21 && c <= 0x7e) || c == ' ' || c == '\t';
+        UCHAR[c] = c >= 0x21 && c <= 0x7e && c != '#';
+        HCHAR[c] = alnum || (c && strchr(host, c));
+    }
+}
+
+static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+/* Case-insensitive comparison with a lowercase literal of the same length. */
+static int named(const unsigned char *s, Py_ssize_t n, const char *lit) {
+    if ((size_t)n != strlen(lit))
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (lower(s[i]) != lit[i])
+            return 0;
+    return 1;
+}
+
+static PyObject *ascii(const unsigned char *s, Py_ssize_t n) {
+    PyObject *text = PyUnicode_New(n, 127);
+    if (text)
+        memcpy(PyUnicode_DATA(text), s, n);
+    return text;
+}
+
+static int hex(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    c = lower(c);
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* PATH_INFO: urllib.parse.unquote_to_bytes (a "%" without two hex digits stays), as latin-1. */
+static PyObject *unquoted(const unsigned char *s, Py_ssize_t n) {
+    unsigned char buffer[MAX_HEAD];
+    Py_ssize_t out = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int high, low;
+        if (s[i] == '%' && i + 2 < n && (high = hex(s[i + 1])) >= 0 && (low = hex(s[i + 2])) >= 0) {
+            buffer[out++] = (unsigned char)(high << 4 | low);
+            i += 2;
+        } else {
+            buffer[out++] = s[i];
+        }
+    }
+    return PyUnicode_DecodeLatin1((const char *)buffer, out, NULL);
+}
+
+/* Host as http_request._HOST without the IP-literal branch: reg-name [":" port]. */
+static int plain_host(const unsigned char *s, const unsigned char *end) {
+    while (s < end && HCHAR[*s])
+        s++;
+    if (s < end && *s == ':')
+        for (s++; s < end && *s >= '0' && *s <= '9'; s++)
+            ;
+    return s == end;
+}
+
+/* The environ key of a header name: HTTP_ + upper, "-" as "_"; CONTENT_TYPE unprefixed;
+ * NULL with no error for a name with "_", which is dropped (http_request._environ_key). */
+static PyObject *environ_key(const unsigned char *name, Py_ssize_t n) {
+    if (memchr(name, '_', n))
+        return NULL;
+    if (named(name, n, "content-type")) {
+        Py_INCREF(k_content_type);
+        return k_content_type;
+    }
+    PyObject *key = PyUnicode_New(n + 5, 127);
+    if (!key)
+        return NULL;
+    unsigned char *out = PyUnicode_DATA(key);
+    memcpy(out, "HTTP_", 5);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int c = name[i];
+        out[5 + i] = c == '-' ? '_' : (c >= 'a' && c <= 'z' ? c - 32 : c);
+    }
+    return key;
+}
+
+/* Sets environ[key] = value, or joins a repeated field with ",". Steals nothing. */
+static int set_field(PyObject *environ, PyObject *key, const unsigned char *v, Py_ssize_t n) {
+    PyObject *value = ascii(v, n);
+    if (!value)
+        return -1;
+    if (key != k_content_type) {
+        PyObject *before = PyDict_GetItemWithError(environ, key);
+        if (before) {
+            PyObject *joined = PyUnicode_Concat(before, v_comma);
+            Py_XSETREF(joined, joined ? PyUnicode_Concat(joined, value) : NULL);
+            Py_SETREF(value, joined);
+            if (!value)
+                return -1;
+        } else if (PyErr_Occurred()) {
+            Py_DECREF(value);
+            return -1;
+        }
+    }
+    int result = PyDict_SetItem(environ, key, value);
+    Py_DECREF(value);
+    return result;
+}
+
+static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "parse(data: bytes, base: dict)");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    if (size < 16 || size > MAX_HEAD || memcmp(data + size - 4, "\r\n\r\n", 4) != 0)
+        Py_RETURN_NONE;
+    const unsigned char *blank = data + size - 2;  /* the empty line that ends the head */
+
+    /* request line: method SP origin-form SP "HTTP/1.1" CRLF */
+    int method = 0;
+    const unsigned char *q = data;
+    for (; method < N_METHODS; method++) {
+        size_t length = strlen(METHODS[method]);
+        if (memcmp(q, METHODS[method], length) == 0 && q[length] == ' ') {
+            q += length + 1;
+            break;
+        }
+    }
+    if (method == N_METHODS || *q != '/')
+        Py_RETURN_NONE;
+    const unsigned char *url = q, *question = NULL;
+    int percent = 0;
+    for (; UCHAR[*q]; q++) {
+        if (*q == '?' && !question)
+            question = q;
+        else if (*q == '%' && !question)
+            percent = 1;
+    }
+    const unsigned char *url_end = q;
+    if (blank - q < 11 || memcmp(q, " HTTP/1.1\r\n", 11) != 0)
+        Py_RETURN_NONE;
+    q += 11;
+
+    PyObject *environ = PyDict_Copy(args[1]);
+    if (!environ)
+        return NULL;
+    PyObject *request_id = v_empty, *url_bytes = NULL, *key = NULL;
+    Py_INCREF(request_id);
+    int fields = 0, hosts = 0, keep_alive = 1;
+
+    while (q < blank) {
+        const unsigned char *name = q;
+        while (TCHAR[*q])
+            q++;
+        Py_ssize_t name_size = q - name;
+        if (!name_size || *q != ':')
+            goto decline;
+        for (q++; *q == ' ' || *q == '\t'; q++)
+            ;
+        const unsigned char *value = q;
+        while (VCHAR[*q])
+            q++;
+        if (q[0] != '\r' || q[1] != '\n')
+            goto decline;
+        const unsigned char *value_end = q;
+        while (value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t'))
+            value_end--;  /* llhttp trims leading whitespace only; RFC 9110 5.5 both */
+        q += 2;
+        if (++fields > MAX_FIELDS)
+            goto decline;
+        Py_ssize_t value_size = value_end - value;
+        switch (name_size) {  /* the fields the llhttp path checks or acts on */
+        case 4:
+            if (named(name, name_size, "host") &&
+                (++hosts > 1 || !plain_host(value, value_end)))
+                goto decline;
+            break;
+        case 10:
+            if (named(name, name_size, "connection")) {
+                if (named(value, value_size, "close"))
+                    keep_alive = 0;
+                else if (!named(value, value_size, "keep-alive"))
+                    goto decline;
+            }
+            break;
+        case 12:
+            if (named(name, name_size, "x-request-id") && value_size &&
+                value_size <= MAX_REQUEST_ID && !memchr(value, ' ', value_size) &&
+                !memchr(value, '\t', value_size)) {
+                PyObject *text = ascii(value, value_size);
+                if (!text)
+                    goto error;
+                Py_SETREF(request_id, text);
+            }
+            break;
+        case 6:
+        case 7:
+        case 14:
+        case 16:
+        case 17:
+            if (named(name, name_size, "expect") || named(name, name_size, "upgrade") ||
+                named(name, name_size, "content-length") ||
+                named(name, name_size, "proxy-connection") ||
+                named(name, name_size, "transfer-encoding"))
+                goto decline;
+            break;
+        }
+        key = environ_key(name, name_size);
+        if (!key) {
+            if (PyErr_Occurred())
+                goto error;
+            continue;
+        }
+        if (set_field(environ, key, value, value_size) < 0)
+            goto error;
+        Py_CLEAR(key);
+    }
+    if (hosts != 1)
+        goto decline;
+
+    PyObject *path = percent ? unquoted(url, (question ? question : url_end) - url)
+                             : ascii(url, (question ? question : url_end) - url);
+    if (!path)
+        goto error;
+    int failed = PyDict_SetItem(environ, k_path, path);
+    PyObject *raw = path;
+    if (question || percent) {
+        raw = ascii(url, url_end - url);
+        failed = failed || !raw;
+    } else {
+        Py_INCREF(raw);
+    }
+    Py_DECREF(path);
+    failed = failed || PyDict_SetItem(environ, k_raw, raw) < 0;
+    Py_XDECREF(raw);
+    if (failed)
+        goto error;
+    PyObject *query = question ? ascii(question + 1, url_end - question - 1) : v_empty;
+    if (!question)
+        Py_INCREF(query);
+    if (!query)
+        goto error;
+    failed = PyDict_SetItem(environ, k_query, query) < 0;
+    Py_DECREF(query);
+    if (failed || PyDict_SetItem(environ, k_method, method_text[method]) < 0 ||
+        PyDict_SetItem(environ, k_protocol, v_http11) < 0)
+        goto error;
+    url_bytes = PyBytes_FromStringAndSize((const char *)url, url_end - url);
+    if (!url_bytes)
+        goto error;
+    PyObject *result = PyTuple_Pack(5, environ, method_bytes[method], url_bytes, request_id,
+                                    keep_alive ? Py_True : Py_False);
+    Py_DECREF(environ);
+    Py_DECREF(url_bytes);
+    Py_DECREF(request_id);
+    return result;
+
+decline:
+    Py_DECREF(environ);
+    Py_DECREF(request_id);
+    Py_XDECREF(key);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(environ);
+    Py_DECREF(request_id);
+    Py_XDECREF(key);
+    Py_XDECREF(url_bytes);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
+     "parse(data, base) -> (environ, method, url, request_id, keep_alive) or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "greenserve._fasthead", NULL, -1, methods,
+};
+
+static PyObject *interned(const char *text) {
+    return PyUnicode_InternFromString(text);
+}
+
+PyMODINIT_FUNC PyInit__fasthead(void) {
+    init_tables();
+    k_method = interned("REQUEST_METHOD");
+    k_path = interned("PATH_INFO");
+    k_query = interned("QUERY_STRING");
+    k_raw = interned("RAW_URI");
+    k_protocol = interned("SERVER_PROTOCOL");
+    k_content_type = interned("CONTENT_TYPE");
+    v_http11 = interned("HTTP/1.1");
+    v_empty = interned("");
+    v_comma = interned(",");
+    if (!k_method || !k_path || !k_query || !k_raw || !k_protocol || !k_content_type ||
+        !v_http11 || !v_empty || !v_comma)
+        return NULL;
+    for (int i = 0; i < N_METHODS; i++) {
+        method_text[i] = interned(METHODS[i]);
+        method_bytes[i] = PyBytes_FromString(METHODS[i]);
+        if (!method_text[i] || !method_bytes[i])
+            return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "ABI", FASTHEAD_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

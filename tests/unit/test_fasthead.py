@@ -1,0 +1,203 @@
+"""The C fast path (greenserve._fasthead) against the llhttp path it stands in for.
+
+A head the fast path takes must be one the llhttp path accepts, with the same Head fields and
+the same environ; everything else must be declined (None), never answered differently. Checked
+on the request corpus, on every byte in every position of a plain head, and on generated heads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import httptools
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from greenserve.config import load
+from greenserve.protocols import http_request
+from greenserve.protocols.http import HttpHandler
+from greenserve.protocols.http_request import (
+    EMPTY_INPUT,
+    FAST_PARSE,
+    FASTHEAD_ABI,
+    Head,
+    HttpError,
+    RequestParser,
+    as_http_error,
+    fast_head,
+)
+from greenserve.stats import WorkerStats
+from tests.http_corpus.corpus import MALFORMED, VALID
+from tests.http_corpus.exchanges import EXCHANGES
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "service" / "greenserve" / "_fasthead.c"
+ADDRESS = ("127.0.0.1", 40000)
+FIELDS = [name for name in Head.__slots__ if name not in ("environ", "headers", "path", "query")]
+
+needs_extension = pytest.mark.skipif(
+    FAST_PARSE is None and not os.environ.get("CI"),
+    reason="greenserve._fasthead is not built (no compiler at install)",
+)
+
+
+def handler(root_path: str = "") -> HttpHandler:
+    settings_ = load(["--protocol", "http"], {}).with_changes(root_path=root_path)
+    return HttpHandler(
+        lambda environ, start_response: [],
+        settings_,
+        stats=WorkerStats(),
+        log=structlog.get_logger(),
+        server_address=("127.0.0.1", 8000),
+    )
+
+
+def llhttp_head(data: bytes) -> Head | HttpError | None:
+    """What the llhttp path makes of ``data``: a Head, the error answered, or None (more to
+    read)."""
+    parser = RequestParser(SimpleNamespace(deadline=0.0, parked=False), header_timeout=0)
+    try:
+        parser.feed(data)
+    except httptools.HttpParserUpgrade:
+        return parser.head
+    except httptools.HttpParserError as exc:
+        return as_http_error(exc, data)
+    for event in parser.events:
+        if isinstance(event, (Head, HttpError)):
+            return event
+    return None
+
+
+def compare(data: bytes, root_path: str = "") -> bool:
+    """Assert the fast path agrees with llhttp on ``data``; True when it took the head."""
+    fast = fast_head(data, handler(root_path).base_environ)
+    if fast is None:
+        return False
+    slow = llhttp_head(data)
+    assert isinstance(slow, Head), f"fast path took {data!r}; llhttp gives {slow!r}"
+    assert {f: getattr(fast, f) for f in FIELDS} == {f: getattr(slow, f) for f in FIELDS}
+    served = handler(root_path)
+    assert served.environ(fast, EMPTY_INPUT, ADDRESS) == served.environ(slow, EMPTY_INPUT, ADDRESS)
+    return True
+
+
+def test_the_extension_is_current_and_ci_has_it() -> None:
+    """The ABI in the C source is the one Python asks for; under CI the build must exist (a
+    silent fallback would leave the fast path untested)."""
+    match = re.search(r"#define FASTHEAD_ABI (\d+)", SOURCE.read_text())
+    assert match and int(match.group(1)) == FASTHEAD_ABI
+    if os.environ.get("CI"):
+        assert FAST_PARSE is not None, "greenserve._fasthead was not built"
+
+
+def test_the_switch_turns_it_off() -> None:
+    code = "from greenserve.protocols.http_request import FAST_PARSE; print(FAST_PARSE)"
+    env = {**os.environ, "GREENSERVE_NO_EXTENSIONS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "None", out.stderr
+
+
+def test_without_the_extension_the_python_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    from greenserve.protocols import http
+    from tests.apps.greenserve_testapps import environ_echo
+    from tests.helpers import serve_in_process
+
+    monkeypatch.setattr(http, "FAST_PARSE", None)
+    raw, _ = serve_in_process(environ_echo, [b"GET /a?b HTTP/1.1\r\nHost: h\r\n\r\n"])
+    assert raw.startswith(b"HTTP/1.1 200 ") and b'"PATH_INFO": "/a"' in raw
+
+
+@needs_extension
+class TestAgreement:
+    def test_the_plain_requests_of_wrk_curl_and_browsers_are_taken(self) -> None:
+        heads = [
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n",
+            b"GET /a%20b?x=1&y=%41 HTTP/1.1\r\nHost: h\r\nUser-Agent: c\r\nAccept: */*\r\n\r\n",
+            b"HEAD /x HTTP/1.1\r\nhost: h\r\nConnection: close\r\n\r\n",
+            b"DELETE /x HTTP/1.1\r\nHOST: h\r\nConnection: Keep-Alive\r\nX-Request-ID: r-1\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: h\r\nAccept: a\r\naccept: b\r\nContent-Type: t\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: h\r\nX_Dropped: 1\r\nCookie: a=1; b=2 \t\r\n\r\n",
+            b"OPTIONS /x HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",  # IP literal: declined, still agreed
+        ]
+        taken = [compare(head) for head in heads]
+        assert taken == [True] * 6 + [False]
+
+    def test_root_path_is_stripped_the_same(self) -> None:
+        assert compare(b"GET /app/x%2Fy HTTP/1.1\r\nHost: h\r\n\r\n", root_path="/app")
+
+    @pytest.mark.parametrize(
+        "data",
+        [d for _, d, _ in VALID] + [d for _, d, _ in MALFORMED] + [e[1] for e in EXCHANGES],
+    )
+    def test_corpus(self, data: bytes) -> None:
+        compare(data)
+
+    @pytest.mark.parametrize("where", ["method", "target", "query", "name", "value", "version"])
+    def test_every_byte_everywhere(self, where: str) -> None:
+        taken = 0
+        for byte in range(256):
+            b = bytes([byte])
+            parts = {
+                "method": b"G" + b + b"T /p HTTP/1.1\r\nHost: h\r\n\r\n",
+                "target": b"GET /p" + b + b"q HTTP/1.1\r\nHost: h\r\n\r\n",
+                "query": b"GET /p?" + b + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+                "name": b"GET /p HTTP/1.1\r\nHost: h\r\nX-" + b + b"a: v\r\n\r\n",
+                "value": b"GET /p HTTP/1.1\r\nHost: h" + b + b"\r\nX-A: v" + b + b"w\r\n\r\n",
+                "version": b"GET /p HTTP/1." + b + b"\r\nHost: h\r\n\r\n",
+            }
+            taken += compare(parts[where])
+        assert taken  # the plain form of each is taken: the sweep compared something
+
+
+# Pieces a generated head is made of: the fields the llhttp path acts on, in any case, with
+# values that are valid, invalid or on a limit, and noise.
+NAMES = st.sampled_from(
+    [
+        "Host", "host", "HOST", "Connection", "Proxy-Connection", "Content-Length",
+        "Transfer-Encoding", "Expect", "Upgrade", "X-Request-ID", "Content-Type", "Accept",
+        "X_Under", "X-A", "Cookie", "Te", "", " Host", "Host ", "Ho\tst",
+    ]
+)  # fmt: skip
+SAMPLE_VALUES = [
+    "", "h", "h:80", "h:", "[::1]", "a b", "close", "keep-alive", "Keep-Alive",
+    "close, keep-alive", "upgrade", "websocket", "chunked", "0", "5", "100-continue",
+    "x" * 200, "x" * 201, " v ", "\tv", "v\x00", "v\x7f", "caf\xe9", "a,b", "a;b=c",
+]  # fmt: skip
+VALUES = st.one_of(
+    st.sampled_from(SAMPLE_VALUES),
+    st.text(st.characters(min_codepoint=0, max_codepoint=255), max_size=12),
+)
+TARGETS = st.one_of(
+    st.sampled_from(["/", "/p?q", "/a%2", "/a%zz", "/%41%42", "*", "http://h/p", "/#f", "//"]),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7F), max_size=10).map(
+        lambda t: "/" + t
+    ),
+)
+
+
+@needs_extension
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "get"]),
+    target=TARGETS,
+    version=st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 "]),
+    fields=st.lists(st.tuples(NAMES, VALUES), max_size=6),
+    tail=st.sampled_from([b"", b"", b"x", b"GET / HTTP/1.1\r\n"]),
+)
+def test_generated_heads(
+    method: str, target: str, version: str, fields: list[tuple[str, str]], tail: bytes
+) -> None:
+    lines = [f"{method} {target} {version}"] + [f"{name}: {value}" for name, value in fields]
+    compare("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + tail)
+
+
+def test_fast_head_is_none_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_request, "FAST_PARSE", None)
+    assert fast_head(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", {}) is None

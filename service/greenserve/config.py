@@ -831,6 +831,7 @@ def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> Resolved:
                 "inherit",  # set by a master for the new master of a USR2 upgrade
                 "upgrade_from",
                 "keyfile_password",  # read by greenserve.tls: never on the command line
+                "no_extensions",  # read by protocols.http_request at import: C fast path off
             )
         ):
             raise ConfigError(f"unknown environment setting {key}")

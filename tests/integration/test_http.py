@@ -183,8 +183,10 @@ class TestExchanges:
 class TestApps:
     """WSGI compliance and real clients."""
 
-    def test_validator_wrapped_app(self):
-        with serving_http("greenserve_testapps:validated") as server:
+    @pytest.mark.parametrize("env", [{}, {"GREENSERVE_NO_EXTENSIONS": "1"}], ids=["c", "python"])
+    def test_validator_wrapped_app(self, env):
+        """wsgiref's validator on the environ of both paths (C fast path, and without it)."""
+        with serving_http("greenserve_testapps:validated", env=env) as server:
             server.started()
             conn = http.client.HTTPConnection(*server.address, timeout=10)
             for method, body in (("GET", None), ("POST", b"x" * 5000), ("HEAD", None)):

@@ -74,11 +74,11 @@ _UNKNOWN = object()
 
 # The C accelerator's interface version this module expects (see _fasthead.c). A build older
 # than its source (an editable install not rebuilt) is ignored rather than trusted.
-FASTHEAD_ABI = 1
+FASTHEAD_ABI = 2
 
 
 def _load_fasthead() -> Any:
-    """greenserve._fasthead.parse, or None: not built (no compiler at install), stale, or
+    """The greenserve._fasthead module, or None: not built (no compiler at install), stale, or
     turned off with GREENSERVE_NO_EXTENSIONS=1 (the same switch idea as aiohttp's)."""
     if os.environ.get("GREENSERVE_NO_EXTENSIONS"):
         return None
@@ -86,10 +86,11 @@ def _load_fasthead() -> Any:
         from greenserve import _fasthead  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _fasthead.parse if getattr(_fasthead, "ABI", None) == FASTHEAD_ABI else None
+    return _fasthead if getattr(_fasthead, "ABI", None) == FASTHEAD_ABI else None
 
 
-FAST_PARSE = _load_fasthead()
+FASTHEAD = _load_fasthead()
+FAST_PARSE = FASTHEAD.parse if FASTHEAD is not None else None
 
 
 def _environ_key(name: bytes) -> str | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gevent import socket as gsocket
 
-from greenserve.protocols.http_request import Head
+from greenserve.protocols.http_request import FASTHEAD, Head
 
 if TYPE_CHECKING:  # the connection that owns this request (no import at run time: no cycle)
     from greenserve.protocols.http import HttpConnection, HttpHandler
@@ -48,6 +48,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
+
+# The first write of a plain response, built in C (_fasthead.c); None without the extension.
+FIRST_WRITE = FASTHEAD.first_write if FASTHEAD is not None else None
 
 
 class DateCache:
@@ -257,6 +260,8 @@ class Response:
         if not self.headers_sent:
             if len(data) <= SMALL_BODY and not self.no_body:
                 # headers and a small body in one write (the hot path: _start inlined)
+                if FIRST_WRITE is not None and self.head.version == "1.1" and self._first(data):
+                    return
                 head = self._head_bytes()
                 self.sock.sendall(head + self._frame(data))
                 self.headers_sent = True
@@ -268,6 +273,31 @@ class Response:
         elif self.no_body:
             return
         self.sock.sendall(self._frame(data))
+
+    def _first(self, data: bytes) -> bool:
+        """Headers and ``data`` built in C and sent, when every header was validated before and
+        the length is known; False leaves it to _head_bytes (the same bytes, made in Python)."""
+        handler = self.handler
+        draining = handler.draining
+        built = FIRST_WRITE(
+            self.status,
+            self.headers,
+            _VALID_HEADERS,
+            data,
+            self.expected,
+            self.request_id,
+            self.keep_alive and not draining,
+            handler.date.end(),
+        )
+        if built is None:
+            return False
+        wire, self.length = built
+        if draining:
+            self.keep_alive = False
+        self.body_sent = len(data)
+        self.sock.sendall(wire)
+        self.headers_sent = True
+        return True
 
     def _start(self, data: bytes = b"") -> None:
         """Send the header block, with ``data`` after it; until this, a 500 is still possible."""

@@ -638,22 +638,38 @@ def balance(rounds: int) -> dict[str, Any]:
     return {name: statistics.median(r) for name, r in results.items()}
 
 
-def idle_memory(connections: int) -> dict[str, float]:
-    """RSS growth of one worker per idle connection at ``connections`` connections."""
+IDLE_REQUEST = b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+
+
+def idle_memory(connections: int, mode: str = "echo") -> dict[str, float]:
+    """RSS growth of one worker per idle connection at ``connections`` connections.
+
+    ``mode``: "echo" (TCP, nothing sent), "http" (an HTTP worker, nothing sent: a proxy's
+    pre-opened pool) or "http after a request" (each answered once, then idle in keep-alive).
+    """
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, connections * 2 + 1000), hard))
     port, mport = free_port(), free_port()
-    with started(
-        _greenserve(port, mport, "--workers", "1", "--max-connections", str(connections + 100)),
-        port,
-    ) as proc:
-        wait_port(port)
+    protocol = () if mode == "echo" else ("greenserve.apps:hello", "--protocol", "http")
+    limit = ("--max-connections", str(connections + 100), "--keepalive-timeout", "600")
+    with started(_greenserve(port, mport, "--workers", "1", *protocol, *limit), port) as proc:
+        (wait_port if mode == "echo" else wait_http)(port)
         _healthy(mport)
         worker = _worker_pid(mport)
+        if mode == "http after a request":  # a first request: its one-time allocations
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(IDLE_REQUEST)
+                sock.recv(4096)
         before = _rss(worker)
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+        if mode == "http after a request":
+            for sock in socks:
+                sock.sendall(IDLE_REQUEST)
+            for sock in socks:
+                if not sock.recv(4096).startswith(b"HTTP/1.1 200 "):
+                    raise RuntimeError("an idle-memory request was not answered")
         _active_reaches(mport, connections, timeout=30)
         after = _rss(worker)
         for sock in socks:
@@ -661,7 +677,7 @@ def idle_memory(connections: int) -> dict[str, float]:
         assert proc.poll() is None
     per = (after - before) / connections
     print(
-        f"\nMemory: {connections:,} idle connections on one worker: "
+        f"\nMemory, {mode}: {connections:,} idle connections on one worker: "
         f"+{(after - before) / 1e6:.1f} MB, {per / 1024:.2f} KiB per connection"
     )
     return {"connections": connections, "rss_growth_bytes": after - before, "per_connection": per}
@@ -840,13 +856,20 @@ def main() -> None:
     if args.only in ("all", "lifecycle"):
         report["balance"] = balance(args.rounds)
         report["memory"] = idle_memory(args.idle_connections)
+        report["memory_http"] = idle_memory(args.idle_connections, "http")
+        report["memory_http_after_request"] = idle_memory(
+            args.idle_connections, "http after a request"
+        )
         report["respawn"] = respawn(args.rounds)
         print("\nGoals")
         for name, ratio in report["balance"].items():
             goals.append(goal(f"balance max/min, {name}", ratio, 1.25, False))
-        goals.append(
-            goal("KiB per idle connection", report["memory"]["per_connection"] / 1024, 10, False)
-        )
+        for key, name in (
+            ("memory", "KiB per idle connection"),
+            ("memory_http", "KiB per idle HTTP connection"),
+            ("memory_http_after_request", "KiB per idle HTTP connection after a request"),
+        ):
+            goals.append(goal(name, report[key]["per_connection"] / 1024, 10, False))
         goals.append(
             goal(
                 "respawn to serving (ms)", report["respawn"]["kill_to_serving_s"] * 1000, 300, False

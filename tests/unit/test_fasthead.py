@@ -65,7 +65,7 @@ def llhttp_head(data: bytes) -> Head | HttpError | None:
     read)."""
     parser = RequestParser(SimpleNamespace(deadline=0.0, parked=False), header_timeout=0)
     try:
-        parser.feed(data)
+        parser.start()(data)
     except httptools.HttpParserUpgrade:
         return parser.head
     except httptools.HttpParserError as exc:
@@ -297,3 +297,45 @@ class TestFirstWrite:
         case = (status, headers, chunks, expected, method, version, keep_alive, draining)
         python = respond(None, *case)  # first: fills the header cache the C path reads
         assert respond(FIRST_WRITE, *case) == python
+
+
+# -- what an idle connection keeps -----------------------------------------------------------------
+
+
+def connection_after(chunks: list[bytes]) -> Any:
+    """An HttpConnection that served ``chunks`` to the end of the stream (hello app)."""
+    from greenserve import apps
+    from greenserve.protocols.http import HttpConnection
+    from tests.helpers import ScriptedSocket
+
+    served = handler()
+    served.app = apps.hello
+    sock = ScriptedSocket(chunks)
+    connection = HttpConnection(served, sock, ADDRESS)
+    connection.serve()
+    assert bytes(sock.sent).count(b"HTTP/1.1 200 ") == len(chunks)
+    return connection
+
+
+@needs_extension
+def test_plain_requests_never_make_llhttp_and_leave_nothing_behind() -> None:
+    """llhttp (about 0.9 KB) is made only when a read needs it; after a request the connection
+    holds neither its Response nor its environ."""
+    plain = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    connection = connection_after([plain, plain])
+    assert connection.parser.parser is None
+    assert connection.response is None
+
+
+def test_a_request_the_fast_path_declines_makes_llhttp() -> None:
+    posted = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab"
+    connection = connection_after([posted, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"])
+    assert connection.parser.parser is not None
+    assert connection.response is None
+
+
+def test_a_released_parser_is_not_made_again() -> None:
+    parser = RequestParser(SimpleNamespace(deadline=0.0, parked=False), header_timeout=0)
+    parser.release()
+    with pytest.raises(RuntimeError, match="released"):
+        parser.start()

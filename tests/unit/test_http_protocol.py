@@ -13,6 +13,17 @@ from tests.http_corpus.corpus import MALFORMED, VALID, chunked, req
 from tests.http_corpus.exchanges import EXCHANGES, LAST, check_exchange
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def both_paths(request, monkeypatch):
+    """Every case twice: with the C fast path (greenserve._fasthead) and without it, the path a
+    machine without a compiler runs."""
+    if request.param == "python":
+        from greenserve.protocols import http, http_response
+
+        monkeypatch.setattr(http, "FAST_PARSE", None)
+        monkeypatch.setattr(http_response, "FIRST_WRITE", None)
+
+
 def run(request: bytes, mode: str = "whole", app=conformance, **options):
     return serve_in_process(app, split(request, mode, zlib.crc32(request)), **options)
 

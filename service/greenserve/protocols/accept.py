@@ -72,6 +72,29 @@ class CountingServer(StreamServer):
         if not self.closed:
             self.start_accepting()
 
+    def do_handle(self, sock: Any, address: Any) -> None:
+        """gevent's do_handle without its ``handle(*args)``: in Python 3.11 a star-call is not
+        inlined but runs a second interpreter loop in C, and every idle connection's greenlet
+        keeps its C stack saved on the heap (3.3 KB, 2.95 KB without it: greenlet's
+        _stack_saved). The handler is taken now, as gevent does: close() removes it."""
+        spawn = self._spawn
+        handle, close = self._handle, self.do_close
+        try:
+            if spawn is None:
+                _serve(handle, close, sock, address)
+            else:
+                spawn(_serve, handle, close, sock, address)
+        except BaseException:
+            close(sock, address)
+            raise
+
+
+def _serve(handle: Any, close: Any, sock: Any, address: Any) -> None:
+    try:
+        handle(sock, address)
+    finally:
+        close(sock, address)
+
 
 class BalancedServer(CountingServer):
     """A StreamServer that defers an accept to an idler sibling, at most once per connection."""

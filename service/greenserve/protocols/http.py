@@ -74,6 +74,26 @@ class _Closed(Exception):
 class HttpConnection:
     """One client connection: requests in order, one at a time, until close."""
 
+    # Slots: one of these lives as long as each idle keep-alive connection.
+    __slots__ = (
+        "address",
+        "closing",
+        "continue_sent",
+        "events",
+        "extra_environ",
+        "handler",
+        "history",
+        "history_base",
+        "parser",
+        "response",
+        "served",
+        "sock",
+        "timed_out",
+        "trusted_peer",
+        "upgrade_tail",
+        "watched",
+    )
+
     def __init__(self, handler: HttpHandler, sock: CountingSocket, address: Any) -> None:
         # Per-connection state
         self.handler = handler
@@ -88,7 +108,6 @@ class HttpConnection:
         self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
         self.trusted_peer = False  # in --forwarded-allow-ips: its forwarded headers count
         self.upgrade_tail = b""  # bytes read past an Upgrade request's head
-        self.watched.expire = self._expire
         # Reads since the last request boundary (see _rejected_request); None past the limit.
         self.history: bytes | None = b""
         self.history_base = 0  # parser.completed when history started
@@ -121,8 +140,9 @@ class HttpConnection:
                 watched.parked = False
                 self.events.append(head)
                 return
+        feed = parser.feed or parser.start()
         try:
-            parser.feed(data)
+            feed(data)
         except httptools.HttpParserUpgrade as exc:
             # The connection stops being HTTP after this request: the app may take it over
             # (WebSockets: see _run_app), or answer it, and then it closes. Bytes after the
@@ -263,6 +283,8 @@ class HttpConnection:
                 keep = self._respond(head)
             finally:
                 stats.http_requests_in_flight -= 1
+                # an idle keep-alive connection keeps no request: the app's header list, ids
+                self.response = None
             if not keep:
                 return
             # Fairness (protocols/turns.py): only a request already read needs a step back;
@@ -334,6 +356,8 @@ class HttpConnection:
                 environ["wsgi.websocket"] = websocket
         elif handler.request_timeout:  # a connection taken over is no request any more
             self.watched.request_deadline = time.monotonic() + handler.request_timeout
+            # set per request, not per connection: no bound method kept by each idle one
+            self.watched.expire = self._expire
         try:
             keep = self._run_app(head, body, writer, environ)
         except RequestTimeout:
@@ -344,6 +368,7 @@ class HttpConnection:
                 websocket.finish()
             if handler.request_timeout:
                 self.watched.request_deadline = 0.0
+                self.watched.expire = None
             REQUEST_ID.reset(context)
         duration = time.perf_counter() - started
         if self.timed_out is not None:
@@ -593,6 +618,7 @@ class HttpHandler:
     def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
         environ = head.environ
         if environ is not None:  # built by FAST_PARSE from base_environ: the request's part
+            head.environ = None  # the Head outlives the request (Response.head): not the environ
             if self.root_path:
                 environ["PATH_INFO"] = self._below_root(environ["PATH_INFO"])
             environ["REMOTE_ADDR"] = str(address[0]) if address else ""

@@ -75,8 +75,9 @@ class CountingServer(StreamServer):
     def do_handle(self, sock: Any, address: Any) -> None:
         """gevent's do_handle without its ``handle(*args)``: in Python 3.11 a star-call is not
         inlined but runs a second interpreter loop in C, and every idle connection's greenlet
-        keeps its C stack saved on the heap (3.3 KB, 2.95 KB without it: greenlet's
-        _stack_saved). The handler is taken now, as gevent does: close() removes it."""
+        keeps its C stack saved on the heap (median greenlet._stack_saved over 300 idle
+        connections: 3,320 bytes with it, 2,808 without). The handler is taken now, as gevent
+        does: close() removes it."""
         spawn = self._spawn
         handle, close = self._handle, self.do_close
         try:

@@ -617,34 +617,37 @@ class HttpHandler:
 
     def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
         environ = head.environ
-        if environ is not None:  # built by FAST_PARSE from base_environ: the request's part
+        if environ is None:
+            environ = self._parsed_environ(head)
+        else:  # built by FAST_PARSE from base_environ: the request's part
             head.environ = None  # the Head outlives the request (Response.head): not the environ
-            if self.root_path:
-                environ["PATH_INFO"] = self._below_root(environ["PATH_INFO"])
-            environ["REMOTE_ADDR"] = str(address[0]) if address else ""
-            environ["REMOTE_PORT"] = str(address[1]) if address else ""
-            environ["wsgi.input"] = body
-            return environ
+        root = self.root_path
+        if root:
+            path_info = environ["PATH_INFO"]
+            if path_info == root or path_info.startswith(root + "/"):
+                # the proxy kept the prefix: SCRIPT_NAME has it, PATH_INFO the rest
+                environ["PATH_INFO"] = path_info[len(root) :]
+        environ["REMOTE_ADDR"] = str(address[0]) if address else ""
+        environ["REMOTE_PORT"] = str(address[1]) if address else ""
+        environ["wsgi.input"] = body
+        return environ
+
+    def _parsed_environ(self, head: Head) -> dict[str, Any]:
+        """The request's part of the environ from a head llhttp parsed (what _fasthead.parse
+        builds for the plain ones)."""
         environ = dict(self.base_environ)
         path = head.path
         method = head.method
         environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
         if _PERCENT in path:  # an int: see http_request._HASH
             path = unquote_to_bytes(path)
-        path_info = path.decode("latin-1")
-        root = self.root_path
-        if root:
-            path_info = self._below_root(path_info)
-        environ["PATH_INFO"] = path_info
+        path_info = environ["PATH_INFO"] = path.decode("latin-1")
         query = head.query
         environ["QUERY_STRING"] = query.decode("latin-1") if query else ""
         url = head.url
         # most targets are a bare path: its text is already decoded
-        environ["RAW_URI"] = path_info if url is path and not root else url.decode("latin-1")
+        environ["RAW_URI"] = path_info if url is path else url.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/" + head.version
-        environ["REMOTE_ADDR"] = str(address[0]) if address else ""
-        environ["REMOTE_PORT"] = str(address[1]) if address else ""
-        environ["wsgi.input"] = body
         chunked = head.chunked
         for key, value in head.headers:
             if key is None or (chunked and key == "HTTP_TRANSFER_ENCODING"):
@@ -657,13 +660,6 @@ class HttpHandler:
             else:
                 environ[key] = text
         return environ
-
-    def _below_root(self, path_info: str) -> str:
-        """The proxy kept the --root-path prefix: SCRIPT_NAME has it, PATH_INFO the rest."""
-        root = self.root_path
-        if path_info == root or path_info.startswith(root + "/"):
-            return path_info[len(root) :]
-        return path_info
 
 
 _PERCENT = ord("%")

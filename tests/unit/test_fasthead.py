@@ -338,4 +338,4 @@ def test_a_released_parser_is_not_made_again() -> None:
     parser = RequestParser(SimpleNamespace(deadline=0.0, parked=False), header_timeout=0)
     parser.release()
     with pytest.raises(RuntimeError, match="released"):
-        parser.start()
+        (parser.feed or parser.start())(b"GET / HTTP/1.1\r\n")  # as HttpConnection._feed reads

@@ -174,7 +174,6 @@ class RequestParser:
         "header_bytes",
         "header_timeout",
         "parser",
-        "released",
         "sock",
         "untimed",
         "valid_host",
@@ -199,13 +198,10 @@ class RequestParser:
         self.parser: httptools.HttpRequestParser | None = None
         self.feed: Any = None  # the parser's own feed_data: no Python frame per read
         self.valid_host = b""  # the last Host value checked: keep-alive requests repeat it
-        self.released = False
 
     def start(self) -> Any:
         """llhttp for this connection, from its first read on or from a request boundary (the
         fast path only ever takes whole requests): a new parser is in the same state."""
-        if self.released:
-            raise RuntimeError("the connection stopped being HTTP (released)")
         self.parser = request_parser(self)
         self.feed = self.parser.feed_data
         return self.feed
@@ -213,8 +209,8 @@ class RequestParser:
     def release(self) -> None:
         """The connection stops being HTTP (an Upgrade taken over): free llhttp's state, which
         otherwise lives as long as the WebSocket does. Feeding it afterwards raises."""
-        self.parser = self.feed = None
-        self.released = True
+        self.parser = None
+        self.feed = _released  # not None: a read must not start a new parser
         self.head = None
 
     def on_message_begin(self) -> None:
@@ -320,6 +316,10 @@ class RequestParser:
         self.at_boundary = True
         self.completed += 1
         self.events.append(END)
+
+
+def _released(data: bytes) -> None:
+    raise RuntimeError("the connection stopped being HTTP (released)")
 
 
 def _supported_version(parser: httptools.HttpRequestParser) -> str:

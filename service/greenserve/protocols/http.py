@@ -26,6 +26,7 @@ import httptools
 from greenserve import __version__
 from greenserve.config import Settings
 from greenserve.logs import REQUEST_ID
+from greenserve.protocols.chunk_ext import ChunkLines, body_starts
 from greenserve.protocols.http_request import (
     DRAIN_LIMIT,
     EMPTY_INPUT,
@@ -77,6 +78,7 @@ class HttpConnection:
     # Slots: one of these lives as long as each idle keep-alive connection.
     __slots__ = (
         "address",
+        "chunk_lines",
         "closing",
         "continue_sent",
         "events",
@@ -108,6 +110,7 @@ class HttpConnection:
         self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
         self.trusted_peer = False  # in --forwarded-allow-ips: its forwarded headers count
         self.upgrade_tail = b""  # bytes read past an Upgrade request's head
+        self.chunk_lines: ChunkLines | None = None  # a chunked body's size lines, across reads
         # Reads since the last request boundary (see _rejected_request); None past the limit.
         self.history: bytes | None = b""
         self.history_base = 0  # parser.completed when history started
@@ -140,6 +143,8 @@ class HttpConnection:
                 watched.parked = False
                 self.events.append(head)
                 return
+        if self.chunk_lines is not None and not self._chunk_lines_pass(data):
+            return
         feed = parser.feed or parser.start()
         try:
             feed(data)
@@ -159,12 +164,54 @@ class HttpConnection:
         except httptools.HttpParserError as exc:
             self.events.append(as_http_error(exc, data))
         else:
+            if parser.chunked_heads is not None:
+                self._check_chunked(data)
             if parser.at_boundary:  # the common case: whole requests in each read
                 self.history = b""
                 self.history_base = parser.completed
             elif self.history is not None:
                 history = self.history + data
                 self.history = history if len(history) <= HISTORY_LIMIT else None
+
+    def _chunk_lines_pass(self, data: bytes) -> bool:
+        """Check the size lines in a read of a chunked body under way, before llhttp sees it;
+        False (and a 400 queued) for one RFC 9112 forbids and llhttp lets through."""
+        lines = self.chunk_lines
+        assert lines is not None
+        try:
+            lines.feed(data)
+        except HttpError as exc:  # the reader of this body answers it, and the connection ends
+            self.chunk_lines = None
+            self.events.append(exc)
+            return False
+        if lines.done:
+            self.chunk_lines = None
+        return True
+
+    def _check_chunked(self, data: bytes) -> None:
+        """The size lines of the chunked requests whose heads this read completed, up to the
+        end of the read; a 400 takes the place of everything queued after a bad one's head.
+
+        A head behind more than HISTORY_LIMIT bytes of an earlier request cannot be placed
+        (``history`` was dropped): its size lines are left to llhttp alone.
+        """
+        parser = self.parser
+        heads, parser.chunked_heads = parser.chunked_heads or [], None
+        if self.history is None:
+            return
+        buffer = self.history + data
+        ordinals = [completed - self.history_base for completed, _ in heads]
+        # strict=False: a head a fresh parser cannot place (never seen) is left to llhttp
+        for (_, index), start in zip(heads, body_starts(buffer, ordinals), strict=False):
+            lines = ChunkLines()
+            try:
+                lines.feed(buffer[start:])
+            except HttpError as exc:
+                del self.events[index + 1 :]  # answered in place of its body, then the end
+                self.events.append(exc)
+                self.chunk_lines = None
+                return
+            self.chunk_lines = None if lines.done else lines
 
     def _rejected_request(self, data: bytes) -> bytes | None:
         """The bytes of the request llhttp rejected, from its start; None if that is unknown.

@@ -3,10 +3,11 @@
 httptools (llhttp, the parser of Node.js) rejects ambiguous framing (Content-Length with
 Transfer-Encoding, duplicate Content-Length, bad chunk sizes, obs-fold, bad header names and
 values); ``RequestParser`` adds the limits (414, 431, 413), 400 for a missing, repeated or
-malformed Host and for a request-target that is not origin-form, absolute-form or ``OPTIONS *``,
-501 for transfer codings other than chunked and for unknown methods, 505 for versions other than
-1.0 and 1.1. Its callbacks only queue events (a head, body chunks, END); ``Input`` (the app's
-``wsgi.input``) pulls body events from its connection on demand.
+malformed Host and for a request-target that is not origin-form, absolute-form or ``OPTIONS *``
+or that has a fragment, 501 for transfer codings other than chunked and for unknown methods, 505
+for versions other than 1.0 and 1.1 (chunk extensions: chunk_ext.py). Its callbacks only queue
+events (a head, body chunks, END); ``Input`` (the app's ``wsgi.input``) pulls body events from its
+connection on demand.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class RequestParser:
 
     __slots__ = (  # one per open connection, idle ones included
         "at_boundary",
+        "chunked_heads",
         "completed",
         "events",
         "feed",
@@ -198,6 +200,9 @@ class RequestParser:
         self.parser: httptools.HttpRequestParser | None = None
         self.feed: Any = None  # the parser's own feed_data: no Python frame per read
         self.valid_host = b""  # the last Host value checked: keep-alive requests repeat it
+        # Chunked heads completed in the current read, as (requests completed before it, its
+        # index in events), for their size lines to be checked (chunk_ext.py); None when none.
+        self.chunked_heads: list[tuple[int, int]] | None = None
 
     def start(self) -> Any:
         """llhttp for this connection, from its first read on or from a request boundary (the
@@ -307,7 +312,12 @@ class RequestParser:
             head.path = path
         else:
             _split_target(head)
-        self.events.append(head)
+        events = self.events
+        events.append(head)
+        if head.chunked:
+            if self.chunked_heads is None:
+                self.chunked_heads = []
+            self.chunked_heads.append((self.completed, len(events) - 1))
 
     def on_body(self, body: bytes) -> None:
         self.events.append(body)
@@ -333,9 +343,13 @@ def _supported_version(parser: httptools.HttpRequestParser) -> str:
 def _split_target(head: Head) -> None:
     """PATH_INFO and QUERY_STRING from the request-target, or 400 (RFC 9112 3.2)."""
     url = head.url
+    if _HASH in url:
+        # RFC 9112 3.2: neither origin-form nor absolute-form has a fragment (nginx and h11
+        # answer 400 too); curl, requests, browsers and wrk drop it before sending.
+        raise HttpError(400, "fragment in request-target")
     if url[:1] == b"/":  # origin-form, by far the most common
-        path, _, query = url.partition(b"?")
-        head.path, head.query = path.partition(b"#")[0], query
+        path, _, head.query = url.partition(b"?")
+        head.path = path
     elif url == b"*":
         if head.method != b"OPTIONS":
             raise HttpError(400, "the asterisk form is only for OPTIONS")

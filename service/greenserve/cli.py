@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"greenserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     settings = resolved.settings
+    if resolved.print_config or resolved.check_config:
+        for warning in resolved.warnings:
+            print(f"greenserve: warning: {warning}", file=sys.stderr)
     if resolved.print_config:
         rows = describe(resolved)
         width = max(len(name) for name, _, _ in rows)
@@ -60,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    for warning in resolved.warnings:
+        logs.get().warning(
+            "unknown_environment_setting", name=warning.name, closest=warning.closest
+        )
     # Imported late: --help, tools and usage errors answer without loading the master.
     from greenserve.master import Master
 

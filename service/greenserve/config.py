@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -801,6 +803,72 @@ def read_file(path: str, *, strict: bool = True) -> dict[str, Any]:
     return dict(table)
 
 
+# GREENSERVE_* names that are not options but mean something to greenserve.
+_ENV_NAMES = (
+    "config",
+    "app",
+    "inherit",  # set by a master for the new master of a USR2 upgrade
+    "upgrade_from",
+    "keyfile_password",  # read by greenserve.tls: never on the command line
+    "no_extensions",  # read by protocols.http_request at import: C fast path off
+)
+
+# Kubernetes links every Service of a namespace into each of its pods (enableServiceLinks) as
+# <NAME>_SERVICE_HOST, <NAME>_SERVICE_PORT[_<PORT NAME>], <NAME>_PORT and
+# <NAME>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]: a Service named greenserve or greenserve-* puts
+# GREENSERVE_ names in the environment that nobody chose for us.
+_SERVICE_LINK = re.compile(
+    ENV_PREFIX + r"(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)"
+)
+
+
+@dataclass(frozen=True)
+class UnknownEnv:
+    """A GREENSERVE_* variable that names no setting: ignored, and said once at start."""
+
+    name: str
+    closest: str | None  # the environment name of the nearest real setting
+
+    def __str__(self) -> str:
+        hint = f"; did you mean {self.closest}?" if self.closest else ""
+        return f"unknown environment setting {self.name} ignored{hint}"
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[UnknownEnv]:
+    """The GREENSERVE_* variables that are neither a setting nor a Kubernetes service link.
+
+    Not an error: an environment is shared with things we do not control (a platform's
+    injected names), and a crash loop over one of them takes a whole Deployment down.
+    """
+    known = [*OPTIONS_BY_NAME, *_ENV_NAMES]
+    unknown = []
+    for key in sorted(environ):
+        name = key[len(ENV_PREFIX) :].lower()
+        if not key.startswith(ENV_PREFIX) or name in known or _SERVICE_LINK.fullmatch(key):
+            continue
+        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        unknown.append(UnknownEnv(key, ENV_PREFIX + closest[0].upper() if closest else None))
+    return unknown
+
+
+_BOOL_WORDS = frozenset(("true", "false", "yes", "no", "on", "off", "1", "0"))
+
+
+def _switch_values(argv: Sequence[str]) -> list[str]:
+    """A switch's value is optional (``--access-log`` or ``--access-log false``): a next word
+    that is no boolean is not its value but the next argument (``--access-log app:app``)."""
+    switches = {f for option in OPTIONS if option.switch for f in (option.flag, option.short) if f}
+    args = list(argv)
+    out: list[str] = []
+    for index, arg in enumerate(args):
+        out.append(arg)
+        following = args[index + 1] if index + 1 < len(args) else None
+        if arg in switches and following is not None and following.lower() not in _BOOL_WORDS:
+            out.append("true")
+    return out
+
+
 @dataclass(frozen=True)
 class Resolved:
     """Settings, where each value came from, and what the command line asked to do."""
@@ -809,6 +877,7 @@ class Resolved:
     sources: dict[str, str]  # option name -> "default", "file FILE", "env NAME" or "command line"
     check_config: bool = False
     print_config: bool = False
+    warnings: tuple[UnknownEnv, ...] = ()
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
@@ -818,23 +887,8 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
 
 def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> Resolved:
     """``load`` with the source of each value and the --check-config/--print-config flags."""
-    cli = vars(build_parser().parse_args(list(argv)))
-    for key in environ:
-        name = key[len(ENV_PREFIX) :].lower()
-        if (
-            key.startswith(ENV_PREFIX)
-            and name not in OPTIONS_BY_NAME
-            and name
-            not in (
-                "config",
-                "app",
-                "inherit",  # set by a master for the new master of a USR2 upgrade
-                "upgrade_from",
-                "keyfile_password",  # read by greenserve.tls: never on the command line
-                "no_extensions",  # read by protocols.http_request at import: C fast path off
-            )
-        ):
-            raise ConfigError(f"unknown environment setting {key}")
+    cli = vars(build_parser().parse_args(_switch_values(argv)))
+    warnings = tuple(unknown_environment(environ))
 
     config_path = cli.get("config") or environ.get(ENV_PREFIX + "CONFIG") or None
     file_values = read_file(config_path) if config_path else {}
@@ -875,6 +929,7 @@ def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> Resolved:
         sources,
         check_config=bool(cli.get("check_config")),
         print_config=bool(cli.get("print_config")),
+        warnings=warnings,
     )
 
 

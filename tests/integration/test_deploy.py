@@ -368,3 +368,62 @@ class TestLoadBalancers:
         assert env["GREENSERVE_WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == (
             "limits.cpu"
         )
+
+
+def kubelet_environment(folder: Path, cpus: str) -> tuple[list[str], dict[str, str]]:
+    """The Deployment's container args and the environment the kubelet would give it: its env
+    entries (limits.cpu resolved) and, as if enableServiceLinks were on, the service links of
+    every Service in the folder (what a namespace with a Service named greenserve injects)."""
+    deployment = yaml.safe_load((folder / "deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for item in container["env"]:
+        env[item["name"]] = item.get("value", cpus)
+    for document in yaml.safe_load_all((folder / "service.yaml").read_text()):
+        name = document["metadata"]["name"].upper().replace("-", "_")
+        ip = "10.96.0.12"
+        env[f"{name}_SERVICE_HOST"] = ip
+        for index, port in enumerate(document["spec"]["ports"]):
+            number, proto = port["port"], port.get("protocol", "TCP")
+            if index == 0:
+                env[f"{name}_SERVICE_PORT"] = str(number)
+                env[f"{name}_PORT"] = f"{proto.lower()}://{ip}:{number}"
+            env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(number)
+            prefix = f"{name}_PORT_{number}_{proto}"
+            env[prefix] = f"{proto.lower()}://{ip}:{number}"
+            env.update({f"{prefix}_PROTO": proto.lower(), f"{prefix}_PORT": str(number)})
+            env[f"{prefix}_ADDR"] = ip
+    return container["args"], env
+
+
+class TestKubernetesPod:
+    """The shipped Deployment's container, started as the kubelet starts it."""
+
+    def test_starts_with_the_injected_environment_and_serves(self):
+        folder = DEPLOY / "kubernetes"
+        args, env = kubelet_environment(folder, cpus="2")
+        assert "GREENSERVE_SERVICE_HOST" in env and "GREENSERVE_PORT_80_TCP_ADDR" in env
+        # Only loopback here: the pod's addresses become free ports on 127.0.0.1, and its app
+        # one of the test apps; every other argument is the manifest's own.
+        args = list(args)
+        args[0] = "flask_app:app"
+        args[args.index("--bind") + 1] = f"127.0.0.1:{free_port()}"
+        args[args.index("--metrics-bind") + 1] = f"127.0.0.1:{free_port()}"
+        with running(*args, env=env) as server:
+            server.started()
+            assert server.workers == 2
+            status, _, _ = server.get("/healthz")
+            assert status == 200
+            assert not server.find("unknown_environment_setting"), server.output
+
+    def test_an_unknown_setting_is_a_warning_that_names_the_closest(self):
+        with running("-w", "1", env={"GREENSERVE_WORKRES": "2"}) as server:
+            server.started()
+            [warning] = server.wait_event("unknown_environment_setting")
+            assert warning["name"] == "GREENSERVE_WORKRES"
+            assert warning["closest"] == "GREENSERVE_WORKERS"
+            assert echo_round_trip(server.address, b"ping") == b"ping"
+
+    def test_the_deployment_turns_service_links_off(self):
+        deployment = yaml.safe_load((DEPLOY / "kubernetes" / "deployment.yaml").read_text())
+        assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False

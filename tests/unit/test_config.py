@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from greenserve.config import OPTIONS, Address, ConfigError, load, usable_cpus
+from greenserve.config import OPTIONS, Address, ConfigError, load, resolve, usable_cpus
 
 
 def _write(tmp_path, text: str) -> str:
@@ -87,9 +87,41 @@ class TestErrors:
         with pytest.raises(ConfigError, match=r"GREENSERVE_WORKERS.*'many'"):
             load([], {"GREENSERVE_WORKERS": "many"})
 
-    def test_unknown_env_setting(self):
-        with pytest.raises(ConfigError, match="GREENSERVE_WORKRES"):
-            load([], {"GREENSERVE_WORKRES": "2"})
+    def test_unknown_env_setting_is_a_warning_with_the_closest_name(self):
+        resolved = resolve([], {"GREENSERVE_WORKRES": "2"})
+        [warning] = resolved.warnings
+        assert warning.name == "GREENSERVE_WORKRES" and warning.closest == "GREENSERVE_WORKERS"
+        assert "GREENSERVE_WORKRES" in str(warning) and "GREENSERVE_WORKERS" in str(warning)
+
+    def test_kubernetes_service_links_are_ignored(self):
+        """What the kubelet injects for Services named greenserve and greenserve-metrics."""
+        links = {
+            "GREENSERVE_SERVICE_HOST": "10.96.0.12",
+            "GREENSERVE_SERVICE_PORT": "8000",
+            "GREENSERVE_SERVICE_PORT_HTTP": "8000",
+            "GREENSERVE_PORT": "tcp://10.96.0.12:8000",
+            "GREENSERVE_PORT_8000_TCP": "tcp://10.96.0.12:8000",
+            "GREENSERVE_PORT_8000_TCP_PROTO": "tcp",
+            "GREENSERVE_PORT_8000_TCP_PORT": "8000",
+            "GREENSERVE_PORT_8000_TCP_ADDR": "10.96.0.12",
+            "GREENSERVE_METRICS_SERVICE_HOST": "10.96.0.13",
+            "GREENSERVE_METRICS_PORT_9191_TCP": "tcp://10.96.0.13:9191",
+        }
+        resolved = resolve([], {**links, "GREENSERVE_WORKERS": "2"})
+        assert resolved.warnings == () and resolved.settings.workers == 2
+
+
+class TestSwitches:
+    """A switch's value is optional, and never swallows the argument after it."""
+
+    def test_the_app_after_a_switch_is_the_app(self):
+        settings = load(["--access-log", "tests.apps:app", "-w", "2"], {})
+        assert settings.access_log is True and settings.app is not None
+
+    @pytest.mark.parametrize(("word", "value"), [("false", False), ("on", True), ("0", False)])
+    def test_a_boolean_word_after_a_switch_is_its_value(self, word, value):
+        assert load(["--access-log", word], {}).access_log is value
+        assert load([f"--access-log={word}"], {}).access_log is value
 
     def test_unknown_file_key(self, tmp_path):
         path = _write(tmp_path, "wokers = 2\n")

@@ -101,11 +101,11 @@ def _check_app(settings: object) -> int:
 
     code = (
         "import sys, gevent.monkey; gevent.monkey.patch_all()\n"
-        "from greenserve.worker import AppLoadError, load_app\n"
+        "from greenserve.worker import AppLoadError, load_app, served_protocol\n"
         "import pickle\n"
         "settings = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
         "try:\n"
-        "    load_app(settings)\n"
+        "    served_protocol(settings, load_app(settings))\n"
         "except AppLoadError as exc:\n"
         "    print(f'greenserve: error: {exc}', file=sys.stderr); sys.exit(3)\n"
         "except BaseException as exc:\n"

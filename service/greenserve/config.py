@@ -24,7 +24,7 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 ENV_PREFIX = "GREENSERVE_"
-PROTOCOLS = ("tcp", "http")
+PROTOCOLS = ("auto", "tcp", "http")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -402,9 +402,10 @@ class Settings:
     )
     protocol: str = setting(
         _choice(PROTOCOLS),
-        "tcp",
-        "tcp: APP is a handler(sock, address) per connection; "
-        "http: APP is a WSGI app (Flask, Django, ...) served over HTTP/1.1",
+        "auto",
+        "auto: what APP is (a WSGI app over HTTP/1.1, a handle(sock, address) over TCP; the "
+        "built-in echo over TCP without APP); tcp: APP is a handler(sock, address) per "
+        "connection; http: APP is a WSGI app (Flask, Django, ...) served over HTTP/1.1",
         "|".join(PROTOCOLS),
     )
     backlog: int = setting(
@@ -722,9 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="greenserve",
         description=(
             "Pre-fork gevent server: one worker per core sharing the listening sockets, a "
-            "greenlet per connection, Prometheus metrics from the master. Serves a TCP handler "
-            "handle(sock, address) with --protocol tcp (the default), or a WSGI app (Flask, "
-            "Django, Falcon, Bottle, ...) over HTTP/1.1 with --protocol http."
+            "greenlet per connection, Prometheus metrics from the master. Serves a WSGI app "
+            "(Flask, Django, Falcon, Bottle, ...) over HTTP/1.1 or a TCP handler "
+            "handle(sock, address), whichever APP is (--protocol to say it); without APP, the "
+            "built-in echo service over TCP."
         ),
         epilog=(
             "Every option can also be set in the TOML file given with --config (key = option name "
@@ -738,9 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
         "app",
         nargs="?",
         metavar="APP",
-        help="MODULE:CALLABLE, MODULE:FACTORY() or MODULE:FACTORY('arg', ...): a handler(sock, "
-        "address) for --protocol tcp, a WSGI app for --protocol http; default: the built-in "
-        "echo (tcp) or hello (http)",
+        help="MODULE:CALLABLE, MODULE:FACTORY() or MODULE:FACTORY('arg', ...): a WSGI app or a "
+        "handler(sock, address); default: the built-in echo (tcp) or hello (--protocol http)",
     )
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML file with settings")
     parser.add_argument("--version", action="version", version=f"greenserve {__version__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import importlib
 import os
@@ -44,7 +45,7 @@ class AppLoadError(Exception):
 def load_app(settings: Settings) -> Any:
     """The handler: the built-in echo/hello, ``module:callable`` or ``module:factory(...)``,
     imported from the working directory (--chdir)."""
-    if settings.app is None:
+    if settings.app is None:  # "auto" without an APP is the echo service, as documented
         return apps.hello if settings.protocol == "http" else apps.echo
     ref = parse_app(settings.app)
     cwd = os.getcwd()
@@ -70,15 +71,49 @@ def load_app(settings: Settings) -> Any:
     return target
 
 
-def looks_like_wsgi(app: Any) -> bool:
-    """Whether a callable takes (environ, start_response): a WSGI app, not a TCP handler."""
+# The names apps give their two arguments, in the frameworks and handlers we know: WSGI's
+# PEP 3333 spelling and Falcon's ``env``; gevent StreamServer handlers' (socket, address).
+_WSGI_FIRST = frozenset(("environ", "env", "environment"))
+_WSGI_SECOND = frozenset(("start_response", "start"))
+_TCP_FIRST = frozenset(("sock", "socket", "conn", "connection", "client", "client_socket"))
+_TCP_SECOND = frozenset(("address", "addr", "peer", "client_address", "remote", "peername"))
+
+
+def app_protocol(app: Any) -> str | None:
+    """``http`` for a WSGI app, ``tcp`` for a handler(sock, address), None when the callable
+    does not say (``*args``, other names)."""
     import inspect
 
+    if hasattr(app, "wsgi_app"):  # Flask and Werkzeug-style apps
+        return "http"
     try:
-        names = list(inspect.signature(app).parameters)
+        parameters = inspect.signature(app).parameters.values()
     except (TypeError, ValueError):
-        return False
-    return names[:2] == ["environ", "start_response"]
+        return None
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(names) < 2:
+        return None
+    if names[0] in _WSGI_FIRST or names[1] in _WSGI_SECOND:
+        return "http"
+    if names[0] in _TCP_FIRST or names[1] in _TCP_SECOND:
+        return "tcp"
+    return None
+
+
+def served_protocol(settings: Settings, app: Any) -> str:
+    """The protocol to serve ``app`` with: an explicit --protocol, else what the app is (the
+    built-in echo without an APP). An app that does not say is an error naming the flag."""
+    if settings.protocol != "auto":
+        return settings.protocol
+    if settings.app is None:
+        return "tcp"
+    found = app_protocol(app)
+    if found is None:
+        raise AppLoadError(
+            f"cannot tell whether app {settings.app!r} is a WSGI app (environ, start_response) "
+            "or a TCP handler (sock, address): add --protocol http or --protocol tcp"
+        )
+    return found
 
 
 class Worker:
@@ -162,7 +197,10 @@ class Worker:
         # Logged before the ready snapshot goes out: the master acts on that snapshot (ends a
         # hand-over, grants the next recycle), and its events must follow this one in the log.
         self.log.info(
-            "worker_started", bind=_shown(self.servers[0].socket), binds=len(self.servers)
+            "worker_started",
+            bind=_shown(self.servers[0].socket),
+            binds=len(self.servers),
+            protocol=self.settings.protocol,
         )
         self.flush()  # the master counts this worker as serving from here on
         self.stopping.wait()
@@ -368,21 +406,25 @@ def run(spec: WorkerSpec) -> NoReturn:
     setproctitle(f"greenserve: worker {spec.slot} [{', '.join(str(b) for b in settings.bind)}]")
     try:
         app = load_app(settings)
+        protocol = served_protocol(settings, app)
     except AppLoadError as exc:
         log.error("app_load_failed", app=settings.app, error=str(exc))
         _exit(EXIT_APP_LOAD)
     except BaseException as exc:  # the app's own import failed: keep its traceback as a field
         log.error("app_load_failed", app=settings.app, error=repr(exc), exc_info=True)
         _exit(EXIT_APP_LOAD)
-    if settings.protocol == "tcp" and looks_like_wsgi(app):
-        # Forgetting --protocol http: every connection would fail with an AttributeError.
+    wsgi_suspect = protocol == "tcp" and app_protocol(app) == "http"
+    if wsgi_suspect:
+        # --protocol tcp given for a WSGI app: every connection would fail with an AttributeError.
         log.warning(
             "protocol_mismatch",
             app=settings.app,
             hint="the app takes (environ, start_response), a WSGI app: run with --protocol http",
         )
+    if protocol != settings.protocol:
+        spec = dataclasses.replace(spec, settings=settings.with_changes(protocol=protocol))
     worker = Worker(spec, app, log, stats)
-    worker.protocol.wsgi_suspect = settings.protocol == "tcp" and looks_like_wsgi(app)
+    worker.protocol.wsgi_suspect = wsgi_suspect
     code = worker.serve()
     # Deliver the final snapshot before leaving: the feeder is a real thread, and the queue is
     # bounded far below a pipe's capacity, so this join cannot wait on the master.

@@ -280,3 +280,7 @@ def busy_sequence(environ: dict, start_response: Any) -> list[bytes]:
     body = str(next(_served)).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def ambiguous(*args: Any) -> None:
+    """A callable whose arguments say neither WSGI nor TCP handler (--protocol must say)."""

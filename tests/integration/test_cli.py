@@ -18,6 +18,8 @@ from tests.helpers import (
     ANSI,
     APPS_DIR,
     ROOT,
+    echo_round_trip,
+    free_port,
     metrics_url,
     running,
     serving_http,
@@ -253,11 +255,77 @@ class TestOperators:
             assert result.returncode == 1
             assert "--metrics-bind" in result.stdout and "Traceback" not in result.stdout
 
-    def test_forgotten_protocol_http_is_named(self):
-        with running("flask_app:app", "-w", "1") as server:  # a WSGI app, --protocol tcp
+    def test_protocol_tcp_for_a_wsgi_app_is_named(self):
+        with running("flask_app:app", "-w", "1", "--protocol", "tcp") as server:
             server.started()
             event = server.wait_event("protocol_mismatch")[0]
             assert "--protocol http" in event["hint"]
+
+
+class TestProtocolFollowsTheApp:
+    """Without --protocol, what is served follows APP: gunicorn's habits just work."""
+
+    def test_gunicorn_style_command_serves_http(self):
+        """greenserve -w 2 -b HOST:PORT app:app, as a gunicorn user types it."""
+        port = free_port()
+        with running("-w", "2", "-b", f"127.0.0.1:{port}", "flask_app:app") as server:
+            server.started()
+            assert {e["protocol"] for e in server.find("worker_started")} == {"http"}
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello/x", timeout=5) as r:
+                assert r.status == 200
+
+    def test_a_handler_is_served_over_tcp(self):
+        with running("greenserve_testapps:slow_echo", "-w", "1") as server:
+            server.started()
+            assert server.find("worker_started")[0]["protocol"] == "tcp"
+            assert echo_round_trip(server.address, b"ping") == b"ping"
+
+    def test_no_app_is_the_echo_service(self):
+        with running("-w", "1") as server:
+            server.started()
+            assert server.find("worker_started")[0]["protocol"] == "tcp"
+            assert echo_round_trip(server.address, b"ping") == b"ping"
+
+    def test_explicit_protocol_wins(self):
+        with running("greenserve_testapps:environ_echo", "-w", "1", "--protocol", "tcp") as s:
+            s.started()
+            assert s.find("worker_started")[0]["protocol"] == "tcp"
+
+    def test_an_ambiguous_app_is_an_error_naming_the_flags(self):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "greenserve",
+                "greenserve_testapps:ambiguous",
+                "-w",
+                "1",
+                "--bind",
+                "127.0.0.1:0",
+                "--metrics-bind",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ],
+            cwd=APPS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 3, result.stdout + result.stderr
+        [line] = [json.loads(x) for x in result.stdout.splitlines() if "app_load_failed" in x]
+        assert "--protocol http or --protocol tcp" in line["error"]
+        assert "Traceback" not in result.stdout + result.stderr
+
+    def test_check_config_says_the_same(self):
+        result = subprocess.run(
+            [sys.executable, "-m", "greenserve", "greenserve_testapps:ambiguous", "--check-config"],
+            cwd=APPS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 3 and "--protocol http or --protocol tcp" in result.stderr
 
     def test_console_access_log_format(self):
         with serving_http(

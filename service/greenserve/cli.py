@@ -49,6 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:{width}s} = {value}  # {source}")
         return 0
     if resolved.check_config:
+        # The checks a start makes before it binds, with the same one line and exit code.
+        from greenserve.tls import TlsError, check
+
+        try:
+            check(settings)
+        except TlsError as exc:
+            print(f"greenserve: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         return _check_app(settings)
     try:
         logs.configure(

@@ -38,14 +38,13 @@ def server_context(settings: Any, password: str | None = None) -> ssl.SSLContext
     context.minimum_version = VERSIONS[settings.tls_min_version]
     if password is None:
         password = os.environ.get(PASSWORD_ENV)
+    _check_pem_files(settings)
     try:
         context.load_cert_chain(settings.certfile, settings.keyfile or None, password=password)
-    except FileNotFoundError as exc:
-        raise TlsError(f"cannot read {exc.filename or settings.certfile}: no such file") from None
-    except PermissionError as exc:
-        raise TlsError(f"cannot read {exc.filename}: permission denied") from None
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # an OSError too: first
         raise TlsError(_key_problem(settings, exc)) from None
+    except OSError as exc:  # the files changed since they were read: say what is wrong now
+        raise TlsError(f"cannot read {exc.filename or settings.certfile}: {_reason(exc)}") from None
     if settings.tls_ciphers:
         try:
             context.set_ciphers(settings.tls_ciphers)
@@ -120,18 +119,55 @@ def subject_of(peercert: dict[str, Any]) -> str:
     return ",".join(parts)
 
 
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise TlsError(f"cannot read {what} {path}: no such file") from None
+    except PermissionError:
+        raise TlsError(f"cannot read {what} {path}: permission denied") from None
+    except OSError as exc:
+        raise TlsError(f"cannot read {what} {path}: {_reason(exc)}") from None
+
+
+def _check_pem_files(settings: Any) -> None:
+    """Each file exists and holds what it is for, so the error names the file and the problem
+    (OpenSSL says "[SSL] PEM lib" for all of these)."""
+    cert = _read_pem(settings.certfile, "certfile")
+    if b"-----BEGIN CERTIFICATE-----" not in cert:
+        raise TlsError(f"certfile {settings.certfile} holds no PEM certificate")
+    if settings.keyfile:
+        if b"PRIVATE KEY-----" not in _read_pem(settings.keyfile, "keyfile"):
+            raise TlsError(f"keyfile {settings.keyfile} holds no PEM private key")
+    elif b"PRIVATE KEY-----" not in cert:
+        raise TlsError(
+            f"certfile {settings.certfile} holds no private key: set keyfile to the key's file"
+        )
+
+
 def _key_problem(settings: Any, exc: ssl.SSLError) -> str:
     reason = (exc.reason or str(exc)).lower()
     if "bad decrypt" in reason or "password" in reason or "bad_decrypt" in reason:
         return f"cannot decrypt keyfile {settings.keyfile or settings.certfile}: wrong password"
     if "key values mismatch" in reason or "key_values_mismatch" in reason:
-        return f"keyfile {settings.keyfile} does not match certfile {settings.certfile}"
+        return (
+            f"keyfile {settings.keyfile or settings.certfile} does not match "
+            f"certfile {settings.certfile}"
+        )
+    if settings.keyfile:
+        return (
+            f"keyfile {settings.keyfile} is not a private key OpenSSL can read for certfile "
+            f"{settings.certfile} ({_reason(exc)})"
+        )
     return f"cannot load certfile {settings.certfile}: {_reason(exc)}"
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return exc.reason.lower().replace("_", " ")
+    if isinstance(exc, ssl.SSLError):  # "[SSL] PEM lib (_ssl.c:3926)": no reason, a C line
+        return str(exc).split("] ", 1)[-1].split(" (_ssl.c", 1)[0].lower()
     return getattr(exc, "strerror", None) or str(exc)
 
 

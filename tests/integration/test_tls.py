@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import json
 import signal
 import socket
 import ssl
@@ -311,6 +312,43 @@ class TestRefusedAtStart:
         assert old.returncode == 2 and "expired" in old.stdout + old.stderr
         for result in (missing, mismatch, old):
             assert "Traceback" not in result.stdout + result.stderr
+
+
+class TestCheckConfigAgreesWithAStart:
+    """--check-config makes the start's TLS checks: the same one line, the same exit code 2."""
+
+    def test_each_refusal(self, ca, pki, tmp_path):
+        other = tmp_path / "other.key"
+        ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(other)
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_text("not a certificate\n")
+        past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+        expired = tmp_path / "expired.pem"
+        ca.issue_cert(
+            "127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=30)
+        ).private_key_and_cert_chain_pem.write_to_path(expired)
+        cert, key = str(pki["cert"]), str(pki["key"])
+        cases = {
+            "missing certfile": (["--certfile", str(tmp_path / "nope.pem")], "no such file"),
+            "missing keyfile": (
+                ["--certfile", cert, "--keyfile", str(tmp_path / "no.key")],
+                "no.key",
+            ),
+            "certfile without keyfile": (["--certfile", cert], "holds no private key"),
+            "mismatched key": (["--certfile", cert, "--keyfile", str(other)], "does not match"),
+            "not a certificate": (["--certfile", str(garbage), "--keyfile", key], "no PEM cert"),
+            "not a key": (["--certfile", cert, "--keyfile", str(garbage)], "no PEM private key"),
+            "expired": (["--certfile", str(expired)], "expired"),
+        }
+        for name, (args, words) in cases.items():
+            checked = tool(*args, "--check-config")
+            started = tool(*args, "--metrics-bind", "off", "--log-format", "json", "-w", "1")
+            assert checked.returncode == started.returncode == 2, (name, checked, started)
+            [line] = checked.stderr.strip().splitlines()
+            message = line.removeprefix("greenserve: error: ")
+            assert words in message and "PEM lib" not in message, (name, message)
+            logged = [json.loads(x) for x in started.stdout.splitlines() if x.startswith("{")]
+            assert [e["error"] for e in logged if e["event"] == "startup_failed"] == [message]
 
 
 class TestTlsWebSockets:

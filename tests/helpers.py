@@ -45,15 +45,17 @@ class Server:
         env: dict[str, str] | None = None,
         cwd: Path = APPS_DIR,
         default_bind: bool = True,
+        default_metrics: bool = True,
     ) -> None:
-        """``default_bind=False``: do not add ``--bind 127.0.0.1:0`` (the config file binds)."""
+        """``default_bind=False``: do not add ``--bind 127.0.0.1:0`` (the config file binds);
+        ``default_metrics=False``: nor ``--metrics-bind 127.0.0.1:0`` (the user's default)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")}
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
         defaults = []
         if default_bind and not any(a.startswith("--bind") for a in args):
             defaults += ["--bind", "127.0.0.1:0"]
-        if not any(a.startswith("--metrics-bind") for a in args):
+        if default_metrics and not any(a.startswith("--metrics-bind") for a in args):
             defaults += ["--metrics-bind", "127.0.0.1:0"]
         if "--log-format" not in args:
             defaults += ["--log-format", "json"]

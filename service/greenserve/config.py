@@ -809,6 +809,7 @@ _ENV_NAMES = (
     "config",
     "app",
     "inherit",  # set by a master for the new master of a USR2 upgrade
+    "inherit_metrics",
     "upgrade_from",
     "keyfile_password",  # read by greenserve.tls: never on the command line
     "no_extensions",  # read by protocols.http_request at import: C fast path off

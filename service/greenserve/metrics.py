@@ -7,11 +7,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import (
@@ -151,16 +152,21 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """The HTTP endpoint, served from its own threads."""
+    """The HTTP endpoint, served from its own threads, on a socket it binds or one it adopts
+    (a USR2 upgrade's, still open in the old master)."""
 
-    def __init__(self, address: Address, app: WsgiApp) -> None:
-        self._server = make_server(
-            address.host,
-            address.port,
-            app,
-            server_class=_ThreadingServer,
-            handler_class=_QuietHandler,
+    def __init__(self, address: Address, app: WsgiApp, adopt: socket.socket | None = None) -> None:
+        server = _ThreadingServer(
+            (address.host, address.port), _QuietHandler, bind_and_activate=adopt is None
         )
+        if adopt is not None:
+            server.socket.close()
+            server.socket = adopt  # already bound and listening
+            server.server_address = adopt.getsockname()
+            server.server_name, server.server_port = address.host, server.server_address[1]
+            server.setup_environ()
+        server.set_app(app)
+        self._server = server
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},  # bounds how long stop() waits for the thread
@@ -173,20 +179,37 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         return Address(str(host), int(port))
 
+    def fileno(self) -> int:
+        return self._server.fileno()
+
     def start(self) -> None:
-        self._thread.start()
+        if not self._thread.is_alive():
+            self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
 
-def serve_metrics(settings: Settings, aggregator: Aggregator, log: Any) -> MetricsServer | None:
-    """Start ``/metrics`` and ``/healthz`` on --metrics-bind; None when it is off.
+def serve_metrics(
+    settings: Settings,
+    aggregator: Aggregator,
+    log: Any,
+    inherited: int | None = None,
+    start: bool = True,
+) -> MetricsServer | None:
+    """``/metrics`` and ``/healthz`` on --metrics-bind, started unless ``start`` is False; None
+    when it is off. ``inherited``: a socket descriptor from the master this one upgrades,
+    adopted when it is bound to the same address (closed otherwise: the setting changed).
 
     Raises BindError (one line) when the address cannot be bound.
     """
     address = settings.metrics_bind
+    adopt = None if inherited is None else socket.socket(fileno=inherited)
+    if adopt is not None and not _same_address(adopt, address):
+        adopt.close()
+        adopt = None
     if address is None:
         return None
     if not is_loopback(address):
@@ -197,14 +220,25 @@ def serve_metrics(settings: Settings, aggregator: Aggregator, log: Any) -> Metri
         )
     app = build_app(build_registry(aggregator), aggregator, lambda: stale_window(settings))
     try:
-        server = MetricsServer(address, app)
+        server = MetricsServer(address, app, adopt)
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
             hint = " (another greenserve? give this one --metrics-bind HOST:PORT, or off)"
         raise BindError(f"cannot bind metrics {address}: {bind_reason(exc)}{hint}") from None
-    server.start()
+    if start:
+        server.start()
     return server
+
+
+def _same_address(sock: socket.socket, address: Address | None) -> bool:
+    if address is None:
+        return False
+    host, port = sock.getsockname()[:2]
+    return address.port in (0, port) and host in (
+        address.host,
+        "127.0.0.1" if address.host == "localhost" else address.host,
+    )
 
 
 def stale_window(settings: Settings) -> float:

@@ -1,9 +1,12 @@
 """USR2: start a new master (the installed greenserve, same command line) on the same sockets.
 
 The old master passes every listening socket by file descriptor, named in
-``GREENSERVE_INHERIT`` (``bind=fd;...``), and its pid in ``GREENSERVE_UPGRADE_FROM``. The new
-master serves exactly those binds (a change of binds is a HUP's job) and, once every one of its
-workers accepts, sends TERM to the old master, which drains like any graceful stop. A new master
+``GREENSERVE_INHERIT`` (``bind=fd;...``), its metrics socket in ``GREENSERVE_INHERIT_METRICS``
+and its pid in ``GREENSERVE_UPGRADE_FROM``. The new master serves exactly those binds (a change
+of binds is a HUP's job) and, once every one of its workers accepts, starts answering on the
+metrics socket and sends TERM to the old master, which stops answering there at once and drains
+like any graceful stop. Binding the metrics address anew could not work: the old master holds it
+until it has drained (the default 127.0.0.1:9191 made every default upgrade fail). A new master
 that exits, or is not ready within ``deadline`` seconds, is stopped and the old one goes on.
 """
 
@@ -19,6 +22,7 @@ from collections.abc import Mapping, MutableMapping
 from greenserve.config import Bind, parse_bind
 
 INHERIT_ENV = "GREENSERVE_INHERIT"
+METRICS_ENV = "GREENSERVE_INHERIT_METRICS"
 FROM_ENV = "GREENSERVE_UPGRADE_FROM"
 
 
@@ -32,22 +36,26 @@ class Upgrade:
         cwd: str,
         deadline: float,
         extra_env: Mapping[str, str],
+        metrics_fd: int | None = None,
     ) -> None:
-        for fd in sockets.values():
+        fds = [*sockets.values(), *([] if metrics_fd is None else [metrics_fd])]
+        for fd in fds:
             os.set_inheritable(fd, True)
         env = {**os.environ, **extra_env}
         env[INHERIT_ENV] = ";".join(f"{bind}={fd}" for bind, fd in sockets.items())
+        if metrics_fd is not None:
+            env[METRICS_ENV] = str(metrics_fd)
         env[FROM_ENV] = str(os.getpid())
         self.started = time.monotonic()
         self.deadline = deadline
         # The installed greenserve, as the command line named it: a new version, same settings.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "greenserve", *argv],
-            pass_fds=list(sockets.values()),
+            pass_fds=fds,
             env=env,
             cwd=cwd,
         )
-        for fd in sockets.values():
+        for fd in fds:
             os.set_inheritable(fd, False)
 
     @property
@@ -84,3 +92,9 @@ def inherited(environ: MutableMapping[str, str]) -> tuple[dict[Bind, int], int |
         if fd.isdigit():
             sockets[parse_bind(bind)] = int(fd)
     return sockets, int(old) if old.isdigit() else None
+
+
+def inherited_metrics(environ: MutableMapping[str, str]) -> int | None:
+    """The metrics socket a USR2 upgrade handed to this (new) master, as a descriptor."""
+    fd = environ.pop(METRICS_ENV, "")
+    return int(fd) if fd.isdigit() else None

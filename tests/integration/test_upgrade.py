@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import (
     APPS_DIR,
+    ROOT,
     STARTED_GROUPS,
     ClientLoad,
     free_port,
+    group_alive,
     http_ok,
     need,
+    port_is_free,
     running,
     serving_http,
     wait_until,
@@ -51,6 +56,117 @@ def alive(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state != "Z"
     return False
+
+
+SHIPPED_CONFIG = ROOT / "config" / "greenserve.toml"
+DEFAULT_METRICS = 9191  # the default --metrics-bind port, and the shipped config's
+
+
+class Scrapes(ClientLoad):
+    """A load balancer's health checks and Prometheus' scrapes on the metrics address."""
+
+    def __init__(self, port: int) -> None:
+        def scrape() -> None:
+            http_ok(f"http://127.0.0.1:{port}/healthz")
+            http_ok(f"http://127.0.0.1:{port}/metrics")
+
+        super().__init__(scrape, threads=2, seconds=60)
+
+
+def _usr2_on_the_default_metrics_address(
+    server_pid: int, port: int, signal_master: Callable[[], None], wait_complete: Callable[[], None]
+) -> tuple[Load, Scrapes]:
+    with Load(port) as load, Scrapes(DEFAULT_METRICS) as scrapes:
+        load.wait_for(300)
+        scrapes.more(20)
+        signal_master()
+        wait_complete()
+        wait_until(lambda: not alive(server_pid), 40, "the old master gone")
+        load.wait_for(1000)
+        scrapes.more(20)
+    return load, scrapes
+
+
+class TestUpgradeWithTheDefaults:
+    """USR2 as users run it: the shipped config, metrics on their default address."""
+
+    def _new_master(self, old: int) -> int:
+        [pid] = [p for p in group_alive(old) if p != old and "master" in _title(p)] or [None]
+        return pid
+
+    def test_shipped_config(self):
+        for port in (8001, DEFAULT_METRICS):
+            assert port_is_free(port), f"port {port} is taken: this test needs the defaults"
+        with running(
+            "greenserve_testapps:environ_echo",
+            "-c",
+            str(SHIPPED_CONFIG),
+            default_bind=False,
+            default_metrics=False,
+        ) as server:
+            server.started()
+            assert server.metrics_address == ("127.0.0.1", DEFAULT_METRICS)
+            load, scrapes = _usr2_on_the_default_metrics_address(
+                server.proc.pid,
+                8001,
+                lambda: server.signal(signal.SIGUSR2),
+                lambda: server.wait_event("upgrade_complete", timeout=30),
+            )
+            assert load.failed == [] and scrapes.failed == [], (load.failed, scrapes.failed)
+            new = wait_until(lambda: self._new_master(server.proc.pid), 10, "the new master")
+            os.kill(new, signal.SIGTERM)
+            wait_until(lambda: not alive(new), 40, "the new master stopped")
+
+    def test_shipped_systemd_unit(self, tmp_path):
+        """ExecStart's command line on a socket as greenserve.socket hands it (LISTEN_FDS)."""
+        unit = (ROOT / "deploy" / "systemd" / "greenserve.service").read_text()
+        exec_start = re.search(r"^ExecStart=(\S+) (.*)$", unit, re.M).group(2).split()
+        assert exec_start == ["--config", "/etc/greenserve/greenserve.toml"]
+        assert port_is_free(DEFAULT_METRICS), "port 9191 is taken: this test needs the default"
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(2048)
+        port = holder.getsockname()[1]
+        log = tmp_path / "masters.log"
+        master = _activated(
+            holder, log, "greenserve_testapps:environ_echo", "--config", str(SHIPPED_CONFIG)
+        )
+        try:
+            wait_until(lambda: _get(port), 20, "the master serving")
+            wait_until(lambda: _healthy(DEFAULT_METRICS), 20, "/healthz 200: every worker ready")
+            load, scrapes = _usr2_on_the_default_metrics_address(
+                master.pid,
+                port,
+                lambda: os.kill(master.pid, signal.SIGUSR2),
+                lambda: wait_until(
+                    lambda: "upgrade_complete" in log.read_text(), 30, "upgrade_complete"
+                ),
+            )
+            assert load.failed == [] and scrapes.failed == [], (load.failed, scrapes.failed)
+        except BaseException:
+            print(log.read_text())
+            raise
+        finally:
+            for pid in group_alive(master.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not group_alive(master.pid), 40, "every master stopped")
+            holder.close()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        http_ok(f"http://127.0.0.1:{port}/healthz")
+    except OSError:
+        return False
+    return True
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 class TestBinaryUpgrade:

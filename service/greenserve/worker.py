@@ -36,6 +36,7 @@ from greenserve.stats import (
 from greenserve.tls import server_context
 
 LAG_PROBE_INTERVAL = 0.1
+DRAIN_IDLE = 5.0  # with no keep-alive timeout, how long a drain keeps an idle connection
 
 
 class AppLoadError(Exception):
@@ -225,11 +226,18 @@ class Worker:
                 protocol.publish = None
             self.spec.load[self.spec.slot] = LOAD_UNUSED
         if self.https:
-            # Responses from now on carry Connection: close; idle keep-alives end now.
+            # Responses from now on carry Connection: close; an idle keep-alive connection is
+            # closed at its keep-alive deadline unless a request comes first, and before the
+            # graceful timeout in any case.
             for http in self.https:
                 http.draining = True
                 http.close_websockets()
-            self.protocol.connections.close_parked()
+            settings = self.settings
+            within = 0.0
+            if self.graceful:
+                keepalive = settings.keepalive_timeout or DRAIN_IDLE
+                within = min(keepalive, max(settings.graceful_timeout - 1.0, 0.1))
+            self.protocol.connections.close_parked(within)
         connections = self.protocol.connections
         if self.graceful and connections.open:
             self.log.info("worker_draining", connections=len(connections.open))

@@ -174,21 +174,20 @@ class Connections:
                 self.remove(sock)
                 sock.close()
 
-    def close_parked(self) -> None:
-        """On a graceful stop: end the connections that are only waiting for a next request.
+    def close_parked(self, within: float) -> None:
+        """On a graceful stop: give the connections waiting for a next request a last chance.
 
-        One that has not sent its first request yet gets FIRST_REQUEST_GRACE for it (its
-        request may be in flight): it is answered with Connection: close, or closed then.
+        Shutting an idle keep-alive connection at once races a client already sending on it
+        (wrk counted a read error per connection per reload). Its next request is answered
+        with Connection: close instead; one that stays idle is closed at its keep-alive
+        deadline, and at the latest ``within`` seconds from now. One that has not sent its
+        first request yet gets FIRST_REQUEST_GRACE for it (its request may be in flight).
         """
         now = time.monotonic()
         for sock in list(self.open):
-            if not sock.parked:
-                continue
-            if sock.fresh:
-                grace = now + FIRST_REQUEST_GRACE
+            if sock.parked:
+                grace = now + (min(FIRST_REQUEST_GRACE, within) if sock.fresh else within)
                 sock.deadline = min(sock.deadline, grace) if sock.deadline else grace
-            else:
-                _shutdown(sock)
 
     def fold(self) -> None:
         """Bring the worker's byte counters up to date (cumulative, so monotonic)."""

@@ -35,7 +35,7 @@ from greenserve.stats import DRAINING
 from greenserve.supervisor import Workers
 from greenserve.tls import TlsError
 from greenserve.tls import check as check_tls
-from greenserve.upgrade import Upgrade, inherited, inherited_metrics
+from greenserve.upgrade import Upgrade, inherited
 
 LOOP_TICK = 0.05
 KILL_GRACE = 1.0  # after a stop deadline, workers get this long to exit on their own
@@ -80,7 +80,7 @@ class Master:
         fds = activated_fds(os.environ)
         if fds:
             self.bind_override = tuple(FdAddress(fd) for fd in fds)
-        self.inherited, self.upgrade_from = inherited(os.environ)
+        self.inherited, self.upgrade_from, self.metrics_fd = inherited(os.environ)
         if self.inherited:
             self.bind_override = self.bind_override or tuple(self.inherited)
         if self.bind_override:
@@ -104,14 +104,7 @@ class Master:
             self.listeners.open(inherited=self.inherited)
             for index in range(self.settings.workers):
                 self.listeners.for_slot(index)
-            # An upgrade's new master answers on the shared metrics socket once it is ready.
-            self.metrics = serve_metrics(
-                self.settings,
-                self.aggregator,
-                self.log,
-                inherited=inherited_metrics(os.environ),
-                start=self.upgrade_from is None,
-            )
+            self.metrics = serve_metrics(self.settings, self.aggregator, self.log, self.metrics_fd)
         except (BindError, OSError) as exc:
             self.log.error("startup_failed", error=_one_line(exc))
             self.listeners.close()
@@ -226,9 +219,8 @@ class Master:
             return
         self.pid_file.set_aside()
         extra = self.notifier.child_environ()  # the new master reports to systemd too
-        metrics_fd = self.metrics.fileno() if self.metrics else None
         self.upgrade = Upgrade(
-            self.argv, self.listeners.fds(), self.start_cwd, UPGRADE_DEADLINE, extra, metrics_fd
+            self.argv, self.listeners.fds(), self.start_cwd, UPGRADE_DEADLINE, extra, self.metrics
         )
         self.log.info("upgrade_started", new_master_pid=self.upgrade.pid)
 
@@ -303,7 +295,7 @@ class Master:
         if not self.workers.table.all_ready():
             return
         if self.upgrade_from is not None:
-            if self.metrics is not None:
+            if self.metrics is not None:  # the shared metrics socket is this master's now
                 self.metrics.start()
             self.log.info("upgrade_complete", old_master_pid=self.upgrade_from)
             kill(self.upgrade_from, signal.SIGTERM)  # the old master drains and exits
@@ -358,11 +350,8 @@ class Master:
     def _begin_stop(self, *, graceful: bool) -> None:
         if self.stop is not None and (graceful or not self.stop.graceful):
             return
-        if self.upgrade is not None and self.upgrade.process.poll() is None and self.metrics:
-            # The new master answers on the shared metrics socket now: a draining master's 503
-            # from /healthz there would take a healthy server out of its load balancer.
-            self.metrics.stop()
-            self.metrics = None
+        if self.metrics and self.upgrade is not None and self.upgrade.process.poll() is None:
+            self.metrics.stop()  # the new master answers there now: no /healthz 503 of a drain
         if graceful and self.settings.drain_delay and self.drain_until is None:
             # Keep accepting and serving while load balancers notice the 503 and stop routing
             # here; responses carry Connection: close. The stop proper comes at drain_until.

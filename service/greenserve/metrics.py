@@ -193,15 +193,12 @@ class MetricsServer:
 
 
 def serve_metrics(
-    settings: Settings,
-    aggregator: Aggregator,
-    log: Any,
-    inherited: int | None = None,
-    start: bool = True,
+    settings: Settings, aggregator: Aggregator, log: Any, inherited: int | None = None
 ) -> MetricsServer | None:
-    """``/metrics`` and ``/healthz`` on --metrics-bind, started unless ``start`` is False; None
-    when it is off. ``inherited``: a socket descriptor from the master this one upgrades,
-    adopted when it is bound to the same address (closed otherwise: the setting changed).
+    """``/metrics`` and ``/healthz`` on --metrics-bind; None when it is off. ``inherited``: the
+    metrics socket of the master this one upgrades (USR2), adopted when it is bound to the same
+    address (closed otherwise: the setting changed). An adopted socket is answered on only from
+    ``start()``, once this master is ready: until then the old master answers there.
 
     Raises BindError (one line) when the address cannot be bound.
     """
@@ -226,7 +223,7 @@ def serve_metrics(
         if exc.errno == errno.EADDRINUSE:
             hint = " (another greenserve? give this one --metrics-bind HOST:PORT, or off)"
         raise BindError(f"cannot bind metrics {address}: {bind_reason(exc)}{hint}") from None
-    if start:
+    if adopt is None:
         server.start()
     return server
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from greenserve.config import Bind, parse_bind
 
@@ -36,8 +37,10 @@ class Upgrade:
         cwd: str,
         deadline: float,
         extra_env: Mapping[str, str],
-        metrics_fd: int | None = None,
+        metrics: Any = None,
     ) -> None:
+        """``metrics``: the master's metrics server (its socket is handed over too), or None."""
+        metrics_fd = None if metrics is None else metrics.fileno()
         fds = [*sockets.values(), *([] if metrics_fd is None else [metrics_fd])]
         for fd in fds:
             os.set_inheritable(fd, True)
@@ -82,19 +85,21 @@ class Upgrade:
                 self.process.wait()
 
 
-def inherited(environ: MutableMapping[str, str]) -> tuple[dict[Bind, int], int | None]:
-    """The sockets and old master's pid a USR2 upgrade handed to this (new) master."""
+def inherited(
+    environ: MutableMapping[str, str],
+) -> tuple[dict[Bind, int], int | None, int | None]:
+    """What a USR2 upgrade handed to this (new) master: the sockets by bind, the old master's
+    pid and the metrics socket's descriptor."""
     text = environ.pop(INHERIT_ENV, "")
     old = environ.pop(FROM_ENV, "")
+    metrics = environ.pop(METRICS_ENV, "")
     sockets: dict[Bind, int] = {}
     for item in filter(None, text.split(";")):
         bind, _, fd = item.rpartition("=")
         if fd.isdigit():
             sockets[parse_bind(bind)] = int(fd)
-    return sockets, int(old) if old.isdigit() else None
-
-
-def inherited_metrics(environ: MutableMapping[str, str]) -> int | None:
-    """The metrics socket a USR2 upgrade handed to this (new) master, as a descriptor."""
-    fd = environ.pop(METRICS_ENV, "")
-    return int(fd) if fd.isdigit() else None
+    return (
+        sockets,
+        int(old) if old.isdigit() else None,
+        int(metrics) if metrics.isdigit() else None,
+    )

@@ -105,3 +105,16 @@ def busy_ws(environ: dict, start_response):
             pass
         ws.send(f"{message} {next(_served)}")
     return []
+
+
+def every_kind(environ: dict, start_response):
+    """One app for the access-log test: Flask-Sock (app-owned socket) at /echo, wsgi.websocket
+    at /gws, a slow view at /sleep (for --request-timeout), Flask for the rest."""
+    path = environ["PATH_INFO"]
+    if path == "/gws":
+        return gevent_websocket_echo(environ, start_response)
+    if path == "/sleep":
+        time.sleep(float(environ["QUERY_STRING"] or "1"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"slept"]
+    return app(environ, start_response)

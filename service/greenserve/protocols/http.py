@@ -323,7 +323,7 @@ class HttpConnection:
             if head is None:
                 return
             if head.content_length is not None and head.content_length > handler.max_body:
-                self.send_error(413, "request body too large")
+                self.send_error(413, "request body too large", head=head)
                 return
             stats.http_requests_in_flight += 1
             try:
@@ -343,19 +343,68 @@ class HttpConnection:
             if events:
                 take_turn()
 
-    def send_error(self, status: int, detail: str, request_id: str = "") -> None:
+    def send_error(
+        self,
+        status: int,
+        detail: str,
+        request_id: str = "",
+        head: Head | None = None,
+        duration: float = 0.0,
+    ) -> None:
+        """greenserve's own answer (a parse error, a limit, a failed app), then the connection
+        closes; counted and access-logged like any response, with a request id."""
+        handler = self.handler
+        request_id = request_id or handler.new_request_id()
         body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()
         response = (
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
             + b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-            + (b"X-Request-ID: " + request_id.encode() + b"\r\n" if request_id else b"")
+            + b"X-Request-ID: "
+            + request_id.encode()
+            + b"\r\n"
             + b"Content-Length: %d" % len(body)
-            + self.handler.date.end()
+            + handler.date.end()
             + body
         )
-        self.handler.count(status, 0.0)
+        handler.count(status, duration)
         with contextlib.suppress(OSError):  # the client may already be gone
             self.sock.sendall(response)
+        if handler.access_log:
+            head = head or self.parser.head  # a head begun before the error, if any
+            self._access(head, None, status, len(body), duration, request_id, error=detail)
+
+    def _access(
+        self,
+        head: Head | None,
+        environ: dict[str, Any] | None,
+        status: int,
+        sent: int,
+        duration: float,
+        request_id: str,
+        **extra: Any,
+    ) -> None:
+        """One access-log line (--access-log): every response, whoever wrote it."""
+        if environ is not None:
+            path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
+            agent, referer = environ.get("HTTP_USER_AGENT"), environ.get("HTTP_REFERER")
+        else:  # no environ yet: what the parser had of the request
+            path = head.path.decode("latin-1") if head is not None else None
+            query = head.query.decode("latin-1") if head is not None else None
+            agent = referer = None
+        self.handler.log.info(
+            "request",
+            method=head.method.decode("latin-1") if head is not None and head.method else None,
+            path=path,
+            query=query,
+            status=status,
+            bytes=sent,
+            duration_ms=round(duration * 1000, 3),
+            peer=_peer(self.address),
+            user_agent=agent,
+            referer=referer,
+            request_id=request_id,
+            **extra,
+        )
 
     def _respond(self, head: Head) -> bool:
         """Run the app for one request; True when the connection may serve another."""
@@ -384,7 +433,9 @@ class HttpConnection:
             apply_forwarded(environ, handler.forwarded_allow)
         self.served += 1
         context = REQUEST_ID.set(request_id)
+        upgraded_at = (0, 0)
         if head.upgrade:
+            upgraded_at = (self.watched.rx, self.watched.tx)
             # What Flask-Sock, simple-websocket and python-socketio (gevent mode) look for: the
             # connection's socket, to answer the handshake and speak WebSocket on it themselves.
             environ["gunicorn.socket"] = self.sock
@@ -421,7 +472,8 @@ class HttpConnection:
         if self.timed_out is not None:
             self._timed_out(head, environ, writer, duration, request_id)
             return False
-        if keep is None:  # the app failed; the error was answered or the connection is lost
+        if keep is None:  # taken over, failed (answered), or cut short
+            self._unfinished(head, environ, writer, duration, request_id, upgraded_at)
             return False
         handler.count(writer.status_code, duration)
         if writer.truncated:
@@ -435,19 +487,7 @@ class HttpConnection:
                 request_id=request_id,
             )
         if handler.access_log:
-            handler.log.info(
-                "request",
-                method=head.method.decode("latin-1"),
-                path=environ["PATH_INFO"],
-                query=environ["QUERY_STRING"],
-                status=writer.status_code,
-                bytes=writer.body_sent,
-                duration_ms=round(duration * 1000, 3),
-                peer=_peer(self.address),
-                user_agent=environ.get("HTTP_USER_AGENT"),
-                referer=environ.get("HTTP_REFERER"),
-                request_id=request_id,
-            )
+            self._access(head, environ, writer.status_code, writer.body_sent, duration, request_id)
         if not writer.keep_alive or handler.draining:
             return False
         # An unread body must be discarded before the next request can be parsed.
@@ -458,6 +498,47 @@ class HttpConnection:
             # or never. Either way the next bytes cannot be told apart from a next request.
             return False
         return body.discard() <= DRAIN_LIMIT and body.complete
+
+    def _unfinished(
+        self,
+        head: Head,
+        environ: dict[str, Any],
+        writer: Response,
+        duration: float,
+        request_id: str,
+        upgraded_at: tuple[int, int],
+    ) -> None:
+        """Account for a request ``_run_app`` did not finish: a connection taken over (one line
+        per WebSocket session as it ends), or a response cut short after its head went out."""
+        handler = self.handler
+        if head.upgrade and not writer.status:
+            websocket = environ.get("wsgi.websocket")
+            if websocket is not None and not websocket.started:
+                websocket = None  # offered, not used: the app answered on gunicorn.socket
+            refused = websocket.refused if websocket is not None else 0
+            if refused:  # the handshake was answered with an error status
+                handler.count(refused, duration)
+                if handler.access_log:
+                    self._access(head, environ, refused, 0, duration, request_id)
+            elif handler.access_log:
+                watched = self.watched
+                handler.log.info(
+                    "websocket",
+                    path=environ["PATH_INFO"],
+                    kind="wsgi.websocket" if websocket is not None else "app",
+                    duration_ms=round(duration * 1000, 3),
+                    bytes_received=watched.rx - upgraded_at[0],
+                    bytes_sent=watched.tx - upgraded_at[1],
+                    close_code=websocket.close_code if websocket is not None else None,
+                    peer=_peer(self.address),
+                    request_id=request_id,
+                )
+        elif writer.headers_sent:
+            handler.count(writer.status_code, duration)
+            if handler.access_log:
+                self._access(
+                    head, environ, writer.status_code, writer.body_sent, duration, request_id
+                )
 
     def _run_app(
         self, head: Head, body: Input, writer: Response, environ: dict[str, Any]
@@ -471,7 +552,7 @@ class HttpConnection:
             try:
                 body.buffer, body.done = body.read(), True
             except HttpError as exc:
-                self.send_error(exc.status, str(exc))
+                self.send_error(exc.status, str(exc), writer.request_id, head)
                 return None
             except ConnectionError:
                 return None
@@ -492,7 +573,7 @@ class HttpConnection:
             writer.finish()
         except HttpError as exc:  # raised while the app read its body (413)
             if not writer.headers_sent:
-                self.send_error(exc.status, str(exc))
+                self.send_error(exc.status, str(exc), writer.request_id, head)
             return None
         except (ConnectionError, _Closed):
             return None
@@ -513,7 +594,7 @@ class HttpConnection:
             )
             if writer.headers_sent:
                 return None  # half a response is out: only closing can signal the failure
-            self.send_error(500, "the application raised an exception", writer.request_id)
+            self.send_error(500, "the application raised an exception", writer.request_id, head)
             return None
         finally:
             if result is not None and hasattr(result, "close"):
@@ -571,10 +652,18 @@ class HttpConnection:
         self.timed_out = None
         if not writer.headers_sent:
             self.send_error(
-                504, "the application did not answer within --request-timeout", request_id
+                504,
+                "the application did not answer within --request-timeout",
+                request_id,
+                head,
+                duration,
             )
         else:
             handler.count(writer.status_code, duration)
+            if handler.access_log:
+                self._access(
+                    head, environ, writer.status_code, writer.body_sent, duration, request_id
+                )
 
 
 class HttpHandler:

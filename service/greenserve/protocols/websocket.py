@@ -71,6 +71,8 @@ class WebSocket:
         self.lock = Semaphore()  # writers: the app, the pinger, a stop (Cython, not RLock)
         self.started = False
         self.done = False
+        self.refused = 0  # the status of a refused handshake (426, 400), for the access log
+        self.close_code: int | None = None  # once finished: the peer's close code, or 1006
         self.pending: list[str | bytes] = []
         self.fragments: list[bytes] = []
         self.fragment_opcode: Opcode | None = None
@@ -114,6 +116,7 @@ class WebSocket:
             with self.lock:
                 self.sock.sendall(refusal)
             self.done = True
+            self.refused = int(refusal[9:12])
             return False
         accept = accept_key(environ["HTTP_SEC_WEBSOCKET_KEY"].strip())
         with self.lock:
@@ -355,6 +358,7 @@ class WebSocket:
             self.stats.websocket_connections_active -= 1
         engine = self.engine
         code = engine.close_rcvd.code if engine is not None and engine.close_rcvd else 1006
+        self.close_code = code
         closes = self.stats.websocket_closes
         key = str(code)
         closes[key] = closes.get(key, 0) + 1

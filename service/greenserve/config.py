@@ -582,6 +582,14 @@ class Settings:
         "S",
         group="http",
     )
+    ws_close_timeout: float = setting(
+        _non_negative_float,
+        "3",
+        "on stop and reload, how long a WebSocket the app owns (Flask-Sock, Socket.IO) gets to "
+        "end after its read side is shut, before it is closed with 1001",
+        "S",
+        group="http",
+    )
     workers: int = setting(
         _workers,
         "auto",

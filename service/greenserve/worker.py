@@ -22,7 +22,7 @@ from setproctitle import setproctitle
 from greenserve import apps, logs
 from greenserve.config import Address, Settings, parse_app
 from greenserve.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
-from greenserve.protocols.http import HttpHandler
+from greenserve.protocols.http import GOING_AWAY, HttpHandler
 from greenserve.protocols.tcp import TcpProtocol
 from greenserve.spec import EXIT_APP_LOAD, STACK_SIGNAL, WorkerSpec
 from greenserve.stats import (
@@ -233,6 +233,10 @@ class Worker:
                 http.draining = True
                 http.close_websockets()
             settings = self.settings
+            # A WebSocket the app speaks itself (Flask-Sock, Socket.IO) would otherwise hold
+            # the drain for the whole graceful timeout; wsgi.websocket ones got Close 1001.
+            ours = {ws.sock.watched for http in self.https for ws in http.websockets}
+            self.protocol.connections.end_upgraded(settings.ws_close_timeout, ours, GOING_AWAY)
             within = 0.0
             if self.graceful:
                 keepalive = settings.keepalive_timeout or DRAIN_IDLE

@@ -286,7 +286,11 @@ def test_fleet(fleet):
             f"host SIGKILLed: HAProxy stopped routing to it after {detection * 1000:.0f} ms; "
             f"{failed_after_kill} requests failed (in flight on it)"
         )
-        assert failed_after_kill <= len(load.threads)  # at most what was in flight
+        # Outcomes, not timings: whatever failed was sent while web2 was dying, before HAProxy
+        # marked it down (how many depends on how loaded the machine is); nothing after.
+        marked_down = killed_at + detection
+        late = [t - marked_down for t in load.failed_at if t > marked_down + 0.5]
+        assert late == [], f"failures after web2 was marked down: {late}"
         hosts[1].start()
         wait_until(hosts[1].healthy, 30, "the killed host back")
         wait_until(lambda: backend_up(stats, "web2"), 20, "web2 back in rotation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -63,12 +64,22 @@ DEFAULT_METRICS = 9191  # the default --metrics-bind port, and the shipped confi
 
 
 class Scrapes(ClientLoad):
-    """A load balancer's health checks and Prometheus' scrapes on the metrics address."""
+    """A load balancer's health checks and Prometheus' scrapes on the metrics address.
+
+    /healthz must answer 200 throughout, never a draining master's 503; a "stale" worker (one
+    whose report came late on a loaded machine) is the load's doing, not the upgrade's.
+    """
 
     def __init__(self, port: int) -> None:
         def scrape() -> None:
-            http_ok(f"http://127.0.0.1:{port}/healthz")
             http_ok(f"http://127.0.0.1:{port}/metrics")
+            try:
+                http_ok(f"http://127.0.0.1:{port}/healthz")
+            except urllib.error.HTTPError as exc:
+                body = json.loads(exc.read())
+                states = {w["state"] for w in body["workers"]} - {"ok"}
+                if body["status"] != "degraded" or states != {"stale"}:
+                    raise AssertionError(f"/healthz {exc.code}: {body}") from None
 
         super().__init__(scrape, threads=2, seconds=60)
 

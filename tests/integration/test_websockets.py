@@ -345,3 +345,67 @@ def test_a_websocket_flood_does_not_keep_other_connections_waiting():
                 order = int(read_all(other).split(b"\r\n\r\n", 1)[1])
         # in its turn, not after the flood (it would be 101st)
         assert order < 50, order
+
+
+class TestAppOwnedOnStopAndReload:
+    """Flask-Sock and Socket.IO sockets end promptly on stop and HUP, with a Close frame."""
+
+    @staticmethod
+    def _close_frame(ws) -> tuple[int, bytes]:
+        import websocket
+
+        while True:  # the echo route sends nothing unasked: the next frame is the close
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return opcode, data
+
+    @pytest.mark.parametrize("how", ["TERM", "HUP"])
+    def test_flask_sock_gets_1001_within_the_close_timeout(self, how):
+        import signal
+        import time
+
+        import websocket
+
+        with serving_http("ws_apps:app", "--graceful-timeout", "30") as server:
+            server.started()
+            host, port = server.address
+            ws = websocket.create_connection(f"ws://{host}:{port}/echo", timeout=10)
+            ws.send("open")
+            assert ws.recv() == "open"
+            started = time.monotonic()
+            server.signal(signal.SIGTERM if how == "TERM" else signal.SIGHUP)
+            _, data = self._close_frame(ws)
+            took = time.monotonic() - started
+            assert data[:2] == (1001).to_bytes(2, "big"), data
+            assert took < 5, f"the close came after {took:.1f} s"  # --ws-close-timeout is 3
+            ws.close()
+            if how == "TERM":
+                assert server.wait_exit(timeout=10) == 0
+            else:
+                server.wait_event("reload_complete", timeout=15)
+                server.wait_event("worker_stopped", timeout=10)
+                # the new worker serves WebSockets as before
+                again = websocket.create_connection(f"ws://{host}:{port}/echo", timeout=10)
+                again.send("again")
+                assert again.recv() == "again"
+                again.close()
+
+    def test_socketio_client_sees_the_disconnect_on_stop(self):
+        import signal
+        import time
+
+        import socketio
+
+        with serving_http("ws_apps:socketio_app") as server:
+            server.started()
+            host, port = server.address
+            client = socketio.Client(reconnection=False)
+            gone = []
+            client.on("disconnect", lambda *reason: gone.append(time.monotonic()))
+            client.connect(f"http://{host}:{port}", transports=["websocket"], wait_timeout=10)
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            wait_until(lambda: gone, 10, "the client's disconnect")
+            assert gone[0] - started < 5
+            assert server.wait_exit(timeout=10) == 0
+            client.disconnect()

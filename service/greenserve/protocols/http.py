@@ -59,6 +59,10 @@ TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped agai
 
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 
+# RFC 6455 5.5.1: a client's Close frame, 1001 "going away" (masked, with a zero key), as a
+# stop makes an app's own WebSocket library read it (tcp.Connections.end_upgraded)
+GOING_AWAY = b"\x88\x8c\x00\x00\x00\x00\x03\xe9going away"
+
 
 class RequestTimeout(BaseException):
     """Raised inside a request's greenlet when --request-timeout passes.
@@ -443,6 +447,7 @@ class HttpConnection:
             self.history = None
             self.watched.upgraded = True
             if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+                self.watched.upgraded = "websocket"  # a stop speaks to its library in frames
                 websocket = WebSocket(
                     self.sock,
                     environ,
@@ -520,7 +525,7 @@ class HttpConnection:
                 handler.count(refused, duration)
                 if handler.access_log:
                     self._access(head, environ, refused, 0, duration, request_id)
-            elif handler.access_log:
+            if not refused and handler.access_log:
                 watched = self.watched
                 handler.log.info(
                     "websocket",

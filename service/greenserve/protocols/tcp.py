@@ -38,6 +38,7 @@ class CountingSocket(gsocket.socket):
 
     __slots__ = (
         "deadline",
+        "eof_data",
         "expire",
         "fresh",
         "greenlet",
@@ -67,6 +68,8 @@ class CountingSocket(gsocket.socket):
                 self._wait(self._read_event)
                 continue
             self.rx += len(data)
+            if not data and self.eof_data:  # see Connections.end_upgraded
+                data, self.eof_data = self.eof_data, b""
             return data
 
     def recv_after_wait(self, size: int) -> bytes:
@@ -141,6 +144,7 @@ class Connections:
         sock.parked = False  # True while a protocol waits for a next request (keep-alive)
         sock.fresh = False  # parked before its first request
         sock.upgraded = False  # taken over by the app (WebSockets): no idle timeout
+        sock.eof_data = b""  # what a read returns at end-of-file instead of b"", once
         # A protocol's own deadline for work in its greenlet (HTTP --request-timeout): when it
         # passes, the sweeper calls ``expire`` (no timer per request: see IdleSweeper).
         sock.request_deadline = 0.0
@@ -188,6 +192,21 @@ class Connections:
             if sock.parked:
                 grace = now + (min(FIRST_REQUEST_GRACE, within) if sock.fresh else within)
                 sock.deadline = min(sock.deadline, grace) if sock.deadline else grace
+
+    def end_upgraded(self, within: float, keep: set[CountingSocket], last_words: bytes) -> None:
+        """On a stop: end each connection an app took over (not ``keep``), which would hold the
+        drain for the whole graceful timeout. Its read side is shut; a WebSocket's library
+        reads ``last_words`` first (a client's Close frame), so it answers with its own Close
+        and returns, as on a client's close (simple-websocket sends none at end-of-file). One
+        still open ``within`` seconds later is shut whole (the sweeper)."""
+        deadline = time.monotonic() + within
+        for sock in list(self.open):
+            if sock.upgraded and not sock.shut and sock not in keep:
+                if sock.upgraded == "websocket":
+                    sock.eof_data = last_words
+                with contextlib.suppress(OSError):
+                    sock._sock.shutdown(socket.SHUT_RD)
+                sock.deadline = min(sock.deadline, deadline) if sock.deadline else deadline
 
     def fold(self) -> None:
         """Bring the worker's byte counters up to date (cumulative, so monotonic)."""

@@ -139,7 +139,11 @@ class TlsSocket:
                 raise ConnectionError(f"TLS: {exc.reason or exc}") from None
 
     def recv(self, size: int) -> bytes:
-        return self._read(size, False)
+        data = self._read(size, False)
+        raw = self.raw
+        if not data and raw.eof_data:  # see Connections.end_upgraded
+            data, raw.eof_data = raw.eof_data, b""
+        return data
 
     def recv_after_wait(self, size: int) -> bytes:
         """``recv`` for a reader that expects to wait: readiness first, unless the TLS engine

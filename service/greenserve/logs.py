@@ -290,6 +290,33 @@ def capture_output() -> None:
     sys.stderr = StreamToLog("stderr", "warning")  # type: ignore[assignment]
 
 
+def drop_echoing_handlers() -> int:
+    """Remove the handlers an app added that print to the captured stdout or stderr on loggers
+    whose records reach the root logger (greenserve's handler) anyway: each would log every
+    record twice, once as itself and once as ``app_output`` (Django's DEFAULT_LOGGING "console"
+    handler does this with DEBUG = True). Returns how many were removed."""
+    removed = 0
+    for name in list(logging.Logger.manager.loggerDict):
+        logger = logging.getLogger(name)
+        if not _reaches_root(logger):
+            continue  # its own handlers are the only way out: keep them
+        for handler in list(logger.handlers):
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and isinstance(stream, StreamToLog):
+                logger.removeHandler(handler)
+                removed += 1
+    return removed
+
+
+def _reaches_root(logger: logging.Logger) -> bool:
+    current: logging.Logger | None = logger
+    while current is not None and current.parent is not None:
+        if not current.propagate:
+            return False
+        current = current.parent
+    return True
+
+
 def get(name: str = "greenserve") -> Any:
     """A bound logger; configuration may change later (reopen), so it is looked up lazily."""
     return structlog.get_logger(name)

@@ -425,6 +425,8 @@ def run(spec: WorkerSpec) -> NoReturn:
     except BaseException as exc:  # the app's own import failed: keep its traceback as a field
         log.error("app_load_failed", app=settings.app, error=repr(exc), exc_info=True)
         _exit(EXIT_APP_LOAD)
+    if settings.capture_output:
+        logs.drop_echoing_handlers()  # the app's logging set-up may print what we log already
     wsgi_suspect = protocol == "tcp" and app_protocol(app) == "http"
     if wsgi_suspect:
         # --protocol tcp given for a WSGI app: every connection would fail with an AttributeError.

@@ -137,3 +137,21 @@ class TestDjango:
             self.base(django_server) + "/protected", data={"field": "value"}, timeout=10
         )
         assert response.status_code == 403
+
+
+class TestDjangoLogging:
+    """Django's own log handlers do not make every record appear twice."""
+
+    def test_debug_console_handler_does_not_double_each_record(self):
+        with serving_http(
+            FRAMEWORKS["django"], env={"DJANGO_SETTINGS_MODULE": "fw_django.settings_debug"}
+        ) as server:
+            server.started()
+            host, port = server.address
+            response = requests.get(f"http://{host}:{port}/no-such-page", timeout=10)
+            assert response.status_code == 404
+            server.wait_event("Not Found: /no-such-page", timeout=10)
+            # Django's handlers run before the record propagates: an echo comes first
+            records = [e for e in server.events if "/no-such-page" in str(e.get("event"))]
+            echoes = [e for e in server.find("app_output") if "/no-such-page" in e["line"]]
+            assert len(records) == 1 and echoes == [], (records, echoes)

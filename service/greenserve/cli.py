@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from greenserve import logs
 from greenserve.config import (
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args and args[0] in TOOLS:
-            return _tool(args[0], args[1:], os.environ)
+            return _quiet_on_closed_pipe(lambda: _tool(args[0], args[1:], os.environ))
         resolved = resolve(args, os.environ)
     except ConfigError as exc:
         print(f"greenserve: error: {exc}", file=sys.stderr)
@@ -79,6 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greenserve.master import Master
 
     return Master(settings, argv=args).run()
+
+
+def _quiet_on_closed_pipe(run: Callable[[], int]) -> int:
+    """A tool whose reader went away (``greenserve status --json | head -1``) ends quietly, as
+    ``cat`` does, instead of with a BrokenPipeError traceback (the Python docs' recipe)."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that one cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
 
 
 class _ToolParser(argparse.ArgumentParser):

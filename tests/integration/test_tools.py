@@ -50,6 +50,26 @@ class TestStatus:
                 assert row["state"] == "ready"
             assert sum(row["accepted"] for row in report["workers"]) == 30
 
+    def test_a_reader_that_goes_away_ends_it_quietly(self):
+        """greenserve status --json | head -1: a closed pipe, not a BrokenPipeError traceback."""
+        with running("--workers", "1") as server:
+            server.started()
+            read_end, write_end = os.pipe()
+            os.close(read_end)  # the reader is gone before the first write: EPIPE every time
+            command = [sys.executable, "-m", "greenserve", "status", "--json"]
+            try:
+                result = subprocess.run(
+                    [*command, "--metrics", metrics_url(server)],
+                    stdout=write_end,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    timeout=30,
+                )
+            finally:
+                os.close(write_end)
+            assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+            assert result.stderr == "", result.stderr
+
     def test_exit_codes_healthy_degraded_unreachable(self):
         with running("--workers", "2", "--timeout", "30", "--stats-interval", "0.2") as server:
             server.started()

@@ -344,6 +344,39 @@ class TestLoadBalancers:
         ):
             assert directive in text, directive
 
+    def test_haproxy_starts_under_a_20000_file_limit(self, tmp_path):
+        """The shipped config (its listeners moved to free loopback ports) starts and serves
+        its stats page with ulimit -n 20000, as on many hosts."""
+        haproxy = need("haproxy")
+        web, stats = free_port(), free_port()
+        text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+        text = text.replace("bind 0.0.0.0:8080", f"bind 127.0.0.1:{web}")
+        text = text.replace("bind 127.0.0.1:8404", f"bind 127.0.0.1:{stats}")
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(text)
+        proc = subprocess.Popen(
+            ["bash", "-c", f'ulimit -n 20000 && exec "{haproxy}" -db -f "{config}"'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        STARTED_GROUPS.append(proc.pid)
+        try:
+
+            def stats_page() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(proc.stdout.read().decode())
+                with contextlib.suppress(OSError):
+                    url = f"http://127.0.0.1:{stats}/metrics"
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        return response.status == 200
+                return False
+
+            wait_until(stats_page, 20, "HAProxy's stats page")
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+
     def test_kubernetes_manifests_validate(self):
         import kubernetes_validate
 

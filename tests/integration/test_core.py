@@ -58,7 +58,7 @@ class TestServing:
             elapsed = time.monotonic() - started
             print(f"200 slow clients on one worker answered in {elapsed:.2f}s")
             assert replies == [b"%d" % i for i in range(200)]
-            assert elapsed < 2.0
+            assert elapsed < 20  # concurrent; one after another would take 200 s
 
     def test_handler_exception_closes_only_that_connection(self):
         """A raising handler is logged with its traceback; the worker keeps serving."""
@@ -118,7 +118,7 @@ class TestWorkerReplacement:
             elapsed = time.monotonic() - killed_at
             print(f"worker replaced and serving {elapsed * 1000:.0f} ms after SIGKILL")
             assert replaced
-            assert elapsed < 1.0
+            assert elapsed < 5  # a fork from the forkserver, not a restart loop (printed above)
             assert failures == 0
             exited = server.wait_event("worker_exited", slot=0)[0]
             assert exited["signal"] == "SIGKILL"
@@ -166,16 +166,17 @@ class TestStopping:
             assert time.monotonic() - started < 5
 
     def test_quit_stops_at_once(self):
-        """QUIT does not wait for in-flight connections."""
-        with running("greenserve_testapps:slow_echo", "--workers", "1") as server:
+        """QUIT does not wait for in-flight connections (a graceful stop would wait 30 s for a
+        handler that never ends)."""
+        with running("greenserve_testapps:never_reads", "--workers", "1") as server:
             server.started()
             with socket.create_connection(server.address, timeout=10) as sock:
                 sock.sendall(b"x")
                 wait_until(lambda: server.find("worker_started"), 5, "worker")
                 started = time.monotonic()
                 server.signal(signal.SIGQUIT)
-                assert server.wait_exit(5) == 0
-                assert time.monotonic() - started < 1.0
+                assert server.wait_exit(10) == 0
+                assert time.monotonic() - started < 10
 
     def test_sigkill_of_master_takes_the_workers_down(self):
         """SIGKILL of the master: its workers are gone within 2 s and the port is free."""

@@ -156,7 +156,7 @@ class TestHttps:
             started = time.monotonic()
             with socket.create_connection(server.address, timeout=10) as sock:
                 assert sock.recv(1024) == b""  # closed by the server
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < 8  # the header timeout, not the idle one
             wait_until(lambda: _failures(server).get("timeout", 0) >= 1, 10, "timeout counted")
 
 

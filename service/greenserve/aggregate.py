@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from greenserve.appmerge import AppMetrics, MergedFamily
 from greenserve.catalog import BY_NAME
 from greenserve.slots import SlotLiveness
 from greenserve.stats import COUNTERS, GAUGES, HISTOGRAMS, LABELLED, WIRE_VERSION, Snapshot
@@ -132,6 +133,7 @@ class Aggregator:
         self._slots: dict[int, SlotCounters] = {}
         self._restarts = dict.fromkeys(RESTART_REASONS, 0)
         self._state = MasterState()
+        self._app = AppMetrics()  # the app's own prometheus_client metrics (appmerge.py)
 
     def publish(self, state: MasterState) -> None:
         with self._lock:
@@ -154,6 +156,9 @@ class Aggregator:
             previous = state.live.get(pid)
             if previous is not None and previous["seq"] >= message["seq"]:
                 return False
+            app = message.pop("app", None)  # a delta: applied once, not kept in the snapshot
+            if app is not None:
+                self._app.apply(message["slot"], pid, app)
             state.live[pid] = message
             return True
 
@@ -167,12 +172,23 @@ class Aggregator:
             if state is None or pid not in state.pids:
                 return
             state.pids.discard(pid)
+            self._app.exited(pid)
             snapshot = state.live.pop(pid, None)
             if snapshot is not None:
                 state.retired.add(snapshot)
             if reason is not None:
                 self._restarts[reason] += 1
                 state.restarts += 1
+
+    def app_families(self) -> tuple[list[MergedFamily], dict[str, int]]:
+        """The app's metrics merged over every process, and the rejected series by reason."""
+        with self._lock:
+            return self._app.families(), dict(self._app.rejected)
+
+    def app_events(self) -> list[dict[str, Any]]:
+        """What the merge has to report since the last call (rejected families, once each)."""
+        with self._lock:
+            return self._app.take_events()
 
     def view(self) -> View:
         now = time.monotonic()

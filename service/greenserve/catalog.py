@@ -138,6 +138,12 @@ WORKER_GAUGES = (
         "HTTP requests being answered by the worker slot now.",
         stat="http_requests_in_flight",
     ),
+    Family(
+        "app_series_capped",
+        "gauge",
+        "App metric series the worker leaves out now (over --app-metrics-max-series).",
+        stat="app_series_capped",
+    ),
 )
 WORKER_HISTOGRAMS = (
     Family(
@@ -182,6 +188,14 @@ MASTER_FAMILIES = (
         "master_log_lines_dropped",
         "counter",
         "Log lines the master could not write (stdout and stderr failed).",
+    ),
+    Family(
+        "app_series_rejected",
+        "counter",
+        "App metric series the master refused to merge, by reason (another type, label names "
+        "or buckets than the first worker's, a greenserve_ name, a worker label).",
+        label="reason",
+        seeded=("type", "labels", "buckets", "reserved", "worker_label"),
     ),
 )
 FAMILIES = (

@@ -677,6 +677,22 @@ class Settings:
         "S",
         group="metrics",
     )
+    app_metrics: bool = setting(
+        _bool,
+        "true",
+        "merge the app's own prometheus_client metrics (default registry) from every worker "
+        "into /metrics, exactly, with no PROMETHEUS_MULTIPROC_DIR",
+        "BOOL",
+        switch=True,
+        group="metrics",
+    )
+    app_metrics_max_series: int = setting(
+        _positive_int,
+        "10000",
+        "app metric series a worker sends at most; the rest are left out, counted and logged once",
+        "N",
+        group="metrics",
+    )
     chdir: str | None = setting(
         _directory,
         "",

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from greenserve import logs
 from greenserve.aggregate import Aggregator, SlotView, View, health
+from greenserve.appmerge import MergedFamily
 from greenserve.catalog import (
     MASTER_FAMILIES,
     SLOT_FAMILIES,
@@ -47,6 +48,8 @@ class GreenserveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         view = self.aggregator.view()
+        app_families, rejected = self.aggregator.app_families()
+        by_label = {"worker_restarts": view.restarts, "app_series_rejected": rejected}
         master: dict[str, float | None] = {
             "workers_alive": view.alive,
             "workers_desired": view.desired,
@@ -57,13 +60,23 @@ class GreenserveCollector(Collector):
         for family in MASTER_FAMILIES:
             if family.label:
                 metric = KINDS[family.kind](family.metric, family.help, labels=[family.label])
-                counts = {**dict.fromkeys(family.seeded, 0), **view.restarts}
+                counts = {**dict.fromkeys(family.seeded, 0), **by_label[family.name]}
                 for value, count in counts.items():
                     metric.add_metric([value], count)
                 yield metric
             elif master[family.name] is not None:  # no certificate gauge without TLS
                 yield KINDS[family.kind](family.metric, family.help, value=master[family.name])
         yield from _per_worker(view)
+        yield from _app(app_families)
+
+
+def _app(families: list[MergedFamily]) -> Iterator[Metric]:
+    """The app's own families (appmerge.py), as prometheus_client's types name them."""
+    for family in families:
+        metric = Metric(family.name, family.help, family.kind)
+        for sample, labels, value in family.samples:
+            metric.add_sample(sample, labels, value)
+        yield metric
 
 
 SLOT_VALUES: dict[str, Callable[[SlotView], float]] = {

@@ -56,6 +56,8 @@ class Workers:
         now = time.monotonic()
         for worker in self.table.live():
             self._drain_stats(worker, now)
+        for event in self.aggregator.app_events():
+            self.log.warning(event.pop("event"), **event)
 
     def _drain_stats(self, worker: Worker, now: float) -> None:
         for message in processes.messages(worker):

@@ -20,6 +20,7 @@ from gevent.event import Event
 from setproctitle import setproctitle
 
 from greenserve import apps, logs
+from greenserve.appstats import AppMetricsReader
 from greenserve.config import Address, Settings, parse_app
 from greenserve.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
 from greenserve.protocols.http import GOING_AWAY, HttpHandler
@@ -126,6 +127,12 @@ class Worker:
         self.log = log
         self.stats = stats
         self.channel = StatsChannel(spec.stats_queue)
+        # The app's own prometheus_client metrics (appstats.py), read once per flush.
+        settings = spec.settings
+        self.app_metrics = (
+            AppMetricsReader(settings.app_metrics_max_series) if settings.app_metrics else None
+        )
+        self.capped_logged = False
         self.heartbeat = Heartbeat(spec.heartbeat)
         self.stopping = Event()
         self.ready = False
@@ -254,14 +261,30 @@ class Worker:
     def flush(self) -> None:
         self.protocol.connections.fold()
         self.stats.log_lines_dropped = logs.dropped()
+        reader = self.app_metrics
+        delta = reader.delta() if reader is not None else None
+        if delta is not None:
+            self.stats.app_series_capped = reader.capped
+            if reader.capped and not self.capped_logged:
+                self.capped_logged = True
+                self.log.warning(
+                    "app_metrics_capped",
+                    series_left_out=reader.capped,
+                    max_series=self.settings.app_metrics_max_series,
+                    hint="a label with unbounded values (ids, paths)? or raise the cap",
+                )
         message = self.stats.snapshot(
             slot=self.spec.slot,
             generation=self.spec.generation,
             ready=self.ready,
             retire=self.retire_wanted,
         )
+        if delta is not None:
+            message["app"] = delta.to_wire()
         if not self.channel.send(message):
             self.stats.stats_dropped += 1
+        elif delta is not None:
+            reader.commit()  # the master has it: the next delta is taken against it
 
     def _flush_loop(self) -> None:
         interval = self.settings.stats_interval

@@ -185,6 +185,14 @@ class Aggregator:
         with self._lock:
             return self._app.families(), dict(self._app.rejected)
 
+    def app_totals(self) -> dict[str, Any]:
+        with self._lock:
+            return self._app.totals()
+
+    def inherit_app_totals(self, totals: dict[str, Any]) -> None:
+        with self._lock:
+            self._app.inherit(totals)
+
     def app_events(self) -> list[dict[str, Any]]:
         """What the merge has to report since the last call (rejected families, once each)."""
         with self._lock:

@@ -62,6 +62,7 @@ class AppMetrics:
         self.specs: dict[str, Spec] = {}
         self.live: dict[int, Process] = {}
         self.retired: dict[Key, float] = {}
+        self.inherited: dict[Key, float] = {}  # the previous master's totals (USR2)
         self.rejected = dict.fromkeys(REJECT_REASONS, 0)
         self._reported: set[tuple[str, str]] = set()
         self._events: list[dict[str, Any]] = []
@@ -103,6 +104,24 @@ class AppMetrics:
             if spec is not None and spec.kind in COUNTER_LIKE:
                 self.retired[key] = self.retired.get(key, 0.0) + value
 
+    def totals(self) -> dict[str, Any]:
+        """The counter-like totals (retired, inherited and live) with their families, for the
+        master that replaces this one (USR2): its counters go on from here."""
+        counters = dict(self.inherited)
+        for source in (self.retired, *(p.values for p in self.live.values())):
+            for key, value in source.items():
+                spec = self.specs.get(key[0])
+                if spec is not None and spec.kind in COUNTER_LIKE:
+                    counters[key] = counters.get(key, 0.0) + value
+        specs = {name: tuple(vars(spec).values()) for name, spec in self.specs.items()}
+        return {"specs": specs, "counters": counters}
+
+    def inherit(self, totals: dict[str, Any]) -> None:
+        """The previous master's latest totals (they grow while its workers drain)."""
+        for name, fields in totals.get("specs", {}).items():
+            self.specs.setdefault(name, Spec(*fields))
+        self.inherited = dict(totals.get("counters", {}))
+
     def take_events(self) -> list[dict[str, Any]]:
         """What to log since the last call (each rejection once per family and reason)."""
         events, self._events = self._events, []
@@ -111,6 +130,8 @@ class AppMetrics:
     def families(self) -> list[MergedFamily]:
         """Every accepted family, merged, for a scrape."""
         counters: dict[Key, float] = dict(self.retired)
+        for key, value in self.inherited.items():
+            counters[key] = counters.get(key, 0.0) + value
         gauges: dict[Key, list[tuple[int, int, float]]] = {}  # key -> (slot, tick, value)
         for process in self.live.values():
             for key, value in process.values.items():

@@ -14,7 +14,6 @@ import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing import connection
-from typing import Any
 
 from setproctitle import setproctitle
 
@@ -33,9 +32,9 @@ from greenserve.sockets import BindError
 from greenserve.spec import EXIT_APP_LOAD, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenserve.stats import DRAINING
 from greenserve.supervisor import Workers
-from greenserve.tls import TlsError
+from greenserve.tls import TlsError, announce_certificate
 from greenserve.tls import check as check_tls
-from greenserve.upgrade import Upgrade, inherited
+from greenserve.upgrade import Predecessor, Upgrade, inherited
 
 LOOP_TICK = 0.05
 KILL_GRACE = 1.0  # after a stop deadline, workers get this long to exit on their own
@@ -76,13 +75,10 @@ class Master:
         self.notifier = Notifier(os.environ)
         # Sockets from systemd (LISTEN_FDS), or from the old master of a USR2 upgrade, replace
         # --bind, also for every reload.
-        self.bind_override: tuple[Bind, ...] | None = None
-        fds = activated_fds(os.environ)
-        if fds:
-            self.bind_override = tuple(FdAddress(fd) for fd in fds)
         self.inherited, self.upgrade_from, self.metrics_fd = inherited(os.environ)
-        if self.inherited:
-            self.bind_override = self.bind_override or tuple(self.inherited)
+        fds = tuple(FdAddress(fd) for fd in activated_fds(os.environ))
+        self.bind_override: tuple[Bind, ...] | None = fds or tuple(self.inherited) or None
+        self.predecessor = Predecessor.from_env(os.environ, self.upgrade_from)
         if self.bind_override:
             self.settings = self.settings.with_changes(bind=self.bind_override)
         self.listeners = Listeners(self.settings)
@@ -97,7 +93,7 @@ class Master:
         except TlsError as exc:
             self.log.error("startup_failed", error=str(exc))
             return EXIT_USAGE
-        self._export_certificate(certificate)
+        self.tls_expiry = announce_certificate(self.log, certificate)
         try:
             if self.settings.chdir:
                 os.chdir(self.settings.chdir)  # before the forkserver starts: workers inherit it
@@ -159,6 +155,7 @@ class Master:
             self._announce_ready()
             self._end_drain()
             self._watch_upgrade()
+            self._carry_over()
             self.notifier.ping(time.monotonic())
             workers.repeat_stop_requests()
             self._publish()
@@ -241,7 +238,7 @@ class Master:
         elif previous is not None:
             self.reload.replaced(previous, new.listeners)
         changed = changes(self.settings, new.settings)
-        self._export_certificate(new.certificate)
+        self.tls_expiry = announce_certificate(self.log, new.certificate)
         self.settings, self.listeners = new.settings, new.listeners
         self.generation += 1
         self.workers.resize(new.settings.workers, self.listeners)
@@ -295,8 +292,10 @@ class Master:
         if not self.workers.table.all_ready():
             return
         if self.upgrade_from is not None:
-            if self.metrics is not None:  # the shared metrics socket is this master's now
-                self.metrics.start()
+            if self.predecessor is not None:
+                self.predecessor.told_at = time.monotonic()  # metrics: see _carry_over
+            elif self.metrics is not None:
+                self.metrics.start()  # an older greenserve before us shares no totals
             self.log.info("upgrade_complete", old_master_pid=self.upgrade_from)
             kill(self.upgrade_from, signal.SIGTERM)  # the old master drains and exits
             self.notifier.main_pid(os.getpid())
@@ -326,15 +325,14 @@ class Master:
         self.upgrade = None
         self.pid_file.restore()
 
-    def _export_certificate(self, certificate: Any) -> None:
-        self.tls_expiry = None if certificate is None else certificate.not_after
-        if certificate is not None:
-            self.log.info(
-                "tls_certificate",
-                subject=certificate.subject,
-                serial=certificate.serial,
-                expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(certificate.not_after)),
-            )
+    def _carry_over(self) -> None:
+        """USR2: a draining old master shares the app's totals, the new one takes them (upgrade)."""
+        if self.upgrade is not None and self.stop is not None:
+            self.upgrade.share(self.aggregator.app_totals)
+        if self.predecessor is not None:
+            self.predecessor.poll(self.aggregator.inherit_app_totals)
+            if self.metrics is not None and self.predecessor.ready():
+                self.metrics.start()
 
     def _scale(self, delta: int) -> None:
         """One worker more (the lowest free slot) or fewer (the highest), never below one."""
@@ -384,6 +382,8 @@ class Master:
             self.workers.kill_all()
 
     def _cleanup(self) -> None:
+        if self.upgrade is not None and self.stop is not None:
+            self.upgrade.share(self.aggregator.app_totals, last=True)  # all its workers folded
         self.workers.close()
         if self.metrics is not None:
             self.metrics.stop()

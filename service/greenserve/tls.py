@@ -79,6 +79,17 @@ def check(settings: Any) -> Certificate | None:
     return certificate
 
 
+def announce_certificate(log: Any, certificate: Certificate | None) -> float | None:
+    """Log the served certificate at start and reload; its expiry, for the master's gauge."""
+    if certificate is None:
+        return None
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(certificate.not_after))
+    log.info(
+        "tls_certificate", subject=certificate.subject, serial=certificate.serial, expires=expires
+    )
+    return certificate.not_after
+
+
 def read_certificate(path: str) -> Certificate | None:
     """The first certificate of a PEM file, decoded by the ssl module's own parser."""
     decode = getattr(ssl._ssl, "_test_decode_cert", None)

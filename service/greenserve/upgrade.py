@@ -6,24 +6,36 @@ and its pid in ``GREENSERVE_UPGRADE_FROM``. The new master serves exactly those 
 of binds is a HUP's job) and, once every one of its workers accepts, starts answering on the
 metrics socket and sends TERM to the old master, which stops answering there at once and drains
 like any graceful stop. Binding the metrics address anew could not work: the old master holds it
-until it has drained (the default 127.0.0.1:9191 made every default upgrade fail). A new master
+until it has drained (the default 127.0.0.1:9191 made every default upgrade fail).
+
+The app's own counters (appmerge.py) go on across the upgrade: the old master writes its totals
+to a file named in ``GREENSERVE_INHERIT_TOTALS`` when it is told to drain, again as its workers
+finish, and a last time as it exits; the new master adds the latest ones to its own, and starts
+answering on the metrics socket only once the drain's first totals are in, so no scrape sees a
+counter go down. A file, not a pipe: a master must never block on a reader. A new master
 that exits, or is not ready within ``deadline`` seconds, is stopped and the old one goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from greenserve.config import Bind, parse_bind
 
 INHERIT_ENV = "GREENSERVE_INHERIT"
 METRICS_ENV = "GREENSERVE_INHERIT_METRICS"
+TOTALS_ENV = "GREENSERVE_INHERIT_TOTALS"
+SHARE_EVERY = 0.5  # seconds between the old master's totals while it drains
+WAIT_FOR_TOTALS = 5.0  # a new master answers metrics after this even without the old's totals
 FROM_ENV = "GREENSERVE_UPGRADE_FROM"
 
 
@@ -49,6 +61,9 @@ class Upgrade:
         if metrics_fd is not None:
             env[METRICS_ENV] = str(metrics_fd)
         env[FROM_ENV] = str(os.getpid())
+        self.totals_path = os.path.join(tempfile.mkdtemp(prefix="greenserve-upgrade-"), "totals")
+        env[TOTALS_ENV] = self.totals_path
+        self.shared_at = -SHARE_EVERY
         self.started = time.monotonic()
         self.deadline = deadline
         # The installed greenserve, as the command line named it: a new version, same settings.
@@ -73,6 +88,19 @@ class Upgrade:
         if time.monotonic() - self.started > self.deadline:
             return f"the new master was not ready within {self.deadline:g} s"
         return None
+
+    def share(self, totals: Callable[[], dict[str, Any]], *, last: bool = False) -> None:
+        """Write this (old) master's totals for the new one: once it drains, every
+        SHARE_EVERY seconds, and ``last`` at its exit."""
+        now = time.monotonic()
+        if not last and now - self.shared_at < SHARE_EVERY:
+            return
+        self.shared_at = now
+        partial = self.totals_path + ".new"
+        with contextlib.suppress(OSError), open(partial, "wb") as handle:
+            pickle.dump({"totals": totals(), "last": last}, handle)
+        with contextlib.suppress(OSError):
+            os.replace(partial, self.totals_path)  # the reader sees a whole file or the old one
 
     def abandon(self) -> None:
         """Stop a new master that will not take over (it drains its own workers)."""
@@ -103,3 +131,56 @@ def inherited(
         int(old) if old.isdigit() else None,
         int(metrics) if metrics.isdigit() else None,
     )
+
+
+class Predecessor:
+    """The new master's side of the totals (see the module's docstring)."""
+
+    def __init__(self, path: str, old_pid: int) -> None:
+        self.path = path
+        self.old_pid = old_pid
+        self.seen: int | None = None  # the file's mtime when last read
+        self.has_totals = False
+        self.told_at: float | None = None  # when this master sent TERM to the old one
+        self.done = False
+
+    @classmethod
+    def from_env(cls, environ: MutableMapping[str, str], old_pid: int | None) -> Predecessor | None:
+        path = environ.pop(TOTALS_ENV, "")
+        return cls(path, old_pid) if path and old_pid is not None else None
+
+    def poll(self, inherit: Callable[[dict[str, Any]], None]) -> None:
+        """Take the old master's latest totals; clean up once it is gone."""
+        if self.done:
+            return
+        gone = not _alive(self.old_pid)
+        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
+            mtime = os.stat(self.path).st_mtime_ns
+            if mtime != self.seen:
+                with open(self.path, "rb") as handle:
+                    state = pickle.load(handle)
+                self.seen = mtime
+                inherit(state["totals"])
+                self.has_totals = True
+        if gone:
+            self.done = True
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.path))
+
+    def ready(self) -> bool:
+        """Whether this master may answer on the metrics socket: the drain's totals are in."""
+        if self.told_at is None:
+            return False
+        waited = time.monotonic() - self.told_at > WAIT_FOR_TOTALS
+        return self.done or waited or (self.has_totals and self.seen is not None)
+
+
+def _alive(pid: int) -> bool:
+    """A running process: not gone, and not a zombie its parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False

@@ -4,10 +4,12 @@ with their usual exporters, 2 workers, recycles and reloads, and a real Promethe
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
 import subprocess
+import threading
 import urllib.request
 
 import requests
@@ -110,6 +112,38 @@ class TestFlask:
             send(server, "/order/pen", 10)
             after = total(wait_count(server, "shop_orders_total", before + 10), "shop_orders_total")
             assert min(values) >= before and after == before + 10
+
+
+class TestUsr2:
+    """A binary upgrade: the new master's counters go on from the old one's, never down."""
+
+    def test_counters_carry_over(self):
+        with serving_http("metrics_flask:app", "--stats-interval", "0.2", workers=2) as server:
+            server.started()
+            send(server, "/order/mug", 30)
+            wait_count(server, "shop_orders_total", 30)
+            seen: list[float] = []
+            stop = threading.Event()
+
+            def scrape_all() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        seen.append(total(app_samples(server), "shop_orders_total"))
+
+            scraper = threading.Thread(target=scrape_all, daemon=True)
+            scraper.start()
+            try:
+                server.signal(signal.SIGUSR2)
+                server.wait_event("upgrade_complete", timeout=30)
+                send(server, "/order/mug", 20)  # served by either master's workers
+                server.wait_event("stopped", timeout=40)  # the old master, drained
+                wait_count(server, "shop_orders_total", 50)
+            finally:
+                stop.set()
+                scraper.join(10)
+            assert seen and min(seen) >= 30, seen[:5]
+            drops = [(a, b) for a, b in itertools.pairwise(seen) if b < a]
+            assert drops == [], drops[:5]
 
 
 class TestDjango:

@@ -155,10 +155,10 @@ class Master:
             self._announce_ready()
             self._end_drain()
             self._watch_upgrade()
-            self._carry_over()
             self.notifier.ping(time.monotonic())
             workers.repeat_stop_requests()
             self._publish()
+            self._carry_over()  # after _publish: /healthz must not answer from the last turn
             if self.stop is not None:
                 self._advance_stop()
                 if not workers.live():
@@ -294,8 +294,6 @@ class Master:
         if self.upgrade_from is not None:
             if self.predecessor is not None:
                 self.predecessor.told_at = time.monotonic()  # metrics: see _carry_over
-            elif self.metrics is not None:
-                self.metrics.start()  # an older greenserve before us shares no totals
             self.log.info("upgrade_complete", old_master_pid=self.upgrade_from)
             kill(self.upgrade_from, signal.SIGTERM)  # the old master drains and exits
             self.notifier.main_pid(os.getpid())

@@ -142,12 +142,12 @@ class Predecessor:
         self.seen: int | None = None  # the file's mtime when last read
         self.has_totals = False
         self.told_at: float | None = None  # when this master sent TERM to the old one
-        self.done = False
+        self.done = not path  # an older greenserve before us shares no totals
 
     @classmethod
     def from_env(cls, environ: MutableMapping[str, str], old_pid: int | None) -> Predecessor | None:
         path = environ.pop(TOTALS_ENV, "")
-        return cls(path, old_pid) if path and old_pid is not None else None
+        return cls(path, old_pid) if old_pid is not None else None
 
     def poll(self, inherit: Callable[[dict[str, Any]], None]) -> None:
         """Take the old master's latest totals; clean up once it is gone."""

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -648,3 +649,45 @@ class Load(ClientLoad):
 
     def __init__(self, address: tuple[str, int], threads: int = 4) -> None:
         super().__init__(lambda: echo_once(address), threads)
+
+
+@contextlib.contextmanager
+def running_prometheus(
+    tmp_path: Path, target: tuple[str, int], rules: bool = True
+) -> Iterator[str]:
+    """A real Prometheus from the shipped deploy/prometheus/prometheus.yml scraping ``target``
+    every second (only the interval is changed, to keep tests short); yields its API URL."""
+    import yaml
+
+    prometheus = need("prometheus")
+    shipped = ROOT / "deploy" / "prometheus"
+    config = yaml.safe_load((shipped / "prometheus.yml").read_text())
+    config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"{target[0]}:{target[1]}"]
+    config["global"]["scrape_interval"] = "1s"
+    if rules:
+        shutil.copy(shipped / "alerts.yml", tmp_path / "alerts.yml")
+    else:
+        config.pop("rule_files", None)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    web = free_port()
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    STARTED_GROUPS.append(proc.pid)
+    try:
+        yield f"http://127.0.0.1:{web}/api/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

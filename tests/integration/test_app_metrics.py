@@ -8,20 +8,12 @@ import itertools
 import json
 import os
 import signal
-import subprocess
 import threading
 import urllib.request
 
 import requests
-import yaml
 
-from tests.helpers import (
-    ROOT,
-    free_port,
-    need,
-    serving_http,
-    wait_until,
-)
+from tests.helpers import running_prometheus, serving_http, wait_until
 
 
 def app_samples(server) -> dict:
@@ -169,31 +161,12 @@ class TestRealPrometheus:
     """Prometheus scrapes it and sums what it sees: the client's count."""
 
     def test_promql_over_the_merged_counter(self, tmp_path):
-        prometheus = need("prometheus")
         with serving_http("metrics_flask:app", "--stats-interval", "0.2", workers=2) as server:
             server.started()
-            host, port = server.metrics_address
-            config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
-            config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"{host}:{port}"]
-            config["global"]["scrape_interval"] = "1s"
-            config.pop("rule_files", None)
-            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-            web = free_port()
-            proc = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{web}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
+            with running_prometheus(tmp_path, server.metrics_address, rules=False) as api:
                 send(server, "/order/cup", 50)
                 query = "sum(shop_orders_total)"
-                url = f"http://127.0.0.1:{web}/api/v1/query?query={urllib.request.quote(query)}"
+                url = f"{api}/query?query={urllib.request.quote(query)}"
 
                 def summed():
                     with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
@@ -203,10 +176,3 @@ class TestRealPrometheus:
                     return False
 
                 wait_until(summed, 40, "sum(shop_orders_total) == 50 in Prometheus", step=0.25)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)

@@ -24,6 +24,7 @@ from tests.helpers import (
     need,
     port_is_free,
     running,
+    running_prometheus,
     wait_until,
 )
 
@@ -228,30 +229,9 @@ class TestPrometheus:
             assert wanted in titles_
 
     def test_real_prometheus_scrapes_greenserve(self, tmp_path):
-        prometheus = need("prometheus")
         with running("--workers", "2") as server:
             server.started()
-            host, port = server.metrics_address
-            config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-            config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"{host}:{port}"]
-            # a 1 s interval only to keep the test short; everything else is as shipped
-            config["global"]["scrape_interval"] = "1s"
-            shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
-            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-            web = free_port()
-            proc = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{web}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
-                api = f"http://127.0.0.1:{web}/api/v1"
+            with running_prometheus(tmp_path, server.metrics_address) as api:
 
                 def target_up():
                     with contextlib.suppress(OSError, ValueError):
@@ -272,13 +252,6 @@ class TestPrometheus:
                 wait_until(alive, 20, "greenserve_workers_alive == 2 in Prometheus", step=0.25)
                 rules = _get_json(f"{api}/rules")["data"]["groups"][0]["rules"]
                 assert {r["name"] for r in rules} >= {"GreenserveDown", "GreenserveWorkerTimeouts"}
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
 
 
 def _get_json(url: str) -> dict:

@@ -436,8 +436,6 @@ def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[byt
 
 def need(tool: str) -> str:
     """A Debian tool the test needs: skip locally without it, fail under CI=true."""
-    import shutil
-
     import pytest
 
     path = shutil.which(tool)

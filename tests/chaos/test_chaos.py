@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,6 +36,8 @@ from tests.helpers import (
 from tests.http_corpus.corpus import VALID
 
 SOAK_SECONDS = float(os.environ.get("GREENSERVE_SOAK_SECONDS", "12"))
+
+pytestmark = pytest.mark.slow  # about 70 s in all: run the fast suites alone with -m 'not slow'
 
 
 def kill_a_worker(server) -> int:

@@ -376,6 +376,7 @@ class ScriptedSocket:
         self.parked = self.fresh = self.upgraded = False
         self.greenlet = self.expire = None
         self.tx = self.rx = 0
+        self.accepted_at = time.monotonic()
 
     def recv(self, size: int) -> bytes:
         if not self.chunks:

@@ -87,6 +87,7 @@ class MasterState:
     slots: tuple[SlotLiveness, ...] = ()
     tls_expiry: float | None = None  # the served certificate's notAfter, when TLS is on
     draining: bool = False  # a stop began: load balancers must stop routing here
+    listen_queues: tuple[tuple[str, int], ...] = ()  # (bind, connections in its accept queue)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class View:
     generation: int
     tls_expiry: float | None = None
     draining: bool = False
+    listen_queues: tuple[tuple[str, int], ...] = ()
 
     @property
     def alive(self) -> int:
@@ -232,6 +234,7 @@ class Aggregator:
                 published.generation,
                 published.tls_expiry,
                 published.draining,
+                published.listen_queues,
             )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 PREFIX = "greenserve_"
 
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (
     0.0005,
     0.001,
@@ -107,6 +108,18 @@ WORKER_LABELLED = (
         "Connections closed because of their PROXY header, by reason.",
     ),
     _by(
+        "http_requests_shed",
+        "reason",
+        ("inflight", "queue_time"),
+        "HTTP requests answered 503 without the app: --max-inflight or --max-queue-time.",
+    ),
+    _by(
+        "request_start_ignored",
+        "reason",
+        ("malformed", "untrusted", "future"),
+        "X-Request-Start headers not used for queue time, by reason.",
+    ),
+    _by(
         "websocket_closes",
         "code",
         ("1000", "1001", "1006", "1009"),  # normal, going away, abnormal, too big
@@ -154,6 +167,14 @@ WORKER_HISTOGRAMS = (
         buckets=LAG_BUCKETS,
     ),
     Family(
+        "http_queue_seconds",
+        "histogram",
+        "Time a request waited before the app: from a trusted proxy's X-Request-Start, or from "
+        "accept for a connection's first request.",
+        stat="http_queue_seconds",
+        buckets=QUEUE_BUCKETS,
+    ),
+    Family(
         "http_request_duration_seconds",
         "histogram",
         "Time from a request's head to the end of its response.",
@@ -188,6 +209,12 @@ MASTER_FAMILIES = (
         "master_log_lines_dropped",
         "counter",
         "Log lines the master could not write (stdout and stderr failed).",
+    ),
+    Family(
+        "listen_queue",
+        "gauge",
+        "Connections waiting in a listener's accept queue now (the kernel's count).",
+        label="listener",
     ),
     Family(
         "app_series_rejected",

@@ -180,6 +180,30 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _off_or_positive_int(text: str) -> int:
+    """A limit that is off (0 inside) or a positive whole number; 0 itself is refused, as a
+    limit of nothing would refuse every request."""
+    value = str(text).strip().lower()
+    if value in ("off", ""):
+        return 0
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError("expected a positive whole number, or off")
+    return int(value)
+
+
+def _off_or_positive_float(text: str) -> float:
+    value = str(text).strip().lower()
+    if value in ("off", ""):
+        return 0.0
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("expected a positive number of seconds, or off") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError("expected a positive number of seconds, or off")
+    return number
+
+
 def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0:
@@ -580,6 +604,22 @@ class Settings:
         "ping every wsgi.websocket this often; one that has not answered the previous ping is "
         "closed (1011); 0 = no pings",
         "S",
+        group="http",
+    )
+    max_inflight: int = setting(
+        _off_or_positive_int,
+        "off",
+        "requests a worker handles at once; past it a request gets 503 with Retry-After, before "
+        "its body is read (off: no limit; WebSocket sessions do not count)",
+        "N|off",
+        group="http",
+    )
+    max_queue_time: float = setting(
+        _off_or_positive_float,
+        "off",
+        "503 for a request that already waited longer than this before the app (from a trusted "
+        "proxy's X-Request-Start, else from accept)",
+        "S|off",
         group="http",
     )
     ws_close_timeout: float = setting(

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Mapping
 
 from greenserve.config import Address, Bind, FdAddress, Settings, UnixAddress
-from greenserve.sockets import BindError, bind_listener, bound_address
+from greenserve.sockets import BindError, accept_queue, bind_listener, bound_address
 
 
 class Listeners:
@@ -120,6 +120,16 @@ class Listeners:
         for bind, sock in self.shared.items():
             shown.append(str(bound_address(sock)) if isinstance(bind, Address) else str(bind))
         return shown
+
+    def queues(self) -> tuple[tuple[str, int], ...]:
+        """Each bind's accept queue now (its per-slot copies included, --reuse-port); 0 where
+        the kernel does not say (a unix socket)."""
+        depth: dict[str, int] = {}
+        for bind, sock in self.shared.items():
+            depth[str(bind)] = accept_queue(sock)
+        for (bind, _), sock in self.per_slot.items():
+            depth[str(bind)] = depth.get(str(bind), 0) + accept_queue(sock)
+        return tuple(depth.items())
 
     def handed_over(self) -> None:
         """Another master serves these sockets now: closing them here must not remove files."""

@@ -173,6 +173,7 @@ class Master:
                 table.liveness(),
                 self.tls_expiry,
                 self.stop is not None or self.drain_until is not None,
+                self.listeners.queues(),
             )
         )
 

@@ -49,7 +49,11 @@ class GreenserveCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         view = self.aggregator.view()
         app_families, rejected = self.aggregator.app_families()
-        by_label = {"worker_restarts": view.restarts, "app_series_rejected": rejected}
+        by_label = {
+            "worker_restarts": view.restarts,
+            "app_series_rejected": rejected,
+            "listen_queue": dict(view.listen_queues),
+        }
         master: dict[str, float | None] = {
             "workers_alive": view.alive,
             "workers_desired": view.desired,

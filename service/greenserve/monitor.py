@@ -33,6 +33,11 @@ class Scrape:
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples.get((name, tuple(sorted(labels.items()))))
 
+    def total(self, name: str) -> float | None:
+        """Every sample of a family added up; None when it has none."""
+        values = [value for (sample, _), value in self.samples.items() if sample == name]
+        return sum(values) if values else None
+
     def by_worker(self, name: str) -> dict[str, float]:
         return {
             dict(labels)["worker"]: value
@@ -111,6 +116,7 @@ class WorkerRow:
     pid: int | None
     state: str
     active: float
+    in_flight: float
     accepted: float
     requests: float | None
     bytes_in: float
@@ -137,6 +143,7 @@ class Summary:
     generation: int | None
     workers_desired: int | None
     workers_alive: int | None
+    listen_queue: float | None = None  # connections waiting in the accept queues now
     workers: list[WorkerRow] = field(default_factory=list)
     totals: WorkerRow | None = None
 
@@ -175,6 +182,7 @@ def summarize(url: str, now: Scrape, before: Scrape | None = None) -> Summary:
         generation=_int(now.value(catalog.sample("generation"))),
         workers_desired=_int(now.value(catalog.sample("workers_desired"))),
         workers_alive=_int(now.value(catalog.sample("workers_alive"))),
+        listen_queue=now.total(catalog.sample("listen_queue")),
     )
     pids = now.by_worker(catalog.sample("worker_pid"))
     ready = now.by_worker(catalog.sample("worker_ready"))
@@ -208,6 +216,7 @@ def _row(
 
     names = {
         "active": catalog.sample("connections_active"),
+        "in_flight": catalog.sample("http_requests_in_flight"),
         "accepted": catalog.sample("connections_accepted"),
         "bytes_in": catalog.sample("bytes_received"),
         "bytes_out": catalog.sample("bytes_sent"),

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 from greenserve.config import Address
 
 BACKLOG = 2048
+_TCP_INFO_SIZE = 104
+_QUEUED_OFFSET = 24  # struct tcp_info: tcpi_unacked, the accept queue's length on a listener
 
 
 class BindError(RuntimeError):
@@ -43,6 +46,17 @@ def bind_reason(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return "address already in use"
     return exc.strerror or str(exc)
+
+
+def accept_queue(sock: socket.socket) -> int:
+    """Connections waiting in a TCP listener's accept queue (the kernel's count; 0 when
+    unknown, as on a unix socket)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return 0
+    queued: int = struct.unpack_from("I", info, _QUEUED_OFFSET)[0]
+    return queued
 
 
 def bound_address(sock: socket.socket) -> Address:

@@ -35,6 +35,7 @@ COLUMNS = (  # (heading, value of a row); the first COMPACT fit 80 columns
     ("p99 ms", lambda row: _fmt(row.p99_ms, ".1f")),
     ("RSS MB", lambda row: _fmt(row.rss, ".0f", 1e6)),
     ("rst", lambda row: _fmt(row.restarts)),
+    ("in flight", lambda row: _fmt(row.in_flight)),
     ("in KB/s", lambda row: _fmt(row.bytes_in_per_s, ".1f", 1000)),
     ("out KB/s", lambda row: _fmt(row.bytes_out_per_s, ".1f", 1000)),
     ("p50 ms", lambda row: _fmt(row.p50_ms, ".2f")),
@@ -52,7 +53,7 @@ def render(summary: Summary, width: int = WIDE) -> Table:
         title=(
             f"greenserve {summary.url} {health} up {_fmt(summary.uptime_seconds)}s "
             f"gen {_fmt(summary.generation)} workers {_fmt(summary.workers_alive)}/"
-            f"{_fmt(summary.workers_desired)}"
+            f"{_fmt(summary.workers_desired)} accept queue {_fmt(summary.listen_queue)}"
         ),
         caption="q quits" + ("" if width >= WIDE else "; widen the terminal for more columns"),
         expand=False,

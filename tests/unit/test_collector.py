@@ -24,7 +24,9 @@ class TestCollector:
 
     def test_every_family_has_samples_before_any_worker_reports(self):
         aggregator = Aggregator()
-        aggregator.publish(MasterState(2, 1, SlotTable(2).liveness()))
+        # as the master publishes it from its first turn: its listeners' accept queues too
+        liveness = SlotTable(2).liveness()
+        aggregator.publish(MasterState(2, 1, liveness, listen_queues=(("127.0.0.1:8001", 0),)))
         registry = build_registry(aggregator)
         families = {
             f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())

@@ -22,19 +22,16 @@ The shared socket stays: nothing queued on it is lost when a worker exits or on 
 
 from __future__ import annotations
 
-import socket
-import struct
 from typing import Any
 
 import gevent
 from gevent.server import StreamServer
 
 from greenserve.protocols.tcp import Connections, CountingSocket
+from greenserve.sockets import accept_queue
 from greenserve.stats import LOAD_IN_USE
 
 YIELD_SECONDS = 0.002
-_TCP_INFO_SIZE = 104
-_QUEUED_OFFSET = 24  # struct tcp_info: tcpi_unacked, the accept queue's length on a listener
 # Accepts per wake-up: each one checks the balance again, so a worker woken for a burst does not
 # swallow it whole, and a burst is not accepted at one connection per loop turn either.
 MAX_ACCEPT = 64
@@ -123,12 +120,7 @@ class BalancedServer(CountingServer):
 
     def _queued(self) -> int:
         """Connections waiting in the accept queue (0 when unknown, as on a unix socket)."""
-        try:
-            info = self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-        except OSError:
-            return 0
-        queued: int = struct.unpack_from("I", info, _QUEUED_OFFSET)[0]
-        return queued
+        return accept_queue(self.socket)
 
     def do_read(self) -> Any:
         if self.connections.full:

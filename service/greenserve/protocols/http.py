@@ -43,6 +43,7 @@ from greenserve.protocols.http_request import (
     messages_completed,
 )
 from greenserve.protocols.http_response import REASONS, DateCache, FileWrapper, Response
+from greenserve.protocols.queue_time import waited
 from greenserve.protocols.tcp import CountingSocket
 from greenserve.protocols.tcp import peer as _peer
 from greenserve.protocols.turns import take_turn
@@ -58,6 +59,12 @@ HISTORY_LIMIT = 65536  # request bytes kept across reads to place a parse error 
 TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped again this much later
 
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
+
+RETRY_AFTER = b"Retry-After: 1\r\n"  # a shed request: the load balancer may try again soon
+SHED = {
+    "inflight": "overloaded: too many requests in flight",
+    "queue_time": "overloaded: the request waited too long before the app",
+}
 
 # RFC 6455 5.5.1: a client's Close frame, 1001 "going away" (masked, with a zero key), as a
 # stop makes an app's own WebSocket library read it (tcp.Connections.end_upgraded)
@@ -329,11 +336,16 @@ class HttpConnection:
             if head.content_length is not None and head.content_length > handler.max_body:
                 self.send_error(413, "request body too large", head=head)
                 return
-            stats.http_requests_in_flight += 1
+            if handler.max_inflight and stats.http_requests_in_flight >= handler.max_inflight:
+                self.shed(head, "inflight")
+                return
+            # A WebSocket session is no request in flight: it would hold the limit for hours.
+            counted = not head.upgrade
+            stats.http_requests_in_flight += counted
             try:
                 keep = self._respond(head)
             finally:
-                stats.http_requests_in_flight -= 1
+                stats.http_requests_in_flight -= counted
                 # an idle keep-alive connection keeps no request: the app's header list, ids
                 self.response = None
             if not keep:
@@ -354,6 +366,7 @@ class HttpConnection:
         request_id: str = "",
         head: Head | None = None,
         duration: float = 0.0,
+        extra: bytes = b"",
     ) -> None:
         """greenserve's own answer (a parse error, a limit, a failed app), then the connection
         closes; counted and access-logged like any response, with a request id."""
@@ -366,6 +379,7 @@ class HttpConnection:
             + b"X-Request-ID: "
             + request_id.encode()
             + b"\r\n"
+            + extra
             + b"Content-Length: %d" % len(body)
             + handler.date.end()
             + body
@@ -376,6 +390,30 @@ class HttpConnection:
         if handler.access_log:
             head = head or self.parser.head  # a head begun before the error, if any
             self._access(head, None, status, len(body), duration, request_id, error=detail)
+
+    def shed(self, head: Head, reason: str, request_id: str = "") -> None:
+        """Overload (--max-inflight, --max-queue-time): 503 at once, before the body is read
+        and without the app, and the connection closes (the body is left unread)."""
+        shed = self.handler.stats.http_requests_shed
+        shed[reason] = shed.get(reason, 0) + 1
+        self.send_error(503, SHED[reason], request_id, head, extra=RETRY_AFTER)
+
+    def _queued(self, environ: dict[str, Any]) -> float | None:
+        """Seconds this request waited before the app, or None when it is not known: a trusted
+        proxy's X-Request-Start, else the time since accept for a connection's first request."""
+        header = environ.get("HTTP_X_REQUEST_START")
+        if header is not None:
+            ignored = self.handler.stats.request_start_ignored
+            reason = "untrusted"  # anyone can send it: only --forwarded-allow-ips is believed
+            if self.trusted_peer:
+                wait = waited(header, time.time())
+                if isinstance(wait, float):
+                    return wait
+                reason = wait
+            ignored[reason] = ignored.get(reason, 0) + 1
+        if self.served == 0:
+            return time.monotonic() - self.watched.accepted_at
+        return None
 
     def _access(
         self,
@@ -435,6 +473,12 @@ class HttpConnection:
             environ.update(self.extra_environ)
         if self.trusted_peer:
             apply_forwarded(environ, handler.forwarded_allow)
+        queued = self._queued(environ)
+        if queued is not None:
+            handler.queue_times.observe(queued)
+            if handler.max_queue_time and queued > handler.max_queue_time:
+                self.shed(head, "queue_time", request_id)
+                return False
         self.served += 1
         context = REQUEST_ID.set(request_id)
         upgraded_at = (0, 0)
@@ -695,6 +739,9 @@ class HttpHandler:
         self.header_timeout = settings.header_timeout
         self.keepalive_timeout = settings.keepalive_timeout
         self.access_log = settings.access_log
+        self.max_inflight = settings.max_inflight  # 0: off
+        self.max_queue_time = settings.max_queue_time  # 0: off
+        self.queue_times = stats.histograms["http_queue_seconds"]
         self.websockets: set[WebSocket] = set()  # open wsgi.websocket objects (1001 on stop)
         # Request ids: unique per worker process, cheap (no uuid per request), never reused.
         self.id_prefix = os.urandom(6).hex()

@@ -37,6 +37,7 @@ class CountingSocket(gsocket.socket):
     """
 
     __slots__ = (
+        "accepted_at",
         "deadline",
         "eof_data",
         "expire",
@@ -149,7 +150,8 @@ class Connections:
         # passes, the sweeper calls ``expire`` (no timer per request: see IdleSweeper).
         sock.request_deadline = 0.0
         sock.expire = None
-        sock.idle_since, sock.shut = time.monotonic(), False
+        sock.accepted_at = sock.idle_since = time.monotonic()
+        sock.shut = False
         sock.greenlet = None
         self.open.add(sock)
         self.drained.clear()

@@ -187,6 +187,10 @@ class Aggregator:
         with self._lock:
             return self._app.families(), dict(self._app.rejected)
 
+    def app_rejected(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._app.rejected)
+
     def app_totals(self) -> dict[str, Any]:
         with self._lock:
             return self._app.totals()

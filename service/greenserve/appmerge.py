@@ -52,7 +52,7 @@ class MergedFamily:
     name: str
     kind: str
     help: str
-    samples: tuple[tuple[str, dict[str, str], float], ...]
+    samples: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...]  # labels sorted
 
 
 class AppMetrics:
@@ -144,9 +144,9 @@ class AppMetrics:
                     gauges.setdefault(key, []).append(
                         (process.slot, process.changed.get(key, 0), value)
                     )
-        samples: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+        samples: dict[str, list[tuple[str, tuple[tuple[str, str], ...], float]]] = {}
         for (name, sample, labels), value in counters.items():
-            samples.setdefault(name, []).append((sample, dict(labels), value))
+            samples.setdefault(name, []).append((sample, labels, value))
         for (name, sample, labels), found in gauges.items():
             mode = self.specs[name].mode
             samples.setdefault(name, []).extend(_gauge(mode, sample, labels, found))
@@ -198,22 +198,22 @@ def _shown(spec: Spec) -> dict[str, Any]:
 
 def _gauge(
     mode: str, sample: str, labels: tuple[tuple[str, str], ...], found: list[tuple[int, int, float]]
-) -> list[tuple[str, dict[str, str], float]]:
+) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
     """One gauge series' samples from the live processes' (slot, tick, value)."""
     if mode in _SUM:
-        return [(sample, dict(labels), sum(value for _, _, value in found))]
+        return [(sample, labels, sum(value for _, _, value in found))]
     if mode in _MAX:
-        return [(sample, dict(labels), max(value for _, _, value in found))]
+        return [(sample, labels, max(value for _, _, value in found))]
     if mode in _MIN:
-        return [(sample, dict(labels), min(value for _, _, value in found))]
+        return [(sample, labels, min(value for _, _, value in found))]
     if mode in _RECENT:
-        return [(sample, dict(labels), max(found, key=lambda item: item[1])[2])]
+        return [(sample, labels, max(found, key=lambda item: item[1])[2])]
     # all / liveall: per slot; a slot's two processes during a hand-over show the newer value
     by_slot: dict[int, tuple[int, float]] = {}
     for slot, tick, value in found:
         if slot not in by_slot or tick >= by_slot[slot][0]:
             by_slot[slot] = (tick, value)
     return [
-        (sample, {**dict(labels), "worker": str(slot)}, value)
+        (sample, tuple(sorted((*labels, ("worker", str(slot))))), value)
         for slot, (_, value) in sorted(by_slot.items())
     ]

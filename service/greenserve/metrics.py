@@ -5,6 +5,7 @@ master's loop."""
 from __future__ import annotations
 
 import errno
+import gzip
 import ipaddress
 import json
 import socket
@@ -21,7 +22,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from greenserve import logs
 from greenserve.aggregate import Aggregator, SlotView, View, health
@@ -38,6 +41,7 @@ from greenserve.config import Address, Settings
 from greenserve.sockets import BindError, bind_reason
 
 KINDS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+OM_EOF = b"# EOF\n"
 
 
 class GreenserveCollector(Collector):
@@ -48,7 +52,7 @@ class GreenserveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         view = self.aggregator.view()
-        app_families, rejected = self.aggregator.app_families()
+        rejected = self.aggregator.app_rejected()
         by_label = {
             "worker_restarts": view.restarts,
             "app_series_rejected": rejected,
@@ -71,16 +75,65 @@ class GreenserveCollector(Collector):
             elif master[family.name] is not None:  # no certificate gauge without TLS
                 yield KINDS[family.kind](family.metric, family.help, value=master[family.name])
         yield from _per_worker(view)
-        yield from _app(app_families)
 
 
-def _app(families: list[MergedFamily]) -> Iterator[Metric]:
-    """The app's own families (appmerge.py), as prometheus_client's types name them."""
+class AppCollector(Collector):
+    """The app's own families (appmerge.py), for the rare scrape the fast renderer below does
+    not serve (a ``name[]`` filter)."""
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.aggregator.app_families()[0]:
+            metric = Metric(family.name, family.help, family.kind)
+            for sample, labels, value in family.samples:
+                metric.add_sample(sample, dict(labels), value)
+            yield metric
+
+
+# The text format's names for what prometheus_client calls these types (its generate_latest).
+_TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
+_TEXT_TYPES["unknown"] = "untyped"
+_LABEL_TEXT: dict[tuple[tuple[str, str], ...], str] = {}  # label set -> its {...} text
+_LABEL_TEXT_MAX = 500_000
+
+
+def render_app(families: list[MergedFamily], openmetrics: bool) -> bytes:
+    """The app's families in the Prometheus text format or OpenMetrics, as prometheus_client
+    writes them, several times faster: a series' label text is built once, not per scrape
+    (64 workers' per-worker gauges are tens of thousands of lines)."""
+    out = []
+    labels_text = _LABEL_TEXT
+    if len(labels_text) > _LABEL_TEXT_MAX:
+        labels_text.clear()
     for family in families:
-        metric = Metric(family.name, family.help, family.kind)
+        name, kind, text = family.name, family.kind, family.help.replace("\\", r"\\")
+        text = text.replace("\n", r"\n")
+        if openmetrics:
+            text = text.replace('"', r"\"")
+        else:
+            name += "_total" if kind == "counter" else "_info" if kind == "info" else ""
+            kind = _TEXT_TYPES.get(kind, kind)
+        out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
         for sample, labels, value in family.samples:
-            metric.add_sample(sample, labels, value)
-        yield metric
+            shown = labels_text.get(labels)
+            if shown is None:
+                shown = labels_text[labels] = _labels(labels)
+            out.append(f"{sample}{shown} {floatToGoString(value)}\n")
+    return "".join(out).encode()
+
+
+def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    pairs = (f'{key}="{_escaped(value)}"' for key, value in labels)
+    return "{" + ",".join(pairs) + "}"
+
+
+def _escaped(value: str) -> str:
+    """A label value as both formats write it: backslash, newline and double quote escaped."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 SLOT_VALUES: dict[str, Callable[[SlotView], float]] = {
@@ -123,9 +176,12 @@ def _per_worker(view: View) -> Iterator[Metric]:
         yield metric
 
 
-def build_registry(aggregator: Aggregator) -> CollectorRegistry:
+def build_registry(aggregator: Aggregator, app: bool = True) -> CollectorRegistry:
+    """greenserve's families, the master's process metrics, and (``app``) the app's own."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GreenserveCollector(aggregator))
+    if app:
+        registry.register(AppCollector(aggregator))
     ProcessCollector(registry=registry)  # the master's own CPU, memory and fds
     return registry
 
@@ -136,13 +192,37 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 def build_app(
     registry: CollectorRegistry, aggregator: Aggregator, stale_after: Callable[[], float | None]
 ) -> WsgiApp:
-    """``/metrics`` (text, OpenMetrics or gzip as the scraper asks) and ``/healthz``."""
+    """``/metrics`` (text, OpenMetrics or gzip as the scraper asks) and ``/healthz``.
+
+    ``registry`` has every family; a scrape is served from greenserve's own families, encoded
+    by prometheus_client, followed by the app's, encoded by ``render_app``. Only a ``name[]``
+    filter goes through prometheus_client for all of them.
+    """
     metrics_app = make_wsgi_app(registry)
+    ours = build_registry(aggregator, app=False)
+
+    def scrape(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("QUERY_STRING") or environ.get("REQUEST_METHOD") != "GET":
+            return metrics_app(environ, start_response)
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        output = encoder(ours)
+        app_text = render_app(aggregator.app_families()[0], openmetrics)
+        if openmetrics:  # the app's families go before the end marker
+            output = output[: -len(OM_EOF)] + app_text + OM_EOF
+        else:
+            output += app_text
+        headers = [("Content-Type", content_type)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            output = gzip.compress(output)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [output]
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            return scrape(environ, start_response)
         if path == "/healthz":
             ok, body = health(aggregator.view(), stale_after())
             payload = json.dumps(body).encode()

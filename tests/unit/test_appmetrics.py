@@ -239,3 +239,87 @@ class TestBadInput:
 def test_no_prometheus_client_no_cost(monkeypatch):
     monkeypatch.delitem(sys.modules, "prometheus_client", raising=False)
     assert AppMetricsReader(10).delta() is None
+
+
+class TestRendering:
+    """The app's families written by render_app read back as prometheus_client writes them."""
+
+    @staticmethod
+    def merged(monkeypatch) -> Aggregator:
+        merge = AppMetrics()
+        for slot in range(2):
+            worker = FakeWorker(200 + slot, slot)
+            odd = Counter(
+                "app_odd",
+                'Help with \\ and "quotes"\nand a newline.',
+                ["v"],
+                registry=worker.registry,
+            )
+            odd.labels('a "quoted" \\ back\nslash').inc(2)
+            worker.metrics["requests"].labels("/a").inc()
+            worker.metrics["latency"].observe(0.5)
+            worker.metrics["size"].observe(3)
+            worker.metrics["queue"].set(slot + 1)
+            worker.metrics["total"].set(4)
+            worker.flush(merge, monkeypatch)
+        aggregator = Aggregator()
+        aggregator._app = merge
+        return aggregator
+
+    @staticmethod
+    def parsed(text: str, openmetrics: bool) -> dict:
+        from prometheus_client.openmetrics.parser import (
+            text_string_to_metric_families as om_families,
+        )
+
+        parse = om_families if openmetrics else text_string_to_metric_families
+        return {
+            (family.name, family.type, s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parse(text)
+            for s in family.samples
+            if s.name.startswith("app_") and not s.name.endswith("_created")
+        }
+
+    @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+    def test_same_samples_as_prometheus_client(self, monkeypatch, openmetrics):
+        from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+        from greenserve.metrics import AppCollector, render_app
+
+        aggregator = self.merged(monkeypatch)
+        registry = CollectorRegistry()
+        registry.register(AppCollector(aggregator))
+        reference = (om_latest if openmetrics else generate_latest)(registry).decode()
+        fast = render_app(aggregator.app_families()[0], openmetrics).decode()
+        if openmetrics:
+            fast += "# EOF\n"
+        assert self.parsed(fast, openmetrics) == self.parsed(reference, openmetrics)
+        assert self.parsed(fast, openmetrics)  # not two empty sets
+
+    @pytest.mark.parametrize(
+        "accept",
+        ["", "text/plain;version=0.0.4", "application/openmetrics-text;version=1.0.0"],
+    )
+    def test_the_endpoint_in_each_format(self, monkeypatch, accept):
+        import gzip
+
+        from greenserve.metrics import build_app
+
+        aggregator = self.merged(monkeypatch)
+        app = build_app(build_registry(aggregator), aggregator, lambda: None)
+        seen = {}
+        environ = {
+            "PATH_INFO": "/metrics",
+            "REQUEST_METHOD": "GET",
+            "HTTP_ACCEPT": accept,
+            "HTTP_ACCEPT_ENCODING": "gzip",
+        }
+        body = b"".join(app(environ, lambda status, headers: seen.update(headers)))
+        text = gzip.decompress(body).decode()
+        openmetrics = seen["Content-Type"].startswith("application/openmetrics-text")
+        assert openmetrics == accept.startswith("application/openmetrics-text")
+        samples = self.parsed(text, openmetrics)
+        assert any(key[2] == "app_requests_total" for key in samples)
+        if openmetrics:
+            assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+        assert "greenserve_workers_alive" in text

@@ -166,16 +166,12 @@ class Master:
 
     def _publish(self) -> None:
         table = self.workers.table
-        self.aggregator.publish(
-            MasterState(
-                table.desired(),
-                self.generation,
-                table.liveness(),
-                self.tls_expiry,
-                self.stop is not None or self.drain_until is not None,
-                self.listeners.queues(),
-            )
-        )
+        # Handed over (USR2): the new master answers health checks; a scrape this one was
+        # still answering must not say "draining" of a server that is not going away.
+        handed_over = self.upgrade is not None and self.upgrade.process.poll() is None
+        draining = (self.stop is not None or self.drain_until is not None) and not handed_over
+        state = (table.desired(), self.generation, table.liveness(), self.tls_expiry, draining)
+        self.aggregator.publish(MasterState(*state, self.listeners.queues()))
 
     def _dispatch(self, signum: int) -> None:
         name = signal.Signals(signum).name

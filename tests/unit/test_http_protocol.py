@@ -147,3 +147,21 @@ class TestResponseRules:
         responses = parse_responses(raw)
         assert [r.status for r in responses] == [200, 200]
         assert b'"body": "' + b"x" * 50000 + b'"' in responses[0].body
+
+
+class TestShedding:
+    """--max-queue-time on both paths (the C head parser and llhttp): a stale X-Request-Start
+    from a trusted peer is a 503 before the app; a fresh one is served."""
+
+    def test_stale_and_fresh(self):
+        import time
+
+        stale = f"t={int((time.time() - 5) * 1e6)}"
+        fresh = f"t={int(time.time() * 1e6)}"
+        for start, status in ((stale, 503), (fresh, 200)):
+            # Connection: close and an extra header: heads both paths take or leave alike
+            request = req("GET / HTTP/1.1", "Host: a", f"X-Request-Start: {start}")
+            raw, _ = run(request, max_queue_time=1.0)
+            assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:100]
+            if status == 503:
+                assert b"Retry-After: 1" in raw and b"Connection: close" in raw

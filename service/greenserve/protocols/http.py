@@ -339,6 +339,13 @@ class HttpConnection:
             if handler.max_inflight and stats.http_requests_in_flight >= handler.max_inflight:
                 self.shed(head, "inflight")
                 return
+            # Before any per-request object: a shed must cost as little as it can.
+            queued = self._queued(head)
+            if queued is not None:
+                handler.queue_times.observe(queued)
+                if handler.max_queue_time and queued > handler.max_queue_time:
+                    self.shed(head, "queue_time")
+                    return
             # A WebSocket session is no request in flight: it would hold the limit for hours.
             counted = not head.upgrade
             stats.http_requests_in_flight += counted
@@ -398,10 +405,11 @@ class HttpConnection:
         shed[reason] = shed.get(reason, 0) + 1
         self.send_error(503, SHED[reason], request_id, head, extra=RETRY_AFTER)
 
-    def _queued(self, environ: dict[str, Any]) -> float | None:
+    def _queued(self, head: Head) -> float | None:
         """Seconds this request waited before the app, or None when it is not known: a trusted
         proxy's X-Request-Start, else the time since accept for a connection's first request."""
-        header = environ.get("HTTP_X_REQUEST_START")
+        environ = head.environ  # built in C for a plain request; llhttp's path kept the header
+        header = head.request_start if environ is None else environ.get("HTTP_X_REQUEST_START")
         if header is not None:
             ignored = self.handler.stats.request_start_ignored
             reason = "untrusted"  # anyone can send it: only --forwarded-allow-ips is believed
@@ -473,12 +481,6 @@ class HttpConnection:
             environ.update(self.extra_environ)
         if self.trusted_peer:
             apply_forwarded(environ, handler.forwarded_allow)
-        queued = self._queued(environ)
-        if queued is not None:
-            handler.queue_times.observe(queued)
-            if handler.max_queue_time and queued > handler.max_queue_time:
-                self.shed(head, "queue_time", request_id)
-                return False
         self.served += 1
         context = REQUEST_ID.set(request_id)
         upgraded_at = (0, 0)

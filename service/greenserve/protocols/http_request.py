@@ -58,6 +58,7 @@ _FRAMING_KEYS = frozenset(
         "CONTENT_LENGTH",
         "HTTP_EXPECT",
         "HTTP_X_REQUEST_ID",
+        "HTTP_X_REQUEST_START",
         "HTTP_CONNECTION",
         "HTTP_PROXY_CONNECTION",
     )
@@ -127,6 +128,7 @@ class Head:
         "path",
         "query",
         "request_id",
+        "request_start",
         "upgrade",
         "url",
         "version",
@@ -134,6 +136,7 @@ class Head:
 
     def __init__(self) -> None:
         self.request_id = ""  # a valid X-Request-ID from the client, else empty
+        self.request_start: str | None = None  # X-Request-Start (llhttp path; C: the environ)
         self.upgrade = False  # Upgrade: the app may take the connection over
         self.url = b""
         self.path = b"/"
@@ -289,6 +292,8 @@ class RequestParser:
                 elif key == "HTTP_X_REQUEST_ID":
                     if _REQUEST_ID.fullmatch(value):
                         head.request_id = value.decode("ascii")
+                elif key == "HTTP_X_REQUEST_START":
+                    head.request_start = value.decode("latin-1")
                 else:
                     connection = True  # Connection or Proxy-Connection
         except HttpError:

@@ -26,11 +26,27 @@ from greenserve.config import (
 from greenserve.spec import EXIT_APP_LOAD, EXIT_USAGE
 
 TOOLS = ("top", "status", "client")
+FREE_THREADED = (
+    "this is a free-threaded Python build (3.13t/3.14t), which gevent and greenlet do not "
+    "support: run greenserve on the standard build of the same version (python3.13, not "
+    "python3.13t)"
+)
+
+
+def free_threaded() -> bool:
+    """A CPython built with --disable-gil (PEP 703), whether or not the GIL is on right now:
+    greenlet's C extension is not built for it."""
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server or a tool; returns the exit code (0 ok, 1 runtime, 2 usage, 3 app load)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if free_threaded():
+        print(f"greenserve: error: {FREE_THREADED}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args and args[0] in TOOLS:
             return _quiet_on_closed_pipe(lambda: _tool(args[0], args[1:], os.environ))

@@ -139,3 +139,29 @@ class TestSwitches:
             load(["--config", str(tmp_path / "missing.toml")], {})
         with pytest.raises(ConfigError, match="not valid TOML"):
             load(["--config", _write(tmp_path, "workers = = 2\n")], {})
+
+
+class TestFreeThreaded:
+    """A free-threaded CPython is refused at start with one line, exit 2.
+
+    No free-threaded interpreter is installed here: the build flag is what is faked."""
+
+    def test_refused_before_anything(self, monkeypatch, capsys):
+        import sysconfig
+
+        from greenserve import cli
+
+        real = sysconfig.get_config_var
+        monkeypatch.setattr(
+            sysconfig,
+            "get_config_var",
+            lambda name: 1 if name == "Py_GIL_DISABLED" else real(name),
+        )
+        assert cli.main(["--workers", "1"]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert "free-threaded" in line and "python3.13t" in line
+
+    def test_the_standard_build_is_not(self):
+        from greenserve.cli import free_threaded
+
+        assert free_threaded() is False

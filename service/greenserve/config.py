@@ -606,6 +606,14 @@ class Settings:
         "S",
         group="http",
     )
+    asyncio_threads: int = setting(
+        _positive_int,
+        "16",
+        "real threads per worker on which asyncio.run and async_to_sync run their event loops "
+        "(asyncio inside sync views); more waiting ones queue",
+        "N",
+        group="http",
+    )
     max_inflight: int = setting(
         _off_or_positive_int,
         "off",

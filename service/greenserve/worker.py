@@ -19,7 +19,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 from setproctitle import setproctitle
 
-from greenserve import apps, logs
+from greenserve import apps, islands, logs
 from greenserve.appstats import AppMetricsReader
 from greenserve.config import Address, Settings, parse_app
 from greenserve.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
@@ -439,6 +439,7 @@ def run(spec: WorkerSpec) -> NoReturn:
     _watch_blocking(settings.block_warn, stats, log)  # its thread imports lazily too
     _drop_privileges(settings)
     setproctitle(f"greenserve: worker {spec.slot} [{', '.join(str(b) for b in settings.bind)}]")
+    islands.install(settings.asyncio_threads)  # before the app: it may import asgiref
     try:
         app = load_app(settings)
         protocol = served_protocol(settings, app)

@@ -70,3 +70,15 @@ def flask_sleep() -> str:
 @flask_app.get("/fail")
 def flask_fail() -> str:
     raise RuntimeError("flask view failed")
+
+
+@flask_app.get("/asyncio")
+def flask_asyncio() -> dict:
+    """A sync Flask view that runs a coroutine with asyncio.run."""
+    import asyncio
+
+    async def many() -> int:
+        await asyncio.gather(*(asyncio.sleep(0.05) for _ in range(20)))
+        return 20
+
+    return {"slept": asyncio.run(many())}

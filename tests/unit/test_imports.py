@@ -8,6 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "service" / "greenserve"
 WORKER_SIDE = {
     "worker",
+    "islands",
     "preload",
     "protocols.accept",
     "protocols.tcp",

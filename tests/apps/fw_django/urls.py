@@ -51,9 +51,30 @@ def file(request: HttpRequest) -> HttpResponse:
     return FileResponse(open(SEND_FILE, "rb"), content_type="text/x-python")
 
 
+async def _many_sleeps() -> int:
+    import asyncio
+
+    await asyncio.gather(*(asyncio.sleep(0.05) for _ in range(200)))
+    return 200
+
+
+def async_island(request: HttpRequest) -> HttpResponse:
+    """A sync view that awaits 200 concurrent 50 ms sleeps through async_to_sync, then uses
+    the database connection (Django refuses that while an event loop runs in its thread)."""
+    from asgiref.sync import async_to_sync
+    from django.db import connection
+
+    slept = async_to_sync(_many_sleeps)()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        (one,) = cursor.fetchone()
+    return JsonResponse({"slept": slept, "db": one})
+
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("json", csrf_exempt(json_view)),
+    path("island", async_island),
     path("token", token),
     path("protected", protected_form),
     path("form", form),

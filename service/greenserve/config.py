@@ -614,6 +614,28 @@ class Settings:
         "N",
         group="http",
     )
+    reload: bool = setting(
+        _bool,
+        "false",
+        "development: reload (as on HUP) when a watched file under the working directory changes",
+        "BOOL",
+        switch=True,
+        group="workers",
+    )
+    reload_include: str = setting(
+        str,
+        "*.py",
+        "with --reload, the files that count: globs, comma-separated (e.g. *.py,*.html)",
+        "GLOBS",
+        group="workers",
+    )
+    reload_exclude: str = setting(
+        str,
+        ".*,__pycache__,*.pyc,node_modules,venv",
+        "with --reload, names of files or folders never watched: globs, comma-separated",
+        "GLOBS",
+        group="workers",
+    )
     max_inflight: int = setting(
         _off_or_positive_int,
         "off",

@@ -26,6 +26,7 @@ from greenserve.notify import Notifier, activated_fds
 from greenserve.pidfile import PidFile
 from greenserve.processes import kill
 from greenserve.reload import Reload, prepare
+from greenserve.reloader import reloader_for
 from greenserve.signals import SignalQueue
 from greenserve.slots import Exit, Worker
 from greenserve.sockets import BindError
@@ -119,6 +120,7 @@ class Master:
         if os.geteuid() == 0 and self.settings.user is None:
             self.log.warning("workers_run_as_root", hint="set --user to run the app unprivileged")
         self.workers.resize(self.settings.workers, self.listeners)
+        self.reloader = reloader_for(self.settings, self.log)
         self._set_title()
         self._publish()
         try:
@@ -377,6 +379,8 @@ class Master:
             self.workers.kill_all()
 
     def _cleanup(self) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
         if self.upgrade is not None and self.stop is not None:
             self.upgrade.share(self.aggregator.app_totals, last=True)  # all its workers folded
         self.workers.close()

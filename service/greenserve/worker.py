@@ -437,9 +437,11 @@ def run(spec: WorkerSpec) -> NoReturn:
     gevent.get_hub()
     stats = WorkerStats()
     _watch_blocking(settings.block_warn, stats, log)  # its thread imports lazily too
+    # Before the app (it may import asgiref) and while the interpreter's files are surely
+    # readable: the thread pool is another lazy import of gevent's (gevent.threadpool).
+    islands.install(settings.asyncio_threads)
     _drop_privileges(settings)
     setproctitle(f"greenserve: worker {spec.slot} [{', '.join(str(b) for b in settings.bind)}]")
-    islands.install(settings.asyncio_threads)  # before the app: it may import asgiref
     try:
         app = load_app(settings)
         protocol = served_protocol(settings, app)

@@ -1,7 +1,9 @@
 """The app's own prometheus_client metrics, read in the worker once per stats interval.
 
-Worker side, stdlib only at import: prometheus_client is looked up in ``sys.modules``, so a
-worker whose app never imported it pays nothing. Each interval the default registry is
+Worker side, stdlib only at import: prometheus_client is looked up in ``sys.modules`` (the
+forkserver preloads it, see preload.py), and a snapshot carries the app's part only when
+something changed, so an app that registers nothing costs a walk of three collectors it skips
+once per interval. Each interval the default registry is
 collected (the app's collectors; not prometheus_client's process, GC and platform collectors,
 which describe one process), and only the series whose value changed since the last delivered
 snapshot travel to the master (``AppDelta``). A snapshot the queue refused is not delivered:
@@ -64,7 +66,8 @@ class AppMetricsReader:
         self._pending: tuple[dict[Key, float], dict[str, Spec]] | None = None
 
     def delta(self) -> AppDelta | None:
-        """The change since the last ``commit``; None when the app has no prometheus_client."""
+        """The change since the last ``commit``; None when there is none (or no
+        prometheus_client at all)."""
         client = sys.modules.get("prometheus_client")
         if client is None:
             return None
@@ -74,6 +77,8 @@ class AppMetricsReader:
             series={key: value for key, value in values.items() if self.sent.get(key) != value},
             removed=[key for key in self.sent if key not in values],
         )
+        if not (delta.families or delta.series or delta.removed):
+            return None
         self._pending = (values, specs)
         return delta
 

@@ -263,7 +263,7 @@ class Worker:
         self.stats.log_lines_dropped = logs.dropped()
         reader = self.app_metrics
         delta = reader.delta() if reader is not None else None
-        if delta is not None:
+        if reader is not None:
             self.stats.app_series_capped = reader.capped
             if reader.capped and not self.capped_logged:
                 self.capped_logged = True

@@ -61,7 +61,10 @@ class FakeWorker:
         return None if delta is None else delta.to_wire()
 
     def flush(self, merge: AppMetrics, monkeypatch, delivered: bool = True) -> dict:
+        """One stats flush: the delta (None when nothing changed) reaches the master or not."""
         wire = self.delta(monkeypatch)
+        if wire is None:
+            return {"families": {}, "series": {}, "removed": []}
         if delivered:
             merge.apply(self.slot, self.pid, wire)
             self.reader.commit()

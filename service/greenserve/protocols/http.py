@@ -398,12 +398,12 @@ class HttpConnection:
             head = head or self.parser.head  # a head begun before the error, if any
             self._access(head, None, status, len(body), duration, request_id, error=detail)
 
-    def shed(self, head: Head, reason: str, request_id: str = "") -> None:
+    def shed(self, head: Head, reason: str) -> None:
         """Overload (--max-inflight, --max-queue-time): 503 at once, before the body is read
         and without the app, and the connection closes (the body is left unread)."""
         shed = self.handler.stats.http_requests_shed
         shed[reason] = shed.get(reason, 0) + 1
-        self.send_error(503, SHED[reason], request_id, head, extra=RETRY_AFTER)
+        self.send_error(503, SHED[reason], head=head, extra=RETRY_AFTER)
 
     def _queued(self, head: Head) -> float | None:
         """Seconds this request waited before the app, or None when it is not known: a trusted

@@ -536,6 +536,18 @@ def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
         sock.close()
 
 
+def exchange(address: tuple[str, int], data: bytes, timeout: float = 10) -> bytes:
+    """Send ``data`` on a new connection and read until the server closes (a reset, for unread
+    input, counts as the end too)."""
+    sock = socket.create_connection(address, timeout=timeout)
+    try:
+        sock.sendall(data)
+    except ConnectionResetError:
+        sock.close()
+        return b""
+    return read_all(sock, timeout)
+
+
 def v2(command: int, family: int, body: bytes, tlvs: bytes = b"") -> bytes:
     """A PROXY protocol v2 header."""
     from greenserve.proxy import V2_SIGNATURE

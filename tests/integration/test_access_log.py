@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections import Counter
 
 import websocket  # websocket-client
 
-from tests.helpers import read_all, scrape, serving_http, wait_until
-
-
-def raw(address: tuple[str, int], data: bytes) -> bytes:
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(data)
-        return read_all(sock)
+from tests.helpers import exchange, scrape, serving_http, wait_until
 
 
 def header(response: bytes, name: str) -> str:
@@ -50,7 +43,7 @@ class TestEveryResponse:
                 426: b"GET /gws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
             }.items():
-                response = raw(address, request)
+                response = exchange(address, request)
                 assert response.startswith(b"HTTP/1.1 %d " % status), response[:200]
                 ids[status] = header(response, "X-Request-ID") if status != 426 else None
             with urllib.request.urlopen(f"http://{host}:{port}/plain", timeout=5) as r:

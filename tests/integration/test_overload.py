@@ -8,13 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import read_all, scrape, serving_http, tool, wait_until
-
-
-def exchange(address: tuple[str, int], request: bytes) -> bytes:
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(request)
-        return read_all(sock)
+from tests.helpers import exchange, read_all, scrape, serving_http, tool, wait_until
 
 
 def head_of(response: bytes) -> str:

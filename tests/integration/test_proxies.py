@@ -9,22 +9,9 @@ import signal
 import socket
 import time
 
-from tests.helpers import by_label, ipv4_block, running, serving_http, v2, wait_until
+from tests.helpers import by_label, exchange, ipv4_block, running, serving_http, v2, wait_until
 
 REQUEST = b"GET /where HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-
-
-def exchange(address, data: bytes, timeout: float = 10) -> bytes:
-    """Send ``data``, read until the server closes (a reset, for unread input, counts too)."""
-    out = b""
-    with socket.create_connection(address, timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-            while chunk := sock.recv(65536):
-                out += chunk
-        except ConnectionResetError:
-            pass
-    return out
 
 
 def body_json(raw: bytes) -> dict:

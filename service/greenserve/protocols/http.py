@@ -391,12 +391,10 @@ class HttpConnection:
             + handler.date.end()
             + body
         )
-        handler.count(status, duration)
         with contextlib.suppress(OSError):  # the client may already be gone
             self.sock.sendall(response)
-        if handler.access_log:
-            head = head or self.parser.head  # a head begun before the error, if any
-            self._access(head, None, status, len(body), duration, request_id, error=detail)
+        head = head or self.parser.head  # a head begun before the error, if any
+        self._answered(head, None, status, len(body), duration, request_id, error=detail)
 
     def shed(self, head: Head, reason: str) -> None:
         """Overload (--max-inflight, --max-queue-time): 503 at once, before the body is read
@@ -422,6 +420,23 @@ class HttpConnection:
         if self.served == 0:
             return time.monotonic() - self.watched.accepted_at
         return None
+
+    def _answered(
+        self,
+        head: Head | None,
+        environ: dict[str, Any] | None,
+        status: int,
+        sent: int,
+        duration: float,
+        request_id: str,
+        **extra: Any,
+    ) -> None:
+        """A response written outside the common path: counted on /metrics and, with
+        --access-log, logged, so the two always agree. (``_respond``'s own path inlines the
+        same two steps: one Python call less per request.)"""
+        self.handler.count(status, duration)
+        if self.handler.access_log:
+            self._access(head, environ, status, sent, duration, request_id, **extra)
 
     def _access(
         self,
@@ -568,9 +583,7 @@ class HttpConnection:
                 websocket = None  # offered, not used: the app answered on gunicorn.socket
             refused = websocket.refused if websocket is not None else 0
             if refused:  # the handshake was answered with an error status
-                handler.count(refused, duration)
-                if handler.access_log:
-                    self._access(head, environ, refused, 0, duration, request_id)
+                self._answered(head, environ, refused, 0, duration, request_id)
             if not refused and handler.access_log:
                 watched = self.watched
                 handler.log.info(
@@ -585,11 +598,9 @@ class HttpConnection:
                     request_id=request_id,
                 )
         elif writer.headers_sent:
-            handler.count(writer.status_code, duration)
-            if handler.access_log:
-                self._access(
-                    head, environ, writer.status_code, writer.body_sent, duration, request_id
-                )
+            self._answered(
+                head, environ, writer.status_code, writer.body_sent, duration, request_id
+            )
 
     def _run_app(
         self, head: Head, body: Input, writer: Response, environ: dict[str, Any]
@@ -710,11 +721,9 @@ class HttpConnection:
                 duration,
             )
         else:
-            handler.count(writer.status_code, duration)
-            if handler.access_log:
-                self._access(
-                    head, environ, writer.status_code, writer.body_sent, duration, request_id
-                )
+            self._answered(
+                head, environ, writer.status_code, writer.body_sent, duration, request_id
+            )
 
 
 class HttpHandler:

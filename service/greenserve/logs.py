@@ -194,7 +194,13 @@ def configure(
             structlog.processors.JSONRenderer(sort_keys=False),
         ]
     else:
-        renderer = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        # Tracebacks without each frame's locals: rich's default printed a screen of them (the
+        # whole Settings) for a --reload syntax error, and locals may hold an app's secrets.
+        colors = out.isatty()
+        formatter = structlog.dev.RichTracebackFormatter(
+            show_locals=False, color_system="truecolor" if colors else None
+        )
+        renderer = [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=formatter)]
         if access_format:
             renderer.insert(0, _access_line(access_format))
     structlog.configure(

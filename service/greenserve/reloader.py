@@ -57,7 +57,12 @@ class Reloader:
         )
 
     def _run(self) -> None:
+        import logging
+
         from watchfiles import watch
+
+        # its own "1 change detected" line would repeat reload_requested
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
         changes = watch(
             self.root,

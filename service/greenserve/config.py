@@ -398,7 +398,7 @@ GROUPS = {
     "serving": "Serving",
     "proxy": "Behind proxies and load balancers",
     "tls": "TLS (HTTPS, or TLS-wrapped TCP)",
-    "http": "HTTP (a WSGI app, or --protocol http)",
+    "http": "HTTP (--protocol http)",
     "workers": "Workers and their lifecycle",
     "logging": "Logging",
     "metrics": "Metrics",

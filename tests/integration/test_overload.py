@@ -48,6 +48,7 @@ class TestMaxInflight:
             head = head_of(response)
             assert head.startswith("HTTP/1.1 503 "), head
             assert "Retry-After: 1" in head and "Connection: close" in head
+            assert head.startswith("HTTP/1.1 503 Service Unavailable\r\n"), head
             for thread in slow:
                 thread.join(15)
 

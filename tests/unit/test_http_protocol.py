@@ -160,8 +160,10 @@ class TestShedding:
         fresh = f"t={int(time.time() * 1e6)}"
         for start, status in ((stale, 503), (fresh, 200)):
             # Connection: close and an extra header: heads both paths take or leave alike
-            request = req("GET / HTTP/1.1", "Host: a", f"X-Request-Start: {start}")
-            raw, _ = run(request, max_queue_time=1.0)
+            request = req("GET /p HTTP/1.1", "Host: a", f"X-Request-Start: {start}")
+            raw, events = run(request, max_queue_time=1.0, access_log=True)
             assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:100]
+            [line] = [e for e in events if e["event"] == "request"]
+            assert line["path"] == "/p" and line["status"] == status, line
             if status == 503:
                 assert b"Retry-After: 1" in raw and b"Connection: close" in raw

@@ -449,6 +449,8 @@ class HttpConnection:
         **extra: Any,
     ) -> None:
         """One access-log line (--access-log): every response, whoever wrote it."""
+        if environ is None and head is not None:
+            environ = head.environ  # a plain head's, built in C before it was refused
         if environ is not None:
             path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
             agent, referer = environ.get("HTTP_USER_AGENT"), environ.get("HTTP_REFERER")

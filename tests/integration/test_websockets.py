@@ -377,7 +377,7 @@ class TestAppOwnedOnStopAndReload:
             _, data = self._close_frame(ws)
             took = time.monotonic() - started
             assert data[:2] == (1001).to_bytes(2, "big"), data
-            assert took < 5, f"the close came after {took:.1f} s"  # --ws-close-timeout is 3
+            assert took < 15, f"the close came after {took:.1f} s"  # 3 s, not the graceful 30 s
             ws.close()
             if how == "TERM":
                 assert server.wait_exit(timeout=10) == 0
@@ -406,6 +406,6 @@ class TestAppOwnedOnStopAndReload:
             started = time.monotonic()
             server.signal(signal.SIGTERM)
             wait_until(lambda: gone, 10, "the client's disconnect")
-            assert gone[0] - started < 5
+            assert gone[0] - started < 15  # --ws-close-timeout (3 s), not the graceful 30 s
             assert server.wait_exit(timeout=10) == 0
             client.disconnect()

@@ -339,13 +339,18 @@ class HttpConnection:
             if handler.max_inflight and stats.http_requests_in_flight >= handler.max_inflight:
                 self.shed(head, "inflight")
                 return
-            # Before any per-request object: a shed must cost as little as it can.
-            queued = self._queued(head)
-            if queued is not None:
-                handler.queue_times.observe(queued)
-                if handler.max_queue_time and queued > handler.max_queue_time:
-                    self.shed(head, "queue_time")
-                    return
+            # Queue time, before any per-request object (a shed must cost as little as it can);
+            # most keep-alive requests have neither a header nor an accept to measure from, and
+            # pay one dict lookup (the C parser built the environ; llhttp's path kept the header).
+            environ = head.environ
+            start = head.request_start if environ is None else environ.get("HTTP_X_REQUEST_START")
+            if start is not None or self.served == 0:
+                queued = self._queued(start)
+                if queued is not None:
+                    handler.queue_times.observe(queued)
+                    if handler.max_queue_time and queued > handler.max_queue_time:
+                        self.shed(head, "queue_time")
+                        return
             # A WebSocket session is no request in flight: it would hold the limit for hours.
             counted = not head.upgrade
             stats.http_requests_in_flight += counted
@@ -403,11 +408,9 @@ class HttpConnection:
         shed[reason] = shed.get(reason, 0) + 1
         self.send_error(503, SHED[reason], head=head, extra=RETRY_AFTER)
 
-    def _queued(self, head: Head) -> float | None:
+    def _queued(self, header: str | None) -> float | None:
         """Seconds this request waited before the app, or None when it is not known: a trusted
         proxy's X-Request-Start, else the time since accept for a connection's first request."""
-        environ = head.environ  # built in C for a plain request; llhttp's path kept the header
-        header = head.request_start if environ is None else environ.get("HTTP_X_REQUEST_START")
         if header is not None:
             ignored = self.handler.stats.request_start_ignored
             reason = "untrusted"  # anyone can send it: only --forwarded-allow-ips is believed

@@ -98,7 +98,7 @@ class Upgrade:
         self.shared_at = now
         partial = self.totals_path + ".new"
         with contextlib.suppress(OSError), open(partial, "wb") as handle:
-            pickle.dump({"totals": totals(), "last": last}, handle)
+            pickle.dump({"totals": totals()}, handle)
         with contextlib.suppress(OSError):
             os.replace(partial, self.totals_path)  # the reader sees a whole file or the old one
 
@@ -139,8 +139,7 @@ class Predecessor:
     def __init__(self, path: str, old_pid: int) -> None:
         self.path = path
         self.old_pid = old_pid
-        self.seen: int | None = None  # the file's mtime when last read
-        self.has_totals = False
+        self.seen: int | None = None  # the file's mtime when last read: None, no totals yet
         self.told_at: float | None = None  # when this master sent TERM to the old one
         self.done = not path  # an older greenserve before us shares no totals
 
@@ -159,9 +158,8 @@ class Predecessor:
             if mtime != self.seen:
                 with open(self.path, "rb") as handle:
                     state = pickle.load(handle)
-                self.seen = mtime
                 inherit(state["totals"])
-                self.has_totals = True
+                self.seen = mtime
         if gone:
             self.done = True
             with contextlib.suppress(OSError):
@@ -174,7 +172,7 @@ class Predecessor:
         if self.told_at is None:
             return False
         waited = time.monotonic() - self.told_at > WAIT_FOR_TOTALS
-        return self.done or waited or (self.has_totals and self.seen is not None)
+        return self.done or waited or self.seen is not None
 
 
 def _alive(pid: int) -> bool:

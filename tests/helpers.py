@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from greenserve.protocols.phase import ConnectionPhase
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 STARTED_GROUPS: list[int] = []
@@ -363,30 +365,44 @@ def final_responses(
     return [(r.status, r.headers, r.body) for r in parse_responses(raw, heads) if r.status >= 200]
 
 
-class ScriptedSocket:
+class ScriptedSocket(ConnectionPhase):
     """What the HTTP layer needs of a socket, in memory: ``recv`` reads a script of chunks (one
-    chunk per call, then end of stream), ``sendall`` appends to ``sent``."""
+    chunk per call, then end of stream), ``sendall`` appends to ``sent``. Its phase and
+    deadlines are the real ones (ConnectionPhase): a test can sweep it with a fake clock."""
 
-    def __init__(self, chunks: list[bytes]) -> None:
+    def __init__(self, chunks: list[bytes], now: float | None = None, hold: bool = False) -> None:
+        """``hold``: at the end of the script a read waits (for ``more`` or a shutdown) instead
+        of returning end-of-stream, as a client that keeps its connection open."""
         import collections
 
         self.chunks = collections.deque(chunks)
         self.sent = bytearray()
-        self.deadline = self.request_deadline = 0.0
-        self.parked = self.fresh = self.upgraded = False
-        self.greenlet = self.expire = None
-        self.tx = self.rx = 0
-        self.accepted_at = time.monotonic()
+        self.hold = hold
+        self.closed_by_server = False
+        self.waiting: Any = None  # a gevent Event while a held read waits
+        self.accepted(time.monotonic() if now is None else now)
+        self._sock = self  # what ConnectionPhase.shut_down shuts: ``shutdown`` below
 
     def recv(self, size: int) -> bytes:
-        if not self.chunks:
-            return b""
+        while not self.chunks:
+            if not self.hold or self.closed_by_server:
+                return b""
+            from gevent.event import Event
+
+            self.waiting = Event()
+            self.waiting.wait()
         chunk = self.chunks.popleft()
         if len(chunk) > size:
             self.chunks.appendleft(chunk[size:])
             chunk = chunk[:size]
         self.rx += len(chunk)
         return chunk
+
+    def more(self, chunk: bytes) -> None:
+        """The client sends ``chunk`` (a held read returns it)."""
+        self.chunks.append(chunk)
+        if self.waiting is not None:
+            self.waiting.set()
 
     @property
     def watched(self) -> ScriptedSocket:
@@ -396,6 +412,8 @@ class ScriptedSocket:
         return self.recv(size)
 
     def sendall(self, data: bytes) -> None:
+        if self.closed_by_server:
+            raise BrokenPipeError("the server shut this connection")
         self.sent += data
         self.tx += len(data)
 
@@ -404,6 +422,9 @@ class ScriptedSocket:
 
     def shutdown(self, how: int) -> None:
         self.chunks.clear()
+        self.closed_by_server = True
+        if self.waiting is not None:
+            self.waiting.set()
 
 
 def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[bytes, list[dict]]:

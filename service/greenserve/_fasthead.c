@@ -28,7 +28,7 @@
  *   (the app's Content-Length, else ``expected``) and ``data`` fits in it; the caller has checked
  *   HTTP/1.1, a body allowed, start_response called. None sends it the Python way.
  *
- * ABI is compared by greenserve.protocols.http_request: a build older than its source is
+ * ABI is compared by greenserve.protocols.http_parser: a build older than its source is
  * ignored, not trusted. Bump it with any change to what either function accepts or returns.
  */
 #define PY_SSIZE_T_CLEAN
@@ -37,7 +37,7 @@
 
 #define FASTHEAD_ABI 2
 #define MAX_HEAD 8190   /* below every limit of the llhttp path: 414 and 431 cannot apply */
-#define MAX_FIELDS 100  /* http_request.MAX_HEADERS */
+#define MAX_FIELDS 100  /* http_parser.MAX_HEADERS */
 #define MAX_REQUEST_ID 200
 
 static const char *const METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
@@ -51,7 +51,7 @@ static PyObject *v_http11, *v_empty, *v_comma;
 static unsigned char TCHAR[256];  /* RFC 9110 token */
 static unsigned char VCHAR[256];  /* field value: visible ASCII, SP, HT */
 static unsigned char UCHAR[256];  /* request-target: visible ASCII but "#" */
-static unsigned char HCHAR[256];  /* Host reg-name, as http_request._HOST */
+static unsigned char HCHAR[256];  /* Host reg-name, as http_parser._HOST */
 
 static void init_tables(void) {
     const char *tokens = "!#$%&'*+-.^_`|~";
@@ -107,7 +107,7 @@ static PyObject *unquoted(const unsigned char *s, Py_ssize_t n) {
     return PyUnicode_DecodeLatin1((const char *)buffer, out, NULL);
 }
 
-/* Host as http_request._HOST without the IP-literal branch: reg-name [":" port]. */
+/* Host as http_parser._HOST without the IP-literal branch: reg-name [":" port]. */
 static int plain_host(const unsigned char *s, const unsigned char *end) {
     while (s < end && HCHAR[*s])
         s++;
@@ -118,7 +118,7 @@ static int plain_host(const unsigned char *s, const unsigned char *end) {
 }
 
 /* The environ key of a header name: HTTP_ + upper, "-" as "_"; CONTENT_TYPE unprefixed;
- * NULL with no error for a name with "_", which is dropped (http_request._environ_key). */
+ * NULL with no error for a name with "_", which is dropped (http_parser._environ_key). */
 static PyObject *environ_key(const unsigned char *name, Py_ssize_t n) {
     if (memchr(name, '_', n))
         return NULL;

@@ -49,10 +49,10 @@ print(f"{best:.2f}")
 
 def measure(tree: Path) -> float:
     code = f"REQUEST = {REQUEST!r}\nCOUNT = {COUNT}\n" + _MEASURE
-    # the tree under test first; this checkout's tests package for the in-memory socket
-    env = {"PYTHONPATH": f"{tree / 'service'}{os.pathsep}{ROOT}"}
+    # each tree with its own tests package: the in-memory socket matches that tree's code
+    env = {"PYTHONPATH": f"{tree / 'service'}{os.pathsep}{tree}"}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=True
     )
     return float(out.stdout.strip())
 

@@ -22,18 +22,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greenserve.config import load
-from greenserve.protocols import http_request
+from greenserve.protocols import http_parser
 from greenserve.protocols.http import HttpHandler
-from greenserve.protocols.http_request import (
-    EMPTY_INPUT,
+from greenserve.protocols.http_body import EMPTY_INPUT
+from greenserve.protocols.http_parser import (
     FAST_PARSE,
     FASTHEAD_ABI,
     Head,
-    HttpError,
     RequestParser,
-    as_http_error,
     fast_head,
 )
+from greenserve.protocols.llhttp import HttpError, as_http_error
 from greenserve.stats import WorkerStats
 from tests.http_corpus.corpus import MALFORMED, VALID
 from tests.http_corpus.exchanges import EXCHANGES
@@ -63,7 +62,7 @@ def handler(root_path: str = "") -> HttpHandler:
 def llhttp_head(data: bytes) -> Head | HttpError | None:
     """What the llhttp path makes of ``data``: a Head, the error answered, or None (more to
     read)."""
-    parser = RequestParser(SimpleNamespace(deadline=0.0, parked=False), header_timeout=0)
+    parser = RequestParser({})  # no socket, no clock: bytes in, events out
     try:
         parser.start()(data)
     except httptools.HttpParserUpgrade:
@@ -99,18 +98,17 @@ def test_the_extension_is_current_and_ci_has_it() -> None:
 
 
 def test_the_switch_turns_it_off() -> None:
-    code = "from greenserve.protocols.http_request import FAST_PARSE; print(FAST_PARSE)"
+    code = "from greenserve.protocols.http_parser import FAST_PARSE; print(FAST_PARSE)"
     env = {**os.environ, "GREENSERVE_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "None", out.stderr
 
 
 def test_without_the_extension_the_python_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
-    from greenserve.protocols import http
     from tests.apps.greenserve_testapps import environ_echo
     from tests.helpers import serve_in_process
 
-    monkeypatch.setattr(http, "FAST_PARSE", None)
+    monkeypatch.setattr(http_parser, "FAST_PARSE", None)
     raw, _ = serve_in_process(environ_echo, [b"GET /a?b HTTP/1.1\r\nHost: h\r\n\r\n"])
     assert raw.startswith(b"HTTP/1.1 200 ") and b'"PATH_INFO": "/a"' in raw
 
@@ -200,7 +198,7 @@ def test_generated_heads(
 
 
 def test_fast_head_is_none_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http_request, "FAST_PARSE", None)
+    monkeypatch.setattr(http_parser, "FAST_PARSE", None)
     assert fast_head(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", {}) is None
 
 
@@ -234,7 +232,7 @@ def respond(
     head = Head()
     head.method, head.version, head.keep_alive = method, version, keep_alive
     writer = http_response.Response(
-        SimpleNamespace(sock=sock, closing=False),
+        SimpleNamespace(sock=sock, parser=SimpleNamespace(upgrading=False)),
         SimpleNamespace(draining=draining, date=date),
         head,
         "req-1",
@@ -323,19 +321,19 @@ def test_plain_requests_never_make_llhttp_and_leave_nothing_behind() -> None:
     holds neither its Response nor its environ."""
     plain = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
     connection = connection_after([plain, plain])
-    assert connection.parser.parser is None
+    assert connection.parser.llhttp is None
     assert connection.response is None
 
 
 def test_a_request_the_fast_path_declines_makes_llhttp() -> None:
     posted = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab"
     connection = connection_after([posted, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"])
-    assert connection.parser.parser is not None
+    assert connection.parser.llhttp is not None
     assert connection.response is None
 
 
 def test_a_released_parser_is_not_made_again() -> None:
-    parser = RequestParser(SimpleNamespace(deadline=0.0, parked=False), header_timeout=0)
+    parser = RequestParser({})  # no socket, no clock: bytes in, events out
     parser.release()
     with pytest.raises(RuntimeError, match="released"):
-        (parser.feed or parser.start())(b"GET / HTTP/1.1\r\n")  # as HttpConnection._feed reads
+        parser.feed(b"GET / HTTP/1.1\r\n")

@@ -18,9 +18,9 @@ def both_paths(request, monkeypatch):
     """Every case twice: with the C fast path (greenserve._fasthead) and without it, the path a
     machine without a compiler runs."""
     if request.param == "python":
-        from greenserve.protocols import http, http_response
+        from greenserve.protocols import http_parser, http_response
 
-        monkeypatch.setattr(http, "FAST_PARSE", None)
+        monkeypatch.setattr(http_parser, "FAST_PARSE", None)
         monkeypatch.setattr(http_response, "FIRST_WRITE", None)
 
 
@@ -41,9 +41,10 @@ class TestExchanges:
 
 
 class TestRequestCorpus:
-    """The request corpus in process: valid requests reach the app, malformed ones get a status."""
+    """The request corpus in process, in every split mode: valid requests reach the app,
+    malformed ones get a status. (Over real sockets it runs in one mode: test_http.py.)"""
 
-    @pytest.mark.parametrize("mode", ["whole", "bytewise"])
+    @pytest.mark.parametrize("mode", SPLIT_MODES)
     @pytest.mark.parametrize(
         ("name", "request_bytes", "expected"), VALID, ids=[v[0] for v in VALID]
     )
@@ -61,11 +62,12 @@ class TestRequestCorpus:
             environ = json.loads(finals[0].body)
             assert {key: environ.get(key) for key in expected} == expected
 
+    @pytest.mark.parametrize("mode", SPLIT_MODES)
     @pytest.mark.parametrize(
         ("name", "request_bytes", "status"), MALFORMED, ids=[m[0] for m in MALFORMED]
     )
-    def test_malformed(self, name, request_bytes, status):
-        raw, _ = run(request_bytes)
+    def test_malformed(self, name, request_bytes, status, mode):
+        raw, _ = run(request_bytes, mode)
         assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:200]
         assert b"Connection: close" in raw.split(b"\r\n\r\n")[0]
 

@@ -18,7 +18,7 @@ import re
 
 import httptools
 
-from greenserve.protocols.http_request import HttpError, request_parser
+from greenserve.protocols.llhttp import HttpError, request_parser
 
 # RFC 9112 7.1 and 7.1.1, with RFC 9110 5.6.2 token, 5.6.3 BWS and 5.6.4 quoted-string.
 # llhttp is stricter on whitespace (none after ";" or around "=") and rejects those lines first.

@@ -1,64 +1,42 @@
 """HTTP/1.1 connections for WSGI apps: one greenlet per connection runs ``HttpConnection.serve``.
 
-The loop takes the next request head from the parser's queue (http_request.py), builds a PEP
-3333 environ, calls the app and writes its response (http_response.py). Pipelined requests wait
-in the queue; the sweeper's deadlines time out slow clients and, with --request-timeout, apps.
+The connection reads from its socket and feeds the parser (http_parser.py), which queues request
+heads, body chunks and errors; it moves the connection through its phases (phase.py), builds a
+PEP 3333 environ (wsgi_environ.py), calls the app and writes its response (http_response.py).
 
 Ownership: the connection holds per-connection state (socket, parser, trust, the response in
-progress); ``Input`` and ``Response`` hold one request's state and talk to the connection through
-its public methods; ``HttpHandler`` holds what every connection of one listener shares.
+progress) and is the only writer of its phase; ``Input`` and ``Response`` hold one request's
+state and talk to the connection through its public methods; ``HttpHandler`` holds what every
+connection of one listener shares, and accounts for every response (metrics, access log).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
-import traceback
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
-import gevent
-import httptools
-
-from greenserve import __version__
 from greenserve.config import Settings
 from greenserve.logs import REQUEST_ID
-from greenserve.protocols.chunk_ext import ChunkLines, body_starts
-from greenserve.protocols.http_request import (
-    DRAIN_LIMIT,
-    EMPTY_INPUT,
-    END,
-    FAST_PARSE,
-    METHOD_PREFIX,
-    PLAIN_KEYS,
-    Head,
-    HttpError,
-    Input,
-    RequestParser,
-    as_http_error,
-    fast_head,
-    messages_completed,
-)
+from greenserve.protocols.http_accounting import ResponseAccounting
+from greenserve.protocols.http_body import DRAIN_LIMIT, EMPTY_INPUT, Input
+from greenserve.protocols.http_parser import END, METHOD_PREFIX, Head, RejectedMethod, RequestParser
 from greenserve.protocols.http_response import REASONS, DateCache, FileWrapper, Response
+from greenserve.protocols.llhttp import HttpError, as_http_error
+from greenserve.protocols.phase import APP, BODY, FRESH, HEAD, PARKED, UPGRADED, WEBSOCKET
 from greenserve.protocols.queue_time import waited
+from greenserve.protocols.request_timeout import RequestClock, RequestTimeout
 from greenserve.protocols.tcp import CountingSocket
 from greenserve.protocols.tcp import peer as _peer
 from greenserve.protocols.turns import take_turn
 from greenserve.protocols.websocket import WebSocket
+from greenserve.protocols.wsgi_environ import base_environ, parsed_environ
 from greenserve.proxy import apply_forwarded
 from greenserve.stats import WorkerStats
 
 RECV_SIZE = 65536
-
-HISTORY_LIMIT = 65536  # request bytes kept across reads to place a parse error (see _feed)
-
-
-TIMEOUT_GRACE = 1.0  # an app that swallowed its request timeout is stopped again this much later
-
-_STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 
 RETRY_AFTER = b"Retry-After: 1\r\n"  # a shed request: the load balancer may try again soon
 SHED = {
@@ -71,14 +49,6 @@ SHED = {
 GOING_AWAY = b"\x88\x8c\x00\x00\x00\x00\x03\xe9going away"
 
 
-class RequestTimeout(BaseException):
-    """Raised inside a request's greenlet when --request-timeout passes.
-
-    A BaseException, like gevent.Timeout: an app's ``except Exception`` does not swallow it,
-    while its ``finally`` blocks and context managers still run.
-    """
-
-
 class _Closed(Exception):
     """The client closed the connection (or the sweeper shut it)."""
 
@@ -89,21 +59,16 @@ class HttpConnection:
     # Slots: one of these lives as long as each idle keep-alive connection.
     __slots__ = (
         "address",
-        "chunk_lines",
-        "closing",
+        "clock",
         "continue_sent",
         "events",
         "extra_environ",
         "handler",
-        "history",
-        "history_base",
         "parser",
         "response",
         "served",
         "sock",
-        "timed_out",
         "trusted_peer",
-        "upgrade_tail",
         "watched",
     )
 
@@ -111,146 +76,32 @@ class HttpConnection:
         # Per-connection state
         self.handler = handler
         self.sock = sock
-        # The socket the sweeper watches, whose deadline and state the connection sets several
-        # times per request: under TLS, the CountingSocket beneath.
+        # The socket the sweeper watches, whose phase the connection sets several times per
+        # request: under TLS, the CountingSocket beneath.
         self.watched: CountingSocket = sock.watched
         self.address = address
-        self.parser = RequestParser(self.watched, handler.header_timeout)
+        self.parser = RequestParser(handler.base_environ)
         self.events = self.parser.events
-        self.closing = False
         self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
         self.trusted_peer = False  # in --forwarded-allow-ips: its forwarded headers count
-        self.upgrade_tail = b""  # bytes read past an Upgrade request's head
-        self.chunk_lines: ChunkLines | None = None  # a chunked body's size lines, across reads
-        # Reads since the last request boundary (see _rejected_request); None past the limit.
-        self.history: bytes | None = b""
-        self.history_base = 0  # parser.completed when history started
+        self.clock: RequestClock | None = None  # --request-timeout, from the first request on
         # Per-request state
         self.response: Response | None = None
         self.continue_sent = False
-        self.timed_out: str | None = None  # the app's stack when its request timed out
-        self.served = 0  # requests started on this connection: tells a late timeout apart
+        self.served = 0  # requests started on this connection
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _feed(self, idle: bool = False) -> None:
-        """Read from the socket into the parser; raises _Closed at end of stream.
-
-        A parse error is queued as an event, not raised: requests parsed before it in the same
-        read (pipelining) are answered first, in order.
-        """
-        sock = self.sock
-        data = sock.recv_after_wait(RECV_SIZE) if idle else sock.recv(RECV_SIZE)
+    def _feed(self) -> None:
+        """Read from the socket into the parser; raises _Closed at end of stream."""
+        data = self.sock.recv(RECV_SIZE)
         if not data:
             raise _Closed
-        parser = self.parser
-        if parser.at_boundary and FAST_PARSE is not None:
-            # A plain request, whole in this read: its environ is built in C (_fasthead.c), and
-            # llhttp, still at a message boundary, never sees it.
-            head = fast_head(data, self.handler.base_environ)
-            if head is not None:
-                watched = self.watched
-                watched.deadline = 0.0  # as on_message_begin and on_headers_complete do
-                watched.parked = False
-                self.events.append(head)
-                return
-        if self.chunk_lines is not None and not self._chunk_lines_pass(data):
-            return
-        feed = parser.feed or parser.start()
-        try:
-            feed(data)
-        except httptools.HttpParserUpgrade as exc:
-            # The connection stops being HTTP after this request: the app may take it over
-            # (WebSockets: see _run_app), or answer it, and then it closes. Bytes after the
-            # head already belong to the new protocol: kept for wsgi.websocket.
-            self.closing = True
-            if parser.head is not None:
-                parser.head.upgrade = True
-                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-                self.upgrade_tail = data[offset:]
-        except httptools.HttpParserInvalidMethodError as exc:
-            rejected = self._rejected_request(data)
-            token = self._method_token(rejected) if rejected is not None else b""
-            self.events.append(as_http_error(exc, token))
-        except httptools.HttpParserError as exc:
-            self.events.append(as_http_error(exc, data))
-        else:
-            if parser.chunked_heads is not None:
-                self._check_chunked(data)
-            if parser.at_boundary:  # the common case: whole requests in each read
-                self.history = b""
-                self.history_base = parser.completed
-            elif self.history is not None:
-                history = self.history + data
-                self.history = history if len(history) <= HISTORY_LIMIT else None
-
-    def _chunk_lines_pass(self, data: bytes) -> bool:
-        """Check the size lines in a read of a chunked body under way, before llhttp sees it;
-        False (and a 400 queued) for one RFC 9112 forbids and llhttp lets through."""
-        lines = self.chunk_lines
-        assert lines is not None
-        try:
-            lines.feed(data)
-        except HttpError as exc:  # the reader of this body answers it, and the connection ends
-            self.chunk_lines = None
-            self.events.append(exc)
-            return False
-        if lines.done:
-            self.chunk_lines = None
-        return True
-
-    def _check_chunked(self, data: bytes) -> None:
-        """The size lines of the chunked requests whose heads this read completed, up to the
-        end of the read; a 400 takes the place of everything queued after a bad one's head.
-
-        A head behind more than HISTORY_LIMIT bytes of an earlier request cannot be placed
-        (``history`` was dropped): its size lines are left to llhttp alone.
-        """
-        parser = self.parser
-        heads, parser.chunked_heads = parser.chunked_heads or [], None
-        if self.history is None:
-            return
-        buffer = self.history + data
-        ordinals = [completed - self.history_base for completed, _ in heads]
-        # strict=False: a head a fresh parser cannot place (never seen) is left to llhttp
-        for (_, index), start in zip(heads, body_starts(buffer, ordinals), strict=False):
-            lines = ChunkLines()
-            try:
-                lines.feed(buffer[start:])
-            except HttpError as exc:
-                del self.events[index + 1 :]  # answered in place of its body, then the end
-                self.events.append(exc)
-                self.chunk_lines = None
-                return
-            self.chunk_lines = None if lines.done else lines
-
-    def _rejected_request(self, data: bytes) -> bytes | None:
-        """The bytes of the request llhttp rejected, from its start; None if that is unknown.
-
-        httptools does not expose llhttp's error position, and a read may hold requests before
-        the rejected one (pipelining) or begin inside one. ``history`` holds the reads since the
-        last request boundary, so a fresh parser can find where the last complete request ended
-        (a bisection over prefixes, only on this error path).
-        """
-        if self.history is None:
-            return None
-        buffer = self.history + data
-        completed = self.parser.completed - self.history_base
-        low, high = 0, len(buffer) if completed else 0
-        while low < high:
-            middle = (low + high) // 2
-            if messages_completed(buffer[:middle]) >= completed:
-                high = middle
-            else:
-                low = middle + 1
-        return buffer[low:]
+        self.parser.feed(data)
 
     def _method_token(self, data: bytes) -> bytes:
-        """Enough of a rejected request line to tell an unknown method (501) from noise (400).
-
-        llhttp rejects a method as soon as no known one can match, possibly after two bytes
-        ("BR" of "BREW"): read on, bounded, while the bytes still look like a method token.
-        """
+        """Enough of a rejected request line to tell an unknown method (501) from noise (400):
+        read on, bounded, while the bytes still look like a method token."""
         while METHOD_PREFIX.fullmatch(data):
             try:
                 more = self.sock.recv(64)
@@ -261,32 +112,37 @@ class HttpConnection:
             data += more
         return data
 
-    def next_head(self) -> Head | None:
+    def next_head(self, keepalive_deadline: float) -> Head | None:
+        """The next request's head, waiting for it as long as the phase allows; None at the
+        end of the stream. ``keepalive_deadline``: when a connection with no request begun
+        ends (0: never)."""
         parser = self.parser
+        watched = self.watched
         while True:
             while self.events:
                 event = self.events.pop(0)
                 if event.__class__ is Head:
+                    watched.enter(APP)
                     return event
+                if event.__class__ is RejectedMethod:
+                    start = event.start
+                    raise as_http_error(event.error, self._method_token(start) if start else b"")
                 if isinstance(event, HttpError):
                     raise event
-            if parser.head_open:
-                # A request has begun, its head not whole: its header clock starts at the first
-                # wait for the rest. A head that came whole never needs it, and one begun behind
-                # a pipelined request must not run out while the app answers that request.
-                if parser.untimed:
-                    parser.start_header_clock()
-            else:
+            if not parser.head_open:
                 # Parked: waiting for a next request, so a drain may end the connection. A new
                 # one may have its first request in flight: a drain gives it a moment instead of
                 # closing it at once, which failed that request (seen under load in restarts).
-                # It stays parked until a request begins (RequestParser.on_message_begin).
-                self.watched.parked = True
-                self.watched.fresh = self.served == 0
-            try:
-                self._feed(idle=self.served > 0)
-            except _Closed:
+                watched.enter(PARKED if self.served else FRESH, keepalive_deadline)
+            elif parser.clock_due():
+                timeout = self.handler.header_timeout
+                watched.enter(HEAD, time.monotonic() + timeout if timeout else 0.0)
+            # _feed's body: one Python frame less per request
+            sock = self.sock
+            data = sock.recv_after_wait(RECV_SIZE) if self.served else sock.recv(RECV_SIZE)
+            if not data:
                 return None
+            parser.feed(data)
 
     def next_body_event(self, body: Input) -> Any:
         """The next body chunk (bytes) or END, reading from the socket as needed."""
@@ -300,14 +156,13 @@ class HttpConnection:
         while not self.events:
             # Each wait for more body has the header timeout too (nginx's client_body_timeout):
             # a body that stops short of its Content-Length must not hold a greenlet for good.
-            if timeout:
-                self.watched.deadline = time.monotonic() + timeout
+            self.watched.enter(BODY, time.monotonic() + timeout if timeout else 0.0)
             try:
                 self._feed()
             except _Closed:
                 raise ConnectionError("client closed during the request body") from None
             finally:
-                self.watched.deadline = 0.0
+                self.watched.enter(APP)
         event = self.events.pop(0)
         if isinstance(event, HttpError):
             raise event
@@ -323,11 +178,10 @@ class HttpConnection:
         handler = self.handler
         stats = handler.stats
         keepalive = handler.keepalive_timeout
-        while not self.closing:
-            if keepalive:
-                self.watched.deadline = time.monotonic() + keepalive
+        parser = self.parser
+        while not parser.upgrading:
             try:
-                head = self.next_head()
+                head = self.next_head(time.monotonic() + keepalive if keepalive else 0.0)
             except HttpError as exc:
                 self.send_error(exc.status, str(exc))
                 return
@@ -399,7 +253,9 @@ class HttpConnection:
         with contextlib.suppress(OSError):  # the client may already be gone
             self.sock.sendall(response)
         head = head or self.parser.head  # a head begun before the error, if any
-        self._answered(head, None, status, len(body), duration, request_id, error=detail)
+        handler.answered(
+            self.address, head, None, status, len(body), duration, request_id, error=detail
+        )
 
     def shed(self, head: Head, reason: str) -> None:
         """Overload (--max-inflight, --max-queue-time): 503 at once, before the body is read
@@ -424,58 +280,6 @@ class HttpConnection:
             return time.monotonic() - self.watched.accepted_at
         return None
 
-    def _answered(
-        self,
-        head: Head | None,
-        environ: dict[str, Any] | None,
-        status: int,
-        sent: int,
-        duration: float,
-        request_id: str,
-        **extra: Any,
-    ) -> None:
-        """A response written outside the common path: counted on /metrics and, with
-        --access-log, logged, so the two always agree. (``_respond``'s own path inlines the
-        same two steps: one Python call less per request.)"""
-        self.handler.count(status, duration)
-        if self.handler.access_log:
-            self._access(head, environ, status, sent, duration, request_id, **extra)
-
-    def _access(
-        self,
-        head: Head | None,
-        environ: dict[str, Any] | None,
-        status: int,
-        sent: int,
-        duration: float,
-        request_id: str,
-        **extra: Any,
-    ) -> None:
-        """One access-log line (--access-log): every response, whoever wrote it."""
-        if environ is None and head is not None:
-            environ = head.environ  # a plain head's, built in C before it was refused
-        if environ is not None:
-            path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
-            agent, referer = environ.get("HTTP_USER_AGENT"), environ.get("HTTP_REFERER")
-        else:  # no environ yet: what the parser had of the request
-            path = head.path.decode("latin-1") if head is not None else None
-            query = head.query.decode("latin-1") if head is not None else None
-            agent = referer = None
-        self.handler.log.info(
-            "request",
-            method=head.method.decode("latin-1") if head is not None and head.method else None,
-            path=path,
-            query=query,
-            status=status,
-            bytes=sent,
-            duration_ms=round(duration * 1000, 3),
-            peer=_peer(self.address),
-            user_agent=agent,
-            referer=referer,
-            request_id=request_id,
-            **extra,
-        )
-
     def _respond(self, head: Head) -> bool:
         """Run the app for one request; True when the connection may serve another."""
         handler = self.handler
@@ -490,7 +294,7 @@ class HttpConnection:
             body = EMPTY_INPUT
         else:
             body = Input(self, head)
-        self.response = writer = Response(self, self.handler, head, request_id)
+        self.response = writer = Response(self, handler, head, request_id)
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)
         # in the environ now: a long request (a WebSocket) need not keep both; a list, for the
@@ -504,29 +308,13 @@ class HttpConnection:
         self.served += 1
         context = REQUEST_ID.set(request_id)
         upgraded_at = (0, 0)
-        if head.upgrade:
+        clock = None
+        if head.upgrade:  # a connection taken over is no request any more: no request clock
             upgraded_at = (self.watched.rx, self.watched.tx)
-            # What Flask-Sock, simple-websocket and python-socketio (gevent mode) look for: the
-            # connection's socket, to answer the handshake and speak WebSocket on it themselves.
-            environ["gunicorn.socket"] = self.sock
-            self.parser.release()  # no HTTP after this request: its END is already queued
-            self.history = None
-            self.watched.upgraded = True
-            if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
-                self.watched.upgraded = "websocket"  # a stop speaks to its library in frames
-                websocket = WebSocket(
-                    self.sock,
-                    environ,
-                    handler.stats,
-                    handler.websockets,
-                    handler.ws_max_message,
-                    early=self.upgrade_tail,
-                )
-                environ["wsgi.websocket"] = websocket
-        elif handler.request_timeout:  # a connection taken over is no request any more
-            self.watched.request_deadline = time.monotonic() + handler.request_timeout
-            # set per request, not per connection: no bound method kept by each idle one
-            self.watched.expire = self._expire
+            self._upgrade(environ)
+        elif handler.request_timeout:
+            clock = self.clock = self.clock or RequestClock(self.sock, handler.request_timeout)
+            clock.start()
         try:
             keep = self._run_app(head, body, writer, environ)
         except RequestTimeout:
@@ -535,30 +323,18 @@ class HttpConnection:
             websocket = environ.get("wsgi.websocket")
             if websocket is not None:
                 websocket.finish()
-            if handler.request_timeout:
-                self.watched.request_deadline = 0.0
-                self.watched.expire = None
+            if clock is not None:
+                clock.stop()
             REQUEST_ID.reset(context)
         duration = time.perf_counter() - started
-        if self.timed_out is not None:
-            self._timed_out(head, environ, writer, duration, request_id)
+        stack = clock.reported() if clock is not None else None
+        if stack is not None:
+            self._timed_out(head, environ, writer, duration, stack)
             return False
         if keep is None:  # taken over, failed (answered), or cut short
-            self._unfinished(head, environ, writer, duration, request_id, upgraded_at)
+            self._unfinished(head, environ, writer, duration, upgraded_at)
             return False
-        handler.count(writer.status_code, duration)
-        if writer.truncated:
-            handler.stats.handler_errors += 1
-            handler.log.warning(
-                "response_truncated",
-                method=head.method.decode("latin-1"),
-                path=environ["PATH_INFO"],
-                content_length=writer.length,
-                dropped_bytes=writer.truncated,
-                request_id=request_id,
-            )
-        if handler.access_log:
-            self._access(head, environ, writer.status_code, writer.body_sent, duration, request_id)
+        handler.responded(self.address, environ, writer, duration)
         if not writer.keep_alive or handler.draining:
             return False
         # An unread body must be discarded before the next request can be parsed.
@@ -570,25 +346,45 @@ class HttpConnection:
             return False
         return body.discard() <= DRAIN_LIMIT and body.complete
 
+    def _upgrade(self, environ: dict[str, Any]) -> None:
+        """An Upgrade request: the app may take the connection over."""
+        # What Flask-Sock, simple-websocket and python-socketio (gevent mode) look for: the
+        # connection's socket, to answer the handshake and speak WebSocket on it themselves.
+        environ["gunicorn.socket"] = self.sock
+        self.parser.release()  # no HTTP after this request: its END is already queued
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            self.watched.enter(UPGRADED)
+            return
+        self.watched.enter(WEBSOCKET)  # a stop speaks to its library in frames
+        handler = self.handler
+        environ["wsgi.websocket"] = WebSocket(
+            self.sock,
+            environ,
+            handler.stats,
+            handler.websockets,
+            handler.ws_max_message,
+            early=self.parser.upgrade_tail,
+        )
+
     def _unfinished(
         self,
         head: Head,
         environ: dict[str, Any],
         writer: Response,
         duration: float,
-        request_id: str,
         upgraded_at: tuple[int, int],
     ) -> None:
         """Account for a request ``_run_app`` did not finish: a connection taken over (one line
         per WebSocket session as it ends), or a response cut short after its head went out."""
         handler = self.handler
+        request_id = writer.request_id
         if head.upgrade and not writer.status:
             websocket = environ.get("wsgi.websocket")
             if websocket is not None and not websocket.started:
                 websocket = None  # offered, not used: the app answered on gunicorn.socket
             refused = websocket.refused if websocket is not None else 0
             if refused:  # the handshake was answered with an error status
-                self._answered(head, environ, refused, 0, duration, request_id)
+                handler.answered(self.address, head, environ, refused, 0, duration, request_id)
             if not refused and handler.access_log:
                 watched = self.watched
                 handler.log.info(
@@ -603,8 +399,14 @@ class HttpConnection:
                     request_id=request_id,
                 )
         elif writer.headers_sent:
-            self._answered(
-                head, environ, writer.status_code, writer.body_sent, duration, request_id
+            handler.answered(
+                self.address,
+                head,
+                environ,
+                writer.status_code,
+                writer.body_sent,
+                duration,
+                request_id,
             )
 
     def _run_app(
@@ -645,7 +447,8 @@ class HttpConnection:
         except (ConnectionError, _Closed):
             return None
         except Exception:
-            if self.timed_out is not None:
+            clock = self.clock
+            if clock is not None and clock.stack is not None:
                 return None  # a consequence of the timeout (the socket was shut): reported there
             if head.upgrade and not writer.status:
                 # How Flask-Sock ends a connection it took over under gunicorn (StopIteration):
@@ -671,40 +474,12 @@ class HttpConnection:
                     handler.log.error("app_close_error", exc_info=True)
         return True
 
-    def _expire(self) -> None:
-        """Called by the connection sweeper when --request-timeout passes (see tcp.IdleSweeper).
-
-        The first call raises RequestTimeout where the app waits; if the app swallows it and is
-        still running TIMEOUT_GRACE later, its socket is shut (its next write fails) and the
-        exception comes again. The throw is scheduled on the hub, as gevent's own kill is: a
-        throw from the sweeper's greenlet would leave the sweeper suspended.
-        """
-        greenlet = self.watched.greenlet
-        if greenlet is None or greenlet.dead:
-            return
-        if self.timed_out is None:
-            frame = greenlet.gr_frame  # where the app waits, before the exception unwinds it
-            self.timed_out = "".join(traceback.format_stack(frame)) if frame else ""
-            self.watched.request_deadline = time.monotonic() + TIMEOUT_GRACE
-        else:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(2)
-        gevent.get_hub().loop.run_callback(self._throw, greenlet, self.served)
-
-    def _throw(self, greenlet: Any, served: int) -> None:
-        if self.served == served and not greenlet.dead:  # still the same request
-            greenlet.throw(RequestTimeout)
-
     def _timed_out(
-        self,
-        head: Head,
-        environ: dict[str, Any],
-        writer: Response,
-        duration: float,
-        request_id: str,
+        self, head: Head, environ: dict[str, Any], writer: Response, duration: float, stack: str
     ) -> None:
         """Report a request stopped by --request-timeout: 504 if nothing was sent, else close."""
         handler = self.handler
+        request_id = writer.request_id
         handler.stats.http_request_timeouts += 1
         handler.log.warning(
             "request_timeout",
@@ -714,9 +489,8 @@ class HttpConnection:
             timeout_s=handler.request_timeout,
             request_id=request_id,
             response_started=writer.headers_sent,
-            stack=self.timed_out,
+            stack=stack,
         )
-        self.timed_out = None
         if not writer.headers_sent:
             self.send_error(
                 504,
@@ -726,12 +500,18 @@ class HttpConnection:
                 duration,
             )
         else:
-            self._answered(
-                head, environ, writer.status_code, writer.body_sent, duration, request_id
+            handler.answered(
+                self.address,
+                head,
+                environ,
+                writer.status_code,
+                writer.body_sent,
+                duration,
+                request_id,
             )
 
 
-class HttpHandler:
+class HttpHandler(ResponseAccounting):
     """The connection handler for ``--protocol http``: ``handle(sock, address)`` for a WSGI app."""
 
     def __init__(
@@ -767,26 +547,7 @@ class HttpHandler:
         self.draining = False
         self.date = DateCache()
         self.durations = stats.histograms["http_request_duration_seconds"]
-        if isinstance(server_address, str):  # a unix socket: PEP 3333 wants both set anyway
-            host, port = "localhost", 80
-        else:
-            host, port = server_address[:2]
-        self.base_environ = {
-            "SCRIPT_NAME": root_path,
-            "SERVER_NAME": host,
-            "SERVER_PORT": str(port),
-            "SERVER_SOFTWARE": f"greenserve/{__version__}",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "https" if tls else "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-            "wsgi.file_wrapper": FileWrapper,
-            # wsgi.input returns b"" at the end of the body, with or without Content-Length:
-            # Werkzeug (Flask) reads a chunked body only when this says so.
-            "wsgi.input_terminated": True,
-        }
+        self.base_environ = base_environ(server_address, root_path, tls)
 
     def handle(self, sock: CountingSocket, address: Any) -> None:
         """One connection (a bound method for the same reason as TcpProtocol.handle)."""
@@ -812,17 +573,10 @@ class HttpHandler:
         self.id_counter += 1
         return f"{self.id_prefix}-{self.id_counter:x}"
 
-    def count(self, status: int, duration: float) -> None:
-        codes = self.stats.http_requests
-        key = _STATUS_KEYS.get(status) or str(status)
-        codes[key] = codes.get(key, 0) + 1
-        self.durations.observe(duration)
-        self.stats.requests_served += 1
-
     def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
         environ = head.environ
         if environ is None:
-            environ = self._parsed_environ(head)
+            environ = parsed_environ(self.base_environ, head)
         else:  # built by FAST_PARSE from base_environ: the request's part
             head.environ = None  # the Head outlives the request (Response.head): not the environ
         root = self.root_path
@@ -835,36 +589,3 @@ class HttpHandler:
         environ["REMOTE_PORT"] = str(address[1]) if address else ""
         environ["wsgi.input"] = body
         return environ
-
-    def _parsed_environ(self, head: Head) -> dict[str, Any]:
-        """The request's part of the environ from a head llhttp parsed (what _fasthead.parse
-        builds for the plain ones)."""
-        environ = dict(self.base_environ)
-        path = head.path
-        method = head.method
-        environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
-        if _PERCENT in path:  # an int: see http_request._HASH
-            path = unquote_to_bytes(path)
-        path_info = environ["PATH_INFO"] = path.decode("latin-1")
-        query = head.query
-        environ["QUERY_STRING"] = query.decode("latin-1") if query else ""
-        url = head.url
-        # most targets are a bare path: its text is already decoded
-        environ["RAW_URI"] = path_info if url is path else url.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/" + head.version
-        chunked = head.chunked
-        for key, value in head.headers:
-            if key is None or (chunked and key == "HTTP_TRANSFER_ENCODING"):
-                # a name that is dropped (see http_request._environ_key); a chunked body
-                # reaches the app de-chunked, with a CONTENT_LENGTH
-                continue
-            text = value.decode("latin-1")
-            if key in environ and key not in PLAIN_KEYS:
-                environ[key] = environ[key] + "," + text
-            else:
-                environ[key] = text
-        return environ
-
-
-_PERCENT = ord("%")
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}

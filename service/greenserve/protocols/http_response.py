@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gevent import socket as gsocket
 
-from greenserve.protocols.http_request import FASTHEAD, Head
+from greenserve.protocols.http_parser import FASTHEAD, Head
 
 if TYPE_CHECKING:  # the connection that owns this request (no import at run time: no cycle)
     from greenserve.protocols.http import HttpConnection, HttpHandler
@@ -165,7 +165,7 @@ class Response:
         self.headers_sent = False
         self.chunked = False
         self.length: int | None = None
-        self.keep_alive = head.keep_alive and not connection.closing
+        self.keep_alive = head.keep_alive and not connection.parser.upgrading
         self.body_sent = 0
         self.truncated = 0  # bytes the app wrote past its own Content-Length, not sent
         self.no_body = head.method == b"HEAD"

@@ -9,11 +9,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
 from greenserve.config import Settings
+from greenserve.protocols.phase import (
+    FRESH,
+    HANDSHAKE,
+    OPEN,
+    PARKED,
+    UPGRADED,
+    WEBSOCKET,
+    ConnectionPhase,
+    IdleSweeper,
+)
 from greenserve.protocols.tls import HandshakeFailed, TlsSocket
 from greenserve.proxy import V2_MAX, ProxyError, header_length, parse_header
 from greenserve.stats import WorkerStats
@@ -25,7 +34,7 @@ _gevent_send = gsocket.socket.send
 _gevent_sendall = gsocket.socket.sendall
 
 
-class CountingSocket(gsocket.socket):
+class CountingSocket(ConnectionPhase, gsocket.socket):
     """A gevent socket that counts the bytes it moves, in plain attributes of its own.
 
     gevent's ``sendall``, ``sendfile`` and ``makefile`` all go through ``send``/``recv_into``,
@@ -36,21 +45,19 @@ class CountingSocket(gsocket.socket):
     7.5% of a saturated worker's messages per CPU-second.
     """
 
-    __slots__ = (
+    __slots__ = (  # the fields of ConnectionPhase (phase.py), and the byte counts
         "accepted_at",
         "deadline",
         "eof_data",
         "expire",
-        "fresh",
         "greenlet",
         "idle_since",
-        "parked",
+        "phase",
         "request_deadline",
         "rx",
         "seen",
         "shut",
         "tx",
-        "upgraded",
     )
 
     @property
@@ -140,19 +147,7 @@ class Connections:
 
     def add(self, sock: CountingSocket) -> None:
         """Register a connection as soon as it is accepted (before its greenlet runs)."""
-        sock.rx = sock.tx = sock.seen = 0
-        sock.deadline = 0.0  # set by a protocol for a phase with a time limit (HTTP headers)
-        sock.parked = False  # True while a protocol waits for a next request (keep-alive)
-        sock.fresh = False  # parked before its first request
-        sock.upgraded = False  # taken over by the app (WebSockets): no idle timeout
-        sock.eof_data = b""  # what a read returns at end-of-file instead of b"", once
-        # A protocol's own deadline for work in its greenlet (HTTP --request-timeout): when it
-        # passes, the sweeper calls ``expire`` (no timer per request: see IdleSweeper).
-        sock.request_deadline = 0.0
-        sock.expire = None
-        sock.accepted_at = sock.idle_since = time.monotonic()
-        sock.shut = False
-        sock.greenlet = None
+        sock.accepted(time.monotonic())
         self.open.add(sock)
         self.drained.clear()
 
@@ -191,9 +186,11 @@ class Connections:
         """
         now = time.monotonic()
         for sock in list(self.open):
-            if sock.parked:
-                grace = now + (min(FIRST_REQUEST_GRACE, within) if sock.fresh else within)
-                sock.deadline = min(sock.deadline, grace) if sock.deadline else grace
+            phase = sock.phase
+            if phase == PARKED:
+                sock.cut_off(now + within)
+            elif phase == FRESH:
+                sock.cut_off(now + min(FIRST_REQUEST_GRACE, within))
 
     def end_upgraded(self, within: float, keep: set[CountingSocket], last_words: bytes) -> None:
         """On a stop: end each connection an app took over (not ``keep``), which would hold the
@@ -203,68 +200,17 @@ class Connections:
         still open ``within`` seconds later is shut whole (the sweeper)."""
         deadline = time.monotonic() + within
         for sock in list(self.open):
-            if sock.upgraded and not sock.shut and sock not in keep:
-                if sock.upgraded == "websocket":
+            if sock.phase >= UPGRADED and not sock.shut and sock not in keep:
+                if sock.phase == WEBSOCKET:
                     sock.eof_data = last_words
                 with contextlib.suppress(OSError):
                     sock._sock.shutdown(socket.SHUT_RD)
-                sock.deadline = min(sock.deadline, deadline) if sock.deadline else deadline
+                sock.cut_off(deadline)
 
     def fold(self) -> None:
         """Bring the worker's byte counters up to date (cumulative, so monotonic)."""
         self.stats.bytes_received = self.closed_rx + sum(s.rx for s in self.open)
         self.stats.bytes_sent = self.closed_tx + sum(s.tx for s in self.open)
-
-
-def _shutdown(sock: CountingSocket) -> None:
-    # shutdown, not close: a handler blocked in recv sees end-of-file and returns normally,
-    # one blocked in send sees a broken pipe. The OS socket's own shutdown: gevent's first
-    # throws "File descriptor was closed in another greenlet" (EBADF) into a waiting reader,
-    # which a handler cannot tell from a bug (a TERM with idle connections logged one
-    # handler_error traceback per connection).
-    sock.shut = True
-    with contextlib.suppress(OSError):
-        sock._sock.shutdown(socket.SHUT_RDWR)
-
-
-class IdleSweeper:
-    """Closes connections that moved no data for ``timeout`` seconds or passed a deadline.
-
-    A socket timeout would arm a timer on every blocking recv; measured on the echo benchmark
-    that cost about 20% of a worker's CPU per message. Instead this greenlet compares each
-    connection's byte counts a few times per timeout: a connection is closed between
-    ``timeout`` and ``timeout + tick`` after its last activity, never before. Protocols set
-    ``sock.deadline`` for phases with their own limit (HTTP header and keep-alive timeouts).
-    """
-
-    def __init__(self, timeout: float, connections: Connections, tick: float = 1.0) -> None:
-        self.timeout = timeout
-        self.tick = min(timeout / 4, tick) if timeout else tick
-        self.connections = connections
-
-    def run(self) -> None:
-        while True:
-            gevent.sleep(self.tick)
-            self.sweep(time.monotonic())
-
-    def sweep(self, now: float) -> None:
-        for sock in list(self.connections.open):
-            moved = sock.rx + sock.tx
-            if sock.shut:
-                # Still open a tick after shutdown: the handler ignored end-of-file.
-                if sock.greenlet is not None:
-                    sock.greenlet.kill(block=False)
-            elif sock.deadline and now >= sock.deadline:
-                _shutdown(sock)
-            elif sock.request_deadline and now >= sock.request_deadline:
-                sock.request_deadline = 0.0
-                sock.expire()
-            elif moved != sock.seen:
-                sock.seen, sock.idle_since = moved, now
-            elif self.timeout and now - sock.idle_since >= self.timeout and not sock.upgraded:
-                # An upgraded connection is the app's: a WebSocket idle for minutes (a chat
-                # nobody types in) is alive, and its library pings if it wants liveness.
-                _shutdown(sock)
 
 
 class TcpProtocol:
@@ -299,7 +245,9 @@ class TcpProtocol:
         needs_sweeper = bool(idle_timeout) or deadlines
         # Deadlines (HTTP header and keep-alive timeouts) want a finer sweep than idleness.
         tick = 0.25 if deadlines else 1.0
-        self.idle = IdleSweeper(idle_timeout, self.connections, tick) if needs_sweeper else None
+        self.idle = (
+            IdleSweeper(idle_timeout, self.connections.open, tick) if needs_sweeper else None
+        )
         self.log = log
         self.wsgi_suspect = False  # a WSGI app under --protocol tcp: failures get a hint
         self.hinted_at = -HINT_EVERY
@@ -310,7 +258,7 @@ class TcpProtocol:
         if not address or address[0] not in self.proxy_allow:
             _count(stats.proxy_protocol_failures, "not_allowed")
             return None
-        sock.deadline = time.monotonic() + self.handshake_timeout
+        sock.enter(HANDSHAKE, time.monotonic() + self.handshake_timeout)
         try:
             header = read_proxy_header(sock)
         except ProxyError as exc:
@@ -325,7 +273,7 @@ class TcpProtocol:
             _count(stats.proxy_protocol_failures, "timeout" if sock.shut else "eof")
             return None
         finally:
-            sock.deadline = 0.0
+            sock.enter(OPEN)
         try:
             client = parse_header(header)
         except ProxyError as exc:
@@ -363,7 +311,7 @@ class TcpProtocol:
         stats.connections_active += 1
         connections = self.connections
         publish = self.publish  # the count going up is published at accept (BalancedServer)
-        sock.greenlet = gevent.getcurrent()
+        sock.serving()
         try:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

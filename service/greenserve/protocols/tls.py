@@ -16,6 +16,7 @@ import ssl
 import time
 from typing import Any
 
+from greenserve.protocols.phase import HANDSHAKE, OPEN
 from greenserve.protocols.turns import take_turn
 from greenserve.tls import subject_of
 
@@ -61,8 +62,7 @@ class TlsSocket:
 
     def handshake(self, timeout: float) -> None:
         """Complete the handshake within ``timeout`` (the sweeper enforces it); or raise."""
-        if timeout:
-            self.raw.deadline = time.monotonic() + timeout
+        self.raw.enter(HANDSHAKE, time.monotonic() + timeout if timeout else 0.0)
         try:
             while True:
                 try:
@@ -78,7 +78,7 @@ class TlsSocket:
         except OSError:  # a reset, or a write after the sweeper's shutdown at the deadline
             raise HandshakeFailed("timeout" if self.raw.shut else "eof") from None
         finally:
-            self.raw.deadline = 0.0
+            self.raw.enter(OPEN)
 
     def _failure(self, exc: ssl.SSLError) -> str:
         if _HTTP_START.match(self.first):

@@ -1,31 +1,27 @@
-"""HTTP/1.1 requests: parsing and validating a request head, and the body an app reads.
+"""HTTP/1.1 request parsing: bytes in, events out; no socket, no clock.
 
 httptools (llhttp, the parser of Node.js) rejects ambiguous framing (Content-Length with
 Transfer-Encoding, duplicate Content-Length, bad chunk sizes, obs-fold, bad header names and
-values); ``RequestParser`` adds the limits (414, 431, 413), 400 for a missing, repeated or
-malformed Host and for a request-target that is not origin-form, absolute-form or ``OPTIONS *``
-or that has a fragment, 501 for transfer codings other than chunked and for unknown methods, 505
-for versions other than 1.0 and 1.1 (chunk extensions: chunk_ext.py). Its callbacks only queue
-events (a head, body chunks, END); ``Input`` (the app's ``wsgi.input``) pulls body events from its
-connection on demand.
+values); ``RequestParser`` adds the limits (414, 431), 400 for a missing, repeated or malformed
+Host and for a request-target that is not origin-form, absolute-form or ``OPTIONS *`` or that
+has a fragment, 501 for transfer codings other than chunked and for unknown methods, 505 for
+versions other than 1.0 and 1.1, and the chunk-extension grammar llhttp lets through
+(chunk_ext.py). Plain requests skip llhttp: _fasthead.c builds their environ in one call.
+
+The connection (http.py) feeds it what it reads and acts on the events: it owns the socket,
+the clock and the connection's phase.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httptools
 
-from greenserve.protocols.tcp import CountingSocket
-
-if TYPE_CHECKING:  # the connection that owns this request (no import at run time: no cycle)
-    from greenserve.protocols.http import HttpConnection
-
+from greenserve.protocols.chunk_ext import ChunkLines, body_starts
+from greenserve.protocols.llhttp import HttpError, as_http_error, messages_completed, request_parser
 
 MAX_REQUEST_LINE = 8190
 
@@ -34,9 +30,7 @@ MAX_HEADERS = 100
 MAX_HEADER_FIELD = 8190
 
 MAX_HEADER_BYTES = 65536
-DRAIN_LIMIT = 1 << 20  # unread body we are willing to discard to keep a connection alive
-
-_TOKEN_METHOD = re.compile(rb"[A-Z][A-Z-]* ")
+HISTORY_LIMIT = 65536  # request bytes kept across reads to place a parse error
 
 METHOD_PREFIX = re.compile(rb"[A-Z][A-Z-]{0,30}")
 
@@ -106,14 +100,6 @@ def _environ_key(name: bytes) -> str | None:
     return result
 
 
-class HttpError(Exception):
-    """A request we answer with ``status`` and then close."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-
-
 class Head:
     """A parsed and validated request line and header block."""
 
@@ -165,74 +151,205 @@ def fast_head(data: bytes, base_environ: dict[str, Any]) -> Head | None:
 END = object()  # marks the end of a message in the event queue
 
 
+class RejectedMethod:
+    """A queued error whose status needs more of the request line than this read had:
+    llhttp rejects a method after two bytes ("BR" of "BREW"), and only a whole token tells an
+    unknown method (501) from noise (400). The connection reads on (see its next_head)."""
+
+    __slots__ = ("error", "start")
+
+    def __init__(self, error: Exception, start: bytes | None) -> None:
+        self.error = error
+        self.start = start  # the rejected request's bytes from its start; None: not known
+
+
 class RequestParser:
-    """httptools callbacks: enforce limits, validate heads, queue heads, body chunks and ends."""
+    """A connection's request stream, fed the bytes it reads and never touching the socket.
+
+    ``feed`` queues events in ``events``: a ``Head`` when a request head is whole (built in C
+    for a plain request, else by llhttp's callbacks below), then body chunks (bytes), then END.
+    A parse error is queued as an ``HttpError`` (or a ``RejectedMethod``), not raised: requests
+    parsed before it in the same read (pipelining) are answered first, in order. Between
+    events, ``head_open`` says a request has begun whose head is not whole yet.
+    """
 
     __slots__ = (  # one per open connection, idle ones included
         "at_boundary",
+        "base_environ",
+        "chunk_lines",
         "chunked_heads",
         "completed",
         "events",
-        "feed",
         "head",
         "head_open",
         "header_bytes",
-        "header_timeout",
-        "parser",
-        "sock",
+        "history",
+        "history_base",
+        "llhttp",
+        "parse",
         "untimed",
+        "upgrade_tail",
+        "upgrading",
         "valid_host",
     )
 
-    def __init__(self, sock: CountingSocket, header_timeout: float) -> None:
-        self.sock = sock
-        self.header_timeout = header_timeout
+    def __init__(self, base_environ: dict[str, Any]) -> None:
+        """``base_environ``: what the C parser builds each plain request's environ from."""
+        self.base_environ = base_environ
         # A list, not a deque: it rarely holds more than a head and an END, and a deque's first
         # block is 64 slots (about 600 bytes) on every open connection, idle ones included.
         self.events: list[Any] = []
         self.head: Head | None = None
         self.header_bytes = 0
         # Whether the bytes fed next start a new request, and how many requests completed:
-        # lets an error be traced back to the request it belongs to (HttpConnection._feed).
+        # lets an error be traced back to the request it belongs to (``_rejected_request``).
         self.at_boundary = True
         self.completed = 0
         self.head_open = False  # a request has begun and its head is not whole yet
-        self.untimed = False  # ... and its header clock has not started
+        self.untimed = False  # ... and its header clock has not started (``clock_due``)
         # llhttp is made on the first read the C fast path leaves to it (``start``): about
         # 0.9 KB that a connection sending only plain requests, or none yet, never needs.
-        self.parser: httptools.HttpRequestParser | None = None
-        self.feed: Any = None  # the parser's own feed_data: no Python frame per read
+        self.llhttp: httptools.HttpRequestParser | None = None
+        self.parse: Any = None  # llhttp's own feed_data: no Python frame per read
         self.valid_host = b""  # the last Host value checked: keep-alive requests repeat it
         # Chunked heads completed in the current read, as (requests completed before it, its
         # index in events), for their size lines to be checked (chunk_ext.py); None when none.
         self.chunked_heads: list[tuple[int, int]] | None = None
+        self.chunk_lines: ChunkLines | None = None  # a chunked body's size lines, across reads
+        # Reads since the last request boundary (see _rejected_request); None past the limit.
+        self.history: bytes | None = b""
+        self.history_base = 0  # ``completed`` when history started
+        self.upgrading = False  # an Upgrade head came: no HTTP after it on this connection
+        self.upgrade_tail = b""  # bytes read past an Upgrade request's head
+
+    def feed(self, data: bytes) -> None:
+        """Parse one read's bytes into events."""
+        if self.at_boundary and FAST_PARSE is not None:
+            # A plain request, whole in this read: its environ is built in C (_fasthead.c), and
+            # llhttp, still at a message boundary, never sees it.
+            head = fast_head(data, self.base_environ)
+            if head is not None:
+                self.events.append(head)
+                return
+        if self.chunk_lines is not None and not self._chunk_lines_pass(data):
+            return
+        parse = self.parse or self.start()
+        try:
+            parse(data)
+        except httptools.HttpParserUpgrade as exc:
+            # The connection stops being HTTP after this request: the app may take it over
+            # (WebSockets), or answer it, and then it closes. Bytes after the head already
+            # belong to the new protocol: kept for wsgi.websocket.
+            self.upgrading = True
+            if self.head is not None:
+                self.head.upgrade = True
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                self.upgrade_tail = data[offset:]
+        except httptools.HttpParserInvalidMethodError as exc:
+            self.events.append(RejectedMethod(exc, self._rejected_request(data)))
+        except httptools.HttpParserError as exc:
+            self.events.append(as_http_error(exc, data))
+        else:
+            if self.chunked_heads is not None:
+                self._check_chunked(data)
+            if self.at_boundary:  # the common case: whole requests in each read
+                self.history = b""
+                self.history_base = self.completed
+            elif self.history is not None:
+                history = self.history + data
+                self.history = history if len(history) <= HISTORY_LIMIT else None
+
+    def clock_due(self) -> bool:
+        """True once per begun head that must wait for more bytes: its --header-timeout counts
+        from now. A head that came whole never needs it, and one begun behind a pipelined
+        request must not run out while the app answers that request."""
+        if self.untimed:
+            self.untimed = False
+            return True
+        return False
 
     def start(self) -> Any:
         """llhttp for this connection, from its first read on or from a request boundary (the
         fast path only ever takes whole requests): a new parser is in the same state."""
-        self.parser = request_parser(self)
-        self.feed = self.parser.feed_data
-        return self.feed
+        self.llhttp = request_parser(self)
+        self.parse = self.llhttp.feed_data
+        return self.parse
 
     def release(self) -> None:
         """The connection stops being HTTP (an Upgrade taken over): free llhttp's state, which
         otherwise lives as long as the WebSocket does. Feeding it afterwards raises."""
-        self.parser = None
-        self.feed = _released  # not None: a read must not start a new parser
+        self.llhttp = None
+        self.parse = _released  # not None: a read must not start a new parser
         self.head = None
+        self.history = None
+
+    def _chunk_lines_pass(self, data: bytes) -> bool:
+        """Check the size lines in a read of a chunked body under way, before llhttp sees it;
+        False (and a 400 queued) for one RFC 9112 forbids and llhttp lets through."""
+        lines = self.chunk_lines
+        assert lines is not None
+        try:
+            lines.feed(data)
+        except HttpError as exc:  # the reader of this body answers it, and the connection ends
+            self.chunk_lines = None
+            self.events.append(exc)
+            return False
+        if lines.done:
+            self.chunk_lines = None
+        return True
+
+    def _check_chunked(self, data: bytes) -> None:
+        """The size lines of the chunked requests whose heads this read completed, up to the
+        end of the read; a 400 takes the place of everything queued after a bad one's head.
+
+        A head behind more than HISTORY_LIMIT bytes of an earlier request cannot be placed
+        (``history`` was dropped): its size lines are left to llhttp alone.
+        """
+        heads, self.chunked_heads = self.chunked_heads or [], None
+        if self.history is None:
+            return
+        buffer = self.history + data
+        ordinals = [completed - self.history_base for completed, _ in heads]
+        # strict=False: a head a fresh parser cannot place (never seen) is left to llhttp
+        for (_, index), start in zip(heads, body_starts(buffer, ordinals), strict=False):
+            lines = ChunkLines()
+            try:
+                lines.feed(buffer[start:])
+            except HttpError as exc:
+                del self.events[index + 1 :]  # answered in place of its body, then the end
+                self.events.append(exc)
+                self.chunk_lines = None
+                return
+            self.chunk_lines = None if lines.done else lines
+
+    def _rejected_request(self, data: bytes) -> bytes | None:
+        """The bytes of the request llhttp rejected, from its start; None if that is unknown.
+
+        httptools does not expose llhttp's error position, and a read may hold requests before
+        the rejected one (pipelining) or begin inside one. ``history`` holds the reads since the
+        last request boundary, so a fresh parser can find where the last complete request ended
+        (a bisection over prefixes, only on this error path).
+        """
+        if self.history is None:
+            return None
+        buffer = self.history + data
+        completed = self.completed - self.history_base
+        low, high = 0, len(buffer) if completed else 0
+        while low < high:
+            middle = (low + high) // 2
+            if messages_completed(buffer[:middle]) >= completed:
+                high = middle
+            else:
+                low = middle + 1
+        return buffer[low:]
+
+    # -- llhttp's callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.head = Head()
         self.header_bytes = 0
         self.at_boundary = False
         self.head_open = self.untimed = True
-        self.sock.parked = False
-
-    def start_header_clock(self) -> None:
-        """--header-timeout counts from now (see HttpConnection.next_head)."""
-        self.untimed = False
-        if self.header_timeout:
-            self.sock.deadline = time.monotonic() + self.header_timeout
 
     def on_url(self, url: bytes) -> None:
         assert self.head is not None
@@ -259,8 +376,7 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         head = self.head
         assert head is not None
-        parser = self.parser
-        self.sock.deadline = 0.0
+        parser = self.llhttp
         self.head_open = self.untimed = False
         keep_alive = head.keep_alive = parser.should_keep_alive()
         if not keep_alive:
@@ -367,137 +483,3 @@ def _split_target(head: Head) -> None:
         if not parsed.schema or not parsed.host:
             raise HttpError(400, "invalid request-target")
         head.path, head.query = parsed.path or b"/", parsed.query or b""
-
-
-def request_parser(callbacks: Any) -> httptools.HttpRequestParser:
-    """llhttp as every request of greenserve is parsed: RFC 9112 7.1.1 allows whitespace (BWS)
-    before a chunk extension's ";"; llhttp rejects it after the ";" and around "=" whatever the
-    options (see the README)."""
-    parser = httptools.HttpRequestParser(callbacks)
-    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
-    return parser
-
-
-def messages_completed(data: bytes) -> int:
-    """How many whole requests a fresh parser finds at the start of ``data``."""
-    counter = _MessageCounter()
-    parser = request_parser(counter)
-    with contextlib.suppress(httptools.HttpParserError):
-        parser.feed_data(data)
-    return counter.completed
-
-
-class _MessageCounter:
-    __slots__ = ("completed",)
-
-    def __init__(self) -> None:
-        self.completed = 0
-
-    def on_message_complete(self) -> None:
-        self.completed += 1
-
-
-def as_http_error(exc: Exception, data: bytes) -> HttpError:
-    """The status a parser error deserves; ``data`` starts where the failing request starts."""
-    if isinstance(exc, httptools.HttpParserCallbackError):
-        if isinstance(exc.__context__, HttpError):
-            return exc.__context__
-        return HttpError(400, str(exc))
-    if isinstance(exc, httptools.HttpParserInvalidMethodError):
-        if _TOKEN_METHOD.match(data):
-            return HttpError(501, "method not implemented")
-        return HttpError(400, "invalid method")
-    message = str(exc)
-    if "HTTP version" in message:
-        return HttpError(505, message)
-    # Includes "chunked" not being the final coding: RFC 9112 6.3 says 400.
-    return HttpError(400, message)
-
-
-class Input:
-    """``wsgi.input``: the request body, streamed from the socket as the app reads it.
-
-    ``done`` is True once the end of the body was reached; ``buffer`` holds what was read from
-    the socket but not yet by the app.
-    """
-
-    __slots__ = ("buffer", "connection", "done", "head", "received")
-
-    def __init__(self, connection: HttpConnection, head: Head) -> None:
-        self.connection = connection
-        self.head = head
-        self.buffer = b""
-        self.done = head.content_length == 0 or (head.content_length is None and not head.chunked)
-        self.received = 0
-
-    def _more(self) -> bool:
-        """Pull the next body chunk into the buffer; False at the end of the body."""
-        if self.done:
-            return False
-        chunk = self.connection.next_body_event(self)
-        if chunk is END:
-            self.done = True
-            return False
-        self.buffer += chunk
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while self._more():
-                pass
-            data, self.buffer = self.buffer, b""
-            return data
-        while len(self.buffer) < size and self._more():
-            pass
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        while True:
-            end = self.buffer.find(b"\n")
-            limit = size if size is not None and size >= 0 else None
-            if end >= 0 and (limit is None or end < limit):
-                data, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
-                return data
-            if limit is not None and len(self.buffer) >= limit:
-                data, self.buffer = self.buffer[:limit], self.buffer[limit:]
-                return data
-            if not self._more():
-                data, self.buffer = self.buffer, b""
-                return data
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        lines, total = [], 0
-        while True:
-            line = self.readline()
-            if not line:
-                return lines
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            line = self.readline()
-            if not line:
-                return
-            yield line
-
-    def discard(self) -> int:
-        """Drop what the app did not read, up to DRAIN_LIMIT; returns what was dropped."""
-        discarded = len(self.buffer)
-        self.buffer = b""
-        while discarded <= DRAIN_LIMIT and self._more():
-            discarded += len(self.buffer)
-            self.buffer = b""
-        return discarded
-
-    @property
-    def complete(self) -> bool:
-        return self.done and not self.buffer
-
-
-# A head with no length and no chunking: the input is at its end from the start. Shared by
-# every request without a body; nothing in it changes.
-EMPTY_INPUT = Input(None, Head())  # type: ignore[arg-type]

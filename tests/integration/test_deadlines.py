@@ -42,7 +42,8 @@ def deadline_server():
 
 
 class TestRequestTimeout:
-    """A request past its deadline is stopped where it waits; the worker serves on."""
+    """A request past its deadline is stopped where it waits; the worker serves on. (A stalled
+    stream, a swallowed timeout: tests/unit/test_phases.py, on a fake clock.)"""
 
     def test_sleeping_view_gets_504_and_its_finally_runs(self, deadline_server):
         started = time.monotonic()
@@ -59,31 +60,14 @@ class TestRequestTimeout:
             "finally ran for " + request_id, request_id=request_id
         )[0]
         assert finally_ran["logger"] == "deadline_app"
-
-    def test_stalled_stream_is_closed(self, deadline_server):
-        conn = http.client.HTTPConnection(*deadline_server.address, timeout=10)
-        conn.request("GET", "/stall?s=5")
-        response = conn.getresponse()
-        assert response.status == 200
-        with pytest.raises(http.client.IncompleteRead) as caught:
-            response.read()
-        assert caught.value.partial == b"first chunk\n"
-        event = deadline_server.wait_event("request_timeout", path="/stall")[0]
-        assert event["response_started"] is True
-
-    def test_swallowed_timeout_is_stopped_again_and_closed(self, deadline_server):
-        started = time.monotonic()
-        conn = http.client.HTTPConnection(*deadline_server.address, timeout=10)
-        conn.request("GET", "/swallow?s=5")
-        try:
-            response = conn.getresponse()
-            body = response.read()
-        except (http.client.RemoteDisconnected, ConnectionError):
-            body = None
-        elapsed = time.monotonic() - started
-        assert body in (None, b"") or not body.startswith(b"swallowed")
-        assert elapsed < 3.5  # 1 s deadline + 1 s grace, not the app's 10 s
-        deadline_server.wait_event("swallowed the timeout")
+        wait_until(
+            lambda: (
+                per_worker(deadline_server, "greenserve_http_request_timeouts_total").get("0", 0)
+                >= 1
+            ),
+            5,
+            "request timeouts counted on /metrics",
+        )
 
     def test_slow_requests_time_out_while_fast_ones_are_served(self, deadline_server):
         results: dict[str, list] = {"slow": [], "fast": []}
@@ -112,17 +96,6 @@ class TestRequestTimeout:
         # Order, not seconds (load shifts both): every fast answer came before the first 504.
         assert max(t for _, t in results["fast"]) < min(t for _, t in results["slow"])
 
-    def test_counted_in_metrics(self, deadline_server):
-        get(deadline_server, "/sleep?s=5")
-        wait_until(
-            lambda: (
-                per_worker(deadline_server, "greenserve_http_request_timeouts_total").get("0", 0)
-                >= 1
-            ),
-            5,
-            "request timeouts counted",
-        )
-
 
 class TestRequestIds:
     """Given or generated, on the response, in the environ and in every log line of the request."""
@@ -134,14 +107,6 @@ class TestRequestIds:
         assert app_lines[0]["request_id"] == "given-id-123"
         access = deadline_server.wait_event("request", path="/log", request_id="given-id-123")[0]
         assert access["duration_ms"] >= 0 and access["status"] == 200
-
-    def test_invalid_given_id_is_replaced(self, deadline_server):
-        response, body = get(deadline_server, "/log", {"X-Request-ID": "x" * 300})
-        assert body.decode() == response.getheader("X-Request-ID") != "x" * 300
-
-    def test_generated_ids_are_distinct(self, deadline_server):
-        ids = {get(deadline_server, "/fast")[0].getheader("X-Request-ID") for _ in range(20)}
-        assert len(ids) == 20 and None not in ids
 
     def test_200_concurrent_requests_never_share_an_id(self, deadline_server):
         """Each app log line carries the id of its own request (contextvars per greenlet)."""

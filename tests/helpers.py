@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from greenserve.protocols.phase import ConnectionPhase
+from greenserve.worker.protocols.phase import ConnectionPhase
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = Path(__file__).resolve().parent / "apps"
@@ -438,8 +438,8 @@ def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[byt
     from structlog.testing import capture_logs
 
     from greenserve.config import load
-    from greenserve.protocols.http import HttpHandler
-    from greenserve.stats import WorkerStats
+    from greenserve.metrics.stats import WorkerStats
+    from greenserve.worker.protocols.http import HttpHandler
 
     flags = ["--protocol", "http", "--max-body", "1m", "--header-timeout", "5"]
     settings = load(flags, {}).with_changes(**changes)

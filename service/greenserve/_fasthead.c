@@ -28,7 +28,7 @@
  *   (the app's Content-Length, else ``expected``) and ``data`` fits in it; the caller has checked
  *   HTTP/1.1, a body allowed, start_response called. None sends it the Python way.
  *
- * ABI is compared by greenserve.protocols.http_parser: a build older than its source is
+ * ABI is compared by greenserve.worker.protocols.http_parser: a build older than its source is
  * ignored, not trusted. Bump it with any change to what either function accepts or returns.
  */
 #define PY_SSIZE_T_CLEAN

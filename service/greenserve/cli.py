@@ -6,7 +6,6 @@ server; anything else runs the server (an APP is always MODULE:CALLABLE, so neve
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +16,7 @@ from greenserve.config import (
     OPTIONS_BY_NAME,
     Address,
     ConfigError,
+    OneLineParser,
     describe,
     parse_address,
     parse_value,
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if resolved.check_config:
         # The checks a start makes before it binds, with the same one line and exit code.
-        from greenserve.tls import TlsError, check
+        from greenserve.tls_context import TlsError, check
 
         try:
             check(settings)
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "unknown_environment_setting", name=warning.name, closest=warning.closest
         )
     # Imported late: --help, tools and usage errors answer without loading the master.
-    from greenserve.master import Master
+    from greenserve.master.master import Master
 
     return Master(settings, argv=args).run()
 
@@ -109,11 +109,6 @@ def _quiet_on_closed_pipe(run: Callable[[], int]) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     return code
-
-
-class _ToolParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(message)
 
 
 def _addresses(config: str | None, environ: Mapping[str, str]) -> dict[str, object]:
@@ -139,7 +134,7 @@ def _check_app(settings: object) -> int:
 
     code = (
         "import sys, gevent.monkey; gevent.monkey.patch_all()\n"
-        "from greenserve.worker import AppLoadError, load_app, served_protocol\n"
+        "from greenserve.worker.worker import AppLoadError, load_app, served_protocol\n"
         "import pickle\n"
         "settings = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
         "try:\n"
@@ -187,7 +182,7 @@ def _metrics_url(given: str | None, config: str | None, environ: Mapping[str, st
 
 
 def _tool(name: str, argv: list[str], environ: Mapping[str, str]) -> int:
-    parser = _ToolParser(prog=f"greenserve {name}")
+    parser = OneLineParser(prog=f"greenserve {name}")
     parser.add_argument("--config", metavar="FILE", help="read defaults from this TOML file")
     if name == "client":
         parser.add_argument(
@@ -204,7 +199,7 @@ def _tool(name: str, argv: list[str], environ: Mapping[str, str]) -> int:
     options = parser.parse_args(argv)
     if name == "client":
         # Each tool imports only what it uses (top needs rich, status prometheus' parser).
-        from greenserve import client
+        from greenserve.tools import client
 
         try:
             address = parse_address(options.address) if options.address else None
@@ -218,9 +213,9 @@ def _tool(name: str, argv: list[str], environ: Mapping[str, str]) -> int:
         return client.run(address)
     url = _metrics_url(options.metrics, options.config, environ)
     if name == "status":
-        from greenserve import status
+        from greenserve.tools import status
 
         return status.run(url, options.json)
-    from greenserve import top
+    from greenserve.tools import top
 
     return top.run(url)

@@ -805,7 +805,7 @@ OPTIONS: tuple[Option, ...] = tuple(
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -813,7 +813,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="greenserve",
         description=(
             "Pre-fork gevent server: one worker per core sharing the listening sockets, a "
@@ -905,7 +905,7 @@ _ENV_NAMES = (
     "inherit",  # set by a master for the new master of a USR2 upgrade
     "inherit_metrics",
     "upgrade_from",
-    "keyfile_password",  # read by greenserve.tls: never on the command line
+    "keyfile_password",  # read by greenserve.tls_context: never on the command line
     "no_extensions",  # read by protocols.http_parser at import: C fast path off
 )
 

@@ -16,9 +16,9 @@ import argparse
 import statistics
 import time
 
-from greenserve.aggregate import Aggregator
-from greenserve.appstats import Spec
-from greenserve.metrics import build_app, build_registry
+from greenserve.metrics.aggregate import Aggregator
+from greenserve.metrics.appstats import Spec
+from greenserve.metrics.metrics import build_app, build_registry
 from tests.bench.run import Contender, free_port, greenserve_command, rotated, started, wait_http
 from tests.bench.run import wrk as run_wrk
 

@@ -23,9 +23,14 @@ _MEASURE = """
 import sys, time
 import structlog
 from tests.helpers import ScriptedSocket
-from greenserve import apps
-from greenserve.protocols.http import HttpHandler
-from greenserve.stats import WorkerStats
+try:  # the package grouped by role (#38), else the flat layout before it
+    from greenserve.worker import apps
+    from greenserve.worker.protocols.http import HttpHandler
+    from greenserve.metrics.stats import WorkerStats
+except ImportError:
+    from greenserve import apps
+    from greenserve.protocols.http import HttpHandler
+    from greenserve.stats import WorkerStats
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
 try:  # the Settings-reading handler (since the #13 redesign), else the keyword form before it

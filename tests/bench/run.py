@@ -184,7 +184,7 @@ def run_echo(rounds: int, seconds: float, connections: int, size: int) -> dict[s
 
 
 HTTP_APPS = {
-    "hello": "greenserve.apps:hello",
+    "hello": "greenserve.worker.apps:hello",
     "flask": "tests.bench.servers.flask_json:app",
     "64k": "tests.bench.servers.big_response:app",
 }
@@ -652,7 +652,7 @@ def idle_memory(connections: int, mode: str = "echo") -> dict[str, float]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, connections * 2 + 1000), hard))
     port, mport = free_port(), free_port()
-    protocol = () if mode == "echo" else ("greenserve.apps:hello", "--protocol", "http")
+    protocol = () if mode == "echo" else ("greenserve.worker.apps:hello", "--protocol", "http")
     limit = ("--max-connections", str(connections + 100), "--keepalive-timeout", "600")
     with started(_greenserve(port, mport, "--workers", "1", *protocol, *limit), port) as proc:
         (wait_port if mode == "echo" else wait_http)(port)

@@ -50,7 +50,7 @@ def certificates() -> dict[str, str]:
 
 def contenders(pki: dict[str, str]) -> list[Contender]:
     py = sys.executable
-    app = "greenserve.apps:hello"
+    app = "greenserve.worker.apps:hello"
     greenserve = Contender(
         "greenserve https x2",
         [

@@ -13,7 +13,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from greenserve import catalog
+from greenserve.metrics import catalog
 from tests.helpers import echo_round_trip, running, scrape, traffic, wait_totals, wait_until
 
 # without TLS, every family but the certificate's expiry

@@ -7,9 +7,9 @@ import socket
 import pytest
 from gevent import socket as gsocket
 
-from greenserve.protocols.accept import BalancedServer
-from greenserve.protocols.tcp import Connections
-from greenserve.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, WorkerStats
+from greenserve.metrics.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED, WorkerStats
+from greenserve.worker.protocols.accept import BalancedServer
+from greenserve.worker.protocols.tcp import Connections
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from greenserve.aggregate import Aggregator, MasterState, health
-from greenserve.catalog import LAG_BUCKETS
-from greenserve.slots import SlotTable, Worker
-from greenserve.stats import WorkerStats
+from greenserve.master.slots import SlotTable, WorkerProcess
+from greenserve.metrics.aggregate import Aggregator, MasterState, health
+from greenserve.metrics.catalog import LAG_BUCKETS
+from greenserve.metrics.stats import WorkerStats
 
 
 def _snapshot(stats: WorkerStats, slot: int, pid: int, ready: bool = True) -> dict:
@@ -126,7 +126,7 @@ class TestHealth:
         _published(agg, table)
         ok, body = health(agg.view(), stale_after=30)
         assert not ok and body["status"] == "degraded"
-        workers = [Worker(slot, 1, pid, 0.0) for slot, pid in ((0, 10), (1, 11))]
+        workers = [WorkerProcess(slot, 1, pid, 0.0) for slot, pid in ((0, 10), (1, 11))]
         for worker in workers:
             table.started(worker)
             agg.process_started(worker.slot, worker.pid)

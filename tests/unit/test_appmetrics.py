@@ -21,10 +21,10 @@ from prometheus_client import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from greenserve.aggregate import Aggregator
-from greenserve.appmerge import AppMetrics
-from greenserve.appstats import AppMetricsReader
-from greenserve.metrics import build_registry
+from greenserve.metrics.aggregate import Aggregator
+from greenserve.metrics.appmerge import AppMetrics
+from greenserve.metrics.appstats import AppMetricsReader
+from greenserve.metrics.metrics import build_registry
 
 
 class FakeWorker:
@@ -287,7 +287,7 @@ class TestRendering:
     def test_same_samples_as_prometheus_client(self, monkeypatch, openmetrics):
         from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 
-        from greenserve.metrics import AppCollector, render_app
+        from greenserve.metrics.metrics import AppCollector, render_app
 
         aggregator = self.merged(monkeypatch)
         registry = CollectorRegistry()
@@ -306,7 +306,7 @@ class TestRendering:
     def test_the_endpoint_in_each_format(self, monkeypatch, accept):
         import gzip
 
-        from greenserve.metrics import build_app
+        from greenserve.metrics.metrics import build_app
 
         aggregator = self.merged(monkeypatch)
         app = build_app(build_registry(aggregator), aggregator, lambda: None)

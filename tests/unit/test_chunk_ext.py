@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
-from greenserve.protocols.chunk_ext import MAX_SIZE_LINE, ChunkLines, body_starts
-from greenserve.protocols.llhttp import HttpError
+from greenserve.worker.protocols.chunk_ext import MAX_SIZE_LINE, ChunkLines, body_starts
+from greenserve.worker.protocols.llhttp import HttpError
 from tests.apps.greenserve_testapps import conformance
 from tests.helpers import SPLIT_MODES, parse_responses, serve_in_process, split
 from tests.http_corpus.corpus import MALFORMED, chunked, chunked_with, req

@@ -7,11 +7,11 @@ import re
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from greenserve import catalog
-from greenserve.aggregate import RESTART_REASONS, Aggregator, MasterState
-from greenserve.metrics import build_registry
-from greenserve.slots import SlotTable, Worker
-from greenserve.stats import WorkerStats
+from greenserve.master.slots import SlotTable, WorkerProcess
+from greenserve.metrics import catalog
+from greenserve.metrics.aggregate import RESTART_REASONS, Aggregator, MasterState
+from greenserve.metrics.metrics import build_registry
+from greenserve.metrics.stats import WorkerStats
 
 # Every family but the certificate gauge, which exists only with TLS on.
 FAMILIES = {f.metric for f in catalog.FAMILIES} - {
@@ -52,7 +52,7 @@ class TestCollector:
     def test_values_follow_the_aggregate(self):
         agg, table = Aggregator(), SlotTable(1)
         registry = build_registry(agg)
-        worker = Worker(0, 1, 100, 0.0)
+        worker = WorkerProcess(0, 1, 100, 0.0)
         table.started(worker)
         table.reported(worker, ready=True, retire=False, now=0.0)
         agg.publish(MasterState(1, 1, table.liveness()))
@@ -111,7 +111,7 @@ class TestQuantile:
     """histogram_quantile as Prometheus computes it, used by top for interval latencies."""
 
     def test_linear_interpolation_and_edges(self):
-        from greenserve.monitor import quantile
+        from greenserve.tools.monitor import quantile
 
         buckets = [(0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0)]
         assert quantile(0.5, buckets) == 0.1

@@ -22,18 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greenserve.config import load
-from greenserve.protocols import http_parser
-from greenserve.protocols.http import HttpHandler
-from greenserve.protocols.http_body import EMPTY_INPUT
-from greenserve.protocols.http_parser import (
+from greenserve.metrics.stats import WorkerStats
+from greenserve.worker.protocols import http_parser
+from greenserve.worker.protocols.http import HttpHandler
+from greenserve.worker.protocols.http_body import EMPTY_INPUT
+from greenserve.worker.protocols.http_parser import (
     FAST_PARSE,
     FASTHEAD_ABI,
     Head,
     RequestParser,
     fast_head,
 )
-from greenserve.protocols.llhttp import HttpError, as_http_error
-from greenserve.stats import WorkerStats
+from greenserve.worker.protocols.llhttp import HttpError, as_http_error
 from tests.http_corpus.corpus import MALFORMED, VALID
 from tests.http_corpus.exchanges import EXCHANGES
 
@@ -98,7 +98,7 @@ def test_the_extension_is_current_and_ci_has_it() -> None:
 
 
 def test_the_switch_turns_it_off() -> None:
-    code = "from greenserve.protocols.http_parser import FAST_PARSE; print(FAST_PARSE)"
+    code = "from greenserve.worker.protocols.http_parser import FAST_PARSE; print(FAST_PARSE)"
     env = {**os.environ, "GREENSERVE_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "None", out.stderr
@@ -224,7 +224,7 @@ def respond(
 ) -> tuple[bytes, Any]:  # fmt: skip
     """One response through Response with ``first_write`` as FIRST_WRITE: what was sent, and
     the state the connection goes on with (or the exception)."""
-    from greenserve.protocols import http_response
+    from greenserve.worker.protocols import http_response
 
     sent: list[bytes] = []
     sock = SimpleNamespace(sendall=lambda data: sent.append(bytes(data)))
@@ -256,7 +256,7 @@ def respond(
 @needs_extension
 class TestFirstWrite:
     def test_hello_is_built_in_c_byte_for_byte(self) -> None:
-        from greenserve.protocols.http_response import FIRST_WRITE
+        from greenserve.worker.protocols.http_response import FIRST_WRITE
 
         calls = []
 
@@ -289,7 +289,7 @@ class TestFirstWrite:
         version: str, keep_alive: bool, draining: bool,
     ) -> None:  # fmt: skip
         """``listed``: the app returned a list, so its total length is known (``expected``)."""
-        from greenserve.protocols.http_response import FIRST_WRITE
+        from greenserve.worker.protocols.http_response import FIRST_WRITE
 
         expected = sum(map(len, chunks)) if listed else None
         case = (status, headers, chunks, expected, method, version, keep_alive, draining)
@@ -302,8 +302,8 @@ class TestFirstWrite:
 
 def connection_after(chunks: list[bytes]) -> Any:
     """An HttpConnection that served ``chunks`` to the end of the stream (hello app)."""
-    from greenserve import apps
-    from greenserve.protocols.http import HttpConnection
+    from greenserve.worker import apps
+    from greenserve.worker.protocols.http import HttpConnection
     from tests.helpers import ScriptedSocket
 
     served = handler()

@@ -18,7 +18,7 @@ def both_paths(request, monkeypatch):
     """Every case twice: with the C fast path (greenserve._fasthead) and without it, the path a
     machine without a compiler runs."""
     if request.param == "python":
-        from greenserve.protocols import http_parser, http_response
+        from greenserve.worker.protocols import http_parser, http_response
 
         monkeypatch.setattr(http_parser, "FAST_PARSE", None)
         monkeypatch.setattr(http_response, "FIRST_WRITE", None)

@@ -17,8 +17,9 @@ from gevent.event import Event
 from structlog.testing import capture_logs
 
 from greenserve.config import load
-from greenserve.protocols.http import HttpHandler
-from greenserve.protocols.phase import (
+from greenserve.metrics.stats import WorkerStats
+from greenserve.worker.protocols.http import HttpHandler
+from greenserve.worker.protocols.phase import (
     APP,
     BODY,
     FRESH,
@@ -29,9 +30,8 @@ from greenserve.protocols.phase import (
     WEBSOCKET,
     IdleSweeper,
 )
-from greenserve.protocols.request_timeout import TIMEOUT_GRACE, RequestTimeout
-from greenserve.protocols.tcp import FIRST_REQUEST_GRACE, Connections
-from greenserve.stats import WorkerStats
+from greenserve.worker.protocols.request_timeout import TIMEOUT_GRACE, RequestTimeout
+from greenserve.worker.protocols.tcp import FIRST_REQUEST_GRACE, Connections
 from tests.helpers import ScriptedSocket
 
 pytestmark = pytest.mark.timeout(30)

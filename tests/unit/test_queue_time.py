@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from greenserve.protocols.queue_time import waited
+from greenserve.worker.protocols.queue_time import waited
 
 NOW = 1_790_000_000.0
 

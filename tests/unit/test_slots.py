@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import itertools
 
-from greenserve.slots import BACKOFF_FIRST, BACKOFF_MAX, STOP_RESEND, SlotTable, Worker
+from greenserve.master.slots import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    STOP_RESEND,
+    SlotTable,
+    WorkerProcess,
+)
 from greenserve.spec import EXIT_APP_LOAD
 
 _pids = itertools.count(1000)
 
 
-def start_due(table: SlotTable, now: float, generation: int = 1) -> list[Worker]:
+def start_due(table: SlotTable, now: float, generation: int = 1) -> list[WorkerProcess]:
     """What the master does each turn: a fake process for every slot that is due."""
     started = []
     for index in table.due(now):
-        worker = Worker(index, generation, next(_pids), now)
+        worker = WorkerProcess(index, generation, next(_pids), now)
         table.started(worker)
         started.append(worker)
     return started
 
 
-def ready(table: SlotTable, *workers: Worker, now: float = 0.0) -> None:
+def ready(table: SlotTable, *workers: WorkerProcess, now: float = 0.0) -> None:
     for worker in workers:
         table.reported(worker, ready=True, retire=False, now=now)
 

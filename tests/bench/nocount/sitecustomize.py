@@ -8,7 +8,7 @@ import socket
 
 from gevent import socket as gsocket
 
-from greenserve.protocols import accept, tcp
+from greenserve.worker.protocols import accept, tcp
 
 
 class UncountedSocket(gsocket.socket):

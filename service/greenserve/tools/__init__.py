@@ -1,0 +1,1 @@
+"""Tools for a running server: greenserve status, top and client."""

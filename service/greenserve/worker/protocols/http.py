@@ -1,0 +1,597 @@
+"""HTTP/1.1 connections for WSGI apps: one greenlet per connection runs ``HttpConnection.serve``.
+
+The connection reads from its socket and feeds the parser (http_parser.py), which queues request
+heads, body chunks and errors; it moves the connection through its phases (phase.py), builds a
+PEP 3333 environ (wsgi_environ.py), calls the app and writes its response (http_response.py).
+
+Ownership: the connection holds per-connection state (socket, parser, trust, the response in
+progress) and is the only writer of its phase; ``Input`` and ``Response`` hold one request's
+state and talk to the connection through its public methods; ``HttpHandler`` holds what every
+connection of one listener shares, and accounts for every response (metrics, access log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from greenserve.config import Settings
+from greenserve.logs import REQUEST_ID
+from greenserve.metrics.stats import WorkerStats
+from greenserve.proxy import apply_forwarded
+from greenserve.worker.protocols.http_accounting import ResponseAccounting
+from greenserve.worker.protocols.http_body import DRAIN_LIMIT, EMPTY_INPUT, Input
+from greenserve.worker.protocols.http_parser import (
+    END,
+    METHOD_PREFIX,
+    Head,
+    RejectedMethod,
+    RequestParser,
+)
+from greenserve.worker.protocols.http_response import REASONS, DateCache, FileWrapper, Response
+from greenserve.worker.protocols.llhttp import HttpError, as_http_error
+from greenserve.worker.protocols.phase import APP, BODY, FRESH, HEAD, PARKED, UPGRADED, WEBSOCKET
+from greenserve.worker.protocols.queue_time import waited
+from greenserve.worker.protocols.request_timeout import RequestClock, RequestTimeout
+from greenserve.worker.protocols.tcp import CountingSocket
+from greenserve.worker.protocols.tcp import peer as _peer
+from greenserve.worker.protocols.turns import take_turn
+from greenserve.worker.protocols.websocket import WebSocket
+from greenserve.worker.protocols.wsgi_environ import base_environ, parsed_environ
+
+RECV_SIZE = 65536
+
+RETRY_AFTER = b"Retry-After: 1\r\n"  # a shed request: the load balancer may try again soon
+SHED = {
+    "inflight": "overloaded: too many requests in flight",
+    "queue_time": "overloaded: the request waited too long before the app",
+}
+
+# RFC 6455 5.5.1: a client's Close frame, 1001 "going away" (masked, with a zero key), as a
+# stop makes an app's own WebSocket library read it (tcp.Connections.end_upgraded)
+GOING_AWAY = b"\x88\x8c\x00\x00\x00\x00\x03\xe9going away"
+
+
+class _Closed(Exception):
+    """The client closed the connection (or the sweeper shut it)."""
+
+
+class HttpConnection:
+    """One client connection: requests in order, one at a time, until close."""
+
+    # Slots: one of these lives as long as each idle keep-alive connection.
+    __slots__ = (
+        "address",
+        "clock",
+        "continue_sent",
+        "events",
+        "extra_environ",
+        "handler",
+        "parser",
+        "response",
+        "served",
+        "sock",
+        "trusted_peer",
+        "watched",
+    )
+
+    def __init__(self, handler: HttpHandler, sock: CountingSocket, address: Any) -> None:
+        # Per-connection state
+        self.handler = handler
+        self.sock = sock
+        # The socket the sweeper watches, whose phase the connection sets several times per
+        # request: under TLS, the CountingSocket beneath.
+        self.watched: CountingSocket = sock.watched
+        self.address = address
+        self.parser = RequestParser(handler.base_environ)
+        self.events = self.parser.events
+        self.extra_environ: dict[str, str] | None = None  # TLS: the verified client certificate
+        self.trusted_peer = False  # in --forwarded-allow-ips: its forwarded headers count
+        self.clock: RequestClock | None = None  # --request-timeout, from the first request on
+        # Per-request state
+        self.response: Response | None = None
+        self.continue_sent = False
+        self.served = 0  # requests started on this connection
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _feed(self) -> None:
+        """Read from the socket into the parser; raises _Closed at end of stream."""
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            raise _Closed
+        self.parser.feed(data)
+
+    def _method_token(self, data: bytes) -> bytes:
+        """Enough of a rejected request line to tell an unknown method (501) from noise (400):
+        read on, bounded, while the bytes still look like a method token."""
+        while METHOD_PREFIX.fullmatch(data):
+            try:
+                more = self.sock.recv(64)
+            except OSError:
+                break
+            if not more:
+                break
+            data += more
+        return data
+
+    def next_head(self, keepalive_deadline: float) -> Head | None:
+        """The next request's head, waiting for it as long as the phase allows; None at the
+        end of the stream. ``keepalive_deadline``: when a connection with no request begun
+        ends (0: never)."""
+        parser = self.parser
+        watched = self.watched
+        while True:
+            while self.events:
+                event = self.events.pop(0)
+                if event.__class__ is Head:
+                    watched.enter(APP)
+                    return event
+                if event.__class__ is RejectedMethod:
+                    start = event.start
+                    raise as_http_error(event.error, self._method_token(start) if start else b"")
+                if isinstance(event, HttpError):
+                    raise event
+            if not parser.head_open:
+                # Parked: waiting for a next request, so a drain may end the connection. A new
+                # one may have its first request in flight: a drain gives it a moment instead of
+                # closing it at once, which failed that request (seen under load in restarts).
+                watched.enter(PARKED if self.served else FRESH, keepalive_deadline)
+            elif parser.clock_due():
+                timeout = self.handler.header_timeout
+                watched.enter(HEAD, time.monotonic() + timeout if timeout else 0.0)
+            # _feed's body: one Python frame less per request
+            sock = self.sock
+            data = sock.recv_after_wait(RECV_SIZE) if self.served else sock.recv(RECV_SIZE)
+            if not data:
+                return None
+            parser.feed(data)
+
+    def next_body_event(self, body: Input) -> Any:
+        """The next body chunk (bytes) or END, reading from the socket as needed."""
+        if body.head.expect_continue and not self.continue_sent:
+            response = self.response
+            # RFC 9110 10.1.1: 100 only while no final response has started.
+            if response is None or not response.headers_sent:
+                self.continue_sent = True
+                self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        timeout = self.handler.header_timeout
+        while not self.events:
+            # Each wait for more body has the header timeout too (nginx's client_body_timeout):
+            # a body that stops short of its Content-Length must not hold a greenlet for good.
+            self.watched.enter(BODY, time.monotonic() + timeout if timeout else 0.0)
+            try:
+                self._feed()
+            except _Closed:
+                raise ConnectionError("client closed during the request body") from None
+            finally:
+                self.watched.enter(APP)
+        event = self.events.pop(0)
+        if isinstance(event, HttpError):
+            raise event
+        if event is not END:
+            body.received += len(event)
+            if body.received > self.handler.max_body:
+                raise HttpError(413, "request body too large")
+        return event
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        handler = self.handler
+        stats = handler.stats
+        keepalive = handler.keepalive_timeout
+        parser = self.parser
+        while not parser.upgrading:
+            try:
+                head = self.next_head(time.monotonic() + keepalive if keepalive else 0.0)
+            except HttpError as exc:
+                self.send_error(exc.status, str(exc))
+                return
+            if head is None:
+                return
+            if head.content_length is not None and head.content_length > handler.max_body:
+                self.send_error(413, "request body too large", head=head)
+                return
+            if handler.max_inflight and stats.http_requests_in_flight >= handler.max_inflight:
+                self.shed(head, "inflight")
+                return
+            # Queue time, before any per-request object (a shed must cost as little as it can);
+            # most keep-alive requests have neither a header nor an accept to measure from, and
+            # pay one dict lookup (the C parser built the environ; llhttp's path kept the header).
+            environ = head.environ
+            start = head.request_start if environ is None else environ.get("HTTP_X_REQUEST_START")
+            if start is not None or self.served == 0:
+                queued = self._queued(start)
+                if queued is not None:
+                    handler.queue_times.observe(queued)
+                    if handler.max_queue_time and queued > handler.max_queue_time:
+                        self.shed(head, "queue_time")
+                        return
+            # A WebSocket session is no request in flight: it would hold the limit for hours.
+            counted = not head.upgrade
+            stats.http_requests_in_flight += counted
+            try:
+                keep = self._respond(head)
+            finally:
+                stats.http_requests_in_flight -= counted
+                # an idle keep-alive connection keeps no request: the app's header list, ids
+                self.response = None
+            if not keep:
+                return
+            # Fairness (protocols/turns.py): only a request already read needs a step back;
+            # reading the next one waits through the hub anyway (TLS: see TlsSocket._read).
+            # The END of a request whose body the app never read is still queued: no request.
+            events = self.events
+            while events and events[0] is END:
+                del events[0]
+            if events:
+                take_turn()
+
+    def send_error(
+        self,
+        status: int,
+        detail: str,
+        request_id: str = "",
+        head: Head | None = None,
+        duration: float = 0.0,
+        extra: bytes = b"",
+    ) -> None:
+        """greenserve's own answer (a parse error, a limit, a failed app), then the connection
+        closes; counted and access-logged like any response, with a request id."""
+        handler = self.handler
+        request_id = request_id or handler.new_request_id()
+        body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()
+        response = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
+            + b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            + b"X-Request-ID: "
+            + request_id.encode()
+            + b"\r\n"
+            + extra
+            + b"Content-Length: %d" % len(body)
+            + handler.date.end()
+            + body
+        )
+        with contextlib.suppress(OSError):  # the client may already be gone
+            self.sock.sendall(response)
+        head = head or self.parser.head  # a head begun before the error, if any
+        handler.answered(
+            self.address, head, None, status, len(body), duration, request_id, error=detail
+        )
+
+    def shed(self, head: Head, reason: str) -> None:
+        """Overload (--max-inflight, --max-queue-time): 503 at once, before the body is read
+        and without the app, and the connection closes (the body is left unread)."""
+        shed = self.handler.stats.http_requests_shed
+        shed[reason] = shed.get(reason, 0) + 1
+        self.send_error(503, SHED[reason], head=head, extra=RETRY_AFTER)
+
+    def _queued(self, header: str | None) -> float | None:
+        """Seconds this request waited before the app, or None when it is not known: a trusted
+        proxy's X-Request-Start, else the time since accept for a connection's first request."""
+        if header is not None:
+            ignored = self.handler.stats.request_start_ignored
+            reason = "untrusted"  # anyone can send it: only --forwarded-allow-ips is believed
+            if self.trusted_peer:
+                wait = waited(header, time.time())
+                if isinstance(wait, float):
+                    return wait
+                reason = wait
+            ignored[reason] = ignored.get(reason, 0) + 1
+        if self.served == 0:
+            return time.monotonic() - self.watched.accepted_at
+        return None
+
+    def _respond(self, head: Head) -> bool:
+        """Run the app for one request; True when the connection may serve another."""
+        handler = self.handler
+        started = time.perf_counter()
+        if head.request_id and self.trusted_peer:
+            request_id = head.request_id  # only a trusted proxy names the request
+        else:
+            request_id = handler.new_request_id()
+        # A request without a body (most) shares one empty, finished input: nothing to read,
+        # nothing to keep per request.
+        if head.content_length is None and not head.chunked:
+            body = EMPTY_INPUT
+        else:
+            body = Input(self, head)
+        self.response = writer = Response(self, handler, head, request_id)
+        self.continue_sent = False
+        environ = handler.environ(head, body, self.address)
+        # in the environ now: a long request (a WebSocket) need not keep both; a list, for the
+        # trailer fields of a chunked body, which llhttp reports as headers after this point
+        head.headers = []
+        environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
+        if self.extra_environ:
+            environ.update(self.extra_environ)
+        if self.trusted_peer:
+            apply_forwarded(environ, handler.forwarded_allow)
+        self.served += 1
+        context = REQUEST_ID.set(request_id)
+        upgraded_at = (0, 0)
+        clock = None
+        if head.upgrade:  # a connection taken over is no request any more: no request clock
+            upgraded_at = (self.watched.rx, self.watched.tx)
+            self._upgrade(environ)
+        elif handler.request_timeout:
+            clock = self.clock = self.clock or RequestClock(self.sock, handler.request_timeout)
+            clock.start()
+        try:
+            keep = self._run_app(head, body, writer, environ)
+        except RequestTimeout:
+            keep = False
+        finally:
+            websocket = environ.get("wsgi.websocket")
+            if websocket is not None:
+                websocket.finish()
+            if clock is not None:
+                clock.stop()
+            REQUEST_ID.reset(context)
+        duration = time.perf_counter() - started
+        stack = clock.reported() if clock is not None else None
+        if stack is not None:
+            self._timed_out(head, environ, writer, duration, stack)
+            return False
+        if keep is None:  # taken over, failed (answered), or cut short
+            self._unfinished(head, environ, writer, duration, upgraded_at)
+            return False
+        handler.responded(self.address, environ, writer, duration)
+        if not writer.keep_alive or handler.draining:
+            return False
+        # An unread body must be discarded before the next request can be parsed.
+        if body.done and not body.buffer:  # the whole body was read (the common case)
+            return True
+        if head.expect_continue and not self.continue_sent:
+            # The client was never told to send its body: it may send it after its own timeout
+            # or never. Either way the next bytes cannot be told apart from a next request.
+            return False
+        return body.discard() <= DRAIN_LIMIT and body.complete
+
+    def _upgrade(self, environ: dict[str, Any]) -> None:
+        """An Upgrade request: the app may take the connection over."""
+        # What Flask-Sock, simple-websocket and python-socketio (gevent mode) look for: the
+        # connection's socket, to answer the handshake and speak WebSocket on it themselves.
+        environ["gunicorn.socket"] = self.sock
+        self.parser.release()  # no HTTP after this request: its END is already queued
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            self.watched.enter(UPGRADED)
+            return
+        self.watched.enter(WEBSOCKET)  # a stop speaks to its library in frames
+        handler = self.handler
+        environ["wsgi.websocket"] = WebSocket(
+            self.sock,
+            environ,
+            handler.stats,
+            handler.websockets,
+            handler.ws_max_message,
+            early=self.parser.upgrade_tail,
+        )
+
+    def _unfinished(
+        self,
+        head: Head,
+        environ: dict[str, Any],
+        writer: Response,
+        duration: float,
+        upgraded_at: tuple[int, int],
+    ) -> None:
+        """Account for a request ``_run_app`` did not finish: a connection taken over (one line
+        per WebSocket session as it ends), or a response cut short after its head went out."""
+        handler = self.handler
+        request_id = writer.request_id
+        if head.upgrade and not writer.status:
+            websocket = environ.get("wsgi.websocket")
+            if websocket is not None and not websocket.started:
+                websocket = None  # offered, not used: the app answered on gunicorn.socket
+            refused = websocket.refused if websocket is not None else 0
+            if refused:  # the handshake was answered with an error status
+                handler.answered(self.address, head, environ, refused, 0, duration, request_id)
+            if not refused and handler.access_log:
+                watched = self.watched
+                handler.log.info(
+                    "websocket",
+                    path=environ["PATH_INFO"],
+                    kind="wsgi.websocket" if websocket is not None else "app",
+                    duration_ms=round(duration * 1000, 3),
+                    bytes_received=watched.rx - upgraded_at[0],
+                    bytes_sent=watched.tx - upgraded_at[1],
+                    close_code=websocket.close_code if websocket is not None else None,
+                    peer=_peer(self.address),
+                    request_id=request_id,
+                )
+        elif writer.headers_sent:
+            handler.answered(
+                self.address,
+                head,
+                environ,
+                writer.status_code,
+                writer.body_sent,
+                duration,
+                request_id,
+            )
+
+    def _run_app(
+        self, head: Head, body: Input, writer: Response, environ: dict[str, Any]
+    ) -> bool | None:
+        """Call the app and send its response; None when it failed (already answered)."""
+        handler = self.handler
+        if head.chunked:
+            # Read a chunked body whole (bounded by --max-body) and give the app its length, as
+            # nginx does before proxying: Django and Bottle read CONTENT_LENGTH bytes only, and
+            # Bottle would de-chunk an input that advertised Transfer-Encoding a second time.
+            try:
+                body.buffer, body.done = body.read(), True
+            except HttpError as exc:
+                self.send_error(exc.status, str(exc), writer.request_id, head)
+                return None
+            except ConnectionError:
+                return None
+            environ["CONTENT_LENGTH"] = str(len(body.buffer))
+        result: Iterable[bytes] | None = None
+        try:
+            result = handler.app(environ, writer.start_response)
+            if head.upgrade and not writer.status:
+                # The app took the connection over (it answered the Upgrade itself on
+                # gunicorn.socket and never called start_response): nothing more is ours to send.
+                handler.stats.connections_upgraded += 1
+                return None
+            if isinstance(result, (list, tuple)):
+                writer.expected = len(result[0]) if len(result) == 1 else sum(map(len, result))
+            if not (isinstance(result, FileWrapper) and writer.try_sendfile(result)):
+                for chunk in result:
+                    writer.write(chunk)
+            writer.finish()
+        except HttpError as exc:  # raised while the app read its body (413)
+            if not writer.headers_sent:
+                self.send_error(exc.status, str(exc), writer.request_id, head)
+            return None
+        except (ConnectionError, _Closed):
+            return None
+        except Exception:
+            clock = self.clock
+            if clock is not None and clock.stack is not None:
+                return None  # a consequence of the timeout (the socket was shut): reported there
+            if head.upgrade and not writer.status:
+                # How Flask-Sock ends a connection it took over under gunicorn (StopIteration):
+                # the WebSocket is closed, and no HTTP response may follow it.
+                handler.stats.connections_upgraded += 1
+                return None
+            handler.stats.handler_errors += 1
+            handler.log.error(
+                "app_error",
+                method=head.method.decode("latin-1"),
+                path=environ.get("PATH_INFO"),
+                exc_info=True,
+            )
+            if writer.headers_sent:
+                return None  # half a response is out: only closing can signal the failure
+            self.send_error(500, "the application raised an exception", writer.request_id, head)
+            return None
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    handler.log.error("app_close_error", exc_info=True)
+        return True
+
+    def _timed_out(
+        self, head: Head, environ: dict[str, Any], writer: Response, duration: float, stack: str
+    ) -> None:
+        """Report a request stopped by --request-timeout: 504 if nothing was sent, else close."""
+        handler = self.handler
+        request_id = writer.request_id
+        handler.stats.http_request_timeouts += 1
+        handler.log.warning(
+            "request_timeout",
+            method=head.method.decode("latin-1"),
+            path=environ["PATH_INFO"],
+            elapsed_s=round(duration, 3),
+            timeout_s=handler.request_timeout,
+            request_id=request_id,
+            response_started=writer.headers_sent,
+            stack=stack,
+        )
+        if not writer.headers_sent:
+            self.send_error(
+                504,
+                "the application did not answer within --request-timeout",
+                request_id,
+                head,
+                duration,
+            )
+        else:
+            handler.answered(
+                self.address,
+                head,
+                environ,
+                writer.status_code,
+                writer.body_sent,
+                duration,
+                request_id,
+            )
+
+
+class HttpHandler(ResponseAccounting):
+    """The connection handler for ``--protocol http``: ``handle(sock, address)`` for a WSGI app."""
+
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        *,
+        stats: WorkerStats,
+        log: Any,
+        server_address: Any,
+    ) -> None:
+        """``server_address``: the listener's (SERVER_NAME, SERVER_PORT), or a unix path."""
+        self.app = app
+        # Copied to attributes once: the hot path reads them per request.
+        self.request_timeout = settings.request_timeout
+        self.tls = tls = settings.certfile is not None
+        self.forwarded_allow = settings.forwarded_allow_ips  # proxy.Trusted
+        self.ws_max_message = settings.ws_max_message
+        self.root_path = root_path = settings.root_path
+        self.max_body = settings.max_body
+        self.header_timeout = settings.header_timeout
+        self.keepalive_timeout = settings.keepalive_timeout
+        self.access_log = settings.access_log
+        self.max_inflight = settings.max_inflight  # 0: off
+        self.max_queue_time = settings.max_queue_time  # 0: off
+        self.queue_times = stats.histograms["http_queue_seconds"]
+        self.websockets: set[WebSocket] = set()  # open wsgi.websocket objects (1001 on stop)
+        # Request ids: unique per worker process, cheap (no uuid per request), never reused.
+        self.id_prefix = os.urandom(6).hex()
+        self.id_counter = 0
+        self.stats = stats
+        self.log = log
+        self.draining = False
+        self.date = DateCache()
+        self.durations = stats.histograms["http_request_duration_seconds"]
+        self.base_environ = base_environ(server_address, root_path, tls)
+
+    def handle(self, sock: CountingSocket, address: Any) -> None:
+        """One connection (a bound method for the same reason as TcpProtocol.handle)."""
+        connection = HttpConnection(self, sock, address)
+        trusted = self.forwarded_allow
+        if trusted is not None and address and address[0] in trusted:
+            connection.trusted_peer = True
+        if self.tls:
+            connection.extra_environ = sock.client_environ()
+        connection.serve()
+
+    def ping_websockets(self) -> None:
+        for websocket in list(self.websockets):
+            websocket.ping()
+
+    def close_websockets(self) -> None:
+        """A graceful stop: every open WebSocket gets a Close 1001 (going away); its app sees
+        the peer's reply and ends within --graceful-timeout."""
+        for websocket in list(self.websockets):
+            websocket.close(1001, "going away")
+
+    def new_request_id(self) -> str:
+        self.id_counter += 1
+        return f"{self.id_prefix}-{self.id_counter:x}"
+
+    def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
+        environ = head.environ
+        if environ is None:
+            environ = parsed_environ(self.base_environ, head)
+        else:  # built by FAST_PARSE from base_environ: the request's part
+            head.environ = None  # the Head outlives the request (Response.head): not the environ
+        root = self.root_path
+        if root:
+            path_info = environ["PATH_INFO"]
+            if path_info == root or path_info.startswith(root + "/"):
+                # the proxy kept the prefix: SCRIPT_NAME has it, PATH_INFO the rest
+                environ["PATH_INFO"] = path_info[len(root) :]
+        environ["REMOTE_ADDR"] = str(address[0]) if address else ""
+        environ["REMOTE_PORT"] = str(address[1]) if address else ""
+        environ["wsgi.input"] = body
+        return environ

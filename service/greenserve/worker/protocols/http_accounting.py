@@ -1,0 +1,114 @@
+"""Every HTTP response accounted once: counted on /metrics and, with --access-log, logged, so
+the two always agree, whoever wrote the response (the app, greenserve's own error answer, a
+refused WebSocket handshake)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from greenserve.worker.protocols.tcp import peer as _peer
+
+if TYPE_CHECKING:
+    from greenserve.metrics.stats import Histogram, WorkerStats
+    from greenserve.worker.protocols.http_parser import Head
+    from greenserve.worker.protocols.http_response import Response
+
+_STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
+
+
+class ResponseAccounting:
+    """The accounting half of HttpHandler: a mixin, so the per-request call is one method of
+    the handler, not a second object's."""
+
+    stats: WorkerStats
+    durations: Histogram
+    access_log: bool
+    log: Any
+
+    def responded(
+        self, address: Any, environ: dict[str, Any], writer: Response, duration: float
+    ) -> None:
+        """A response the app finished: counted on /metrics and, with --access-log, logged."""
+        codes = self.stats.http_requests
+        status = writer.status_code
+        key = _STATUS_KEYS.get(status) or str(status)
+        codes[key] = codes.get(key, 0) + 1
+        self.durations.observe(duration)
+        self.stats.requests_served += 1
+        if writer.truncated:
+            self.stats.handler_errors += 1
+            self.log.warning(
+                "response_truncated",
+                method=writer.head.method.decode("latin-1"),
+                path=environ["PATH_INFO"],
+                content_length=writer.length,
+                dropped_bytes=writer.truncated,
+                request_id=writer.request_id,
+            )
+        if self.access_log:
+            self._access(
+                address,
+                writer.head,
+                environ,
+                status,
+                writer.body_sent,
+                duration,
+                writer.request_id,
+            )
+
+    def answered(
+        self,
+        address: Any,
+        head: Head | None,
+        environ: dict[str, Any] | None,
+        status: int,
+        sent: int,
+        duration: float,
+        request_id: str,
+        **extra: Any,
+    ) -> None:
+        """Any other response (greenserve's own errors, a cut-short one, a refused WebSocket):
+        counted and logged like the app's, so /metrics and the access log always agree."""
+        codes = self.stats.http_requests
+        key = _STATUS_KEYS.get(status) or str(status)
+        codes[key] = codes.get(key, 0) + 1
+        self.durations.observe(duration)
+        self.stats.requests_served += 1
+        if self.access_log:
+            self._access(address, head, environ, status, sent, duration, request_id, **extra)
+
+    def _access(
+        self,
+        address: Any,
+        head: Head | None,
+        environ: dict[str, Any] | None,
+        status: int,
+        sent: int,
+        duration: float,
+        request_id: str,
+        **extra: Any,
+    ) -> None:
+        """One access-log line (--access-log): every response, whoever wrote it."""
+        if environ is None and head is not None:
+            environ = head.environ  # a plain head's, built in C before it was refused
+        if environ is not None:
+            path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
+            agent, referer = environ.get("HTTP_USER_AGENT"), environ.get("HTTP_REFERER")
+        else:  # no environ yet: what the parser had of the request
+            path = head.path.decode("latin-1") if head is not None else None
+            query = head.query.decode("latin-1") if head is not None else None
+            agent = referer = None
+        self.log.info(
+            "request",
+            method=head.method.decode("latin-1") if head is not None and head.method else None,
+            path=path,
+            query=query,
+            status=status,
+            bytes=sent,
+            duration_ms=round(duration * 1000, 3),
+            peer=_peer(address),
+            user_agent=agent,
+            referer=referer,
+            request_id=request_id,
+            **extra,
+        )

@@ -1,0 +1,391 @@
+"""Raw TCP: call ``handle(sock, address)`` for each connection, counting what crosses it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gevent import socket as gsocket
+from gevent.event import Event
+
+from greenserve.config import Settings
+from greenserve.metrics.stats import WorkerStats
+from greenserve.proxy import V2_MAX, ProxyError, header_length, parse_header
+from greenserve.worker.protocols.phase import (
+    FRESH,
+    HANDSHAKE,
+    OPEN,
+    PARKED,
+    UPGRADED,
+    WEBSOCKET,
+    ConnectionPhase,
+    IdleSweeper,
+)
+from greenserve.worker.protocols.tls_session import HandshakeFailed, TlsSocket
+
+Handler = Callable[[Any, Any], Any]
+HINT_EVERY = 60.0  # seconds between two protocol_mismatch hints
+FIRST_REQUEST_GRACE = 1.0  # on a drain, seconds a new connection gets for its first request
+_gevent_send = gsocket.socket.send
+_gevent_sendall = gsocket.socket.sendall
+
+
+class CountingSocket(ConnectionPhase, gsocket.socket):
+    """A gevent socket that counts the bytes it moves, in plain attributes of its own.
+
+    gevent's ``sendall``, ``sendfile`` and ``makefile`` all go through ``send``/``recv_into``,
+    so counting in these three methods is exact without wrapping the others. They call the
+    underlying non-blocking socket (``_sock``) themselves and wait on the hub exactly as
+    gevent's own methods do, so counting adds no Python frame per call: on the echo benchmark a
+    plain override (one frame more, counters reached through the worker's stats object) cost
+    7.5% of a saturated worker's messages per CPU-second.
+    """
+
+    __slots__ = (  # the fields of ConnectionPhase (phase.py), and the byte counts
+        "accepted_at",
+        "deadline",
+        "eof_data",
+        "expire",
+        "greenlet",
+        "idle_since",
+        "phase",
+        "request_deadline",
+        "rx",
+        "seen",
+        "shut",
+        "tx",
+    )
+
+    @property
+    def watched(self) -> CountingSocket:
+        """The socket whose deadlines and state the sweeper reads: this one (a TLS session
+        over it names it too)."""
+        return self
+
+    def recv(self, *args: Any) -> bytes:
+        while True:
+            try:
+                data = self._sock.recv(*args)
+            except BlockingIOError:
+                if self.timeout == 0.0:
+                    raise
+                self._wait(self._read_event)
+                continue
+            self.rx += len(data)
+            if not data and self.eof_data:  # see Connections.end_upgraded
+                data, self.eof_data = self.eof_data, b""
+            return data
+
+    def recv_after_wait(self, size: int) -> bytes:
+        """``recv`` for a reader that expects to wait (a keep-alive connection between requests):
+        readiness first, so the usual case costs one recv, not a failed one and a second."""
+        if self.timeout != 0.0:
+            self._wait(self._read_event)
+        try:
+            data = self._sock.recv(size)  # recv's body, one Python frame less per request
+        except BlockingIOError:
+            return self.recv(size)  # woken but nothing to read after all: wait again
+        self.rx += len(data)
+        return data
+
+    def recv_into(self, *args: Any) -> int:
+        while True:
+            try:
+                count = self._sock.recv_into(*args)
+            except BlockingIOError:
+                if self.timeout == 0.0:
+                    raise
+                self._wait(self._read_event)
+                continue
+            self.rx += count
+            return count
+
+    def send(self, data: Any, flags: int = 0, *args: Any, **kwargs: Any) -> int:
+        try:
+            count = self._sock.send(data, flags)
+        except BlockingIOError:
+            count = _gevent_send(self, data, flags, *args, **kwargs)
+        self.tx += count
+        return count
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """One direct send first: gevent's sendall costs a getsockopt and a chunking loop per
+        call (8% of an HTTP worker's samples in py-spy), though a response almost always fits
+        the socket buffer whole."""
+        try:
+            count = self._sock.send(data, flags)
+        except BlockingIOError:
+            count = 0
+        self.tx += count
+        if count < len(data):
+            _gevent_sendall(self, memoryview(data)[count:], flags)  # counted through send
+
+
+class Connections:
+    """The worker's open connections, and the byte counts of the ones already closed.
+
+    It is also the worker's connection pool: ``--max-connections`` is enforced by the server
+    through ``full`` (a full worker stops accepting), and a graceful stop waits on ``drained``.
+    gevent's Pool kept a second registry and a link per greenlet (about 200 bytes per idle
+    connection, measured). Byte totals are folded into the worker's stats once per stats
+    interval (``fold``), not on every send and recv.
+    """
+
+    def __init__(self, stats: WorkerStats, limit: int) -> None:
+        self.stats = stats
+        self.limit = limit
+        self.open: set[CountingSocket] = set()
+        self.closed_rx = 0
+        self.closed_tx = 0
+        self.drained = Event()
+        self.drained.set()
+        self.on_room: list[Callable[[], None]] = []  # each server resumes accepting
+
+    def add(self, sock: CountingSocket) -> None:
+        """Register a connection as soon as it is accepted (before its greenlet runs)."""
+        sock.accepted(time.monotonic())
+        self.open.add(sock)
+        self.drained.clear()
+
+    @property
+    def full(self) -> bool:
+        return len(self.open) >= self.limit
+
+    def remove(self, sock: CountingSocket) -> None:
+        if sock in self.open:
+            self.open.discard(sock)
+            self.closed_rx += sock.rx
+            self.closed_tx += sock.tx
+            if not self.open:
+                self.drained.set()
+            if self.on_room and len(self.open) == self.limit - 1:
+                for resume in self.on_room:
+                    resume()
+
+    def kill_all(self) -> None:
+        """End every connection's greenlet (after a drain timed out)."""
+        for sock in list(self.open):
+            if sock.greenlet is not None:
+                sock.greenlet.kill(block=False)
+            else:
+                self.remove(sock)
+                sock.close()
+
+    def close_parked(self, within: float) -> None:
+        """On a graceful stop: give the connections waiting for a next request a last chance.
+
+        Shutting an idle keep-alive connection at once races a client already sending on it
+        (wrk counted a read error per connection per reload). Its next request is answered
+        with Connection: close instead; one that stays idle is closed at its keep-alive
+        deadline, and at the latest ``within`` seconds from now. One that has not sent its
+        first request yet gets FIRST_REQUEST_GRACE for it (its request may be in flight).
+        """
+        now = time.monotonic()
+        for sock in list(self.open):
+            phase = sock.phase
+            if phase == PARKED:
+                sock.cut_off(now + within)
+            elif phase == FRESH:
+                sock.cut_off(now + min(FIRST_REQUEST_GRACE, within))
+
+    def end_upgraded(self, within: float, keep: set[CountingSocket], last_words: bytes) -> None:
+        """On a stop: end each connection an app took over (not ``keep``), which would hold the
+        drain for the whole graceful timeout. Its read side is shut; a WebSocket's library
+        reads ``last_words`` first (a client's Close frame), so it answers with its own Close
+        and returns, as on a client's close (simple-websocket sends none at end-of-file). One
+        still open ``within`` seconds later is shut whole (the sweeper)."""
+        deadline = time.monotonic() + within
+        for sock in list(self.open):
+            if sock.phase >= UPGRADED and not sock.shut and sock not in keep:
+                if sock.phase == WEBSOCKET:
+                    sock.eof_data = last_words
+                with contextlib.suppress(OSError):
+                    sock._sock.shutdown(socket.SHUT_RD)
+                sock.cut_off(deadline)
+
+    def fold(self) -> None:
+        """Bring the worker's byte counters up to date (cumulative, so monotonic)."""
+        self.stats.bytes_received = self.closed_rx + sum(s.rx for s in self.open)
+        self.stats.bytes_sent = self.closed_tx + sum(s.tx for s in self.open)
+
+
+class TcpProtocol:
+    """Per-connection accounting around the app; ``handle`` is what gevent's server calls."""
+
+    def __init__(
+        self,
+        app: Handler,
+        settings: Settings,
+        stats: WorkerStats,
+        log: Any,
+        *,
+        deadlines: bool = False,
+        publish: Callable[[int], None] | None = None,
+        tls: Any = None,
+    ) -> None:
+        """``deadlines``: the handler sets ``sock.deadline``, so sweep even with no idle timeout.
+        ``publish``: called with the open-connection count when a connection ends (fair accepts;
+        BalancedServer publishes the rise at accept).
+        ``tls``: an ssl.SSLContext built from ``settings``: every connection is TLS."""
+        self.app = app
+        self.publish = publish
+        self.tls = tls
+        self.handshake_timeout = settings.header_timeout
+        # --proxy-protocol: proxy.Trusted peers that must send a PROXY header first
+        proxy_allow = settings.proxy_allow_from if settings.proxy_protocol else None
+        self.proxy_allow = proxy_allow
+        idle_timeout = settings.idle_timeout
+        deadlines = deadlines or tls is not None or proxy_allow is not None
+        self.stats = stats
+        self.connections = Connections(stats, settings.max_connections)
+        needs_sweeper = bool(idle_timeout) or deadlines
+        # Deadlines (HTTP header and keep-alive timeouts) want a finer sweep than idleness.
+        tick = 0.25 if deadlines else 1.0
+        self.idle = (
+            IdleSweeper(idle_timeout, self.connections.open, tick) if needs_sweeper else None
+        )
+        self.log = log
+        self.wsgi_suspect = False  # a WSGI app under --protocol tcp: failures get a hint
+        self.hinted_at = -HINT_EVERY
+
+    def _proxy_header(self, sock: CountingSocket, address: Any) -> Any:
+        """Read the PROXY header (nothing past it); the client's address, or None to close."""
+        stats = self.stats
+        if not address or address[0] not in self.proxy_allow:
+            _count(stats.proxy_protocol_failures, "not_allowed")
+            return None
+        sock.enter(HANDSHAKE, time.monotonic() + self.handshake_timeout)
+        try:
+            header = read_proxy_header(sock)
+        except ProxyError as exc:
+            if sock.shut:  # the sweeper shut it at the deadline: read as end-of-file
+                _count(stats.proxy_protocol_failures, "timeout")
+                return None
+            _count(stats.proxy_protocol_failures, exc.reason)
+            if exc.reason == "malformed":
+                self.log.warning("proxy_header_refused", peer=peer(address), error=str(exc))
+            return None
+        except OSError:  # the peer went away (a reset), or an error after the deadline's shutdown
+            _count(stats.proxy_protocol_failures, "timeout" if sock.shut else "eof")
+            return None
+        finally:
+            sock.enter(OPEN)
+        try:
+            client = parse_header(header)
+        except ProxyError as exc:
+            _count(stats.proxy_protocol_failures, exc.reason)
+            self.log.warning("proxy_header_refused", peer=peer(address), error=str(exc))
+            return None
+        return client if client is not None else address
+
+    def _serve_tls(self, sock: CountingSocket, address: Any) -> None:
+        """The handshake in this connection's greenlet, then the app on the TLS session."""
+        session = TlsSocket(sock, self.tls)
+        try:
+            session.handshake(self.handshake_timeout)
+        except HandshakeFailed as exc:
+            _tls_failed(self.stats, exc.reason)
+            return
+        self.stats.tls_handshakes += 1
+        self.app(session, address)
+
+    def for_app(self, app: Handler) -> TcpProtocol:
+        """The same protocol for another listener's app: registry, sweeper and counters shared."""
+        other = copy.copy(self)
+        other.app = app
+        return other
+
+    def handle(self, sock: CountingSocket, address: Any) -> None:
+        """``sock`` comes from protocols.accept.CountingServer, already a CountingSocket.
+
+        Handed to the server as a bound method, not as this object's ``__call__``: calling an
+        instance goes through a C-level call slot, one more C frame in every suspended
+        greenlet's saved stack.
+        """
+        stats = self.stats
+        stats.connections_accepted += 1
+        stats.connections_active += 1
+        connections = self.connections
+        publish = self.publish  # the count going up is published at accept (BalancedServer)
+        sock.serving()
+        try:
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.proxy_allow is not None:
+                address = self._proxy_header(sock, address)
+                if address is None:
+                    return
+            if self.tls is None:
+                self.app(sock, address)
+            else:
+                self._serve_tls(sock, address)
+        except (TimeoutError, ConnectionError):
+            pass  # the peer went away, or the app's own timeout: ordinary ends of a connection
+        except Exception:
+            stats.handler_errors += 1
+            self.log.error("handler_error", peer=peer(address), exc_info=True)
+            if self.wsgi_suspect and time.monotonic() - self.hinted_at >= HINT_EVERY:
+                self.hinted_at = time.monotonic()
+                self.log.warning(
+                    "protocol_mismatch",
+                    hint="a WSGI app is served as a TCP handler: run with --protocol http",
+                )
+        finally:
+            stats.connections_active -= 1
+            connections.remove(sock)
+            if publish is not None:
+                publish(len(connections.open))
+            sock.close()
+
+
+def _tls_failed(stats: WorkerStats, reason: str) -> None:
+    _count(stats.tls_handshake_failures, reason)
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
+
+
+def read_proxy_header(sock: Any) -> bytes:
+    """The PROXY header's bytes, consumed exactly: what follows stays for the protocol.
+
+    Peeks to find the header's length; bytes that are all header are consumed as they come
+    (a second peek at the same bytes would find the socket readable at once, a busy loop).
+    """
+    taken = b""
+    while True:
+        peeked = _peek(sock, 536)
+        if not peeked:
+            raise ProxyError("eof")
+        data = taken + peeked
+        length = header_length(data)
+        if length is None:
+            if len(data) >= V2_MAX:
+                raise ProxyError("malformed", "header too long")
+            taken += sock.recv(len(peeked))
+            continue
+        rest = length - len(taken)
+        while rest > 0:
+            chunk = sock.recv(rest)
+            if not chunk:
+                raise ProxyError("eof")
+            taken += chunk
+            rest -= len(chunk)
+        return taken
+
+
+def _peek(sock: Any, size: int) -> bytes:
+    # gevent's own recv (not CountingSocket's): peeked bytes are counted once, when consumed
+    return gsocket.socket.recv(sock, size, socket.MSG_PEEK)
+
+
+def peer(address: Any) -> str:
+    """``host:port`` of a peer for logs (a unix socket's peer as it is)."""
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return str(address)

@@ -697,6 +697,36 @@ class Settings:
         "J",
         group="workers",
     )
+    max_worker_rss: int = setting(
+        _non_negative_int,
+        "0",
+        "replace a worker whose resident memory stays above this many MiB (--rss-samples "
+        "samples in a row, one per --stats-interval), through the hand-over; 0 = never",
+        "MIB",
+        group="workers",
+    )
+    rss_samples: int = setting(
+        _positive_int,
+        "3",
+        "consecutive samples above --max-worker-rss before the worker is replaced",
+        "N",
+        group="workers",
+    )
+    max_worker_lifetime: float = setting(
+        _non_negative_float,
+        "0",
+        "replace a worker after it has run this many seconds, through the hand-over; 0 = never",
+        "S",
+        group="workers",
+    )
+    max_worker_lifetime_jitter: float = setting(
+        _non_negative_float,
+        "0",
+        "add random(0..J) seconds to max_worker_lifetime per worker, so they do not come due "
+        "together",
+        "J",
+        group="workers",
+    )
     block_warn: float = setting(
         _non_negative_float,
         "0.5",

@@ -284,3 +284,13 @@ def busy_sequence(environ: dict, start_response: Any) -> list[bytes]:
 
 def ambiguous(*args: Any) -> None:
     """A callable whose arguments say neither WSGI nor TCP handler (--protocol must say)."""
+
+
+_leaked: list[bytes] = []
+
+
+def leaky(environ: dict, start_response: Any) -> list[bytes]:
+    """An app with a leak: every request keeps 1 MiB for good (written, so it is resident)."""
+    _leaked.append(b"x" * (1 << 20))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"leaked %d MiB" % len(_leaked)]

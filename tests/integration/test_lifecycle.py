@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import pwd
 import signal
@@ -11,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    ClientLoad,
     Load,
     echo_round_trip,
     free_port,
     running,
     scrape,
+    serving_http,
     wait_totals,
     wait_until,
 )
@@ -241,6 +244,79 @@ class TestRecycling:
                 most = max(most, in_progress)
             print(f"recycles: {len(server.find('worker_recycling'))}, most at once: {most}")
             assert most == 1
+
+
+def http_status(address: tuple[str, int]) -> int:
+    """One GET / on a new connection: the status (a failure raises, and ClientLoad counts it)."""
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+class TestMemoryAndAgeCaps:
+    """--max-worker-rss and --max-worker-lifetime recycle through the hand-over: under load,
+    nothing is lost, and each replacement is counted by its reason."""
+
+    def test_a_leaking_app_is_replaced_above_its_rss_cap_and_loses_no_request(self):
+        with serving_http(
+            "greenserve_testapps:leaky",
+            "--max-worker-rss",
+            "120",
+            "--rss-samples",
+            "2",
+            "--stats-interval",
+            "0.1",
+            workers=2,
+        ) as server:
+            server.started()
+            first = set(server.worker_pids().values())
+
+            def get() -> int:
+                return http_status(server.address)
+
+            with ClientLoad(get, threads=2, seconds=60) as load:
+                wait_until(
+                    lambda: len(server.find("worker_exited", reason="rss")) >= 2,
+                    45,
+                    "two workers replaced for their RSS",
+                )
+            assert load.failed == [] and load.seen == {200}
+            asked = server.find("worker_recycle_requested", reason="rss")
+            assert asked and all(event["rss_mib"] > 120 for event in asked)
+            assert not first & set(server.worker_pids().values()) or len(asked) >= 2
+            wait_totals(server, {"greenserve_worker_restarts_total[('reason', 'rss')]": 2})
+            print(f"rss cap: {load.ok} requests, {len(asked)} replaced, 0 failed")
+
+    def test_workers_are_renewed_after_their_lifetime_under_load(self):
+        with serving_http(
+            "--max-worker-lifetime",
+            "1.5",
+            "--max-worker-lifetime-jitter",
+            "0.5",
+            "--stats-interval",
+            "0.1",
+            workers=2,
+        ) as server:
+            server.started()
+
+            def get() -> int:
+                return http_status(server.address)
+
+            with ClientLoad(get, threads=2, seconds=60) as load:
+                wait_until(
+                    lambda: len(server.find("worker_exited", reason="lifetime")) >= 3,
+                    45,
+                    "three workers renewed for their age",
+                )
+            assert load.failed == [] and load.seen == {200}
+            for event in server.find("worker_exited", reason="lifetime"):
+                assert event["lived_seconds"] >= 1.5
+            wait_totals(server, {"greenserve_worker_restarts_total[('reason', 'lifetime')]": 3})
 
 
 class TestProcessFacts:

@@ -134,7 +134,7 @@ class TestHealth:
         ok, body = health(agg.view(), 30)
         assert not ok and {w["state"] for w in body["workers"]} == {"starting"}
         for worker in workers:
-            table.reported(worker, ready=True, retire=False, now=time.monotonic())
+            table.reported(worker, ready=True, retire="", now=time.monotonic())
         _published(agg, table)
         ok, body = health(agg.view(), 30)
         assert ok and body["status"] == "ok"

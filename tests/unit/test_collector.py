@@ -54,7 +54,7 @@ class TestCollector:
         registry = build_registry(agg)
         worker = WorkerProcess(0, 1, 100, 0.0)
         table.started(worker)
-        table.reported(worker, ready=True, retire=False, now=0.0)
+        table.reported(worker, ready=True, retire="", now=0.0)
         agg.publish(MasterState(1, 1, table.liveness()))
         agg.process_started(0, 100)
         stats = WorkerStats()

@@ -32,7 +32,7 @@ def start_due(table: SlotTable, now: float, generation: int = 1) -> list[WorkerP
 
 def ready(table: SlotTable, *workers: WorkerProcess, now: float = 0.0) -> None:
     for worker in workers:
-        table.reported(worker, ready=True, retire=False, now=now)
+        table.reported(worker, ready=True, retire="", now=now)
 
 
 def serving(table: SlotTable) -> dict[int, int | None]:
@@ -141,7 +141,7 @@ class TestRecycle:
         workers = start_due(table, 0.0)
         ready(table, *workers)
         for worker in workers:
-            table.reported(worker, ready=True, retire=True, now=1.0)
+            table.reported(worker, ready=True, retire="max_requests", now=1.0)
         first = table.recycle(1.0)
         assert first is workers[0] and first.kill_reason == "max_requests"
         assert table.recycle(1.0) is None  # slot 0 is handing over
@@ -154,7 +154,7 @@ class TestRecycle:
     def test_not_ready_workers_are_not_recycled(self):
         table = SlotTable(1, now=0.0)
         (worker,) = start_due(table, 0.0)
-        table.reported(worker, ready=False, retire=True, now=1.0)
+        table.reported(worker, ready=False, retire="max_requests", now=1.0)
         assert table.recycle(1.0) is None
 
 

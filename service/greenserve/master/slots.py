@@ -34,7 +34,7 @@ class WorkerProcess:
     channels: Any = None
     ready: bool = False  # it accepts connections
     last_report: float | None = None  # when its last stats snapshot arrived
-    wants_retire: bool = False  # reached --max-requests, waiting for its turn
+    wants_retire: str = ""  # why it asked to be replaced (worker/recycle.py), waiting for its turn
     kill_reason: str | None = None  # why the master ends it; None for an asked-for stop
     stop_signal: int | None = None  # TERM or QUIT once asked to stop; repeated until it exits
     stop_sent_at: float = 0.0
@@ -146,7 +146,7 @@ class SlotTable:
         slot = self.slots[worker.slot]
         slot.worker, slot.start_at = worker, None
 
-    def reported(self, worker: WorkerProcess, *, ready: bool, retire: bool, now: float) -> None:
+    def reported(self, worker: WorkerProcess, *, ready: bool, retire: str, now: float) -> None:
         worker.ready = worker.ready or ready
         worker.wants_retire = worker.wants_retire or retire
         worker.last_report = now
@@ -194,7 +194,7 @@ class SlotTable:
         for slot in self.wanted():
             worker = slot.worker
             if worker is not None and worker.ready and worker.wants_retire:
-                self.replace(slot.index, "max_requests", now)
+                self.replace(slot.index, worker.wants_retire, now)
                 return worker
         return None
 

@@ -63,7 +63,7 @@ class Supervisor:
         for message in processes.messages(worker):
             self.aggregator.apply(message)
             if message.get("pid") == worker.pid and "counters" in message:
-                ready, retire = bool(message.get("ready")), bool(message.get("retire"))
+                ready, retire = bool(message.get("ready")), message.get("retire") or ""
                 self.table.reported(worker, ready=ready, retire=retire, now=now)
 
     def hand_over(self) -> None:

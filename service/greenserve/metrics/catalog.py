@@ -197,7 +197,7 @@ MASTER_FAMILIES = (
         "counter",
         "Worker processes replaced, by reason.",
         label="reason",
-        seeded=("exit", "signal", "timeout", "max_requests", "reload"),
+        seeded=("exit", "signal", "timeout", "max_requests", "rss", "lifetime", "reload"),
     ),
     Family("generation", "gauge", "Worker generation: 1 at start, one more for each reload."),
     Family(

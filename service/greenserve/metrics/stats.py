@@ -83,10 +83,9 @@ class WorkerStats:
         self.histograms = {name: Histogram(bounds) for name, bounds in HISTOGRAMS.items()}
         self.seq = 0
 
-    def snapshot(
-        self, *, slot: int, generation: int, ready: bool, retire: bool = False
-    ) -> Snapshot:
-        """``retire``: the worker reached --max-requests and asks for its turn to be replaced."""
+    def snapshot(self, *, slot: int, generation: int, ready: bool, retire: str = "") -> Snapshot:
+        """``retire``: why the worker asks for its turn to be replaced (worker/recycle.py), or
+        "" while it does not."""
         self.seq += 1
         gauges = {name: getattr(self, name) for name in _COUNTED_GAUGES}
         gauges["resident_memory_bytes"] = resident_memory_bytes()

@@ -6,7 +6,6 @@ import dataclasses
 import faulthandler
 import importlib
 import os
-import random
 import signal
 import sys
 import time
@@ -29,6 +28,7 @@ from greenserve.metrics.stats import (
     Heartbeat,
     StatsChannel,
     WorkerStats,
+    resident_memory_bytes,
 )
 from greenserve.spec import EXIT_APP_LOAD, STACK_SIGNAL, WorkerSpec
 from greenserve.tls_context import server_context
@@ -36,6 +36,7 @@ from greenserve.worker import apps, islands
 from greenserve.worker.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
 from greenserve.worker.protocols.http import GOING_AWAY, HttpHandler
 from greenserve.worker.protocols.tcp import TcpProtocol
+from greenserve.worker.recycle import MIB, Recycle
 
 LAG_PROBE_INTERVAL = 0.1
 DRAIN_IDLE = 5.0  # with no keep-alive timeout, how long a drain keeps an idle connection
@@ -138,12 +139,7 @@ class Worker:
         self.stopping = Event()
         self.ready = False
         settings = self.settings
-        self.retire_at = (
-            settings.max_requests + random.randint(0, settings.max_requests_jitter)
-            if settings.max_requests
-            else 0
-        )
-        self.retire_wanted = False
+        self.recycle = Recycle(settings, time.monotonic())
         listeners = [gsocket.socket(fileno=sock.detach()) for sock in spec.listeners]
         # HTTP: one handler per listener (its SERVER_NAME/PORT), sharing the worker's counters.
         self.https: list[HttpHandler] = []
@@ -278,8 +274,12 @@ class Worker:
             slot=self.spec.slot,
             generation=self.spec.generation,
             ready=self.ready,
-            retire=self.retire_wanted,
+            retire=self.recycle.reason,
         )
+        reason = self.recycle.sample_rss(message["gauges"]["resident_memory_bytes"])
+        if reason:  # asked in this very snapshot
+            message["retire"] = reason
+            self._recycle_requested(reason)
         if delta is not None:
             message["app"] = delta.to_wire()
         if not self.channel.send(message):
@@ -313,12 +313,20 @@ class Worker:
                 # --drain-delay: still accepting, but every response now closes its connection
                 for http in self.https:
                     http.draining = True
-            if self.retire_at and not self.retire_wanted and self._served() >= self.retire_at:
+            reason = self.recycle.check(self._served(), time.monotonic())
+            if reason:
                 # Ask the master for a turn: it replaces one worker at a time, so recycling
                 # never takes two workers out together. Serving goes on meanwhile.
-                self.retire_wanted = True
-                self.log.info("worker_recycle_requested", served=self._served())
+                self._recycle_requested(reason)
                 self.flush()
+
+    def _recycle_requested(self, reason: str) -> None:
+        self.log.info(
+            "worker_recycle_requested",
+            reason=reason,
+            served=self._served(),
+            rss_mib=round(resident_memory_bytes() / MIB, 1),
+        )
 
     def _served(self) -> int:
         if self.https:

@@ -17,12 +17,15 @@ from greenserve.config import (
     Address,
     ConfigError,
     OneLineParser,
+    Settings,
     describe,
     parse_address,
     parse_value,
     read_file_keys,
     resolve,
 )
+from greenserve.hooks import NOT_CALLED, HookError, Hooks, patched_master
+from greenserve.hooks import load as load_hooks
 from greenserve.spec import EXIT_APP_LOAD, EXIT_USAGE
 
 TOOLS = ("top", "status", "client")
@@ -64,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, value, source in rows:
             print(f"{name:{width}s} = {value}  # {source}")
         return 0
+    try:
+        # Before anything binds: a hook that cannot import or take its arguments is a bad value.
+        server_hooks = _master_hooks(settings)
+    except HookError as exc:
+        print(f"greenserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if resolved.check_config:
         # The checks a start makes before it binds, with the same one line and exit code.
         from greenserve.tls_context import TlsError, check
@@ -87,14 +96,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    log = logs.get()
     for warning in resolved.warnings:
-        logs.get().warning(
-            "unknown_environment_setting", name=warning.name, closest=warning.closest
-        )
+        log.warning("unknown_environment_setting", name=warning.name, closest=warning.closest)
+    server_hooks.log = log
+    for name in server_hooks.ignored:
+        log.warning("hook_not_called", hook=name, hint=NOT_CALLED[name])
     # Imported late: --help, tools and usage errors answer without loading the master.
     from greenserve.master.master import Master
 
-    return Master(settings, argv=args).run()
+    return Master(settings, argv=args, hooks=server_hooks).run()
+
+
+def _master_hooks(settings: Settings) -> Hooks:
+    """The master's hooks; every source is imported and every hook's arguments checked."""
+    hooks = load_hooks(settings.hooks, process="master")
+    if patched_master():
+        raise HookError(
+            "the hooks monkey-patched the master (gevent.monkey.patch_all at import): "
+            "patch in the app or in post_fork, which run in the workers"
+        )
+    return hooks
 
 
 def _quiet_on_closed_pipe(run: Callable[[], int]) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenserve import __version__
+from greenserve.hooks import parse_sources as parse_hook_sources
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -400,6 +401,7 @@ GROUPS = {
     "tls": "TLS (HTTPS, or TLS-wrapped TCP)",
     "http": "HTTP (--protocol http)",
     "workers": "Workers and their lifecycle",
+    "hooks": "Server hooks",
     "logging": "Logging",
     "metrics": "Metrics",
     "process": "Process and privileges",
@@ -726,6 +728,16 @@ class Settings:
         "together",
         "J",
         group="workers",
+    )
+    hooks: tuple[str, ...] = setting(
+        parse_hook_sources,
+        "",
+        "server hooks named as gunicorn names them (on_starting, post_fork, pre_request, ...), "
+        "repeatable: a Python file or module whose functions are named after hooks (a "
+        "gunicorn.conf.py works), or HOOK=MODULE:FUNCTION for one",
+        "SOURCE",
+        group="hooks",
+        repeat=True,
     )
     block_warn: float = setting(
         _non_negative_float,

@@ -36,3 +36,4 @@ class WorkerSpec:
     master_alive: Connection
     stack_file: str  # faulthandler writes the worker's stacks here when the master asks
     load: Any  # shared array: each slot's open connections, the slot count, the drain flag
+    master_pid: int  # the server hooks' server.pid (the worker's parent is the forkserver)

@@ -8,7 +8,6 @@ module performs what they imply: spawn, signal, log, publish.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -19,6 +18,7 @@ from setproctitle import setproctitle
 
 from greenserve import logs
 from greenserve.config import Bind, ConfigError, FdAddress, Settings, changes
+from greenserve.hooks import Hooks, ServerView
 from greenserve.master import signals
 from greenserve.master.listeners import Listeners
 from greenserve.master.notify import Notifier, activated_fds
@@ -60,6 +60,7 @@ class Master:
     settings: Settings
     argv: list[str] = field(default_factory=list)  # re-read on HUP: CLI values keep winning
     exit_code: int = EXIT_OK
+    hooks: Hooks = field(default_factory=Hooks)  # the user's, loaded and checked by the CLI
 
     def __post_init__(self) -> None:
         self.log = logs.get()
@@ -68,7 +69,8 @@ class Master:
         self.generation = 1
         self.stop: Stop | None = None
         self.reload: Reload | None = None
-        self.workers = Supervisor(self.settings.workers, self.aggregator, self.log)
+        self.server = ServerView(os.getpid(), self.settings, self.log, self.settings.workers)
+        self.workers = Supervisor(self.aggregator, self.log, self.hooks, self.server)
         self.tls_expiry: float | None = None
         # --drain-delay: when the real stop begins; set once (a second TERM stops at once)
         self.drain_until: float | None = None
@@ -97,6 +99,7 @@ class Master:
             self.log.error("startup_failed", error=str(exc))
             return EXIT_USAGE
         self.tls_expiry = announce_certificate(self.log, certificate)
+        self.hooks.call("on_starting", self.server)
         try:
             if self.settings.chdir:
                 os.chdir(self.settings.chdir)  # before the forkserver starts: workers inherit it
@@ -108,7 +111,8 @@ class Master:
             self.log.error("startup_failed", error=one_line(exc))
             self.listeners.close()
             return EXIT_RUNTIME
-        binds = self.listeners.addresses()
+        self.server.address = binds = self.listeners.addresses()
+        self.hooks.call("when_ready", self.server)
         self.signals.install()
         self.pid_file.write()
         self.log.info(
@@ -205,19 +209,14 @@ class Master:
         self._scale(-1)
 
     def handle_sigusr1(self) -> None:
-        """Reopen log files here and in every worker (logrotate's postrotate)."""
-        if self.settings.log_file and self.settings.user is not None:
-            with contextlib.suppress(OSError):  # let unprivileged workers reopen it too
-                os.chown(self.settings.log_file, self.settings.user, self.settings.group or -1)
-        reopened = logs.reopen()
-        self.workers.signal_all(signal.SIGUSR1)
-        self.log.info("logs_reopened", file=self.settings.log_file if reopened else "stdout")
+        signals.reopen_logs(self.settings, self.workers, self.log)
 
     def handle_sigusr2(self) -> None:
         """Binary upgrade: a new master from the installed greenserve, on the same sockets."""
         if self.stop is not None or self.upgrade is not None or self.upgrade_from is not None:
             self.log.warning("upgrade_refused", reason="a stop or an upgrade is in progress")
             return
+        self.hooks.call("pre_exec", self.server)
         self.pid_file.set_aside()
         extra = self.notifier.child_environ()  # the new master reports to systemd too
         self.upgrade = Upgrade(
@@ -244,7 +243,8 @@ class Master:
         changed = changes(self.settings, new.settings)
         self.tls_expiry = announce_certificate(self.log, new.certificate)
         self.settings, self.listeners = new.settings, new.listeners
-        self.generation += 1
+        self.server.settings, self.generation = new.settings, self.generation + 1
+        self.hooks.call("on_reload", self.server)
         self.workers.resize(new.settings.workers, self.listeners)
         self.workers.replace_all("reload")
         self._set_title()
@@ -396,3 +396,4 @@ class Master:
         self.signals.close()
         self.pid_file.remove()
         self.notifier.close()
+        self.hooks.call("on_exit", self.server)

@@ -72,6 +72,7 @@ class Launcher:
             master_alive=self.alive_r,
             stack_file=stack_file,
             load=self.load,
+            master_pid=os.getpid(),
         )
         process = self.ctx.Process(
             target=boot.start, args=(spec,), name=f"greenserve-worker-{slot}", daemon=False

@@ -7,10 +7,14 @@ the forkserver in preload.py.)
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 from collections import deque
 from typing import Any
+
+from greenserve import logs
 
 HANDLED = (
     signal.SIGTERM,
@@ -80,3 +84,13 @@ def dispatch(master: Any, signum: int) -> None:
         return
     master.log.info("signal", signal=name, stopping=master.stop is not None)
     getattr(master, "handle_" + name.lower())()
+
+
+def reopen_logs(settings: Any, workers: Any, log: Any) -> None:
+    """USR1: reopen log files here and in every worker (logrotate's postrotate)."""
+    if settings.log_file and settings.user is not None:
+        with contextlib.suppress(OSError):  # let unprivileged workers reopen it too
+            os.chown(settings.log_file, settings.user, settings.group or -1)
+    reopened = logs.reopen()
+    workers.signal_all(signal.SIGUSR1)
+    log.info("logs_reopened", file=settings.log_file if reopened else "stdout")

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from greenserve.config import Settings
+from greenserve.hooks import Hooks, ServerView, WorkerView
 from greenserve.master import processes
 from greenserve.master.listeners import Listeners
 from greenserve.master.processes import Launcher, kill
@@ -24,11 +25,12 @@ from greenserve.metrics.stats import LOAD_IN_USE, LOAD_SLOTS, LOAD_UNUSED
 class Supervisor:
     """Every worker process of one master."""
 
-    def __init__(self, count: int, aggregator: Aggregator, log: Any) -> None:
-        self.table = SlotTable(count, time.monotonic())
+    def __init__(self, aggregator: Aggregator, log: Any, hooks: Hooks, server: ServerView) -> None:
+        self.table = SlotTable(server.num_workers, time.monotonic())
         self.launcher = Launcher()
         self.aggregator = aggregator
         self.log = log
+        self.hooks, self.server = hooks, server  # pre_fork, child_exit, nworkers_changed
 
     @property
     def load(self) -> Any:
@@ -45,6 +47,9 @@ class Supervisor:
 
     def spawn_due(self, generation: int, settings: Settings, listeners: Listeners) -> None:
         for index in self.table.due(time.monotonic()):
+            if "pre_fork" in self.hooks:
+                view = WorkerView(index, generation, None, self.server.pid, settings, self.log)
+                self.hooks.call("pre_fork", self.server, view)
             worker = self.launcher.start(index, generation, settings, listeners.for_slot(index))
             self.table.started(worker)
             self.aggregator.process_started(index, worker.pid)
@@ -90,6 +95,18 @@ class Supervisor:
                 "worker_exited", lived_seconds=round(result.lived, 3), reason=result.reason, **how
             )
             processes.release(worker)
+            if "child_exit" in self.hooks:
+                view = WorkerView(
+                    worker.slot,
+                    worker.generation,
+                    worker.pid,
+                    self.server.pid,
+                    self.server.settings,
+                    self.log,
+                    exitcode=code,
+                    alive=False,
+                )
+                self.hooks.call("child_exit", self.server, view)
             if result.slot_idle and worker.slot < LOAD_SLOTS:
                 self.load[worker.slot] = LOAD_UNUSED  # siblings must not defer accepts to it
             if result.then == "restart" and result.delay:
@@ -152,6 +169,9 @@ class Supervisor:
             self.ask_to_stop(worker, signal.SIGTERM)
 
     def resize(self, count: int, listeners: Listeners) -> None:
+        old, self.server.num_workers = self.server.num_workers, count
+        if count != old:
+            self.hooks.call("nworkers_changed", self.server, count, old)
         drained, dropped = self.table.resize(count, time.monotonic())
         for worker in drained:
             self.ask_to_stop(worker, signal.SIGTERM)

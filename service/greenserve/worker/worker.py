@@ -20,6 +20,8 @@ from setproctitle import setproctitle
 
 from greenserve import logs
 from greenserve.config import Address, Settings, parse_app
+from greenserve.hooks import HookError, Hooks, ServerView, WorkerView
+from greenserve.hooks import load as load_hooks
 from greenserve.metrics.appstats import AppMetricsReader
 from greenserve.metrics.stats import (
     DRAINING,
@@ -37,6 +39,7 @@ from greenserve.worker.protocols.accept import MAX_ACCEPT, BalancedServer, Count
 from greenserve.worker.protocols.http import GOING_AWAY, HttpHandler
 from greenserve.worker.protocols.tcp import TcpProtocol
 from greenserve.worker.recycle import MIB, Recycle
+from greenserve.worker.request_hooks import with_request_hooks
 
 LAG_PROBE_INTERVAL = 0.1
 DRAIN_IDLE = 5.0  # with no keep-alive timeout, how long a drain keeps an idle connection
@@ -137,6 +140,7 @@ class Worker:
         self.capped_logged = False
         self.heartbeat = Heartbeat(spec.heartbeat)
         self.stopping = Event()
+        self.hooks, self.me = Hooks(), WorkerView(spec.slot, spec.generation, None, 0, None, log)
         self.ready = False
         settings = self.settings
         self.recycle = Recycle(settings, time.monotonic())
@@ -216,6 +220,8 @@ class Worker:
 
     def _request_stop(self, graceful: bool) -> None:
         self.graceful = graceful and self.graceful
+        if not graceful:
+            self.hooks.call("worker_int", self.me)
         self.stopping.set()
 
     def _publish(self, count: int) -> None:
@@ -340,6 +346,29 @@ class Worker:
         _exit(1)
 
 
+def _hooks(spec: WorkerSpec, log: Any, stack_file: Any) -> tuple[Hooks, ServerView, WorkerView]:
+    """This worker's hooks, with post_fork called: before the app is imported, as gunicorn."""
+    settings = spec.settings
+    hooks = load_hooks(settings.hooks, log, process="worker")
+    server = ServerView(
+        spec.master_pid, settings, log, settings.workers, list(map(str, settings.bind))
+    )
+    me = WorkerView(spec.slot, spec.generation, os.getpid(), spec.master_pid, settings, log)
+    if "worker_abort" in hooks:
+        # A Python handler from the real signal.signal (gevent's would wait for the hub, which
+        # a stuck worker's is not running): it runs between two bytecodes of whatever spins.
+        # faulthandler dumps the stacks first, from C, then chains to it.
+        def abort(_signum: int, _frame: Any) -> None:
+            hooks.call("worker_abort", me)
+
+        faulthandler.unregister(STACK_SIGNAL)  # a second register would keep its C handler
+        monkey.get_original("signal", "signal")(STACK_SIGNAL, abort)
+        faulthandler.register(STACK_SIGNAL, file=stack_file, all_threads=True, chain=True)
+    if not hooks.call("post_fork", server, me):
+        raise HookError("post_fork raised: this worker does not serve")
+    return hooks, server, me
+
+
 def _shown(sock: Any) -> str:
     """A listening socket's address as --bind spells it."""
     name = sock.getsockname()
@@ -452,9 +481,13 @@ def run(spec: WorkerSpec) -> NoReturn:
     _drop_privileges(settings)
     setproctitle(f"greenserve: worker {spec.slot} [{', '.join(str(b) for b in settings.bind)}]")
     try:
+        hooks, server, me = _hooks(spec, log, stack_file)
         app = load_app(settings)
         protocol = served_protocol(settings, app)
-    except AppLoadError as exc:
+        me.app = app
+        if not hooks.call("post_worker_init", me):
+            _exit(EXIT_APP_LOAD)
+    except (AppLoadError, HookError) as exc:
         log.error("app_load_failed", app=settings.app, error=str(exc))
         _exit(EXIT_APP_LOAD)
     except BaseException as exc:  # the app's own import failed: keep its traceback as a field
@@ -472,9 +505,14 @@ def run(spec: WorkerSpec) -> NoReturn:
         )
     if protocol != settings.protocol:
         spec = dataclasses.replace(spec, settings=settings.with_changes(protocol=protocol))
+    if protocol == "http":
+        app = with_request_hooks(app, hooks, me)
     worker = Worker(spec, app, log, stats)
     worker.protocol.wsgi_suspect = wsgi_suspect
+    worker.hooks, worker.me = hooks, me
     code = worker.serve()
+    me.alive = False
+    hooks.call("worker_exit", server, me)
     # Deliver the final snapshot before leaving: the feeder is a real thread, and the queue is
     # bounded far below a pipe's capacity, so this join cannot wait on the master.
     spec.stats_queue.close()

@@ -14,7 +14,7 @@ import gevent
 import pytest
 import structlog
 from gevent.event import Event
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture
 
 from greenserve.config import load
 from greenserve.metrics.stats import WorkerStats
@@ -36,6 +36,14 @@ from tests.helpers import ScriptedSocket
 
 pytestmark = pytest.mark.timeout(30)
 
+
+@pytest.fixture(autouse=True)
+def _restore_log_processors() -> Any:
+    processors = list(structlog.get_config()["processors"])
+    yield
+    structlog.configure(processors=processors)
+
+
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 PEER = ("127.0.0.1", 40000)
 
@@ -52,8 +60,11 @@ class Served:
     def __init__(self, app: Any, chunks: list[bytes], *flags: str, start: bool = True) -> None:
         settings = load(["--protocol", "http", *flags], {})
         self.stats = WorkerStats()
-        self.logs = capture_logs()
-        self.events = self.logs.__enter__()
+        # Not capture_logs(): a Served that never ends would leave its generator open, and the
+        # collector closing it later restores stale processors in the middle of another test.
+        capture = LogCapture()
+        structlog.configure(processors=[capture])
+        self.events = capture.entries
         self.handler = HttpHandler(
             app,
             settings,
@@ -82,7 +93,6 @@ class Served:
 
     def ended(self) -> bool:
         self.greenlet.join(5)
-        self.logs.__exit__(None, None, None)
         return self.greenlet.dead
 
     def statuses(self) -> list[int]:

@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Before anything binds: a hook that cannot import or take its arguments is a bad value.
         server_hooks = _master_hooks(settings)
-    except HookError as exc:
+        _otel_installed(settings)
+    except (HookError, ConfigError) as exc:
         print(f"greenserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if resolved.check_config:
@@ -106,6 +107,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greenserve.master.master import Master
 
     return Master(settings, argv=args, hooks=server_hooks).run()
+
+
+def _otel_installed(settings: Settings) -> None:
+    """--otel needs the [otel] extra; found without importing it (the master must not)."""
+    import importlib.util
+
+    if not settings.otel:
+        return
+    try:
+        found = all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise ConfigError(
+            "--otel needs the OpenTelemetry SDK and OTLP exporter: pip install 'greenserve[otel]'"
+        )
 
 
 def _master_hooks(settings: Settings) -> Hooks:

@@ -181,6 +181,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a ratio from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise ValueError("expected a ratio from 0 to 1")
+    return value
+
+
 def _off_or_positive_int(text: str) -> int:
     """A limit that is off (0 inside) or a positive whole number; 0 itself is refused, as a
     limit of nothing would refuse every request."""
@@ -404,6 +414,7 @@ GROUPS = {
     "hooks": "Server hooks",
     "logging": "Logging",
     "metrics": "Metrics",
+    "tracing": "Tracing (pip install 'greenserve[otel]')",
     "process": "Process and privileges",
 }
 
@@ -804,6 +815,23 @@ class Settings:
         "app metric series a worker sends at most; the rest are left out, counted and logged once",
         "N",
         group="metrics",
+    )
+    otel: bool = setting(
+        _bool,
+        "false",
+        "OpenTelemetry: a server span per HTTP request, exported over OTLP/HTTP to "
+        "OTEL_EXPORTER_OTLP_ENDPOINT (the SDK's variables), the SDK set up in each worker",
+        "BOOL",
+        switch=True,
+        group="tracing",
+    )
+    otel_sample_ratio: float = setting(
+        _ratio,
+        "1.0",
+        "with --otel, the share of requests without a sampled parent that are traced (a "
+        "traceparent's sampled flag decides for the others)",
+        "R",
+        group="tracing",
     )
     chdir: str | None = setting(
         _directory,

@@ -346,6 +346,15 @@ class Worker:
         _exit(1)
 
 
+def _tracing(settings: Settings) -> Any:
+    """--otel: this worker's OpenTelemetry SDK (tracing.py), or None."""
+    if not settings.otel:
+        return None
+    from greenserve.worker.tracing import Tracing  # the [otel] extra, only when asked for
+
+    return Tracing(settings)
+
+
 def _hooks(spec: WorkerSpec, log: Any, stack_file: Any) -> tuple[Hooks, ServerView, WorkerView]:
     """This worker's hooks, with post_fork called: before the app is imported, as gunicorn."""
     settings = spec.settings
@@ -481,6 +490,7 @@ def run(spec: WorkerSpec) -> NoReturn:
     _drop_privileges(settings)
     setproctitle(f"greenserve: worker {spec.slot} [{', '.join(str(b) for b in settings.bind)}]")
     try:
+        tracing = _tracing(settings)  # before post_fork: a hook may add to it
         hooks, server, me = _hooks(spec, log, stack_file)
         app = load_app(settings)
         protocol = served_protocol(settings, app)
@@ -507,12 +517,16 @@ def run(spec: WorkerSpec) -> NoReturn:
         spec = dataclasses.replace(spec, settings=settings.with_changes(protocol=protocol))
     if protocol == "http":
         app = with_request_hooks(app, hooks, me)
+        if tracing is not None:
+            app = tracing.wrap(app)  # outermost: the span covers the request hooks too
     worker = Worker(spec, app, log, stats)
     worker.protocol.wsgi_suspect = wsgi_suspect
     worker.hooks, worker.me = hooks, me
     code = worker.serve()
     me.alive = False
     hooks.call("worker_exit", server, me)
+    if tracing is not None:
+        tracing.shutdown()  # after worker_exit, whose spans go out too
     # Deliver the final snapshot before leaving: the feeder is a real thread, and the queue is
     # bounded far below a pipe's capacity, so this join cannot wait on the master.
     spec.stats_queue.close()

@@ -1,0 +1,76 @@
+"""The tracing middleware's short path for unsampled roots, in process (issue 30)."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import trace
+
+from greenserve.config import load
+from greenserve.worker.tracing import Tracing
+
+
+@pytest.fixture(scope="module")
+def tracing():
+    tracing = Tracing(load(["--otel", "--otel-sample-ratio", "0"], {}))
+    yield tracing
+    tracing.provider.shutdown()
+
+
+def _current() -> trace.SpanContext:
+    return trace.get_current_span().get_span_context()
+
+
+def _environ(**extra: str) -> dict:
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": "/", **extra}
+
+
+def test_an_unsampled_root_gets_fresh_valid_ids_and_leaves_no_context(tracing):
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(_current())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    wrapped = tracing.wrap(app)
+    for _ in range(2):
+        assert wrapped(_environ(), lambda *a: None) == [b"ok"]
+    assert all(s.is_valid and not s.trace_flags.sampled for s in seen)
+    assert seen[0].trace_id != seen[1].trace_id
+    assert not _current().is_valid  # detached once the list was returned
+
+
+def test_a_streamed_body_runs_under_the_span_until_close(tracing):
+    seen = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+
+        def body():
+            seen.append(_current())
+            yield b"a"
+
+        return body()
+
+    body = tracing.wrap(app)(_environ(), lambda *a: None)
+    assert _current().is_valid  # still current: the server iterates the body next
+    assert list(body) == [b"a"]
+    body.close()
+    assert seen[0].is_valid
+    assert not _current().is_valid
+
+
+def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing):
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(_current())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body = tracing.wrap(app)(_environ(HTTP_TRACEPARENT=parent), lambda *a: None)
+    body.close()
+    assert seen[0].trace_flags.sampled
+    assert f"{seen[0].trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert not _current().is_valid

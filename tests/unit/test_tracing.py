@@ -7,11 +7,23 @@ from opentelemetry import trace
 
 from greenserve.config import load
 from greenserve.worker.tracing import Tracing
+from tests.otlp import Receiver
 
 
 @pytest.fixture(scope="module")
-def tracing():
-    tracing = Tracing(load(["--otel", "--otel-sample-ratio", "0"], {}))
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def tracing(receiver):
+    # The exporter reads its endpoint when it is made; a real receiver, so the shutdown's flush
+    # is answered instead of retried against a closed port.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        tracing = Tracing(load(["--otel", "--otel-sample-ratio", "0"], {}))
     yield tracing
     tracing.provider.shutdown()
 
@@ -60,7 +72,7 @@ def test_a_streamed_body_runs_under_the_span_until_close(tracing):
     assert not _current().is_valid
 
 
-def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing):
+def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing, receiver):
     seen = []
 
     def app(environ, start_response):
@@ -74,3 +86,6 @@ def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing):
     assert seen[0].trace_flags.sampled
     assert f"{seen[0].trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert not _current().is_valid
+    tracing.provider.force_flush(5000)
+    (span,) = receiver.server_spans()
+    assert span["parent_id"] == "00f067aa0ba902b7"

@@ -2,9 +2,9 @@
 
 Each hook is declared once in ``HOOKS`` (name, process, arguments, when, what a raise does),
 with gunicorn's names and arguments so that a ``gunicorn.conf.py`` keeps working: the
-``--hooks`` option, the README table and the argument check all derive from it. Hooks come from
-``--hooks`` sources: a Python file or a module (each function named after a hook is that hook),
-or ``HOOK=MODULE:FUNCTION`` for one.
+``--hooks`` option, the docs reference page and the argument check all derive from it. Hooks
+come from ``--hooks`` sources: a Python file or a module (each function named after a hook is
+that hook), or ``HOOK=MODULE:FUNCTION`` for one.
 
 Stdlib only: the master imports this module and never imports gevent. A hook in the master runs
 in its loop, so it must be quick; one that raises is logged with its traceback and the master

@@ -370,7 +370,7 @@ def chunked_with(size_line: bytes) -> bytes:
 
 # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ),
 # the name a token, the value a token or a quoted-string. Each neighbour of the grammar is
-# accepted or refused on purpose; llhttp refuses BWS after ";" and around "=" (see the README).
+# accepted or refused on purpose; llhttp refuses BWS after ";" and around "=" (see docs/http.md).
 VALID += [
     ("chunk extension token value", chunked_with(b"5;name=token-1"), {"body": "hello"}),
     ("chunk extension without value", chunked_with(b"5;name"), {"body": "hello"}),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -120,18 +118,6 @@ class TestQuantile:
         assert quantile(0.99, [(0.1, 0.0), (float("inf"), 5.0)]) == 0.1
 
 
-def _readme_metric_rows() -> dict[str, tuple[tuple[str, ...], str]]:
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Metrics") : readme.index("## Load balancing across workers")]
-    rows = {}
-    for match in re.finditer(r"^\| `(greenserve_\w+)(?:\{([\w,]+)\})?` \| (\w+) \|", section, re.M):
-        labels = tuple(match.group(2).split(",")) if match.group(2) else ()
-        rows[match.group(1)] = (labels, match.group(3))
-    return rows
-
-
 def test_the_scrape_is_exactly_the_catalog():
     """What the collector exports, with TLS on, is the catalog: names, types and help."""
     aggregator = Aggregator()
@@ -144,14 +130,3 @@ def test_the_scrape_is_exactly_the_catalog():
     for family in catalog.FAMILIES:
         assert exported[family.metric].type == family.kind, family.name
         assert exported[family.metric].documentation == family.help, family.name
-
-
-def test_readme_metric_table_is_the_catalog():
-    """One README row per family, with the catalog's type and labels, and no other rows."""
-    rows = _readme_metric_rows()
-    expected = {}
-    for family in catalog.FAMILIES:
-        per_worker = family.stat or family in catalog.SLOT_FAMILIES
-        labels = (("worker",) if per_worker else ()) + ((family.label,) if family.label else ())
-        expected[family.sample] = (labels, family.kind)
-    assert rows == expected

@@ -159,10 +159,3 @@ def test_a_raising_post_request_is_logged_after_the_body_went_out():
     status, body = _run(with_request_hooks(_app, Hooks({"post_request": after}, log), None))
     assert (status, body) == ("201 Created", b"onetwo!")
     assert log.records[0][1]["hook"] == "post_request"
-
-
-def test_the_readme_table_is_the_declarations():
-    readme = (ROOT / "README.md").read_text()
-    for hook in HOOKS:
-        row = f"| `{hook.name}({', '.join(hook.args)})` | {hook.process} | {hook.when} | "
-        assert row + hook.if_it_raises + " |" in readme, hook.name

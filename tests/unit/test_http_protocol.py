@@ -116,7 +116,7 @@ class TestResponseRules:
             assert any(e["event"] == "app_error" for e in events)
 
     def test_chunk_extension_whitespace_limits_of_llhttp(self):
-        """Documented in the README: BWS before ";" is accepted, BWS after it is not."""
+        """Documented in docs/http.md: BWS before ";" is accepted, BWS after it is not."""
         before = req("POST /echo HTTP/1.1", "Host: a", "Transfer-Encoding: chunked")
         raw, _ = run(before + b"5 ;a=b\r\nhello\r\n0\r\n\r\n" + LAST)
         assert [r.status for r in parse_responses(raw)] == [200, 200]

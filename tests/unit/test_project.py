@@ -34,10 +34,3 @@ class TestProject:
         command = "pip install -e '.[test]' && python -m pytest"
         assert command in readme
         assert command in ci
-
-    def test_readme_options_table_lists_every_option(self):
-        readme = (ROOT / "README.md").read_text()
-        table = readme[readme.index("| option | default | meaning |") :]
-        table = table[: table.index("\n\n")]
-        for option in OPTIONS:
-            assert f"`{option.flag}`" in table, option.flag

@@ -1,7 +1,7 @@
 """Every metric greenserve exports, declared once: name, type, labels, help.
 
 Stdlib only. The worker's counters and snapshot (stats.py), the aggregator's sums, the
-prometheus collector (metrics.py), the tools (monitor.py) and the README check all read this
+prometheus collector (metrics.py), the tools (monitor.py) and the docs reference page read this
 table. Adding a per-worker metric is one ``Family`` here plus the code that counts it.
 """
 

@@ -1,6 +1,6 @@
 """HTTP/1.1 responses: the status line and header block, the body's framing, sendfile.
 
-Each rule keeps a pooled keep-alive connection in step (see the README): no body on HEAD, 1xx, 204
+Each rule keeps a pooled keep-alive connection in step (see docs/http.md): no body on HEAD, 1xx, 204
 and 304; never more bytes than the app's Content-Length (the rest is cut, logged, counted, and
 the connection closed); a body shorter than its Content-Length closes the connection; an error
 before the first byte is on the wire becomes a 500 (the connection's job, with ``started``).

@@ -22,7 +22,7 @@ class HttpError(Exception):
 def request_parser(callbacks: Any) -> httptools.HttpRequestParser:
     """llhttp as every request of greenserve is parsed: RFC 9112 7.1.1 allows whitespace (BWS)
     before a chunk extension's ";"; llhttp rejects it after the ";" and around "=" whatever the
-    options (see the README)."""
+    options (see docs/http.md)."""
     parser = httptools.HttpRequestParser(callbacks)
     parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
     return parser

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from greenserve import logs
 from greenserve.config import (
@@ -153,7 +154,7 @@ def _quiet_on_closed_pipe(run: Callable[[], int]) -> int:
     return code
 
 
-def _addresses(config: str | None, environ: Mapping[str, str]) -> dict[str, object]:
+def _addresses(config: str | None, environ: Mapping[str, str]) -> dict[str, Any]:
     """bind and metrics_bind as configured: from the file's own keys only, then the env.
 
     A tool must work when another key of the file is broken (after a failed HUP, say).

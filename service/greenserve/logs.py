@@ -13,7 +13,7 @@ import contextvars
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -206,7 +206,7 @@ def configure(
     structlog.configure(
         processors=shared + renderer,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, out)),  # write and flush
         cache_logger_on_first_use=False,
     )
     _route_stdlib(out, shared, renderer, LEVELS[level])
@@ -292,8 +292,8 @@ class StreamToLog:
 
 def capture_output() -> None:
     """Route this process's ``sys.stdout`` and ``sys.stderr`` writes into the log."""
-    sys.stdout = StreamToLog("stdout", "info")  # type: ignore[assignment]
-    sys.stderr = StreamToLog("stderr", "warning")  # type: ignore[assignment]
+    sys.stdout = StreamToLog("stdout", "info")
+    sys.stderr = StreamToLog("stderr", "warning")
 
 
 def drop_echoing_handlers() -> int:

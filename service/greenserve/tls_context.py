@@ -92,7 +92,7 @@ def announce_certificate(log: Any, certificate: Certificate | None) -> float | N
 
 def read_certificate(path: str) -> Certificate | None:
     """The first certificate of a PEM file, decoded by the ssl module's own parser."""
-    decode = getattr(ssl._ssl, "_test_decode_cert", None)
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)  # private, may go
     if decode is None:  # pragma: no cover - an interpreter without it: no expiry checks
         return None
     try:

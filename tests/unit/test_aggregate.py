@@ -180,3 +180,9 @@ class TestHandOver:
         assert view.slots[0].counters["connections_accepted"] == 15
         assert view.restarts["reload"] == 1
         assert view.restarts["reload"] == 1
+
+
+def test_worker_stats_types_every_catalog_attribute_and_nothing_else():
+    """WorkerStats' annotations (what mypy checks ``stats.x += 1`` against) are its slots, which
+    come from the catalog."""
+    assert set(WorkerStats.__annotations__) == set(WorkerStats.__slots__)

@@ -232,7 +232,8 @@ def respond(
     head = Head()
     head.method, head.version, head.keep_alive = method, version, keep_alive
     writer = http_response.Response(
-        SimpleNamespace(sock=sock, parser=SimpleNamespace(upgrading=False)),
+        sock,
+        False,
         SimpleNamespace(draining=draining, date=date),
         head,
         "req-1",

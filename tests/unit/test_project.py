@@ -21,6 +21,17 @@ class TestProject:
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
+    def test_mypy_is_clean(self):
+        """The package type-checks as pyproject.toml's [tool.mypy] says (.ci/run runs it too)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--no-error-summary"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=110,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
     def test_config_file_documents_every_setting_with_its_default(self):
         path = ROOT / "config" / "greenserve.toml"
         text = path.read_text()

@@ -78,6 +78,7 @@ class Launcher:
             target=boot.start, args=(spec,), name=f"greenserve-worker-{slot}", daemon=False
         )
         process.start()
+        assert process.pid is not None  # started
         channels = Channels(process, stats_queue, Heartbeat(heartbeat), stack_file)
         return WorkerProcess(slot, generation, process.pid, time.monotonic(), channels)
 

@@ -72,6 +72,35 @@ class WorkerStats:
         "requests_served",
         "seq",
     )
+    # The catalog's names again, typed, so a misspelt counter is a type error (mypy in CI); a
+    # test keeps these equal to the catalog's.
+    connections_accepted: int
+    bytes_received: int
+    bytes_sent: int
+    handler_errors: int
+    stats_dropped: int
+    event_loop_blocked: int
+    log_lines_dropped: int
+    http_request_timeouts: int
+    tls_handshakes: int
+    connections_upgraded: int
+    websocket_messages_received: int
+    websocket_messages_sent: int
+    websocket_bytes_received: int
+    websocket_bytes_sent: int
+    connections_active: int
+    websocket_connections_active: int
+    http_requests_in_flight: int
+    app_series_capped: int
+    http_requests: dict[str, int]
+    tls_handshake_failures: dict[str, int]
+    proxy_protocol_failures: dict[str, int]
+    http_requests_shed: dict[str, int]
+    request_start_ignored: dict[str, int]
+    websocket_closes: dict[str, int]
+    histograms: dict[str, Histogram]
+    requests_served: int
+    seq: int
 
     def __init__(self) -> None:
         for name in COUNTERS + _COUNTED_GAUGES:
@@ -137,7 +166,7 @@ class Heartbeat:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: Synchronized | Any) -> None:
+    def __init__(self, value: Synchronized[int] | Any) -> None:
         self._value = value
 
     def beat(self) -> None:

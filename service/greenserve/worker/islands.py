@@ -31,7 +31,7 @@ def install(threads: int) -> None:
     global _hub_thread
     _hub_thread = _os_thread_id()
     gevent.get_hub().threadpool.maxsize = threads
-    asyncio.run = _on_island(asyncio.run)  # type: ignore[assignment]
+    asyncio.run = _on_island(asyncio.run)
     try:
         import asgiref.sync
     except ImportError:

@@ -67,7 +67,7 @@ class _Finished:
 
     __slots__ = ("body", "done", "resp")
 
-    def __init__(self, body: Iterable[bytes], resp: HookResponse, done: Callable[[], None]):
+    def __init__(self, body: Iterable[bytes], resp: HookResponse, done: Callable[[], object]):
         self.body, self.resp, self.done = body, resp, done
 
     def __iter__(self) -> Iterator[bytes]:

@@ -40,14 +40,14 @@ _SERVER = SpanKind.SERVER
 _UNSAMPLED = trace.TraceFlags(0)
 
 
-class _EnvironGetter(Getter[dict]):
+class _EnvironGetter(Getter[dict[str, Any]]):
     """Propagation headers from a WSGI environ (``traceparent`` is ``HTTP_TRACEPARENT``)."""
 
-    def get(self, carrier: dict, key: str) -> list[str] | None:
+    def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
         value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
         return [value] if value is not None else None
 
-    def keys(self, carrier: dict) -> list[str]:
+    def keys(self, carrier: dict[str, Any]) -> list[str]:
         return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
 
 

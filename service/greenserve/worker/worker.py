@@ -290,7 +290,7 @@ class Worker:
             message["app"] = delta.to_wire()
         if not self.channel.send(message):
             self.stats.stats_dropped += 1
-        elif delta is not None:
+        elif delta is not None and reader is not None:
             reader.commit()  # the master has it: the next delta is taken against it
 
     def _flush_loop(self) -> None:

@@ -300,7 +300,9 @@ class HttpConnection:
             body = EMPTY_INPUT
         else:
             body = Input(self, head)
-        self.response = writer = Response(self, handler, head, request_id)
+        self.response = writer = Response(
+            self.sock, self.parser.upgrading, handler, head, request_id
+        )
         self.continue_sent = False
         environ = handler.environ(head, body, self.address)
         # in the environ now: a long request (a WebSocket) need not keep both; a list, for the

@@ -4,14 +4,12 @@ refused WebSocket handshake)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from greenserve.metrics.stats import Histogram, WorkerStats
+from greenserve.worker.protocols.http_parser import Head
+from greenserve.worker.protocols.http_response import Response
 from greenserve.worker.protocols.tcp import peer as _peer
-
-if TYPE_CHECKING:
-    from greenserve.metrics.stats import Histogram, WorkerStats
-    from greenserve.worker.protocols.http_parser import Head
-    from greenserve.worker.protocols.http_response import Response
 
 _STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
 

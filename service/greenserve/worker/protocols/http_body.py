@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from greenserve.worker.protocols.http_parser import END, Head
 
-if TYPE_CHECKING:  # the connection that owns this request (no import at run time: no cycle)
-    from greenserve.worker.protocols.http import HttpConnection
+
+class BodySource(Protocol):
+    """Where a request body comes from: the connection that owns the socket and the parser
+    (HttpConnection)."""
+
+    def next_body_event(self, body: Input) -> Any:
+        """The next chunk of ``body`` (bytes), or END (a sentinel object)."""
+        ...
+
 
 DRAIN_LIMIT = 1 << 20  # unread body we are willing to discard to keep a connection alive
 
@@ -22,7 +29,7 @@ class Input:
 
     __slots__ = ("buffer", "connection", "done", "head", "received")
 
-    def __init__(self, connection: HttpConnection, head: Head) -> None:
+    def __init__(self, connection: BodySource, head: Head) -> None:
         self.connection = connection
         self.head = head
         self.buffer = b""
@@ -66,7 +73,8 @@ class Input:
                 return data
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines, total = [], 0
+        lines: list[bytes] = []
+        total = 0
         while True:
             line = self.readline()
             if not line:

@@ -70,7 +70,7 @@ PLAIN_KEYS = frozenset(("CONTENT_TYPE", "CONTENT_LENGTH"))  # PEP 3333: no HTTP_
 # and the parser's own checks and the environ both go by the key.
 _ENVIRON_KEYS: dict[bytes, str | None] = {}
 _ENVIRON_KEYS_MAX = 1024
-_UNKNOWN = object()
+_UNKNOWN = "\0 not cached"  # a str no environ key can be, compared by identity
 
 
 # The C accelerator's interface version this module expects (see _fasthead.c). A build older
@@ -382,6 +382,7 @@ class RequestParser:
         head = self.head
         assert head is not None
         parser = self.llhttp
+        assert parser is not None  # it is what called us
         self.head_open = self.untimed = False
         keep_alive = head.keep_alive = parser.should_keep_alive()
         if not keep_alive:

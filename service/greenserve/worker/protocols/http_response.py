@@ -13,15 +13,11 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gevent import socket as gsocket
 
 from greenserve.worker.protocols.http_parser import FASTHEAD, Head
-
-if TYPE_CHECKING:  # the connection that owns this request (no import at run time: no cycle)
-    from greenserve.worker.protocols.http import HttpConnection, HttpHandler
-
 
 SMALL_BODY = 16384  # headers and a body up to this size go out in one write
 
@@ -129,13 +125,19 @@ def _valid_status(status: str) -> tuple[bytes, int]:
     return known
 
 
+class ResponseOwner(Protocol):
+    """What a response reads from the handler that serves the listener (HttpHandler)."""
+
+    draining: bool  # a stop or reload: answer with Connection: close
+    date: DateCache
+
+
 class Response:
     """``start_response`` and ``write`` for one request, and the framing of its body."""
 
     __slots__ = (
         "body_sent",
         "chunked",
-        "connection",
         "expected",
         "handler",
         "head",
@@ -152,12 +154,11 @@ class Response:
     )
 
     def __init__(
-        self, connection: HttpConnection, handler: HttpHandler, head: Head, request_id: str
+        self, sock: Any, upgrading: bool, handler: ResponseOwner, head: Head, request_id: str
     ) -> None:
-        self.connection = connection
         self.handler = handler  # shared by the listener's connections: drain flag, Date cache
         self.request_id = request_id
-        self.sock = connection.sock
+        self.sock = sock
         self.head = head
         self.status = b""  # the status line, once start_response was called
         self.status_code = 0
@@ -165,7 +166,7 @@ class Response:
         self.headers_sent = False
         self.chunked = False
         self.length: int | None = None
-        self.keep_alive = head.keep_alive and not connection.parser.upgrading
+        self.keep_alive = head.keep_alive and not upgrading
         self.body_sent = 0
         self.truncated = 0  # bytes the app wrote past its own Content-Length, not sent
         self.no_body = head.method == b"HEAD"
@@ -261,7 +262,11 @@ class Response:
         if not self.headers_sent:
             if len(data) <= SMALL_BODY and not self.no_body:
                 # headers and a small body in one write (the hot path: _start inlined)
-                if FIRST_WRITE is not None and self.head.version == "1.1" and self._first(data):
+                if (
+                    FIRST_WRITE is not None
+                    and self.head.version == "1.1"
+                    and self._first(FIRST_WRITE, data)
+                ):
                     return
                 head = self._head_bytes()
                 self.sock.sendall(head + self._frame(data))
@@ -275,12 +280,12 @@ class Response:
             return
         self.sock.sendall(self._frame(data))
 
-    def _first(self, data: bytes) -> bool:
+    def _first(self, first_write: Callable[..., Any], data: bytes) -> bool:
         """Headers and ``data`` built in C and sent, when every header was validated before and
         the length is known; False leaves it to _head_bytes (the same bytes, made in Python)."""
         handler = self.handler
         draining = handler.draining
-        built = FIRST_WRITE(
+        built = first_write(
             self.status,
             self.headers,
             _VALID_HEADERS,

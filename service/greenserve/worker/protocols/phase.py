@@ -16,7 +16,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -32,6 +32,23 @@ UPGRADED = 7  # taken over by the app: no idle timeout, a drain shuts its read s
 WEBSOCKET = 8  # taken over, and known to speak WebSocket: a drain sends it a Close frame
 
 
+# ConnectionPhase's fields: the __slots__ of the socket class that mixes it in (tcp.py).
+FIELDS = (
+    "accepted_at",
+    "deadline",
+    "eof_data",
+    "expire",
+    "greenlet",
+    "idle_since",
+    "phase",
+    "request_deadline",
+    "rx",
+    "seen",
+    "shut",
+    "tx",
+)
+
+
 class ConnectionPhase:
     """The sweeper's fields of a connection, and the methods that set them.
 
@@ -40,7 +57,10 @@ class ConnectionPhase:
     tests' in-memory socket inherits the same methods instead of copying the fields.
     """
 
-    __slots__ = ()
+    if TYPE_CHECKING:
+        __slots__ = FIELDS  # for the type checker: where they live, as it checks assignments
+    else:
+        __slots__ = ()
     phase: int
     deadline: float
     request_deadline: float

@@ -16,6 +16,7 @@ from greenserve.config import Settings
 from greenserve.metrics.stats import WorkerStats
 from greenserve.proxy import V2_MAX, ProxyError, header_length, parse_header
 from greenserve.worker.protocols.phase import (
+    FIELDS,
     FRESH,
     HANDSHAKE,
     OPEN,
@@ -45,20 +46,7 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
     7.5% of a saturated worker's messages per CPU-second.
     """
 
-    __slots__ = (  # the fields of ConnectionPhase (phase.py), and the byte counts
-        "accepted_at",
-        "deadline",
-        "eof_data",
-        "expire",
-        "greenlet",
-        "idle_since",
-        "phase",
-        "request_deadline",
-        "rx",
-        "seen",
-        "shut",
-        "tx",
-    )
+    __slots__ = FIELDS  # ConnectionPhase's fields (phase.py), the byte counts among them
 
     @property
     def watched(self) -> CountingSocket:
@@ -252,10 +240,11 @@ class TcpProtocol:
         self.wsgi_suspect = False  # a WSGI app under --protocol tcp: failures get a hint
         self.hinted_at = -HINT_EVERY
 
-    def _proxy_header(self, sock: CountingSocket, address: Any) -> Any:
-        """Read the PROXY header (nothing past it); the client's address, or None to close."""
+    def _proxy_header(self, sock: CountingSocket, address: Any, allow: Any) -> Any:
+        """Read the PROXY header (nothing past it); the client's address, or None to close.
+        ``allow``: the peers that may send one (proxy.Trusted)."""
         stats = self.stats
-        if not address or address[0] not in self.proxy_allow:
+        if not address or address[0] not in allow:
             _count(stats.proxy_protocol_failures, "not_allowed")
             return None
         sock.enter(HANDSHAKE, time.monotonic() + self.handshake_timeout)
@@ -316,7 +305,7 @@ class TcpProtocol:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.proxy_allow is not None:
-                address = self._proxy_header(sock, address)
+                address = self._proxy_header(sock, address, self.proxy_allow)
                 if address is None:
                     return
             if self.tls is None:

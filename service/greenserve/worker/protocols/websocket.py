@@ -22,7 +22,7 @@ import socket
 from typing import Any
 
 from gevent.lock import Semaphore
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
@@ -66,15 +66,17 @@ class WebSocket:
         self.registry = registry
         self.max_size = max_size
         # The frame engine exists only once the handshake succeeded: an app that answers the
-        # Upgrade itself on gunicorn.socket (Flask-Sock) never pays for one.
-        self.engine: ServerProtocol | None = None
+        # Upgrade itself on gunicorn.socket (Flask-Sock) never pays for one. Typed as always
+        # there: every method that reads it runs after _start() made it, and the one reader
+        # that may run without a handshake (the close code at the end) checks for None.
+        self.engine: ServerProtocol = None  # type: ignore[assignment]
         self.lock = Semaphore()  # writers: the app, the pinger, a stop (Cython, not RLock)
         self.started = False
         self.done = False
         self.refused = 0  # the status of a refused handshake (426, 400), for the access log
         self.close_code: int | None = None  # once finished: the peer's close code, or 1006
         self.pending: list[str | bytes] = []
-        self.fragments: list[bytes] = []
+        self.fragments: list[bytes | bytearray | memoryview] = []
         self.fragment_opcode: Opcode | None = None
         self.failed = False  # we failed the connection: no reply is awaited
         self.awaiting_pong = False  # --ws-ping-interval: a ping is out, no pong yet
@@ -251,7 +253,7 @@ class WebSocket:
                 return
         if pos >= end:
             self.buffer = b""
-        elif buf is self.buffer:
+        elif buf is self.buffer and isinstance(buf, bytearray):  # collected in place above
             del buf[:pos]
         else:
             self.buffer = bytearray(buf[pos:])
@@ -274,6 +276,7 @@ class WebSocket:
 
     def _take_events(self) -> None:
         for frame in self.engine.events_received():
+            assert isinstance(frame, Frame)  # a server-side engine past the handshake: frames
             opcode = frame.opcode
             if opcode in (Opcode.TEXT, Opcode.BINARY):
                 self.fragment_opcode, self.fragments = opcode, [frame.data]
@@ -292,8 +295,10 @@ class WebSocket:
     def send(self, message: str | bytes, binary: bool | None = None) -> None:
         if not self._start() or self.done:
             raise ConnectionError("the WebSocket is closed")
-        is_bytes = isinstance(message, (bytes, bytearray))
-        payload = bytes(message) if is_bytes else str(message).encode()
+        if isinstance(message, (bytes, bytearray)):
+            is_bytes, payload = True, bytes(message)
+        else:
+            is_bytes, payload = False, str(message).encode()
         size = len(payload)
         engine = self.engine
         if engine.state is not _OPEN:

@@ -1,7 +1,7 @@
 /* greenserve._fasthead: the WSGI environ of a plain HTTP/1.1 request head, built in C.
  *
  * Why: per request, llhttp's callbacks into Python (one per header), the checks on them and the
- * environ built from them were a third of the HTTP layer's Python time (issue 19). Most requests
+ * environ built from them were a third of the HTTP layer's Python time. Most requests
  * are plain: GET with a Host and a few headers, whole in one read. This builds their environ in
  * one call.
  *

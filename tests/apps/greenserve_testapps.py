@@ -80,7 +80,7 @@ validated = _make_validated()
 
 
 def _framing(environ: dict, start_response: Any) -> Any:
-    """The framing cases of issue 12 as a PEP 3333 app should write them."""
+    """The response-framing cases as a PEP 3333 app should write them."""
     path = environ["PATH_INFO"]
     if path == "/204":
         start_response("204 No Content", [])

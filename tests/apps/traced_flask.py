@@ -1,4 +1,4 @@
-"""A Flask app with its own OpenTelemetry spans, for the tracing tests (issue 30)."""
+"""A Flask app with its own OpenTelemetry spans, for the tracing tests."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ _MEASURE = """
 import sys, time
 import structlog
 from tests.helpers import ScriptedSocket
-try:  # the package grouped by role (#38), else the flat layout before it
+try:  # the package grouped by role, else the flat layout before it
     from greenserve.worker import apps
     from greenserve.worker.protocols.http import HttpHandler
     from greenserve.metrics.stats import WorkerStats

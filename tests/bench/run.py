@@ -192,7 +192,7 @@ SLOW_APP = "tests.bench.servers.slow_app:app"
 
 
 def io_bound(seconds: float, connections: int = 1000) -> list[dict[str, Any]]:
-    """1,000 connections on an app that waits 50 ms: throughput and the tail (issue 19)."""
+    """1,000 connections on an app that waits 50 ms: throughput and the tail."""
 
     py = sys.executable
     gunicorn = [py, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning"]

@@ -6,8 +6,8 @@ Each case is (name, request bytes, expected responses, after). The runner append
 response is a dict: ``status``; optional ``body`` (exact bytes), ``json`` (a subset of the
 decoded body), ``absent`` (header names that must not be sent).
 
-These are the defects issue 12 found, one case at least each, so a regression shows as a
-failing case whichever way the bytes are cut.
+These are the framing defects once found by sending other servers' test material, one case at
+least each, so a regression shows as a failing case whichever way the bytes are cut.
 """
 
 from __future__ import annotations

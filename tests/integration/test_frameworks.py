@@ -65,7 +65,7 @@ class TestFrameworks:
         assert response.json() == {"name": "blob.bin", **expected_digest(data)}
 
     def test_chunked_upload_arrives_whole(self, app):
-        """requests sends a generator with Transfer-Encoding: chunked (issue 12, item 1)."""
+        """requests sends a generator with Transfer-Encoding: chunked."""
 
         def pieces():
             for start in range(0, len(PAYLOAD), 65536):

@@ -1,4 +1,4 @@
-"""Server hooks (issue 30): the shipped example through a whole life, what a raise does, bad
+"""Server hooks: the shipped example through a whole life, what a raise does, bad
 sources refused before anything binds."""
 
 from __future__ import annotations

@@ -331,7 +331,7 @@ class TestApps:
 
 
 class TestFairness:
-    """A connection that keeps its pipe full does not keep the others waiting (issue 19)."""
+    """A connection that keeps its pipe full does not keep the others waiting."""
 
     def test_a_new_connection_is_served_between_a_pipelined_flood(self):
         with serving_http("greenserve_testapps:busy_sequence") as server:

@@ -1,4 +1,4 @@
-"""OpenTelemetry end to end (issue 30): greenserve's OTLP exporter against a receiver that
+"""OpenTelemetry end to end: greenserve's OTLP exporter against a receiver that
 decodes the protobufs, a Flask app whose spans nest under greenserve's, no span lost when a
 worker is replaced."""
 

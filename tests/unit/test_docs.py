@@ -1,5 +1,5 @@
 """The docs site: reference pages generated from the declarations and kept current, a strict
-MkDocs build, a README that is an introduction pointing into it (issue 35)."""
+MkDocs build, a README that is an introduction pointing into it."""
 
 from __future__ import annotations
 
@@ -78,11 +78,12 @@ class TestReferencePages:
 
 
 def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    """A strict build of the project at ``config``'s directory (snippets resolve from there)."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     return subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
          "--site-dir", str(site)],
-        capture_output=True, text=True, timeout=100, env=env,
+        capture_output=True, text=True, timeout=100, env=env, cwd=config.parent,
     )  # fmt: skip
 
 
@@ -94,7 +95,8 @@ class TestSite:
 
     def test_a_broken_link_fails_the_build(self, tmp_path):
         shutil.copytree(DOCS, tmp_path / "docs")
-        shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+        for name in ("mkdocs.yml", "CHANGELOG.md"):
+            shutil.copy(ROOT / name, tmp_path / name)
         page = tmp_path / "docs" / "signals.md"
         page.write_text(page.read_text() + "\nSee [nowhere](no-such-page.md#nothing).\n")
         result = _mkdocs(tmp_path / "mkdocs.yml", tmp_path / "site")
@@ -105,6 +107,18 @@ class TestSite:
         config = (ROOT / "mkdocs.yml").read_text()
         for page in DOCS.rglob("*.md"):
             assert f": {page.relative_to(DOCS)}\n" in config, page
+
+    def test_the_changelog_keeps_a_changelog(self):
+        """Keep a Changelog's shape: Unreleased first, then versions with dates, known
+        sections only."""
+        text = (ROOT / "CHANGELOG.md").read_text()
+        versions = re.findall(r"^## \[([^\]]+)\](.*)$", text, re.M)
+        assert versions[0] == ("Unreleased", "")
+        for version, date in versions[1:]:
+            assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+            assert re.fullmatch(r" - \d{4}-\d{2}-\d{2}", date), date
+        sections = set(re.findall(r"^### (.+)$", text, re.M))
+        assert sections <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
 
 
 class TestReadme:
@@ -118,3 +132,37 @@ class TestReadme:
         assert len(links) >= 10
         for link in links:
             assert (ROOT / link).is_file(), link
+
+
+def test_no_text_speaks_of_work_rounds_or_our_issue_numbers():
+    """Documents and comments say what is, not which round of work made it; other projects'
+    issues (gunicorn #1494) are citations and stay."""
+    pattern = re.compile(
+        r"\b[Ii]ssues? #?\d+|\(#\d+\)|\b(?:this|last|that) round\b|\bwave (?:one|two|three)\b", re.I
+    )
+    roots = ["docs", "service", "tests", "config", "deploy"]
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "mkdocs.yml"]
+    for root in roots:
+        files += [
+            p
+            for p in (ROOT / root).rglob("*")
+            if p.suffix
+            in {
+                ".md",
+                ".py",
+                ".c",
+                ".toml",
+                ".yml",
+                ".yaml",
+                ".conf",
+                ".service",
+                ".socket",
+                ".cfg",
+            }
+        ]
+    found = []
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert found == []

@@ -28,7 +28,7 @@ def top_level_imports() -> dict[str, set[str]]:
 
 
 class TestImports:
-    """What issue 13 asks of the layout, checked on every run."""
+    """What the layout promises, checked on every run."""
 
     def test_no_cycle(self):
         graph = {
@@ -71,7 +71,7 @@ class TestImports:
 
 
 def test_master_stays_readable_in_one_sitting():
-    """Issue 13: the master's loop and handlers fit under 400 lines; decisions live elsewhere."""
+    """The master's loop and handlers fit under 400 lines; decisions live elsewhere."""
     lines = (PACKAGE / "master" / "master.py").read_text().count("\n")
     assert lines < 400, f"master.py has {lines} lines"
 

@@ -1,4 +1,4 @@
-"""The tracing middleware's short path for unsampled roots, in process (issue 30)."""
+"""The tracing middleware's short path for unsampled roots, in process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A 64 KiB response: the HTTP bench's case where writing dominates (issue 19)."""
+"""A 64 KiB response: the HTTP bench's case where writing dominates."""
 
 from __future__ import annotations
 

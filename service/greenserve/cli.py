@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Before anything binds: a hook that cannot import or take its arguments is a bad value.
         server_hooks = _master_hooks(settings)
         _otel_installed(settings)
+        if settings.static and settings.protocol == "tcp":
+            raise ConfigError("--static serves files over HTTP: it cannot go with --protocol tcp")
     except (HookError, ConfigError) as exc:
         print(f"greenserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -127,6 +127,53 @@ def _directory(text: str) -> str | None:
     return os.path.abspath(value)
 
 
+@dataclass(frozen=True)
+class StaticMount:
+    """``--static PREFIX=DIRECTORY[;OPTION...]``: files under ``root`` served at ``prefix``."""
+
+    prefix: str  # "/static", or "" for the whole site ("/")
+    root: str  # absolute, symlinks resolved
+    max_age: int = 3600  # Cache-Control max-age; hashed names get a year and immutable
+    index: str = ""  # served for a directory's URL ending in "/" (none: 404)
+    fallthrough: bool = False  # a file not found goes to the app instead of a 404
+    symlinks: bool = False  # follow symlinks that leave the directory
+    dotfiles: bool = False  # serve names starting with "."
+
+
+def _static_mounts(text: str) -> tuple[StaticMount, ...]:
+    mounts = []
+    for item in (part.strip() for part in str(text).split(",") if part.strip()):
+        spec, *options = item.split(";")
+        prefix, sep, directory = spec.partition("=")
+        prefix, directory = prefix.strip(), directory.strip()
+        if not sep or not prefix.startswith("/") or not directory:
+            raise ValueError(f"{item!r}: expected URL_PREFIX=DIRECTORY, the prefix from /")
+        if any(part in (".", "..") for part in prefix.split("/")) or "\\" in prefix:
+            raise ValueError(f"{item!r}: the prefix has a . or .. segment or a backslash")
+        if not os.path.isdir(directory):
+            raise ValueError(f"{item!r}: no such directory {directory!r}")
+        fields: dict[str, Any] = {}
+        for option in (o.strip() for o in options if o.strip()):
+            name, _, value = option.partition("=")
+            if name == "max-age" and value.isdigit():
+                fields["max_age"] = int(value)
+            elif name == "index" and value and "/" not in value:
+                fields["index"] = value
+            elif name in ("fallthrough", "symlinks", "dotfiles") and not value:
+                fields[name] = True
+            else:
+                raise ValueError(
+                    f"{item!r}: unknown option {option!r} (max-age=S, index=FILE, "
+                    "fallthrough, symlinks, dotfiles)"
+                )
+        mounts.append(StaticMount(prefix.rstrip("/"), os.path.realpath(directory), **fields))
+    prefixes = [m.prefix for m in mounts]
+    if len(set(prefixes)) != len(prefixes):
+        raise ValueError("a URL prefix is mounted twice")
+    # longest prefix first: /static/img wins over /static for its own paths
+    return tuple(sorted(mounts, key=lambda m: len(m.prefix), reverse=True))
+
+
 def _trusted(text: str) -> Any:
     from greenserve.proxy import parse_trusted
 
@@ -664,6 +711,17 @@ class Settings:
         "proxy's X-Request-Start, else from accept)",
         "S|off",
         group="http",
+    )
+    static: tuple[StaticMount, ...] = setting(
+        _static_mounts,
+        "",
+        "serve the files of DIRECTORY at URL_PREFIX from the workers, before the app, "
+        "repeatable; options after ';': max-age=S (Cache-Control, default 3600), index=FILE "
+        "(for a URL ending in /), fallthrough (a missing file goes to the app, not 404), "
+        "symlinks (follow links out of DIRECTORY), dotfiles (serve names starting with .)",
+        "PREFIX=DIR[;OPTION]",
+        group="http",
+        repeat=True,
     )
     ws_close_timeout: float = setting(
         _non_negative_float,

@@ -119,6 +119,21 @@ WORKER_LABELLED = (
         ("malformed", "untrusted", "future"),
         "X-Request-Start headers not used for queue time, by reason.",
     ),
+    _by("static_requests", "mount", (), "Static files answered (200, 206, 304), by mount."),
+    _by("static_bytes_sent", "mount", (), "Body bytes of static file responses, by mount."),
+    _by(
+        "static_not_modified",
+        "mount",
+        (),
+        "Static requests answered 304 Not Modified (ETag or date matched), by mount.",
+    ),
+    _by(
+        "static_refused",
+        "reason",
+        ("traversal", "backslash", "nul", "dotfile", "symlink"),
+        "Static paths refused: a . or .. segment, a backslash, a NUL (400), a dotfile or a "
+        "symlink out of the directory (404).",
+    ),
     _by(
         "websocket_closes",
         "code",

@@ -97,6 +97,10 @@ class WorkerStats:
     proxy_protocol_failures: dict[str, int]
     http_requests_shed: dict[str, int]
     request_start_ignored: dict[str, int]
+    static_requests: dict[str, int]
+    static_bytes_sent: dict[str, int]
+    static_not_modified: dict[str, int]
+    static_refused: dict[str, int]
     websocket_closes: dict[str, int]
     histograms: dict[str, Histogram]
     requests_served: int

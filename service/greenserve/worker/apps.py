@@ -31,3 +31,13 @@ def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """A WSGI hello world."""
     start_response("200 OK", HELLO_HEADERS)
     return [HELLO]
+
+
+NOT_FOUND = b"404 Not Found\n"
+NOT_FOUND_HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "14")]
+
+
+def not_found(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """What a static-files-only server (--static without APP) answers outside its mounts."""
+    start_response("404 Not Found", NOT_FOUND_HEADERS)
+    return [NOT_FOUND]

@@ -40,6 +40,7 @@ from greenserve.worker.protocols.http import GOING_AWAY, HttpHandler
 from greenserve.worker.protocols.tcp import TcpProtocol
 from greenserve.worker.recycle import MIB, Recycle
 from greenserve.worker.request_hooks import with_request_hooks
+from greenserve.worker.static import Static
 
 LAG_PROBE_INTERVAL = 0.1
 DRAIN_IDLE = 5.0  # with no keep-alive timeout, how long a drain keeps an idle connection
@@ -53,6 +54,8 @@ def load_app(settings: Settings) -> Any:
     """The handler: the built-in echo/hello, ``module:callable`` or ``module:factory(...)``,
     imported from the working directory (--chdir)."""
     if settings.app is None:  # "auto" without an APP is the echo service, as documented
+        if settings.static and settings.protocol != "tcp":
+            return apps.not_found  # a static site: 404 outside the mounts, as nginx
         return apps.hello if settings.protocol == "http" else apps.echo
     ref = parse_app(settings.app)
     cwd = os.getcwd()
@@ -113,7 +116,7 @@ def served_protocol(settings: Settings, app: Any) -> str:
     if settings.protocol != "auto":
         return settings.protocol
     if settings.app is None:
-        return "tcp"
+        return "http" if settings.static else "tcp"
     found = app_protocol(app)
     if found is None:
         raise AppLoadError(
@@ -505,6 +508,10 @@ def run(spec: WorkerSpec) -> NoReturn:
         _exit(EXIT_APP_LOAD)
     if settings.capture_output:
         logs.drop_echoing_handlers()  # the app's logging set-up may print what we log already
+    if protocol == "tcp" and settings.static:
+        log.error("app_load_failed", app=settings.app, error="--static needs HTTP, the app is a "
+                  "TCP handler (sock, address)")  # fmt: skip
+        _exit(EXIT_APP_LOAD)
     wsgi_suspect = protocol == "tcp" and app_protocol(app) == "http"
     if wsgi_suspect:
         # --protocol tcp given for a WSGI app: every connection would fail with an AttributeError.
@@ -516,6 +523,8 @@ def run(spec: WorkerSpec) -> NoReturn:
     if protocol != settings.protocol:
         spec = dataclasses.replace(spec, settings=settings.with_changes(protocol=protocol))
     if protocol == "http":
+        if settings.static:
+            app = Static(app, settings.static, stats)  # files first, as --static says
         app = with_request_hooks(app, hooks, me)
         if tracing is not None:
             app = tracing.wrap(app)  # outermost: the span covers the request hooks too

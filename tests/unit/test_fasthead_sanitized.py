@@ -1,0 +1,112 @@
+"""The C extension built with AddressSanitizer and UndefinedBehaviorSanitizer, and the tests
+that drive it (the differential tests against llhttp, generated heads and responses, the
+in-process HTTP corpus) run against that build: a read past a buffer, a use after free or
+undefined behaviour stops the run with the sanitizer's report.
+
+The interpreter is not instrumented: libasan is preloaded, and PYTHONMALLOC=malloc lets it see
+every allocation the extension reads. Leak checking is off (the interpreter's own allocations
+at exit are not ours to judge).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, need
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+SOURCE = ROOT / "service" / "greenserve" / "_fasthead.c"
+FLAGS = [
+    "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+]  # fmt: skip
+# The in-process HTTP corpus through the C path, whole and split at random (byte by byte it
+# takes minutes with every allocation checked; test_fasthead.py feeds every byte anyway).
+DRIVEN_BY = [
+    "tests/unit/test_fasthead.py",
+    "tests/unit/test_http_protocol.py",
+    "-k",
+    "not python and not bytewise",
+]
+
+
+def _build(tree: Path, source: Path) -> Path:
+    """A copy of the package whose extension is the sanitized build of ``source``."""
+    package = tree / "greenserve"
+    skipped = shutil.ignore_patterns("*.so", "__pycache__")
+    shutil.copytree(ROOT / "service" / "greenserve", package, ignore=skipped)
+    target = package / f"_fasthead{sysconfig.get_config_var('EXT_SUFFIX')}"
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        [need("gcc"), *FLAGS, f"-I{include}", str(source), "-o", str(target)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return tree
+
+
+def _run(tree: Path, reports: Path, *tests: str) -> subprocess.CompletedProcess[str]:
+    libasan = subprocess.run(
+        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = {
+        **os.environ,
+        "LD_PRELOAD": libasan,
+        "ASAN_OPTIONS": f"detect_leaks=0:log_path={reports}",
+        "UBSAN_OPTIONS": f"print_stacktrace=1:halt_on_error=1:log_path={reports}",
+        "PYTHONMALLOC": "malloc",
+        "PYTHONPATH": os.pathsep.join([str(tree), str(ROOT)]),
+        "CI": "true",  # the tests then insist that the extension is there
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+
+
+def _reports(reports: Path) -> str:
+    return "".join(p.read_text() for p in reports.parent.glob(reports.name + "*"))
+
+
+def test_the_extensions_tests_are_clean_under_asan_and_ubsan(tmp_path):
+    tree = _build(tmp_path / "tree", SOURCE)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import greenserve._fasthead as f; print(f.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "tree")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # importable only with libasan loaded first: the build really is instrumented
+    assert probe.returncode != 0 and "ASan runtime does not come first" in probe.stderr
+    reports = tmp_path / "sanitizer"
+    result = _run(tree, reports, *DRIVEN_BY)
+    assert result.returncode == 0, _reports(reports) + result.stdout[-3000:]
+    assert " passed" in result.stdout and _reports(reports) == ""
+
+
+def test_an_overread_is_caught(tmp_path):
+    """The set-up can fail: one byte read past a request's bytes stops the run."""
+    source = SOURCE.read_text()
+    anchor = "Py_ssize_t size = PyBytes_GET_SIZE(args[0]);"
+    assert anchor in source
+    mutated = tmp_path / "_fasthead.c"
+    overread = " volatile unsigned char past = data[size + 1]; (void)past;"
+    mutated.write_text(source.replace(anchor, anchor + overread, 1))
+    reports = tmp_path / "sanitizer"
+    result = _run(_build(tmp_path / "tree", mutated), reports, "tests/unit/test_fasthead.py")
+    assert result.returncode != 0
+    assert "heap-buffer-overflow" in _reports(reports)

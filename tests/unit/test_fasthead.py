@@ -326,6 +326,43 @@ def test_plain_requests_never_make_llhttp_and_leave_nothing_behind() -> None:
     assert connection.response is None
 
 
+@needs_extension
+def test_pipelined_plain_heads_are_taken_in_c_one_by_one() -> None:
+    """A pipelining client's read holds many heads: each plain one is cut at its blank line
+    and parsed in C, as if it had come alone."""
+    from greenserve.worker import apps
+    from greenserve.worker.protocols.http import HttpConnection
+    from tests.helpers import ScriptedSocket
+
+    served = handler()
+    served.app = apps.hello
+    sock = ScriptedSocket([b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % n for n in range(16))])
+    connection = HttpConnection(served, sock, ADDRESS)
+    connection.serve()
+    assert bytes(sock.sent).count(b"HTTP/1.1 200 ") == 16
+    assert connection.parser.llhttp is None
+
+
+def test_pipelined_heads_and_what_c_declines_are_answered_in_order() -> None:
+    """A body, a partial head, a Connection: close among pipelined requests: the rest goes to
+    llhttp from the boundary where C stopped, and nothing after the close is served."""
+    from tests.helpers import parse_responses, serve_in_process
+
+    def echo_path(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode() + b" " + body]
+
+    get = b"GET /%s HTTP/1.1\r\nHost: h\r\n\r\n"
+    post = b"POST /post HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    close = b"GET /close HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    stream = get % b"a" + get % b"b" + post + get % b"c" + close + get % b"never"
+    for chunks in ([stream], [stream[:40], stream[40:]], [stream[:-10], stream[-10:]]):
+        sent, _ = serve_in_process(echo_path, chunks)
+        bodies = [r.body for r in parse_responses(sent)]
+        assert bodies == [b"/a ", b"/b ", b"/post hello", b"/c ", b"/close "], chunks
+
+
 def test_a_request_the_fast_path_declines_makes_llhttp() -> None:
     posted = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab"
     connection = connection_after([posted, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"])

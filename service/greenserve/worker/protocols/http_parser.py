@@ -236,6 +236,10 @@ class RequestParser:
             if head is not None:
                 self.events.append(head)
                 return
+            if data.count(b"\r\n\r\n") > 1:
+                data = self._pipelined(data)
+                if not data:
+                    return
         if self.chunk_lines is not None and not self._chunk_lines_pass(data):
             return
         parse = self.parse or self.start()
@@ -263,6 +267,27 @@ class RequestParser:
             elif self.history is not None:
                 history = self.history + data
                 self.history = history if len(history) <= HISTORY_LIMIT else None
+
+    def _pipelined(self, data: bytes) -> bytes:
+        """Several requests in one read (a pipelining client): the plain heads at its start
+        are taken in C one by one, as if each had come alone; what is left (a head the C
+        parser declines, a body, a partial head) goes to llhttp from that boundary. The C
+        parser declines any head with a body (Content-Length, Transfer-Encoding), Expect or
+        Upgrade, so each blank line it is cut at ends a whole message."""
+        events, base = self.events, self.base_environ
+        while True:
+            end = data.find(b"\r\n\r\n") + 4
+            if end == 3:
+                return data
+            head = fast_head(data[:end], base)
+            if head is None:
+                return data
+            events.append(head)
+            if not head.keep_alive:
+                return b""  # nothing after Connection: close is served (llhttp refuses it too)
+            data = data[end:]
+            if not data:
+                return data
 
     def clock_due(self) -> bool:
         """True once per begun head that must wait for more bytes: its --header-timeout counts

@@ -294,3 +294,16 @@ def leaky(environ: dict, start_response: Any) -> list[bytes]:
     _leaked.append(b"x" * (1 << 20))
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"leaked %d MiB" % len(_leaked)]
+
+
+def pipelined(environ: dict, start_response: Any) -> Any:
+    """For pipelined batches: /sleep waits a second (cooperatively), /file is a real file sent
+    with sendfile, anything else answers its path."""
+    path = environ["PATH_INFO"]
+    if path == "/sleep":
+        time.sleep(1.0)
+    if path == "/file":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [path.encode()]

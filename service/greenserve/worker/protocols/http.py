@@ -185,6 +185,8 @@ class HttpConnection:
         stats = handler.stats
         keepalive = handler.keepalive_timeout
         parser = self.parser
+        sock = self.sock
+        corks = sock.__class__ is CountingSocket  # plaintext (TlsSocket writes its own way)
         while not parser.upgrading:
             try:
                 head = self.next_head(time.monotonic() + keepalive if keepalive else 0.0)
@@ -214,18 +216,29 @@ class HttpConnection:
             # A WebSocket session is no request in flight: it would hold the limit for hours.
             counted = not head.upgrade
             stats.http_requests_in_flight += counted
+            # Pipelined requests already read (a head behind this one's END): their responses
+            # go out in one write (CountingSocket.cork), unless an app yields to the hub first.
+            events = self.events
+            if corks and len(events) > 1 and events[1].__class__ is Head and not head.upgrade:
+                sock.cork()
+            keep = False
             try:
                 keep = self._respond(head)
             finally:
                 stats.http_requests_in_flight -= counted
                 # an idle keep-alive connection keeps no request: the app's header list, ids
                 self.response = None
+                if sock.out is not None if corks else False:
+                    while events and events[0] is END:
+                        del events[0]
+                    if not keep or not events or events[0].__class__ is not Head:
+                        with contextlib.suppress(OSError):  # the client went: reads end it
+                            sock.uncork()
             if not keep:
                 return
             # Fairness (protocols/turns.py): only a request already read needs a step back;
             # reading the next one waits through the hub anyway (TLS: see TlsSocket._read).
             # The END of a request whose body the app never read is still queued: no request.
-            events = self.events
             while events and events[0] is END:
                 del events[0]
             if events:

@@ -355,6 +355,8 @@ class Response:
             return False
         if self.no_body or (self.length is None and self.head.version != "1.1"):
             return False
+        if getattr(self.sock, "out", None) is not None:
+            self.sock.uncork()  # held responses of a pipelined batch go first
         if not any(name.lower() == "content-length" for name, _ in self.headers):
             self.headers = [*self.headers, ("Content-Length", str(size))]
         self._start()

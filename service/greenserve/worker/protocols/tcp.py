@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gevent import get_hub
 from gevent import socket as gsocket
 from gevent.event import Event
 
@@ -46,7 +47,10 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
     7.5% of a saturated worker's messages per CPU-second.
     """
 
-    __slots__ = FIELDS  # ConnectionPhase's fields (phase.py), the byte counts among them
+    # ConnectionPhase's fields (phase.py), the byte counts among them; ``out``: writes held
+    # back while a pipelined batch is answered (cork), else None
+    __slots__ = (*FIELDS, "out")
+    out: list[Any] | None
 
     @property
     def watched(self) -> CountingSocket:
@@ -104,6 +108,10 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
         """One direct send first: gevent's sendall costs a getsockopt and a chunking loop per
         call (8% of an HTTP worker's samples in py-spy), though a response almost always fits
         the socket buffer whole."""
+        out = self.out
+        if out is not None:
+            out.append(data)
+            return
         try:
             count = self._sock.send(data, flags)
         except BlockingIOError:
@@ -111,6 +119,40 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
         self.tx += count
         if count < len(data):
             _gevent_sendall(self, memoryview(data)[count:], flags)  # counted through send
+
+    def cork(self) -> None:
+        """Hold this greenlet's writes until ``uncork`` (the end of a pipelined batch: its
+        responses go out in one write), or until it yields to the hub: a callback then sends
+        what is held, so an app that waits delays no earlier response."""
+        if self.out is None:
+            self.out = []
+            get_hub().loop.run_callback(self._flush_held)
+
+    def uncork(self) -> None:
+        """Send what is held, and write directly from now on."""
+        out = self.out
+        if out is not None:
+            self.out = None
+            if out:
+                self.sendall(b"".join(out))
+
+    def _flush_held(self) -> None:
+        """In the hub, once the greenlet that corked yielded (or its batch ended): what is held
+        goes out without waiting; a part the socket does not take stays held for ``uncork``."""
+        out = self.out
+        if not out:
+            self.out = None
+            return
+        data = b"".join(out)
+        try:
+            count = self._sock.send(data)
+        except OSError:  # full (BlockingIOError) or gone: the greenlet's uncork deals with it
+            count = 0
+        self.tx += count
+        if count == len(data):
+            self.out = None
+        else:
+            out[:] = [data[count:]]
 
 
 class Connections:
@@ -136,6 +178,7 @@ class Connections:
     def add(self, sock: CountingSocket) -> None:
         """Register a connection as soon as it is accepted (before its greenlet runs)."""
         sock.accepted(time.monotonic())
+        sock.out = None
         self.open.add(sock)
         self.drained.clear()
 

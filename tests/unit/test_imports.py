@@ -80,3 +80,10 @@ def test_slot_table_has_no_side_effects():
     """slots.py decides; it must not signal, log or read the clock itself."""
     imports = top_level_imports()["master.slots"]
     assert not imports & {"os", "signal", "time", "logging", "structlog", "greenserve.logs"}
+
+
+def test_no_protocol_module_grows_past_600_lines():
+    """A protocol module that long is doing two things: split it by responsibility."""
+    protocols = PACKAGE / "worker" / "protocols"
+    sizes = {p.name: len(p.read_text().splitlines()) for p in protocols.glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 600} == {}

@@ -34,7 +34,7 @@ from greenserve.worker.protocols.http_parser import (
 from greenserve.worker.protocols.http_response import REASONS, DateCache, FileWrapper, Response
 from greenserve.worker.protocols.llhttp import HttpError, as_http_error
 from greenserve.worker.protocols.phase import APP, BODY, FRESH, HEAD, PARKED, UPGRADED, WEBSOCKET
-from greenserve.worker.protocols.queue_time import waited
+from greenserve.worker.protocols.queue_time import queue_wait
 from greenserve.worker.protocols.request_timeout import RequestClock, RequestTimeout
 from greenserve.worker.protocols.tcp import CountingSocket
 from greenserve.worker.protocols.tcp import peer as _peer
@@ -207,7 +207,12 @@ class HttpConnection:
             environ = head.environ
             start = head.request_start if environ is None else environ.get("HTTP_X_REQUEST_START")
             if start is not None or self.served == 0:
-                queued = self._queued(start)
+                queued = queue_wait(
+                    start,
+                    self.trusted_peer,
+                    stats.request_start_ignored,
+                    self.watched.accepted_at if self.served == 0 else None,
+                )
                 if queued is not None:
                     handler.queue_times.observe(queued)
                     if handler.max_queue_time and queued > handler.max_queue_time:
@@ -282,22 +287,6 @@ class HttpConnection:
         shed = self.handler.stats.http_requests_shed
         shed[reason] = shed.get(reason, 0) + 1
         self.send_error(503, SHED[reason], head=head, extra=RETRY_AFTER)
-
-    def _queued(self, header: str | None) -> float | None:
-        """Seconds this request waited before the app, or None when it is not known: a trusted
-        proxy's X-Request-Start, else the time since accept for a connection's first request."""
-        if header is not None:
-            ignored = self.handler.stats.request_start_ignored
-            reason = "untrusted"  # anyone can send it: only --forwarded-allow-ips is believed
-            if self.trusted_peer:
-                wait = waited(header, time.time())
-                if isinstance(wait, float):
-                    return wait
-                reason = wait
-            ignored[reason] = ignored.get(reason, 0) + 1
-        if self.served == 0:
-            return time.monotonic() - self.watched.accepted_at
-        return None
 
     def _respond(self, head: Head) -> bool:
         """Run the app for one request; True when the connection may serve another."""
@@ -387,6 +376,21 @@ class HttpConnection:
             early=self.parser.upgrade_tail,
         )
 
+    def _answered_as_far_as_sent(
+        self, head: Head, environ: dict[str, Any], writer: Response, duration: float
+    ) -> None:
+        """A response cut short after its head went out: counted and logged with what was
+        sent (the client sees a closed connection)."""
+        self.handler.answered(
+            self.address,
+            head,
+            environ,
+            writer.status_code,
+            writer.body_sent,
+            duration,
+            writer.request_id,
+        )
+
     def _unfinished(
         self,
         head: Head,
@@ -420,15 +424,7 @@ class HttpConnection:
                     request_id=request_id,
                 )
         elif writer.headers_sent:
-            handler.answered(
-                self.address,
-                head,
-                environ,
-                writer.status_code,
-                writer.body_sent,
-                duration,
-                request_id,
-            )
+            self._answered_as_far_as_sent(head, environ, writer, duration)
 
     def _run_app(
         self, head: Head, body: Input, writer: Response, environ: dict[str, Any]
@@ -521,15 +517,7 @@ class HttpConnection:
                 duration,
             )
         else:
-            handler.answered(
-                self.address,
-                head,
-                environ,
-                writer.status_code,
-                writer.body_sent,
-                duration,
-                request_id,
-            )
+            self._answered_as_far_as_sent(head, environ, writer, duration)
 
 
 class HttpHandler(ResponseAccounting):

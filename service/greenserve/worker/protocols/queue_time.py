@@ -7,6 +7,8 @@ seconds with a fraction). Pure: the caller passes the wall clock.
 
 from __future__ import annotations
 
+import time
+
 # A proxy's clock a little ahead of ours is skew, not a future request: read as no wait.
 SKEW = 1.0
 
@@ -36,3 +38,23 @@ def waited(header: str, now: float) -> float | str:
     if wait < -SKEW:
         return "future"
     return max(wait, 0.0)
+
+
+def queue_wait(
+    header: str | None, trusted: bool, ignored: dict[str, int], accepted_at: float | None
+) -> float | None:
+    """Seconds a request waited before the app, or None when it is not known: a trusted
+    proxy's ``X-Request-Start``, else the time since ``accepted_at`` (given for a connection's
+    first request). A header not used is counted in ``ignored`` by reason; only a peer in
+    --forwarded-allow-ips is believed (anyone can send one)."""
+    if header is not None:
+        reason = "untrusted"
+        if trusted:
+            wait = waited(header, time.time())
+            if isinstance(wait, float):
+                return wait
+            reason = wait
+        ignored[reason] = ignored.get(reason, 0) + 1
+    if accepted_at is not None:
+        return time.monotonic() - accepted_at
+    return None

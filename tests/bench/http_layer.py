@@ -33,7 +33,7 @@ except ImportError:
     from greenserve.stats import WorkerStats
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-try:  # the Settings-reading handler (since the #13 redesign), else the keyword form before it
+try:  # the handler that reads Settings, else the keyword form of older trees
     from greenserve.config import load
     handler = HttpHandler(apps.hello, load(["--protocol", "http"], {}), stats=WorkerStats(),
                           log=structlog.get_logger(), server_address=("127.0.0.1", 8000))

@@ -138,7 +138,9 @@ def test_no_text_speaks_of_work_rounds_or_our_issue_numbers():
     """Documents and comments say what is, not which round of work made it; other projects'
     issues (gunicorn #1494) are citations and stay."""
     pattern = re.compile(
-        r"\b[Ii]ssues? #?\d+|\(#\d+\)|\b(?:this|last|that) round\b|\bwave (?:one|two|three)\b", re.I
+        r"\b[Ii]ssues? #?\d+|\(#\d+\)|\b(?:the|since|in|our) #\d+|\b(?:this|last|that) round\b"
+        r"|\bwave (?:one|two|three)\b",
+        re.I,
     )
     roots = ["docs", "service", "tests", "config", "deploy"]
     files = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "mkdocs.yml"]

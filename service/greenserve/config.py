@@ -139,6 +139,12 @@ class StaticMount:
     symlinks: bool = False  # follow symlinks that leave the directory
     dotfiles: bool = False  # serve names starting with "."
 
+    def __str__(self) -> str:
+        """The mount as --static spells it (--print-config, logs)."""
+        options = [f"max-age={self.max_age}"] + ([f"index={self.index}"] if self.index else [])
+        options += [name for name in ("fallthrough", "symlinks", "dotfiles") if getattr(self, name)]
+        return f"{self.prefix or '/'}={self.root};" + ";".join(options)
+
 
 def _static_mounts(text: str) -> tuple[StaticMount, ...]:
     mounts = []

@@ -121,3 +121,16 @@ def test_not_modified(file):
 )
 def test_hashed_names(name, hashed):
     assert bool(static._HASHED.search(name)) is hashed
+
+
+def test_a_mount_prints_as_static_spells_it_and_parses_back(tmp_path):
+    from greenserve.config import _static_mounts
+
+    mounts = _static_mounts(
+        f"/s={tmp_path};max-age=5;fallthrough;dotfiles,/={tmp_path};index=i.html"
+    )
+    assert [str(m) for m in mounts] == [
+        f"/s={tmp_path};max-age=5;fallthrough;dotfiles",
+        f"/={tmp_path};max-age=3600;index=i.html",
+    ]
+    assert _static_mounts(",".join(map(str, mounts))) == mounts

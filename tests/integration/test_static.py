@@ -44,6 +44,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.utime(public / "old.txt.gz", (past, past))  # older than its file: stale, not used
     (public / "main.3b2c1a9f.js").write_text("console.log(1)\n")
     (public / "docs" / "index.html").write_text("<h1>docs</h1>\n")
+    (public / "evil.com").mkdir()
+    (public / "evil.com" / "index.html").write_text("same site\n")
+    (public / "my docs").mkdir()
+    (public / "my docs" / "index.html").write_text("spaced\n")
     (public / ".env").write_text("SECRET=1\n")
     (public / ".git" / "config").write_text("[core]\n")
     (root / "secret.txt").write_text("outside the mount\n")
@@ -129,6 +133,12 @@ class TestFiles:
         assert requests.get(url(server, "/static/docs/"), timeout=10).text == "<h1>docs</h1>\n"
         assert requests.get(url(server, "/static/empty/"), timeout=10).status_code == 404
         assert requests.get(url(server, "/static/nothing.txt"), timeout=10).status_code == 404
+
+    def test_a_redirect_stays_on_the_site_and_is_a_uri(self, server):
+        status, headers, _ = raw_get(server, "/static//evil.com")
+        assert (status, headers["location"]) == (301, "/static/evil.com/")
+        status, headers, _ = raw_get(server, "/static/my%20docs?x=1")
+        assert (status, headers["location"]) == (301, "/static/my%20docs/?x=1")
 
     def test_fallthrough_and_other_paths_reach_the_app(self, server):
         for path in ("/assets/nothing.txt", "/elsewhere", "/staticky"):
@@ -315,6 +325,9 @@ class TestOwnSite:
             assert requests.get(url(server, "/small.bin"), timeout=10).content == SMALL
             assert requests.get(url(server, "/docs/"), timeout=10).status_code == 200
             assert requests.get(url(server, "/nothing"), timeout=10).status_code == 404
+            # "//evil.com" names a directory of the site, not another host to send clients to
+            status, headers, _ = raw_get(server, "//evil.com")
+            assert (status, headers["location"]) == (301, "/evil.com/")
 
 
 class TestTls:

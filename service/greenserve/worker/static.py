@@ -27,6 +27,7 @@ import stat as stat_module
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 from greenserve.config import StaticMount
 from greenserve.metrics.stats import WorkerStats
@@ -123,7 +124,10 @@ class Static:
             if entry is None and mount.fallthrough:
                 return self.app(environ, start_response)
             if entry == "redirect":  # a directory asked for without its slash, as nginx does
-                location = environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"] + "/"
+                # Rebuilt from the mount, not the request's path: "//host/dir" must not send
+                # the client to another site; re-encoded, as PATH_INFO came decoded.
+                path = f"{environ.get('SCRIPT_NAME', '')}{mount.prefix}/{relative}/"
+                location = quote(path.encode("latin-1"), safe="/!$&'()*+,;=:@-._~")
                 if environ.get("QUERY_STRING"):
                     location += "?" + environ["QUERY_STRING"]
                 return _plain(start_response, 301, [("Location", location)])

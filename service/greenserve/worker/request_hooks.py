@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from greenserve.hooks import Hooks
+from greenserve.worker.protocols.http_response import close_body
 
 FAILED_BODY = b"Internal Server Error\n"
 FAILED_HEADERS = [
@@ -78,9 +79,7 @@ class _Finished:
 
     def close(self) -> None:
         try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
+            close_body(self.body)
         finally:
             self.done()
 

@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 
 from greenserve import __version__
+from greenserve.worker.protocols.http_response import close_body
 
 FLUSH_MILLIS = 5000  # a stopping worker waits at most this long for its spans to go out
 _SERVER = SpanKind.SERVER
@@ -165,9 +166,7 @@ class _Traced:
 
     def close(self) -> None:
         try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
+            close_body(self.body)
         finally:
             if self.span is not None:
                 self.span.end()

@@ -69,6 +69,13 @@ class DateCache:
         return self.end_value
 
 
+def close_body(body: object) -> None:
+    """PEP 3333: an app's iterable (or a wrapped file) is closed if it has ``close``."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: lets the server send a file with ``sendfile``."""
 
@@ -84,9 +91,7 @@ class FileWrapper:
             yield block
 
     def close(self) -> None:
-        close = getattr(self.filelike, "close", None)
-        if close is not None:
-            close()
+        close_body(self.filelike)
 
 
 # Apps send the same few headers again and again: each is validated and encoded once. The

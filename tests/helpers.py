@@ -439,7 +439,7 @@ def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[byt
 
     from greenserve.config import load
     from greenserve.metrics.stats import WorkerStats
-    from greenserve.worker.protocols.http import HttpHandler
+    from greenserve.worker.protocols.http_handler import HttpHandler
 
     flags = ["--protocol", "http", "--max-body", "1m", "--header-timeout", "5"]
     settings = load(flags, {}).with_changes(**changes)

@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Before anything binds: a hook that cannot import or take its arguments is a bad value.
         server_hooks = _master_hooks(settings)
         _otel_installed(settings)
+        _http2_usable(settings)
         if settings.static and settings.protocol == "tcp":
             raise ConfigError("--static serves files over HTTP: it cannot go with --protocol tcp")
     except (HookError, ConfigError) as exc:
@@ -128,6 +129,23 @@ def _otel_installed(settings: Settings) -> None:
     if not found:
         raise ConfigError(
             "--otel needs the OpenTelemetry SDK and OTLP exporter: pip install 'greenserve[otel]'"
+        )
+
+
+def _http2_usable(settings: Settings) -> None:
+    """HTTP/2 needs the [http2] extra and a WSGI app; h2c needs h2 among --http-protocols."""
+    import importlib.util
+
+    h2 = "h2" in settings.http_protocols
+    if settings.http2_cleartext != "off" and not h2:
+        raise ConfigError("--http2-cleartext needs h2 in --http-protocols, e.g. h2,h1")
+    if not h2:
+        return
+    if settings.protocol == "tcp":
+        raise ConfigError("--http-protocols h2 serves HTTP: it cannot go with --protocol tcp")
+    if importlib.util.find_spec("h2") is None:
+        raise ConfigError(
+            "--http-protocols h2 needs the h2 package: pip install 'greenserve[http2]'"
         )
 
 

@@ -285,6 +285,28 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+HTTP_PROTOCOLS = ("h1", "h2")
+H2_CLEARTEXT = ("off", "prior-knowledge", "upgrade", "both")
+H2_MAX_WINDOW = (1 << 31) - 1  # RFC 9113 6.9.1
+
+
+def _http_protocols(text: str) -> tuple[str, ...]:
+    """``h2,h1``: the HTTP versions offered, most preferred first (the ALPN order)."""
+    values = tuple(part.strip().lower() for part in str(text).split(",") if part.strip())
+    if not values or any(value not in HTTP_PROTOCOLS for value in values):
+        raise ValueError("expected h1, h2 or both, comma-separated, e.g. h2,h1")
+    if len(set(values)) != len(values):
+        raise ValueError("the same protocol twice")
+    return values
+
+
+def _window(text: str) -> int:
+    value = _size(text)
+    if not 65535 <= value <= H2_MAX_WINDOW:
+        raise ValueError("expected a size from 65535 (64k - 1) to 2147483647 bytes")
+    return value
+
+
 def _size(text: str) -> int:
     """Bytes, with an optional k/m/g suffix (powers of 1024), like nginx's sizes."""
     value = str(text).strip().lower()
@@ -463,6 +485,7 @@ GROUPS = {
     "proxy": "Behind proxies and load balancers",
     "tls": "TLS (HTTPS, or TLS-wrapped TCP)",
     "http": "HTTP (--protocol http)",
+    "http2": "HTTP/2 (pip install 'greenserve[http2]')",
     "workers": "Workers and their lifecycle",
     "hooks": "Server hooks",
     "logging": "Logging",
@@ -728,6 +751,55 @@ class Settings:
         "PREFIX=DIR[;OPTION]",
         group="http",
         repeat=True,
+    )
+    http_protocols: tuple[str, ...] = setting(
+        _http_protocols,
+        "h1",
+        "HTTP versions served, preferred first: h1, or h2,h1 for HTTP/2 by ALPN over TLS "
+        "(pip install 'greenserve[http2]'); cleartext HTTP/2 needs --http2-cleartext too",
+        "h2,h1",
+        group="http2",
+    )
+    http2_cleartext: str = setting(
+        _choice(H2_CLEARTEXT),
+        "off",
+        "HTTP/2 without TLS (h2c), from --forwarded-allow-ips peers only (others get HTTP/1.1): "
+        "prior-knowledge (the client starts in HTTP/2), upgrade (an HTTP/1.1 Upgrade: h2c), "
+        "both, or off",
+        "|".join(H2_CLEARTEXT),
+        group="http2",
+    )
+    http2_max_concurrent_streams: int = setting(
+        _positive_int,
+        "100",
+        "streams a client may have open on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_"
+        "STREAMS); each runs the app in its own greenlet; more are refused (REFUSED_STREAM)",
+        "N",
+        group="http2",
+    )
+    http2_initial_window_size: int = setting(
+        _window,
+        "256k",
+        "HTTP/2 flow-control window of each stream for a request body: what a client may send "
+        "ahead of the app's reads (the connection's window is this times the stream limit)",
+        "BYTES",
+        group="http2",
+    )
+    http2_max_header_list_size: int = setting(
+        _size,
+        "64k",
+        "largest decoded header block of an HTTP/2 request (SETTINGS_MAX_HEADER_LIST_SIZE); "
+        "a larger one ends the connection (an HPACK bomb)",
+        "BYTES",
+        group="http2",
+    )
+    http2_send_timeout: float = setting(
+        _non_negative_float,
+        "30",
+        "seconds a response may wait for a client to open its flow-control window before the "
+        "stream is reset (a zero-window stall); 0 = no limit",
+        "S",
+        group="http2",
     )
     ws_close_timeout: float = setting(
         _non_negative_float,

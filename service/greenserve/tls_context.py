@@ -58,8 +58,10 @@ def server_context(settings: Any, password: str | None = None) -> ssl.SSLContext
             raise TlsError(f"cannot load ca_certs {settings.ca_certs}: {_reason(exc)}") from None
     elif settings.verify_client != "none":
         raise TlsError("verify_client needs ca_certs: the CAs that sign client certificates")
-    if settings.protocol == "http":
-        context.set_alpn_protocols(["http/1.1"])
+    if settings.protocol != "tcp":
+        # --http-protocols in order: OpenSSL's server picks its first that the client offers
+        names = {"h2": "h2", "h1": "http/1.1"}
+        context.set_alpn_protocols([names[name] for name in settings.http_protocols])
     # Session tickets let a returning client skip the full handshake; no renegotiation.
     context.options |= ssl.OP_NO_RENEGOTIATION
     return context

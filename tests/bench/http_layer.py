@@ -25,7 +25,7 @@ import structlog
 from tests.helpers import ScriptedSocket
 try:  # the package grouped by role, else the flat layout before it
     from greenserve.worker import apps
-    from greenserve.worker.protocols.http import HttpHandler
+    from greenserve.worker.protocols.http_handler import HttpHandler
     from greenserve.metrics.stats import WorkerStats
 except ImportError:
     from greenserve import apps

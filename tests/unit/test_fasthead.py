@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from greenserve.config import load
 from greenserve.metrics.stats import WorkerStats
 from greenserve.worker.protocols import http_parser
-from greenserve.worker.protocols.http import HttpHandler
 from greenserve.worker.protocols.http_body import EMPTY_INPUT
+from greenserve.worker.protocols.http_handler import HttpHandler
 from greenserve.worker.protocols.http_parser import (
     FAST_PARSE,
     FASTHEAD_ABI,

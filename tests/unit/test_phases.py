@@ -18,7 +18,7 @@ from structlog.testing import LogCapture
 
 from greenserve.config import load
 from greenserve.metrics.stats import WorkerStats
-from greenserve.worker.protocols.http import HttpHandler
+from greenserve.worker.protocols.http_handler import HttpHandler
 from greenserve.worker.protocols.phase import (
     APP,
     BODY,

@@ -92,6 +92,7 @@ WORKER_COUNTERS = (
         "Bytes received on WebSockets (wsgi.websocket), framing included.",
     ),
     _counter("websocket_bytes_sent", "WebSocket payload bytes sent (wsgi.websocket)."),
+    _counter("http2_streams", "HTTP/2 streams (requests) clients opened and the app was given."),
 )
 WORKER_LABELLED = (
     _by("http_requests", "code", ("200",), "HTTP requests answered, by status code."),
@@ -135,6 +136,34 @@ WORKER_LABELLED = (
         "symlink out of the directory (404).",
     ),
     _by(
+        "http2_connections",
+        "negotiation",
+        ("alpn", "prior_knowledge", "upgrade"),
+        "HTTP/2 connections, by how HTTP/2 was agreed: TLS ALPN, h2c prior knowledge or an "
+        "HTTP/1.1 Upgrade: h2c.",
+    ),
+    _by(
+        "http2_connection_errors",
+        "reason",
+        (
+            "protocol",
+            "bad_preface",
+            "header_limit",
+            "rapid_reset",
+            "control_flood",
+            "untrusted_h2c",
+        ),
+        "HTTP/2 connections ended with GOAWAY for the client's fault (an invalid frame, a "
+        "flood, an HPACK bomb), and h2c attempts refused from untrusted peers, by reason.",
+    ),
+    _by(
+        "http2_streams_reset",
+        "reason",
+        ("client", "refused", "stall", "timeout"),
+        "HTTP/2 streams reset: by the client, refused over the stream limit or after GOAWAY, "
+        "stalled on a closed flow-control window (--http2-send-timeout), or --request-timeout.",
+    ),
+    _by(
         "websocket_closes",
         "code",
         ("1000", "1001", "1006", "1009"),  # normal, going away, abnormal, too big
@@ -165,6 +194,12 @@ WORKER_GAUGES = (
         "gauge",
         "HTTP requests being answered by the worker slot now.",
         stat="http_requests_in_flight",
+    ),
+    Family(
+        "http2_streams_active",
+        "gauge",
+        "HTTP/2 streams whose app is running now.",
+        stat="http2_streams_active",
     ),
     Family(
         "app_series_capped",

@@ -88,10 +88,12 @@ class WorkerStats:
     websocket_messages_sent: int
     websocket_bytes_received: int
     websocket_bytes_sent: int
+    http2_streams: int
     connections_active: int
     websocket_connections_active: int
     http_requests_in_flight: int
     app_series_capped: int
+    http2_streams_active: int
     http_requests: dict[str, int]
     tls_handshake_failures: dict[str, int]
     proxy_protocol_failures: dict[str, int]
@@ -102,6 +104,9 @@ class WorkerStats:
     static_not_modified: dict[str, int]
     static_refused: dict[str, int]
     websocket_closes: dict[str, int]
+    http2_connections: dict[str, int]
+    http2_connection_errors: dict[str, int]
+    http2_streams_reset: dict[str, int]
     histograms: dict[str, Histogram]
     requests_served: int
     seq: int

@@ -36,7 +36,8 @@ from greenserve.spec import EXIT_APP_LOAD, STACK_SIGNAL, WorkerSpec
 from greenserve.tls_context import server_context
 from greenserve.worker import apps, islands
 from greenserve.worker.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
-from greenserve.worker.protocols.http import GOING_AWAY, HttpHandler
+from greenserve.worker.protocols.http import GOING_AWAY
+from greenserve.worker.protocols.http_handler import HttpHandler
 from greenserve.worker.protocols.tcp import TcpProtocol
 from greenserve.worker.recycle import MIB, Recycle
 from greenserve.worker.request_hooks import with_request_hooks
@@ -245,6 +246,7 @@ class Worker:
             for http in self.https:
                 http.draining = True
                 http.close_websockets()
+                http.goaway_http2()
             settings = self.settings
             # A WebSocket the app speaks itself (Flask-Sock, Socket.IO) would otherwise hold
             # the drain for the whole graceful timeout; wsgi.websocket ones got Close 1001.

@@ -13,16 +13,12 @@ connection of one listener shares, and accounts for every response (metrics, acc
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from greenserve.config import Settings
 from greenserve.logs import REQUEST_ID
-from greenserve.metrics.stats import WorkerStats
 from greenserve.proxy import apply_forwarded
-from greenserve.worker.protocols.http_accounting import ResponseAccounting
 from greenserve.worker.protocols.http_body import DRAIN_LIMIT, EMPTY_INPUT, Input
 from greenserve.worker.protocols.http_parser import (
     END,
@@ -31,7 +27,12 @@ from greenserve.worker.protocols.http_parser import (
     RejectedMethod,
     RequestParser,
 )
-from greenserve.worker.protocols.http_response import REASONS, DateCache, FileWrapper, Response
+from greenserve.worker.protocols.http_response import (
+    REASONS,
+    FileWrapper,
+    Response,
+    early_hints_bytes,
+)
 from greenserve.worker.protocols.llhttp import HttpError, as_http_error
 from greenserve.worker.protocols.phase import APP, BODY, FRESH, HEAD, PARKED, UPGRADED, WEBSOCKET
 from greenserve.worker.protocols.queue_time import queue_wait
@@ -40,7 +41,9 @@ from greenserve.worker.protocols.tcp import CountingSocket
 from greenserve.worker.protocols.tcp import peer as _peer
 from greenserve.worker.protocols.turns import take_turn
 from greenserve.worker.protocols.websocket import WebSocket
-from greenserve.worker.protocols.wsgi_environ import base_environ, parsed_environ
+
+if TYPE_CHECKING:
+    from greenserve.worker.protocols.http_handler import HttpHandler
 
 RECV_SIZE = 65536
 
@@ -59,6 +62,17 @@ class _Closed(Exception):
     """The client closed the connection (or the sweeper shut it)."""
 
 
+class _Http2Preface(Exception):
+    """A connection's first bytes are HTTP/2's preface (h2c with prior knowledge)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("HTTP/2 preface")
+        self.data = data
+
+
+H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
+
+
 class HttpConnection:
     """One client connection: requests in order, one at a time, until close."""
 
@@ -67,6 +81,7 @@ class HttpConnection:
         "address",
         "clock",
         "continue_sent",
+        "early_hints",
         "events",
         "extra_environ",
         "handler",
@@ -95,6 +110,7 @@ class HttpConnection:
         self.response: Response | None = None
         self.continue_sent = False
         self.served = 0  # requests started on this connection
+        self.early_hints = self.send_early_hints  # wsgi.early_hints: bound once, not per request
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -145,7 +161,12 @@ class HttpConnection:
                 watched.enter(HEAD, time.monotonic() + timeout if timeout else 0.0)
             # _feed's body: one Python frame less per request
             sock = self.sock
-            data = sock.recv_after_wait(RECV_SIZE) if self.served else sock.recv(RECV_SIZE)
+            if self.served:
+                data = sock.recv_after_wait(RECV_SIZE)
+            else:
+                data = sock.recv(RECV_SIZE)
+                if data[:16] == H2_PREFACE_START and self.handler.http2 is not None:
+                    raise _Http2Preface(data)
             if not data:
                 return None
             parser.feed(data)
@@ -193,7 +214,14 @@ class HttpConnection:
             except HttpError as exc:
                 self.send_error(exc.status, str(exc))
                 return
+            except _Http2Preface as preface:
+                if not handler.http2.prior_knowledge_from(self, preface.data):
+                    self.send_error(400, "HTTP/2 without TLS is accepted only from trusted proxies")
+                return
             if head is None:
+                return
+            http2 = handler.http2
+            if head.upgrade and http2 is not None and http2.upgrade_from(self, head):
                 return
             if head.content_length is not None and head.content_length > handler.max_body:
                 self.send_error(413, "request body too large", head=head)
@@ -248,6 +276,14 @@ class HttpConnection:
                 del events[0]
             if events:
                 take_turn()
+
+    def send_early_hints(self, headers: list[tuple[str, str]]) -> None:
+        """``wsgi.early_hints``: a 103 Early Hints (RFC 8297) before the response, on HTTP/1.1
+        (an HTTP/1.0 client would take it for the answer)."""
+        response = self.response
+        if response is None or response.headers_sent or response.head.version != "1.1":
+            return
+        self.sock.sendall(early_hints_bytes(headers))
 
     def send_error(
         self,
@@ -311,6 +347,7 @@ class HttpConnection:
         # trailer fields of a chunked body, which llhttp reports as headers after this point
         head.headers = []
         environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
+        environ["wsgi.early_hints"] = self.early_hints
         if self.extra_environ:
             environ.update(self.extra_environ)
         if self.trusted_peer:
@@ -518,83 +555,3 @@ class HttpConnection:
             )
         else:
             self._answered_as_far_as_sent(head, environ, writer, duration)
-
-
-class HttpHandler(ResponseAccounting):
-    """The connection handler for ``--protocol http``: ``handle(sock, address)`` for a WSGI app."""
-
-    def __init__(
-        self,
-        app: Any,
-        settings: Settings,
-        *,
-        stats: WorkerStats,
-        log: Any,
-        server_address: Any,
-    ) -> None:
-        """``server_address``: the listener's (SERVER_NAME, SERVER_PORT), or a unix path."""
-        self.app = app
-        # Copied to attributes once: the hot path reads them per request.
-        self.request_timeout = settings.request_timeout
-        self.tls = tls = settings.certfile is not None
-        self.forwarded_allow = settings.forwarded_allow_ips  # proxy.Trusted
-        self.ws_max_message = settings.ws_max_message
-        self.root_path = root_path = settings.root_path
-        self.max_body = settings.max_body
-        self.header_timeout = settings.header_timeout
-        self.keepalive_timeout = settings.keepalive_timeout
-        self.access_log = settings.access_log
-        self.max_inflight = settings.max_inflight  # 0: off
-        self.max_queue_time = settings.max_queue_time  # 0: off
-        self.queue_times = stats.histograms["http_queue_seconds"]
-        self.websockets: set[WebSocket] = set()  # open wsgi.websocket objects (1001 on stop)
-        # Request ids: unique per worker process, cheap (no uuid per request), never reused.
-        self.id_prefix = os.urandom(6).hex()
-        self.id_counter = 0
-        self.stats = stats
-        self.log = log
-        self.draining = False
-        self.date = DateCache()
-        self.durations = stats.histograms["http_request_duration_seconds"]
-        self.base_environ = base_environ(server_address, root_path, tls)
-
-    def handle(self, sock: CountingSocket, address: Any) -> None:
-        """One connection (a bound method for the same reason as TcpProtocol.handle)."""
-        connection = HttpConnection(self, sock, address)
-        trusted = self.forwarded_allow
-        if trusted is not None and address and address[0] in trusted:
-            connection.trusted_peer = True
-        if self.tls:
-            connection.extra_environ = sock.client_environ()
-        connection.serve()
-
-    def ping_websockets(self) -> None:
-        for websocket in list(self.websockets):
-            websocket.ping()
-
-    def close_websockets(self) -> None:
-        """A graceful stop: every open WebSocket gets a Close 1001 (going away); its app sees
-        the peer's reply and ends within --graceful-timeout."""
-        for websocket in list(self.websockets):
-            websocket.close(1001, "going away")
-
-    def new_request_id(self) -> str:
-        self.id_counter += 1
-        return f"{self.id_prefix}-{self.id_counter:x}"
-
-    def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
-        environ = head.environ
-        if environ is None:
-            environ = parsed_environ(self.base_environ, head)
-        else:  # built by FAST_PARSE from base_environ: the request's part
-            head.environ = None  # the Head outlives the request (Response.head): not the environ
-        root = self.root_path
-        if root:
-            path_info = environ["PATH_INFO"]
-            if path_info == root or path_info.startswith(root + "/"):
-                # the proxy kept the prefix: SCRIPT_NAME has it, PATH_INFO the rest
-                environ["PATH_INFO"] = path_info[len(root) :]
-        environ["REMOTE_ADDR"] = str(address[0]) if address else ""
-        environ["REMOTE_PORT"] = str(address[1]) if address else ""
-        environ["wsgi.input"] = body
-        return environ

@@ -54,6 +54,23 @@ class ResponseAccounting:
                 writer.request_id,
             )
 
+    def account_stream(self, address: Any, environ: dict[str, Any] | None, writer: Any) -> None:
+        """An HTTP/2 stream's response (h2_stream.StreamResponse), finished or cut short."""
+        if writer.error or environ is None or not writer.finished:
+            extra = {"error": writer.error} if writer.error else {}
+            self.answered(
+                address,
+                writer.head,
+                environ,
+                writer.status_code,
+                writer.body_sent,
+                writer.duration,
+                writer.request_id,
+                **extra,
+            )
+        else:
+            self.responded(address, environ, writer, writer.duration)
+
     def answered(
         self,
         address: Any,
@@ -98,6 +115,7 @@ class ResponseAccounting:
             agent = referer = None
         self.log.info(
             "request",
+            protocol="HTTP/" + head.version if head is not None else None,
             method=head.method.decode("latin-1") if head is not None and head.method else None,
             path=path,
             query=query,

@@ -54,19 +54,25 @@ class DateCache:
     """The end of every header block from the Date header on (Date, Server, the blank line),
     formatted and joined once per second rather than once per response."""
 
-    __slots__ = ("end_value", "second")
+    __slots__ = ("date_value", "end_value", "second")
 
     def __init__(self) -> None:
         self.second = 0
         self.end_value = b""
+        self.date_value = b""
 
     def end(self) -> bytes:
         now = int(time.time())
         if now != self.second:
             self.second = now
-            date = formatdate(now, usegmt=True).encode()
+            date = self.date_value = formatdate(now, usegmt=True).encode()
             self.end_value = b"\r\nDate: " + date + b"\r\nServer: " + SERVER + b"\r\n\r\n"
         return self.end_value
+
+    def date(self) -> bytes:
+        """The Date header's value alone (HTTP/2 sends fields, not lines)."""
+        self.end()
+        return self.date_value
 
 
 def close_body(body: object) -> None:
@@ -101,11 +107,16 @@ _VALID_HEADERS: dict[tuple[str, str], bytes | int] = {}
 _VALID_HEADERS_MAX = 1024
 
 
+def check_field(name: str, value: str) -> None:
+    """ValueError for a response header that cannot go on the wire (HTTP/1.1 and HTTP/2)."""
+    if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
+
+
 def _valid_header(name: str, value: str, *, cache: bool = True) -> bytes:
     """The header's line; remembered for the next response unless ``cache`` is false (an
     X-Request-ID: the caller must see it every time)."""
-    if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-        raise ValueError(f"invalid response header {name!r}: {value!r}")
+    check_field(name, value)
     line = f"{name}: {value}".encode("latin-1")
     if cache and len(_VALID_HEADERS) < _VALID_HEADERS_MAX:
         _VALID_HEADERS[(name, value)] = line
@@ -128,6 +139,21 @@ def _valid_status(status: str) -> tuple[bytes, int]:
     if len(_STATUSES) < _STATUSES_MAX:
         _STATUSES[status] = known
     return known
+
+
+def early_hints_bytes(headers: list[tuple[str, str]]) -> bytes:
+    """An HTTP/1.1 103 Early Hints with these fields (RFC 8297)."""
+    lines = [b"HTTP/1.1 103 Early Hints"]
+    for name, value in headers:
+        check_field(name, value)
+        lines.append(f"{name}: {value}".encode("latin-1"))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def status_code(status: str) -> int:
+    """A WSGI status's code, validated as for HTTP/1.1 (HTTP/2 sends the code alone)."""
+    known = _STATUSES.get(status)
+    return (known if known is not None else _valid_status(status))[1]
 
 
 class ResponseOwner(Protocol):

@@ -181,6 +181,10 @@ class TlsSocket:
     def getpeercert(self) -> dict[str, Any] | None:
         return self.obj.getpeercert()
 
+    def alpn(self) -> str | None:
+        """The protocol ALPN agreed on ("h2", "http/1.1"), or None."""
+        return self.obj.selected_alpn_protocol()
+
     def client_environ(self) -> dict[str, str]:
         """What a verified client certificate adds to a WSGI environ (nginx's names)."""
         cert = self.obj.getpeercert()

@@ -1,0 +1,118 @@
+"""What the HTTP connections of one listener share: ``HttpHandler``, whose bound ``handle`` the
+server calls per connection. It picks the protocol (HTTP/1.1, or HTTP/2 when TLS's ALPN agreed
+on h2), holds the settings the hot path reads per request, and accounts for every response."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from greenserve.config import Settings
+from greenserve.metrics.stats import WorkerStats
+from greenserve.worker.protocols.http import HttpConnection
+from greenserve.worker.protocols.http_accounting import ResponseAccounting
+from greenserve.worker.protocols.http_body import Input
+from greenserve.worker.protocols.http_parser import Head
+from greenserve.worker.protocols.http_response import DateCache
+from greenserve.worker.protocols.tcp import CountingSocket
+from greenserve.worker.protocols.websocket import WebSocket
+from greenserve.worker.protocols.wsgi_environ import base_environ, parsed_environ
+
+
+class HttpHandler(ResponseAccounting):
+    """The connection handler for ``--protocol http``: ``handle(sock, address)`` for a WSGI app."""
+
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        *,
+        stats: WorkerStats,
+        log: Any,
+        server_address: Any,
+    ) -> None:
+        """``server_address``: the listener's (SERVER_NAME, SERVER_PORT), or a unix path."""
+        self.app = app
+        # Copied to attributes once: the hot path reads them per request.
+        self.request_timeout = settings.request_timeout
+        self.tls = tls = settings.certfile is not None
+        self.forwarded_allow = settings.forwarded_allow_ips  # proxy.Trusted
+        self.ws_max_message = settings.ws_max_message
+        self.root_path = root_path = settings.root_path
+        self.max_body = settings.max_body
+        self.header_timeout = settings.header_timeout
+        self.keepalive_timeout = settings.keepalive_timeout
+        self.access_log = settings.access_log
+        self.max_inflight = settings.max_inflight  # 0: off
+        self.max_queue_time = settings.max_queue_time  # 0: off
+        self.queue_times = stats.histograms["http_queue_seconds"]
+        self.websockets: set[WebSocket] = set()  # open wsgi.websocket objects (1001 on stop)
+        # Request ids: unique per worker process, cheap (no uuid per request), never reused.
+        self.id_prefix = os.urandom(6).hex()
+        self.id_counter = 0
+        self.stats = stats
+        self.log = log
+        self.draining = False
+        self.date = DateCache()
+        self.durations = stats.histograms["http_request_duration_seconds"]
+        self.base_environ = base_environ(server_address, root_path, tls)
+        self.http2: Any = None  # h2_connection.Http2 with h2 in --http-protocols
+        if "h2" in settings.http_protocols:
+            from greenserve.worker.protocols.h2_connection import Http2  # the [http2] extra
+
+            self.http2 = Http2(self, settings)
+
+    def handle(self, sock: CountingSocket, address: Any) -> None:
+        """One connection (a bound method for the same reason as TcpProtocol.handle)."""
+        connection = HttpConnection(self, sock, address)
+        trusted = self.forwarded_allow
+        if trusted is not None and address and address[0] in trusted:
+            connection.trusted_peer = True
+        if self.tls:
+            connection.extra_environ = sock.client_environ()
+            if self.http2 is not None and sock.alpn() == "h2":
+                self.http2.serve(
+                    sock,
+                    address,
+                    "alpn",
+                    trusted=connection.trusted_peer,
+                    extra_environ=connection.extra_environ,
+                )
+                return
+        connection.serve()
+
+    def goaway_http2(self) -> None:
+        """A stop or reload: each HTTP/2 connection gets GOAWAY; its streams in flight finish."""
+        if self.http2 is not None:
+            self.http2.goaway_all()
+
+    def ping_websockets(self) -> None:
+        for websocket in list(self.websockets):
+            websocket.ping()
+
+    def close_websockets(self) -> None:
+        """A graceful stop: every open WebSocket gets a Close 1001 (going away); its app sees
+        the peer's reply and ends within --graceful-timeout."""
+        for websocket in list(self.websockets):
+            websocket.close(1001, "going away")
+
+    def new_request_id(self) -> str:
+        self.id_counter += 1
+        return f"{self.id_prefix}-{self.id_counter:x}"
+
+    def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
+        environ = head.environ
+        if environ is None:
+            environ = parsed_environ(self.base_environ, head)
+        else:  # built by FAST_PARSE from base_environ: the request's part
+            head.environ = None  # the Head outlives the request (Response.head): not the environ
+        root = self.root_path
+        if root:
+            path_info = environ["PATH_INFO"]
+            if path_info == root or path_info.startswith(root + "/"):
+                # the proxy kept the prefix: SCRIPT_NAME has it, PATH_INFO the rest
+                environ["PATH_INFO"] = path_info[len(root) :]
+        environ["REMOTE_ADDR"] = str(address[0]) if address else ""
+        environ["REMOTE_PORT"] = str(address[1]) if address else ""
+        environ["wsgi.input"] = body
+        return environ

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,12 @@ RECV_SIZE = 65536
 RATE_WINDOW = 1.0  # seconds over which resets and control frames are counted
 MAX_CONTROL_RATE = 500  # PING and SETTINGS frames per RATE_WINDOW: far above any real client
 MIN_RESET_RATE = 200  # resets per RATE_WINDOW allowed at least (more with a higher stream limit)
+
+
+def graceful_goaway(last_stream_id: int) -> bytes:
+    """A GOAWAY frame with NO_ERROR (RFC 9113 6.8): streams up to ``last_stream_id`` finish."""
+    payload = struct.pack(">II", last_stream_id & 0x7FFFFFFF, ErrorCodes.NO_ERROR)
+    return struct.pack(">I", len(payload))[1:] + b"\x07\x00\x00\x00\x00\x00" + payload
 
 
 class Http2:
@@ -192,6 +199,7 @@ class Http2Connection:
         self.written.set()
         self.lost = False  # the socket failed or closed: no more writes
         self.closing = False  # GOAWAY sent or received: no new streams
+        self.goaway_frame = b""  # a graceful GOAWAY, for the next flush
         self.served = 0
         self.rate_start = 0.0
         self.resets = 0
@@ -252,12 +260,13 @@ class Http2Connection:
         """Feed one read to h2 and act on its events; False once the connection must end."""
         try:
             events: list[Any] = self.h2.receive_data(data)
-        except DenialOfServiceError:
-            return self._fail("header_limit", ErrorCodes.ENHANCE_YOUR_CALM)
-        except ProtocolError as exc:
-            reason = "bad_preface" if not self.served and "preamble" in str(exc) else "protocol"
-            code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
-            return self._fail(reason, code)
+        except ProtocolError as exc:  # h2 queued its GOAWAY (the error's code) but for the preface
+            text = str(exc).lower()
+            if "preamble" in text:  # raised before h2 reads a frame: no GOAWAY queued yet
+                return self._fail("bad_preface", ErrorCodes.PROTOCOL_ERROR)
+            if isinstance(exc, DenialOfServiceError) or "continuation" in text:
+                return self._fail("header_limit", None)  # an HPACK bomb, or > 64 CONTINUATION
+            return self._fail("protocol", None)
         for event in events:
             kind = event.__class__
             if kind is DataReceived:
@@ -345,17 +354,19 @@ class Http2Connection:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
         self.count_reset("refused")
 
-    def _fail(self, reason: str, code: int) -> bool:
-        """A connection error: GOAWAY with ``code``, counted; the connection ends."""
+    def _fail(self, reason: str, code: int | None) -> bool:
+        """A connection error: GOAWAY with ``code`` (None: h2 queued one already), counted;
+        the connection ends."""
         counts = self.handler.stats.http2_connection_errors
         counts[reason] = counts.get(reason, 0) + 1
         self.closing = True
-        with contextlib.suppress(ProtocolError):
-            self.h2.close_connection(error_code=code)
+        if code is not None:
+            with contextlib.suppress(ProtocolError):
+                self.h2.close_connection(error_code=code)
         with contextlib.suppress(OSError, ConnectionError):
             self.flush()
         for stream in list(self.streams.values()):
-            stream.reset(code)
+            stream.reset(code or -1)
         return False
 
     def goaway(self) -> None:
@@ -364,16 +375,13 @@ class Http2Connection:
         if self.closing or self.lost:
             return
         self.closing = True
-        h2 = self.h2
-        with contextlib.suppress(ProtocolError):
-            h2.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=self.last_id())
+        # By hand: h2's close_connection closes its state machine, and the streams in flight
+        # could send nothing more. New streams are refused by _request from here on.
+        self.goaway_frame = graceful_goaway(self.h2.highest_inbound_stream_id)
         with contextlib.suppress(OSError, ConnectionError):
             self.flush()
         if not self.streams:
             self._end_idle()
-
-    def last_id(self) -> int:
-        return self.h2.highest_inbound_stream_id
 
     def _end_idle(self) -> None:
         """Nothing in flight after GOAWAY: end the reader's wait (a FIN after the GOAWAY)."""
@@ -481,6 +489,8 @@ class Http2Connection:
             h2 = self.h2
             while True:
                 data = h2.data_to_send()
+                if self.goaway_frame:  # between two of h2's frames
+                    data, self.goaway_frame = data + self.goaway_frame, b""
                 if not data:
                     return
                 self.sock.sendall(data)

@@ -320,7 +320,6 @@ class Stream:
         connection = self.connection
         handler = connection.handler
         handler.stats.http_request_timeouts += 1
-        connection.count_reset("timeout")
         handler.log.warning(
             "request_timeout",
             method=self.head.method.decode("latin-1"),
@@ -332,7 +331,7 @@ class Stream:
             stack=self.stack or "",
         )
         if writer.headers_sent:
-            connection.reset_stream(self, "")
+            connection.reset_stream(self, "timeout")
         elif not self.gone:
             self.answer_error(504, "the application did not answer within --request-timeout")
 

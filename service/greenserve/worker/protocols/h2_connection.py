@@ -43,7 +43,8 @@ from h2.settings import SettingCodes
 from h2.settings import Settings as H2Settings
 
 from greenserve.config import H2_MAX_WINDOW, Settings
-from greenserve.worker.protocols.h2_stream import Stream, StreamGone, request_head
+from greenserve.worker.protocols.h2_fields import request_head
+from greenserve.worker.protocols.h2_stream import Stream, StreamGone
 from greenserve.worker.protocols.http_parser import Head
 from greenserve.worker.protocols.llhttp import HttpError
 from greenserve.worker.protocols.phase import APP, FRESH, PARKED
@@ -180,6 +181,8 @@ class Http2Connection:
         config = H2Configuration(
             client_side=False,
             header_encoding=None,
+            validate_inbound_headers=False,  # h2_fields.request_head checks them, faster
+            normalize_inbound_headers=False,  # cookies are joined there too
             validate_outbound_headers=False,  # StreamResponse checked every field already
             normalize_outbound_headers=False,
         )
@@ -194,9 +197,11 @@ class Http2Connection:
             },
         )
         self.streams: dict[int, Stream] = {}  # running an app, reset or not
-        self.writing = False
-        self.written = Event()  # set while no greenlet is writing
+        self.writing = False  # the writer is in sendall
+        self.written = Event()  # set while it is not
         self.written.set()
+        self.due = False  # frames queued since the writer last looked
+        self.wake = Event()
         self.lost = False  # the socket failed or closed: no more writes
         self.closing = False  # GOAWAY sent or received: no new streams
         self.goaway_frame = b""  # a graceful GOAWAY, for the next flush
@@ -220,6 +225,7 @@ class Http2Connection:
         extra = min(server.window * server.max_streams, H2_MAX_WINDOW) - 65535
         if extra > 0:
             h2.increment_flow_control_window(extra)
+        writer = gevent.spawn(self._write_loop)
         try:
             self.flush()
             if upgraded is not None:
@@ -246,9 +252,13 @@ class Http2Connection:
         except gevent.GreenletExit:
             # the worker's drain timed out: the streams' apps end with the connection
             gevent.killall([s.greenlet for s in self.streams.values()], block=False)
+            self.lost = True
             raise
         finally:
+            if not self.lost:  # a GOAWAY, the last frames
+                self._write_now()
             self.lost = True
+            writer.kill(block=False)
             for stream in list(self.streams.values()):
                 stream.reset(-1)
         # The apps still running finish first (bounded by --request-timeout or the drain).
@@ -260,7 +270,7 @@ class Http2Connection:
         """Feed one read to h2 and act on its events; False once the connection must end."""
         try:
             events: list[Any] = self.h2.receive_data(data)
-        except ProtocolError as exc:  # h2 queued its GOAWAY (the error's code) but for the preface
+        except ProtocolError as exc:  # h2 queued a GOAWAY with its code (not for the preface)
             text = str(exc).lower()
             if "preamble" in text:  # raised before h2 reads a frame: no GOAWAY queued yet
                 return self._fail("bad_preface", ErrorCodes.PROTOCOL_ERROR)
@@ -385,6 +395,7 @@ class Http2Connection:
 
     def _end_idle(self) -> None:
         """Nothing in flight after GOAWAY: end the reader's wait (a FIN after the GOAWAY)."""
+        self._write_now()
         with contextlib.suppress(OSError):
             self.watched._sock.shutdown(socket.SHUT_RDWR)
 
@@ -462,8 +473,15 @@ class Http2Connection:
                 if last:
                     self.flush()
                     return
-                if offset % (4 * 16384) < size:  # every 64 KiB or so: let the bytes go
+                if offset % (4 * 16384) < size:
+                    # every 64 KiB or so: the writer sends, and this greenlet waits for it (a
+                    # client's large window must not become a large buffer here)
                     self.flush()
+                    gevent.sleep(0)
+                    while self.writing:
+                        self.written.wait()
+                    if self.lost:
+                        raise StreamGone("the connection is closed")
                 continue
             self.flush()
             stream.window.clear()
@@ -477,28 +495,46 @@ class Http2Connection:
             stream.window.set()
 
     def flush(self) -> None:
-        """Write what h2 has queued. One greenlet writes at a time; the others' frames are
-        queued behind it in h2 and go out in its loop."""
-        if self.writing:
-            return
+        """What h2 has queued goes out once the calling greenlet yields: the writer greenlet
+        sends every stream's frames of one turn of the loop in one write (one TLS record and
+        one syscall for ten responses, not twenty)."""
         if self.lost:
             raise ConnectionError("the HTTP/2 connection is closed")
+        if not self.due:
+            self.due = True
+            self.wake.set()
+
+    def _write_loop(self) -> None:
+        """The writer greenlet: one per connection, for as long as it lives."""
+        wake = self.wake
+        while not self.lost:
+            wake.wait()
+            wake.clear()
+            self._write_once()
+
+    def _write_now(self) -> None:
+        """Write what is queued before the caller goes on (a GOAWAY before a shutdown)."""
+        while self.writing:
+            self.written.wait()
+        self._write_once()
+
+    def _write_once(self) -> None:
+        self.due = False
+        data = self.h2.data_to_send()
+        if self.goaway_frame:  # between two of h2's frames
+            data, self.goaway_frame = data + self.goaway_frame, b""
+        if not data or self.lost:
+            return
         self.writing = True
         self.written.clear()
         try:
-            h2 = self.h2
-            while True:
-                data = h2.data_to_send()
-                if self.goaway_frame:  # between two of h2's frames
-                    data, self.goaway_frame = data + self.goaway_frame, b""
-                if not data:
-                    return
-                self.sock.sendall(data)
+            self.sock.sendall(data)
         except OSError:
             self.lost = True
             for stream in list(self.streams.values()):
                 stream.reset(-1)
-            raise ConnectionError("the HTTP/2 connection is closed") from None
+            with contextlib.suppress(OSError):  # the reader sees the end too
+                self.watched._sock.shutdown(socket.SHUT_RDWR)
         finally:
             self.writing = False
             self.written.set()

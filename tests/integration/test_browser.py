@@ -39,6 +39,20 @@ def evaluate(target: str, expression: str) -> object:
         ws.close()
 
 
+def page_target(devtools: int) -> str:
+    """The DevTools WebSocket address of the browser's page, once it has one."""
+
+    def found() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json", timeout=2) as r:
+                pages = [t for t in json.loads(r.read()) if t.get("type") == "page"]
+        except OSError:
+            return None
+        return pages[0]["webSocketDebuggerUrl"] if pages else None
+
+    return wait_until(found, 30, "Chromium's DevTools page target", step=0.2)
+
+
 def test_chromium_echoes_through_a_websocket(tmp_path):
     chromium = need("chromium")
     with serving_http("ws_apps:browser_page") as server:
@@ -59,18 +73,7 @@ def test_chromium_echoes_through_a_websocket(tmp_path):
         )
         STARTED_GROUPS.append(browser.pid)
         try:
-
-            def page_target() -> str | None:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{devtools}/json", timeout=2
-                    ) as r:
-                        pages = [t for t in json.loads(r.read()) if t.get("type") == "page"]
-                except OSError:
-                    return None
-                return pages[0]["webSocketDebuggerUrl"] if pages else None
-
-            target = wait_until(page_target, 30, "Chromium's DevTools page target", step=0.2)
+            target = page_target(devtools)
             title = wait_until(
                 lambda: (lambda t: t if t in ("done", "error") else None)(
                     evaluate(target, "document.title")

@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import time
-import urllib.request
 
 import httpx
 import pytest
@@ -520,7 +519,7 @@ class TestHostileClients:
 
 def test_chromium_loads_a_page_over_tls_with_h2(pki, tmp_path):
     chromium = need("chromium")
-    from tests.integration.test_browser import FLAGS, evaluate
+    from tests.integration.test_browser import FLAGS, evaluate, page_target
 
     with serving_http(APP, *H2, *tls(pki)) as server:
         server.started()
@@ -533,18 +532,7 @@ def test_chromium_loads_a_page_over_tls_with_h2(pki, tmp_path):
         )  # fmt: skip
         STARTED_GROUPS.append(browser.pid)
         try:
-
-            def page_target() -> str | None:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{devtools}/json", timeout=2
-                    ) as r:
-                        pages = [t for t in json.loads(r.read()) if t.get("type") == "page"]
-                except OSError:
-                    return None
-                return pages[0]["webSocketDebuggerUrl"] if pages else None
-
-            target = wait_until(page_target, 30, "Chromium's DevTools page target", step=0.2)
+            target = page_target(devtools)
             title = wait_until(
                 lambda: (lambda t: t if t and t != "loading" else None)(
                     evaluate(target, "document.title")

@@ -29,6 +29,7 @@ from greenserve.worker.protocols.http_response import (
     SERVER,
     FileWrapper,
     check_field,
+    check_restart,
     close_body,
     status_code,
 )
@@ -329,14 +330,7 @@ class StreamResponse:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], None]:
-        if exc_info is not None:
-            try:
-                if self.headers_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif self.status_code:
-            raise AssertionError("start_response called twice without exc_info")
+        check_restart(exc_info, bool(self.status_code), self.headers_sent)
         code = status_code(status)
         fields = [(b":status", b"%d" % code)]
         request_id = True

@@ -150,6 +150,16 @@ def early_hints_bytes(headers: list[tuple[str, str]]) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+def check_restart(exc_info: Any, started: bool, headers_sent: bool) -> None:
+    """PEP 3333: a second start_response only with exc_info, and only before the headers went
+    out (after, the app's exception is raised again)."""
+    if exc_info is not None:
+        if headers_sent:
+            raise exc_info[1].with_traceback(exc_info[2])
+    elif started:
+        raise AssertionError("start_response called twice without exc_info")
+
+
 def status_code(status: str) -> int:
     """A WSGI status's code, validated as for HTTP/1.1 (HTTP/2 sends the code alone)."""
     known = _STATUSES.get(status)
@@ -206,14 +216,7 @@ class Response:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], None]:
-        if exc_info is not None:
-            try:
-                if self.headers_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif self.status:
-            raise AssertionError("start_response called twice without exc_info")
+        check_restart(exc_info, bool(self.status), self.headers_sent)
         known = _STATUSES.get(status)
         self.status, code = known if known is not None else _valid_status(status)
         self.status_code, self.headers = code, headers

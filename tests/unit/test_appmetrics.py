@@ -299,6 +299,20 @@ class TestRendering:
         assert self.parsed(fast, openmetrics) == self.parsed(reference, openmetrics)
         assert self.parsed(fast, openmetrics)  # not two empty sets
 
+    @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+    def test_each_value_written_as_prometheus_client_writes_it(self, openmetrics):
+        from prometheus_client.utils import floatToGoString
+
+        from greenserve.metrics.appmerge import MergedFamily
+        from greenserve.metrics.metrics import render_app
+
+        values = [0.0, -0.0, 1.5, 999999.5, 1e6, 1.5e7, 1e-05, -3e9, 1e300, 3]
+        values += [float("nan"), float("inf"), float("-inf")]
+        samples = tuple(("app_level", (("n", str(n)),), v) for n, v in enumerate(values))
+        family = MergedFamily("app_level", "gauge", "Level.", samples)
+        lines = render_app([family], openmetrics).decode().splitlines()[2:]
+        assert [line.split(" ")[1] for line in lines] == list(map(floatToGoString, values))
+
     @pytest.mark.parametrize(
         "accept",
         ["", "text/plain;version=0.0.4", "application/openmetrics-text;version=1.0.0"],

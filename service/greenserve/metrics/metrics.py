@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import MINUS_INF, floatToGoString
 
 from greenserve import logs
 from greenserve.config import Address, Settings
@@ -120,7 +120,11 @@ def render_app(families: list[MergedFamily], openmetrics: bool) -> bytes:
             shown = labels_text.get(labels)
             if shown is None:
                 shown = labels_text[labels] = _labels(labels)
-            out.append(f"{sample}{shown} {floatToGoString(value)}\n")
+            # floatToGoString is a float's repr() below 1e6 (Go writes exponents from there);
+            # NaN and the infinities fail the test and take the long way
+            fast = type(value) is float and MINUS_INF < value < 1e6
+            text = repr(value) if fast else floatToGoString(value)
+            out.append(f"{sample}{shown} {text}\n")
     return "".join(out).encode()
 
 

@@ -1,7 +1,8 @@
-"""The optional C accelerator (greenserve._fasthead); everything else is in pyproject.toml.
+"""The optional C accelerators (greenserve._fasthead, the request head; greenserve._appvalue, an
+app metric's value); everything else is in pyproject.toml.
 
-``optional=True``: without a compiler or Python headers the build goes on without it, and
-greenserve uses the pure-Python path (the same behaviour, slower).
+``optional=True``: without a compiler or Python headers the build goes on without them, and
+greenserve uses the pure-Python paths (the same behaviour, slower).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,12 @@ setup(
             ["service/greenserve/_fasthead.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "greenserve._appvalue",
+            ["service/greenserve/_appvalue.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

@@ -26,3 +26,10 @@ def order(kind: str) -> dict:
         ORDERS.labels(kind).inc()
         BASKET.observe(3)
         return {"pid": os.getpid()}
+
+
+@app.get("/value-class")
+def value_class() -> dict:
+    """What the worker made this app's metrics with (greenserve.metrics.appvalue)."""
+    made = type(ORDERS.labels("probe")._value)
+    return {"made_with": f"{made.__module__}.{made.__qualname__}"}

@@ -5,9 +5,10 @@ a worker. Not run by CI.
 
 1. Scrape: the master's merge and exposition of W workers x 1,000 app series, in process (all
    counters, then a fifth of them per-worker gauges, which multiply the output by W).
-2. Per request: greenserve x2 serving hello, and the same app incrementing a prometheus_client
-   Counter per request (merged by the master); wrk -t1 -c64, interleaved rounds, requests per
-   server CPU-second, and their ratio.
+2. Per request: greenserve x2 serving hello, the same app incrementing a prometheus_client
+   Counter per request (merged by the master), and the same with the Counter made on
+   prometheus_client's MutexValue (what a worker used before greenserve._appvalue); wrk -t1
+   -c64, interleaved rounds, requests per server CPU-second, and the ratios to hello.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def per_request(rounds: int, seconds: float) -> dict[str, list[float]]:
         Contender(
             "hello + Counter.inc()", greenserve_command("tests.bench.servers.counted:counted")
         ),
+        Contender(
+            "the same on MutexValue",
+            greenserve_command("tests.bench.servers.counted:mutex_counted"),
+        ),
     ]
     results: dict[str, list[float]] = {c.name: [] for c in contenders}
     for round_index in range(rounds):
@@ -92,14 +97,16 @@ def main() -> None:
         return
     print("Per request: greenserve x2, wrk -t1 -c64")
     results = per_request(args.rounds, args.seconds)
-    plain, counted = results["hello"], results["hello + Counter.inc()"]
-    ratios = [c / p for p, c in zip(plain, counted, strict=True)]
-    print(
-        f"median req/CPU-s: hello {statistics.median(plain):,.0f}, with a counter "
-        f"{statistics.median(counted):,.0f}; per round counted/plain "
-        + " ".join(f"{r:.3f}" for r in ratios)
-        + f" (median {statistics.median(ratios):.3f})"
-    )
+    plain = results["hello"]
+    print(f"median req/CPU-s: hello {statistics.median(plain):,.0f}")
+    for name in ("hello + Counter.inc()", "the same on MutexValue"):
+        counted = results[name]
+        ratios = [c / p for p, c in zip(plain, counted, strict=True)]
+        print(
+            f"  {name}: {statistics.median(counted):,.0f}; per round against hello "
+            + " ".join(f"{r:.3f}" for r in ratios)
+            + f" (median {statistics.median(ratios):.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The C extension built with AddressSanitizer and UndefinedBehaviorSanitizer, and the tests
-that drive it (the differential tests against llhttp, generated heads and responses, the
-in-process HTTP corpus) run against that build: a read past a buffer, a use after free or
-undefined behaviour stops the run with the sanitizer's report.
+"""The C extensions built with AddressSanitizer and UndefinedBehaviorSanitizer, and the tests
+that drive them (the differential tests against llhttp, generated heads and responses, the
+in-process HTTP corpus; the app metric value against prometheus_client's) run against that
+build: a read past a buffer, a use after free or undefined behaviour stops the run with the
+sanitizer's report.
 
 The interpreter is not instrumented: libasan is preloaded, and PYTHONMALLOC=malloc lets it see
 every allocation the extension reads. Leak checking is off (the interpreter's own allocations
@@ -24,6 +25,7 @@ from tests.helpers import ROOT, need
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SOURCE = ROOT / "service" / "greenserve" / "_fasthead.c"
+APPVALUE = ROOT / "service" / "greenserve" / "_appvalue.c"
 FLAGS = [
     "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
@@ -33,24 +35,27 @@ FLAGS = [
 DRIVEN_BY = [
     "tests/unit/test_fasthead.py",
     "tests/unit/test_http_protocol.py",
+    "tests/unit/test_appvalue.py",
     "-k",
     "not python and not bytewise",
 ]
 
 
 def _build(tree: Path, source: Path) -> Path:
-    """A copy of the package whose extension is the sanitized build of ``source``."""
+    """A copy of the package whose extensions are sanitized builds: _fasthead from ``source``,
+    _appvalue from its own."""
     package = tree / "greenserve"
     skipped = shutil.ignore_patterns("*.so", "__pycache__")
     shutil.copytree(ROOT / "service" / "greenserve", package, ignore=skipped)
-    target = package / f"_fasthead{sysconfig.get_config_var('EXT_SUFFIX')}"
     include = sysconfig.get_paths()["include"]
-    subprocess.run(
-        [need("gcc"), *FLAGS, f"-I{include}", str(source), "-o", str(target)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    for name, built_from in (("_fasthead", source), ("_appvalue", APPVALUE)):
+        target = package / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
+        subprocess.run(
+            [need("gcc"), *FLAGS, f"-I{include}", str(built_from), "-o", str(target)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     return tree
 
 

@@ -22,6 +22,7 @@ from greenserve import logs
 from greenserve.config import Address, Settings, parse_app
 from greenserve.hooks import HookError, Hooks, ServerView, WorkerView
 from greenserve.hooks import load as load_hooks
+from greenserve.metrics import appvalue
 from greenserve.metrics.appstats import AppMetricsReader
 from greenserve.metrics.stats import (
     DRAINING,
@@ -494,6 +495,8 @@ def run(spec: WorkerSpec) -> NoReturn:
     islands.install(settings.asyncio_threads)
     _drop_privileges(settings)
     setproctitle(f"greenserve: worker {spec.slot} [{', '.join(str(b) for b in settings.bind)}]")
+    if settings.app_metrics:
+        appvalue.install()  # before the hooks and the app make their metrics
     try:
         tracing = _tracing(settings)  # before post_fork: a hook may add to it
         hooks, server, me = _hooks(spec, log, stack_file)

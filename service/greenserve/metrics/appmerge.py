@@ -20,6 +20,7 @@ counted by reason and reported once (``take_events``); it never reaches /metrics
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +34,6 @@ _SUM = {"sum", "livesum"}
 _MAX = {"max", "livemax"}
 _MIN = {"min", "livemin"}
 _RECENT = {"mostrecent", "livemostrecent"}
-# Bounds the label cache: a few times what 64 workers' capped series can show at once.
-_SLOT_LABELS_MAX = 1_000_000
-
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float]
 
@@ -50,6 +48,16 @@ class Process:
     specs: dict[str, Spec] = field(default_factory=dict)  # its families that were accepted
     refused: dict[str, str] = field(default_factory=dict)  # its families rejected, and why
     refused_series: set[Key] = field(default_factory=set)
+    # A per-worker gauge's labels with this process's slot, kept between scrapes: building and
+    # sorting them anew was two thirds of a scrape of 64 workers' 1,000 gauges each.
+    shown: dict[Key, Labels] = field(default_factory=dict)
+
+    def labelled(self, key: Key) -> Labels:
+        """``key``'s labels and the ``worker`` label of this process's slot, sorted."""
+        labels = self.shown.get(key)
+        if labels is None:
+            labels = self.shown[key] = _with_slot(key[2], self.slot)
+        return labels
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,6 @@ class AppMetrics:
         self._reported: set[tuple[str, str]] = set()
         self._events: list[dict[str, Any]] = []
         self._tick = 0
-        # A per-worker gauge's labels with its slot's, kept between scrapes: building and
-        # sorting them anew was two thirds of a scrape of 64 workers' 1,000 gauges each.
-        self._slot_labels: dict[tuple[Labels, int], Labels] = {}
 
     def apply(self, slot: int, pid: int, wire: dict[str, Any]) -> None:
         """One process's delta (``AppDelta.to_wire``), in the order it was sent."""
@@ -101,6 +106,7 @@ class AppMetrics:
         for key in wire.get("removed", ()):
             process.values.pop(key, None)
             process.changed.pop(key, None)
+            process.shown.pop(key, None)
 
     def exited(self, pid: int) -> None:
         """Fold a dead process's counter-like series into the retired totals."""
@@ -139,27 +145,30 @@ class AppMetrics:
         """Every accepted family, merged, for a scrape."""
         specs = self.specs
         counter_like = {name for name, spec in specs.items() if spec.kind in COUNTER_LIKE}
+        per_worker = {name for name, spec in specs.items() if _per_worker(spec)}
         counters: dict[Key, float] = dict(self.retired)
         for key, value in self.inherited.items():
             counters[key] = counters.get(key, 0.0) + value
+        samples: dict[str, list[Sample]] = {}
         gauges: dict[Key, list[tuple[int, int, float]]] = {}  # key -> (slot, tick, value)
-        for process in self.live.values():
-            slot, changed = process.slot, process.changed
+        processes = sorted(self.live.values(), key=lambda process: process.slot)
+        sharing = {p.slot for p, q in itertools.pairwise(processes) if p.slot == q.slot}
+        for process in processes:
+            slot, changed, labelled = process.slot, process.changed, process.labelled
+            alone = slot not in sharing  # else a hand-over: the newer value per series
             for key, value in process.values.items():
                 name = key[0]
                 if name in counter_like:
                     counters[key] = counters.get(key, 0.0) + value
+                elif alone and name in per_worker:  # most of a scrape's lines, straight out
+                    samples.setdefault(name, []).append((key[1], labelled(key), value))
                 elif name in specs:
                     gauges.setdefault(key, []).append((slot, changed.get(key, 0), value))
-        samples: dict[str, list[Sample]] = {}
         for (name, sample, labels), value in counters.items():
             samples.setdefault(name, []).append((sample, labels, value))
-        slot_labels = self._slot_labels
-        if len(slot_labels) > _SLOT_LABELS_MAX:
-            slot_labels.clear()
         for (name, sample, labels), found in gauges.items():
             mode = specs[name].mode
-            samples.setdefault(name, []).extend(_gauge(mode, sample, labels, found, slot_labels))
+            samples.setdefault(name, []).extend(_gauge(mode, sample, labels, found))
         return [
             MergedFamily(name, spec.kind, spec.help, tuple(samples.get(name, ())))
             for name, spec in sorted(self.specs.items())
@@ -168,8 +177,7 @@ class AppMetrics:
     def _conflict(self, name: str, spec: Spec) -> str | None:
         if name.startswith(RESERVED_PREFIX):
             return "reserved"
-        per_worker = spec.kind not in COUNTER_LIKE and spec.mode in ("all", "liveall")
-        if per_worker and "worker" in spec.labels:
+        if _per_worker(spec) and "worker" in spec.labels:
             return "worker_label"  # ours: the slot of each per-worker series
         known = self.specs.get(name)
         if known is None:
@@ -206,12 +214,17 @@ def _shown(spec: Spec) -> dict[str, Any]:
     return {"type": spec.kind, "labels": list(spec.labels), "buckets": list(spec.buckets)}
 
 
+def _per_worker(spec: Spec) -> bool:
+    """A gauge shown per worker slot (prometheus_client's default mode, ``all``)."""
+    return spec.kind not in COUNTER_LIKE and spec.mode in ("all", "liveall")
+
+
+def _with_slot(labels: Labels, slot: int) -> Labels:
+    return tuple(sorted((*labels, ("worker", str(slot)))))
+
+
 def _gauge(
-    mode: str,
-    sample: str,
-    labels: Labels,
-    found: list[tuple[int, int, float]],
-    slot_labels: dict[tuple[Labels, int], Labels],
+    mode: str, sample: str, labels: Labels, found: list[tuple[int, int, float]]
 ) -> list[Sample]:
     """One gauge series' samples from the live processes' (slot, tick, value)."""
     if mode in _SUM:
@@ -227,10 +240,6 @@ def _gauge(
     for slot, tick, value in found:
         if slot not in by_slot or tick >= by_slot[slot][0]:
             by_slot[slot] = (tick, value)
-    shown = []
-    for slot, (_, value) in sorted(by_slot.items()):
-        with_slot = slot_labels.get((labels, slot))
-        if with_slot is None:
-            with_slot = slot_labels[labels, slot] = tuple(sorted((*labels, ("worker", str(slot)))))
-        shown.append((sample, with_slot, value))
-    return shown
+    return [
+        (sample, _with_slot(labels, slot), value) for slot, (_, value) in sorted(by_slot.items())
+    ]

@@ -107,12 +107,32 @@ def busy_ws(environ: dict, start_response):
     return []
 
 
+def line_echo_upgrade(environ: dict, start_response):
+    """``Upgrade: x-line-echo``, another protocol than WebSocket, taken over by the app on
+    gunicorn.socket after its own 101: it echoes what it receives until the client closes."""
+    if environ.get("HTTP_UPGRADE", "").lower() != "x-line-echo":
+        start_response(
+            "426 Upgrade Required", [("Upgrade", "x-line-echo"), ("Content-Length", "0")]
+        )
+        return []
+    sock = environ["gunicorn.socket"]
+    sock.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-line-echo\r\nConnection: Upgrade\r\n\r\n"
+    )
+    while data := sock.recv(4096):
+        sock.sendall(data)
+    return []
+
+
 def every_kind(environ: dict, start_response):
-    """One app for the access-log test: Flask-Sock (app-owned socket) at /echo, wsgi.websocket
-    at /gws, a slow view at /sleep (for --request-timeout), Flask for the rest."""
+    """One app for the access-log and upgrade-count tests: Flask-Sock (app-owned socket) at
+    /echo, wsgi.websocket at /gws, another protocol taken over at /raw, a slow view at /sleep
+    (for --request-timeout), Flask for the rest."""
     path = environ["PATH_INFO"]
     if path == "/gws":
         return gevent_websocket_echo(environ, start_response)
+    if path == "/raw":
+        return line_echo_upgrade(environ, start_response)
     if path == "/sleep":
         time.sleep(float(environ["QUERY_STRING"] or "1"))
         start_response("200 OK", [("Content-Type", "text/plain")])

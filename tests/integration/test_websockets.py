@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -91,7 +92,7 @@ class TestSocketIO:
     def test_websocket_transport(self):
         import socketio
 
-        with serving_http("ws_apps:socketio_app") as server:
+        with serving_http("ws_apps:socketio_app", "--stats-interval", "0.1") as server:
             server.started()
             host, port = server.address
             client = socketio.SimpleClient()
@@ -101,6 +102,16 @@ class TestSocketIO:
                 client.emit("ping_me", {"n": 1})
                 event, data = client.receive(timeout=10)
                 assert event == "pong" and data == {"got": {"n": 1}}
+                # the app owns this socket, and it is counted (as an app-answered WebSocket)
+                wait_until(
+                    lambda: (
+                        per_worker(server, "greenserve_upgraded_connections_active").get("0") == 1
+                        and per_worker(server, "greenserve_websocket_connections_active").get("0")
+                        == 0
+                    ),
+                    10,
+                    "the Socket.IO connection counted",
+                )
             finally:
                 client.disconnect()
 
@@ -409,3 +420,77 @@ class TestAppOwnedOnStopAndReload:
             assert gone[0] - started < 15  # --ws-close-timeout (3 s), not the graceful 30 s
             assert server.wait_exit(timeout=10) == 0
             client.disconnect()
+
+
+class TestEveryUpgradeCounted:
+    """Every connection taken over after an Upgrade is on /metrics, whoever speaks on it:
+    wsgi.websocket, a WebSocket the app answered itself (Flask-Sock), another protocol."""
+
+    @staticmethod
+    def raw_upgrade(address: tuple[str, int], protocol: bytes) -> tuple[socket.socket, bytes]:
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(
+            b"GET /raw HTTP/1.1\r\nHost: a\r\nUpgrade: " + protocol + b"\r\n"
+            b"Connection: Upgrade\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return sock, answer
+
+    def test_gauge_and_counters_by_kind(self):
+        import simple_websocket
+        import websocket
+
+        from tests.helpers import by_label, metrics_url, tool
+
+        def counts() -> tuple[float, dict[str, float], dict[str, float]]:
+            return (
+                sum(per_worker(server, "greenserve_upgraded_connections_active").values()),
+                by_label(server, "greenserve_upgraded_connections_opened_total", "kind"),
+                by_label(server, "greenserve_upgraded_connections_closed_total", "kind"),
+            )
+
+        with serving_http("ws_apps:every_kind", "--stats-interval", "0.1") as server:
+            server.started()
+            host, port = server.address
+            # refused, each its own way: none of them is an upgraded connection
+            with socket.create_connection(server.address, timeout=10) as sock:
+                sock.sendall(handshake(key=None).replace(b"/ws", b"/echo"))  # Flask-Sock
+                assert not sock.recv(4096).startswith(b"HTTP/1.1 101")
+            with socket.create_connection(server.address, timeout=10) as sock:
+                sock.sendall(handshake(version=b"8").replace(b"/ws", b"/gws"))  # wsgi.websocket
+                assert sock.recv(4096).startswith(b"HTTP/1.1 426")
+            refused, answer = self.raw_upgrade(server.address, b"something-else")
+            refused.close()
+            assert answer.startswith(b"HTTP/1.1 426")
+
+            flask_sock = [simple_websocket.Client.connect(f"ws://{host}:{port}/echo")]
+            flask_sock.append(simple_websocket.Client.connect(f"ws://{host}:{port}/echo"))
+            gws = websocket.create_connection(f"ws://{host}:{port}/gws", timeout=10)
+            raw, answer = self.raw_upgrade(server.address, b"x-line-echo")
+            try:
+                assert answer.startswith(b"HTTP/1.1 101")
+                raw.sendall(b"line\n")
+                assert raw.recv(100) == b"line\n"
+                for client in flask_sock:
+                    client.send("hi")
+                    assert client.receive(timeout=5) == "hi"
+                gws.send("hi")
+                assert gws.recv() == "hi"
+                opened = {"wsgi.websocket": 1, "app": 2, "other": 1}
+                none = dict.fromkeys(opened, 0)
+                wait_until(lambda: counts() == (4, opened, none), 10, "4 open, by kind")
+                status = tool("status", "--json", "--metrics", metrics_url(server))
+                report = json.loads(status.stdout)
+                assert report["totals"]["upgraded"] == 4
+                assert [row["upgraded"] for row in report["workers"]] == [4]
+            finally:
+                for client in flask_sock:
+                    client.close()
+                gws.close()
+                raw.close()
+            wait_until(lambda: counts() == (0, opened, opened), 10, "all closed, by kind")

@@ -164,6 +164,19 @@ WORKER_LABELLED = (
         "stalled on a closed flow-control window (--http2-send-timeout), or --request-timeout.",
     ),
     _by(
+        "upgraded_connections_opened",
+        "kind",
+        ("wsgi.websocket", "app", "other"),
+        "Connections taken over after an HTTP Upgrade, by kind: wsgi.websocket, app (a "
+        "WebSocket the app answered itself: Flask-Sock, Socket.IO), other (another protocol).",
+    ),
+    _by(
+        "upgraded_connections_closed",
+        "kind",
+        ("wsgi.websocket", "app", "other"),
+        "Connections taken over after an HTTP Upgrade that have ended, by kind.",
+    ),
+    _by(
         "websocket_closes",
         "code",
         ("1000", "1001", "1006", "1009"),  # normal, going away, abnormal, too big
@@ -188,6 +201,13 @@ WORKER_GAUGES = (
         "gauge",
         "WebSockets open now (wsgi.websocket).",
         stat="websocket_connections_active",
+    ),
+    Family(
+        "upgraded_connections_active",
+        "gauge",
+        "Connections taken over after an HTTP Upgrade open now, every kind: wsgi.websocket, "
+        "WebSockets the app answered itself (Flask-Sock, Socket.IO), other protocols.",
+        stat="upgraded_connections_active",
     ),
     Family(
         "http_requests_in_flight",

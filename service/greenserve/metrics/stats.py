@@ -91,6 +91,7 @@ class WorkerStats:
     http2_streams: int
     connections_active: int
     websocket_connections_active: int
+    upgraded_connections_active: int
     http_requests_in_flight: int
     app_series_capped: int
     http2_streams_active: int
@@ -104,6 +105,8 @@ class WorkerStats:
     static_not_modified: dict[str, int]
     static_refused: dict[str, int]
     websocket_closes: dict[str, int]
+    upgraded_connections_opened: dict[str, int]
+    upgraded_connections_closed: dict[str, int]
     http2_connections: dict[str, int]
     http2_connection_errors: dict[str, int]
     http2_streams_reset: dict[str, int]

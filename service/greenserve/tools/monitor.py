@@ -117,6 +117,7 @@ class WorkerRow:
     state: str
     active: float
     in_flight: float
+    upgraded: float  # connections taken over after an Upgrade (WebSockets), every kind
     accepted: float
     requests: float | None
     bytes_in: float
@@ -217,6 +218,7 @@ def _row(
     names = {
         "active": catalog.sample("connections_active"),
         "in_flight": catalog.sample("http_requests_in_flight"),
+        "upgraded": catalog.sample("upgraded_connections_active"),
         "accepted": catalog.sample("connections_accepted"),
         "bytes_in": catalog.sample("bytes_received"),
         "bytes_out": catalog.sample("bytes_sent"),

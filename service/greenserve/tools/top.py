@@ -36,6 +36,7 @@ COLUMNS = (  # (heading, value of a row); the first COMPACT fit 80 columns
     ("RSS MB", lambda row: _fmt(row.rss, ".0f", 1e6)),
     ("rst", lambda row: _fmt(row.restarts)),
     ("in flight", lambda row: _fmt(row.in_flight)),
+    ("upgraded", lambda row: _fmt(row.upgraded)),
     ("in KB/s", lambda row: _fmt(row.bytes_in_per_s, ".1f", 1000)),
     ("out KB/s", lambda row: _fmt(row.bytes_out_per_s, ".1f", 1000)),
     ("p50 ms", lambda row: _fmt(row.p50_ms, ".2f")),
@@ -43,7 +44,7 @@ COLUMNS = (  # (heading, value of a row); the first COMPACT fit 80 columns
     ("blocked", lambda row: _fmt(row.blocked)),
 )
 COMPACT = 9
-WIDE = 140  # the whole table needs about this many columns
+WIDE = 150  # the whole table needs about this many columns
 
 
 def render(summary: Summary, width: int = WIDE) -> Table:

@@ -40,6 +40,7 @@ from greenserve.worker.protocols.request_timeout import RequestClock, RequestTim
 from greenserve.worker.protocols.tcp import CountingSocket
 from greenserve.worker.protocols.tcp import peer as _peer
 from greenserve.worker.protocols.turns import take_turn
+from greenserve.worker.protocols.upgrades import Taken, app_kind
 from greenserve.worker.protocols.websocket import WebSocket
 
 if TYPE_CHECKING:
@@ -359,6 +360,7 @@ class HttpConnection:
         if head.upgrade:  # a connection taken over is no request any more: no request clock
             upgraded_at = (self.watched.rx, self.watched.tx)
             self._upgrade(environ)
+            handler.upgrades.begin(Taken(self.watched, writer, environ))
         elif handler.request_timeout:
             clock = self.clock = self.clock or RequestClock(self.sock, handler.request_timeout)
             clock.start()
@@ -370,6 +372,8 @@ class HttpConnection:
             websocket = environ.get("wsgi.websocket")
             if websocket is not None:
                 websocket.finish()
+            if head.upgrade:
+                handler.upgrades.end(self.watched)
             if clock is not None:
                 clock.stop()
             REQUEST_ID.reset(context)
@@ -452,7 +456,7 @@ class HttpConnection:
                 handler.log.info(
                     "websocket",
                     path=environ["PATH_INFO"],
-                    kind="wsgi.websocket" if websocket is not None else "app",
+                    kind="wsgi.websocket" if websocket is not None else app_kind(environ),
                     duration_ms=round(duration * 1000, 3),
                     bytes_received=watched.rx - upgraded_at[0],
                     bytes_sent=watched.tx - upgraded_at[1],

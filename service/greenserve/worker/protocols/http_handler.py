@@ -15,6 +15,7 @@ from greenserve.worker.protocols.http_body import Input
 from greenserve.worker.protocols.http_parser import Head
 from greenserve.worker.protocols.http_response import DateCache
 from greenserve.worker.protocols.tcp import CountingSocket
+from greenserve.worker.protocols.upgrades import Upgrades
 from greenserve.worker.protocols.websocket import WebSocket
 from greenserve.worker.protocols.wsgi_environ import base_environ, parsed_environ
 
@@ -47,6 +48,7 @@ class HttpHandler(ResponseAccounting):
         self.max_queue_time = settings.max_queue_time  # 0: off
         self.queue_times = stats.histograms["http_queue_seconds"]
         self.websockets: set[WebSocket] = set()  # open wsgi.websocket objects (1001 on stop)
+        self.upgrades = Upgrades(stats)
         # Request ids: unique per worker process, cheap (no uuid per request), never reused.
         self.id_prefix = os.urandom(6).hex()
         self.id_counter = 0

@@ -683,6 +683,36 @@ class Load(ClientLoad):
         super().__init__(lambda: echo_once(address), threads)
 
 
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_redis(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server on 127.0.0.1 (a free port, nothing saved to disk), in its own
+    process group, ended with it; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [need("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _redis_answers(port), 10, "redis-server answering PING")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
 @contextlib.contextmanager
 def running_prometheus(
     tmp_path: Path, target: tuple[str, int], rules: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 from flask import Flask
@@ -41,6 +42,27 @@ def make_socketio() -> Flask:
 
 
 socketio_app = make_socketio()
+
+
+def socketio_queue_app(redis_url: str) -> Flask:
+    """Flask-SocketIO with a Redis message queue, as its docs set it up for several workers:
+    an emit from any worker reaches the clients of every worker. Loaded as
+    ``ws_apps:socketio_queue_app("redis://...")``."""
+    from flask_socketio import SocketIO, emit
+
+    queue_app = Flask(__name__)
+    socketio = SocketIO(queue_app, async_mode="gevent", message_queue=redis_url)
+
+    @socketio.on("connect")
+    def connected() -> None:
+        emit("hello", {"pid": os.getpid()})
+
+    @queue_app.get("/broadcast")
+    def broadcast() -> dict:
+        socketio.emit("news", {"from": os.getpid()})
+        return {"pid": os.getpid()}
+
+    return queue_app
 
 
 def gevent_websocket_echo(environ: dict, start_response):

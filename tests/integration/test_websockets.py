@@ -494,3 +494,59 @@ class TestEveryUpgradeCounted:
                 gws.close()
                 raw.close()
             wait_until(lambda: counts() == (0, opened, opened), 10, "all closed, by kind")
+
+
+class TestSocketIOAcrossWorkers:
+    """Flask-SocketIO with a Redis message queue under 2 workers: an emit from whichever worker
+    serves the request reaches the clients of both (a real redis-server)."""
+
+    def test_an_emit_reaches_the_clients_of_every_worker(self, tmp_path):
+        import time
+
+        import requests
+        import socketio
+
+        from tests.helpers import running_redis
+
+        with (
+            running_redis(tmp_path) as url,
+            serving_http(f'ws_apps:socketio_queue_app("{url}")', workers=2) as server,
+        ):
+            server.started()
+            host, port = server.address
+            clients: list = []
+            worker_of: list[int] = []
+            try:
+                for _ in range(20):  # until both workers hold a client (they balance accepts)
+                    client = socketio.SimpleClient()
+                    clients.append(client)
+                    client.connect(
+                        f"http://{host}:{port}", transports=["websocket"], wait_timeout=10
+                    )
+                    event, data = client.receive(timeout=10)
+                    assert event == "hello"
+                    worker_of.append(data["pid"])
+                    if len(set(worker_of)) == 2:
+                        break
+                assert len(set(worker_of)) == 2, "every client landed on one worker"
+                # A worker subscribes to the queue when its first client connects, in the
+                # background: a broadcast is repeated until every client has one (bounded).
+                heard_from: dict[int, int] = {}
+                deadline = time.monotonic() + 20
+                while len(heard_from) < len(clients) and time.monotonic() < deadline:
+                    requests.get(f"http://{host}:{port}/broadcast", timeout=10).raise_for_status()
+                    for index, client in enumerate(clients):
+                        if index in heard_from:
+                            continue
+                        try:
+                            event, data = client.receive(timeout=1)
+                        except socketio.exceptions.TimeoutError:
+                            continue
+                        if event == "news":
+                            heard_from[index] = data["from"]
+                assert len(heard_from) == len(clients), heard_from
+                # through Redis: some client heard a worker it is not connected to
+                assert any(heard_from[i] != worker_of[i] for i in heard_from)
+            finally:
+                for client in clients:
+                    client.disconnect()

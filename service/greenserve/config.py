@@ -1112,7 +1112,7 @@ _ENV_NAMES = (
     "inherit_metrics",
     "upgrade_from",
     "keyfile_password",  # read by greenserve.tls_context: never on the command line
-    "no_extensions",  # read by protocols.http_parser at import: C fast path off
+    "no_extensions",  # read by greenserve.extensions: every C extension off
 )
 
 # Kubernetes links every Service of a namespace into each of its pods (enableServiceLinks) as

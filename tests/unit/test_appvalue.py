@@ -139,3 +139,22 @@ def test_install_takes_over_mutexvalue_only():
 
     with value_class(Mmaped):
         assert not appvalue.install() and values.ValueClass is Mmaped
+
+
+def test_greenserve_no_extensions_keeps_prometheus_clients_value():
+    """The switch that runs the pure-Python paths turns this extension off too."""
+    import subprocess
+
+    probe = "from greenserve.metrics import appvalue; print(appvalue.install())"
+    for env, expected in (
+        ({}, str(VALUE is not None)),
+        ({"GREENSERVE_NO_EXTENSIONS": "1"}, "False"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.stdout.strip() == expected, result.stderr

@@ -8,27 +8,25 @@ with the app's code unchanged. The values read the same to every collector, so t
 the master (appstats.py, appmerge.py) does not know which one made them.
 
 Left alone: a value class other than ``MutexValue`` (``PROMETHEUS_MULTIPROC_DIR`` chooses
-prometheus_client's own mmap files), and a build of the extension older than its source or
-none at all (no compiler at install), where ``MutexValue`` stays: the same numbers, slower.
+prometheus_client's own mmap files), and no usable extension (not built, stale, or
+``GREENSERVE_NO_EXTENSIONS=1``, see extensions.py), where ``MutexValue`` stays: the same
+numbers, slower.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from greenserve import extensions
+
 # The extension's interface version this module expects (APPVALUE_ABI in _appvalue.c).
 APPVALUE_ABI = 1
 
 
 def lock_free_value() -> Any:
-    """greenserve._appvalue.Value, or None when it is not built or is stale."""
-    try:
-        from greenserve import _appvalue  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    if getattr(_appvalue, "ABI", None) != APPVALUE_ABI:
-        return None
-    return _appvalue.Value
+    """greenserve._appvalue.Value, or None: not built, stale, or turned off."""
+    module = extensions.load("_appvalue", APPVALUE_ABI)
+    return module.Value if module is not None else None
 
 
 def install() -> bool:

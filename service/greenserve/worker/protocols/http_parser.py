@@ -14,12 +14,12 @@ the clock and the connection's phase.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 import httptools
 
+from greenserve import extensions
 from greenserve.worker.protocols.chunk_ext import ChunkLines, body_starts
 from greenserve.worker.protocols.llhttp import (
     HttpError,
@@ -73,24 +73,9 @@ _ENVIRON_KEYS_MAX = 1024
 _UNKNOWN = "\0 not cached"  # a str no environ key can be, compared by identity
 
 
-# The C accelerator's interface version this module expects (see _fasthead.c). A build older
-# than its source (an editable install not rebuilt) is ignored rather than trusted.
+# The C accelerator's interface version this module expects (see _fasthead.c).
 FASTHEAD_ABI = 2
-
-
-def _load_fasthead() -> Any:
-    """The greenserve._fasthead module, or None: not built (no compiler at install), stale, or
-    turned off with GREENSERVE_NO_EXTENSIONS=1 (the same switch idea as aiohttp's)."""
-    if os.environ.get("GREENSERVE_NO_EXTENSIONS"):
-        return None
-    try:
-        from greenserve import _fasthead  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _fasthead if getattr(_fasthead, "ABI", None) == FASTHEAD_ABI else None
-
-
-FASTHEAD = _load_fasthead()
+FASTHEAD: Any = extensions.load("_fasthead", FASTHEAD_ABI)
 FAST_PARSE = FASTHEAD.parse if FASTHEAD is not None else None
 
 

@@ -30,9 +30,11 @@ def upgrade(upgrades: Upgrades, protocol: str = "websocket", **websocket: Any) -
     return watched, writer, environ
 
 
-def state(stats: WorkerStats) -> tuple[int, dict[str, int], dict[str, int]]:
+def state(upgrades: Upgrades) -> tuple[int, dict[str, int], dict[str, int]]:
+    """The gauge (what a snapshot shows) and the counters by kind."""
+    stats = upgrades.stats
     return (
-        stats.upgraded_connections_active,
+        len(upgrades.open),
         stats.upgraded_connections_opened,
         stats.upgraded_connections_closed,
     )
@@ -43,13 +45,13 @@ def test_an_app_owned_websocket_is_open_once_the_app_sent_its_101():
     upgrades = Upgrades(stats)
     watched, _, _ = upgrade(upgrades)
     upgrades.settle()
-    assert state(stats) == (0, {}, {})  # the app has not answered yet
+    assert state(upgrades) == (0, {}, {})  # the app has not answered yet
     watched.tx += 129  # its 101
     upgrades.settle()
     upgrades.settle()  # looked at once: counted once
-    assert state(stats) == (1, {"app": 1}, {})
+    assert state(upgrades) == (1, {"app": 1}, {})
     upgrades.end(watched)  # type: ignore[arg-type]
-    assert state(stats) == (0, {"app": 1}, {"app": 1})
+    assert state(upgrades) == (0, {"app": 1}, {"app": 1})
     assert not upgrades.pending and not upgrades.open
 
 
@@ -67,7 +69,7 @@ def test_each_kind_opened_and_closed_between_two_snapshots(protocol, websocket, 
     watched, _, _ = upgrade(upgrades, protocol, **websocket)
     watched.tx += 200
     upgrades.end(watched)  # type: ignore[arg-type]
-    assert state(stats) == (0, {kind: 1}, {kind: 1})
+    assert state(upgrades) == (0, {kind: 1}, {kind: 1})
 
 
 @pytest.mark.parametrize(
@@ -87,5 +89,5 @@ def test_what_was_not_taken_over_is_not_counted(websocket, answered):
         watched.tx += 150  # the refusal went out
     upgrades.settle()
     upgrades.end(watched)  # type: ignore[arg-type]
-    assert state(stats) == (0, {}, {})
+    assert state(upgrades) == (0, {}, {})
     assert not upgrades.pending and not upgrades.open

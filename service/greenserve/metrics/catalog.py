@@ -66,6 +66,9 @@ def _by(stat: str, label: str, seeded: tuple[str, ...], text: str) -> Family:
     return Family(stat, "counter", text, stat=stat, label=label, seeded=seeded)
 
 
+# Who speaks on a connection taken over after an Upgrade (worker/protocols/upgrades.py).
+UPGRADE_KINDS = ("wsgi.websocket", "app", "other")
+
 # Per worker slot (label ``worker``), summed over the slot's processes, dead ones included.
 WORKER_COUNTERS = (
     _counter("connections_accepted", "Connections accepted by the worker slot."),
@@ -166,14 +169,14 @@ WORKER_LABELLED = (
     _by(
         "upgraded_connections_opened",
         "kind",
-        ("wsgi.websocket", "app", "other"),
+        UPGRADE_KINDS,
         "Connections taken over after an HTTP Upgrade, by kind: wsgi.websocket, app (a "
         "WebSocket the app answered itself: Flask-Sock, Socket.IO), other (another protocol).",
     ),
     _by(
         "upgraded_connections_closed",
         "kind",
-        ("wsgi.websocket", "app", "other"),
+        UPGRADE_KINDS,
         "Connections taken over after an HTTP Upgrade that have ended, by kind.",
     ),
     _by(

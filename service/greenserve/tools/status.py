@@ -37,14 +37,14 @@ def render_text(summary: Summary) -> str:
         f"greenserve at {summary.url}: {state}, up {uptime}, generation "
         f"{_num(summary.generation)}, workers {_num(summary.workers_alive)}/"
         f"{_num(summary.workers_desired)}",
-        f"{'worker':>6} {'pid':>8} {'state':>10} {'active':>7} {'accepted':>10} "
-        f"{'bytes in':>12} {'bytes out':>12} {'rss MB':>7} {'restarts':>8}",
+        f"{'worker':>6} {'pid':>8} {'state':>10} {'active':>7} {'upgraded':>8} "
+        f"{'accepted':>10} {'bytes in':>12} {'bytes out':>12} {'rss MB':>7} {'restarts':>8}",
     ]
     for row in [*summary.workers, *([summary.totals] if summary.totals else [])]:
         lines.append(
             f"{row.worker:>6} {row.pid or '-':>8} {row.state:>10} {row.active:>7.0f} "
-            f"{row.accepted:>10.0f} {row.bytes_in:>12.0f} {row.bytes_out:>12.0f} "
-            f"{row.rss / 1e6:>7.1f} {row.restarts:>8.0f}"
+            f"{row.upgraded:>8.0f} {row.accepted:>10.0f} {row.bytes_in:>12.0f} "
+            f"{row.bytes_out:>12.0f} {row.rss / 1e6:>7.1f} {row.restarts:>8.0f}"
         )
     return "\n".join(lines) + "\n"
 

@@ -269,8 +269,8 @@ class Worker:
 
     def flush(self) -> None:
         self.protocol.connections.fold()
-        for http in self.https:
-            http.upgrades.settle()  # the snapshot's gauge counts what apps took over by now
+        # what apps took over by now, counted in this very snapshot
+        self.stats.upgraded_connections_active = sum(http.upgrades.settle() for http in self.https)
         self.stats.log_lines_dropped = logs.dropped()
         reader = self.app_metrics
         delta = reader.delta() if reader is not None else None

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from greenserve.worker.protocols.http_response import Response
     from greenserve.worker.protocols.tcp import CountingSocket
 
-KINDS = ("wsgi.websocket", "app", "other")
-
 
 def app_kind(environ: dict[str, Any]) -> str:
     """The kind of a connection the app took over itself."""
@@ -53,8 +51,8 @@ class Taken:
 
 
 class Upgrades:
-    """One worker's upgraded connections: pending and open (the gauge), opened and closed by
-    kind (the counters)."""
+    """One listener's upgraded connections, pending and open, and the counters of those opened
+    and closed by kind. The gauge is the number open, read at each snapshot (``settle``)."""
 
     __slots__ = ("open", "pending", "stats")
 
@@ -67,14 +65,15 @@ class Upgrades:
         """The app is given an Upgrade request."""
         self.pending[taken.watched] = taken
 
-    def settle(self) -> None:
+    def settle(self) -> int:
         """Before a snapshot: pending connections that were taken over since the last one are
-        counted open."""
+        counted open; how many are open now."""
         for watched, taken in list(self.pending.items()):
             kind = taken.kind()
             if kind is not None:
                 del self.pending[watched]
                 self._opened(watched, kind)
+        return len(self.open)
 
     def end(self, watched: CountingSocket) -> None:
         """The app returned (or raised): the connection is no longer the app's."""
@@ -86,14 +85,10 @@ class Upgrades:
             self._opened(watched, kind)  # opened and closed between two snapshots
         kind = self.open.pop(watched, None)
         if kind is not None:
-            stats = self.stats
-            stats.upgraded_connections_active -= 1
-            stats.upgraded_connections_closed[kind] = (
-                stats.upgraded_connections_closed.get(kind, 0) + 1
-            )
+            closed = self.stats.upgraded_connections_closed
+            closed[kind] = closed.get(kind, 0) + 1
 
     def _opened(self, watched: CountingSocket, kind: str) -> None:
         self.open[watched] = kind
-        stats = self.stats
-        stats.upgraded_connections_active += 1
-        stats.upgraded_connections_opened[kind] = stats.upgraded_connections_opened.get(kind, 0) + 1
+        opened = self.stats.upgraded_connections_opened
+        opened[kind] = opened.get(kind, 0) + 1

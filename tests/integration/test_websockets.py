@@ -530,23 +530,25 @@ class TestSocketIOAcrossWorkers:
                         break
                 assert len(set(worker_of)) == 2, "every client landed on one worker"
                 # A worker subscribes to the queue when its first client connects, in the
-                # background: a broadcast is repeated until every client has one (bounded).
-                heard_from: dict[int, int] = {}
-                deadline = time.monotonic() + 20
-                while len(heard_from) < len(clients) and time.monotonic() < deadline:
+                # background, and a request to /broadcast lands on either worker: broadcasts are
+                # repeated (bounded) until every client has heard one emitted by the worker it
+                # is not connected to, which only the queue can carry.
+                heard: list[set[int]] = [set() for _ in clients]
+
+                def crossed(index: int) -> bool:
+                    return any(pid != worker_of[index] for pid in heard[index])
+
+                deadline = time.monotonic() + 30
+                while not all(map(crossed, range(len(clients)))) and time.monotonic() < deadline:
                     requests.get(f"http://{host}:{port}/broadcast", timeout=10).raise_for_status()
                     for index, client in enumerate(clients):
-                        if index in heard_from:
-                            continue
                         try:
-                            event, data = client.receive(timeout=1)
+                            event, data = client.receive(timeout=2)
                         except socketio.exceptions.TimeoutError:
                             continue
                         if event == "news":
-                            heard_from[index] = data["from"]
-                assert len(heard_from) == len(clients), heard_from
-                # through Redis: some client heard a worker it is not connected to
-                assert any(heard_from[i] != worker_of[i] for i in heard_from)
+                            heard[index].add(data["from"])
+                assert all(map(crossed, range(len(clients)))), (worker_of, heard)
             finally:
                 for client in clients:
                     client.disconnect()

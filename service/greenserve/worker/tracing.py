@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 
 from greenserve import __version__
+from greenserve.worker import otlp
 from greenserve.worker.protocols.http_response import close_body
 
 FLUSH_MILLIS = 5000  # a stopping worker waits at most this long for its spans to go out
@@ -85,6 +86,7 @@ class Tracing:
             resource=Resource.create(attributes),
             sampler=ParentBased(TraceIdRatioBased(self.ratio)),
         )
+        otlp.install()  # the exporter's batches encoded to bytes directly (otlp.py says why)
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(self.provider)  # the app's own tracers get this provider
         self.tracer = self.provider.get_tracer("greenserve", __version__)

@@ -382,6 +382,8 @@ class ScriptedSocket(ConnectionPhase):
         self.waiting: Any = None  # a gevent Event while a held read waits
         self.accepted(time.monotonic() if now is None else now)
         self._sock = self  # what ConnectionPhase.shut_down shuts: ``shutdown`` below
+        self.out = None  # nothing held (CountingSocket: a corked batch or a slow peer's bytes)
+        self.spill = False  # takes every write whole, so never holds any
 
     def recv(self, size: int) -> bytes:
         while not self.chunks:

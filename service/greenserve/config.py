@@ -317,6 +317,13 @@ def _size(text: str) -> int:
     return int(digits) * scale
 
 
+def _positive_size(text: str) -> int:
+    value = _size(text)
+    if value == 0:
+        raise ValueError("expected a size above 0 bytes, e.g. 1m or 256k")
+    return value
+
+
 def _bool(text: str) -> bool:
     value = str(text).strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -685,6 +692,22 @@ class Settings:
         "16m",
         "largest WebSocket message wsgi.websocket accepts (closed with 1009 above it)",
         "BYTES",
+        group="http",
+    )
+    ws_send_buffer: int = setting(
+        _positive_size,
+        "1m",
+        "bytes a wsgi.websocket holds for a peer that reads slower than the app sends; a send "
+        "past it waits up to --ws-send-timeout, then the WebSocket is closed with 1013",
+        "BYTES",
+        group="http",
+    )
+    ws_send_timeout: float = setting(
+        _positive_float,
+        "10",
+        "how long a wsgi.websocket send waits for room in --ws-send-buffer, and a closing "
+        "WebSocket for what it holds to go out",
+        "S",
         group="http",
     )
     ws_ping_interval: float = setting(

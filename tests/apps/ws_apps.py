@@ -160,3 +160,38 @@ def every_kind(environ: dict, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"slept"]
     return app(environ, start_response)
+
+
+_listeners: set = set()
+
+
+def broadcast_ws(environ: dict, start_response):
+    """wsgi.websocket: every connection listens; one that sends "blast N SIZE" has N messages
+    of SIZE bytes sent to each other connection from its own greenlet, then hears
+    "done FAILED SECONDS" (FAILED: sends that raised, each such peer dropped)."""
+    ws = environ.get("wsgi.websocket")
+    if ws is None:
+        start_response("400 Bad Request", [("Content-Length", "0")])
+        return []
+    _listeners.add(ws)
+    try:
+        while (message := ws.receive()) is not None:
+            if not message.startswith("blast "):
+                continue
+            _, count, size = message.split()
+            payload = b"x" * int(size)
+            failed = 0
+            started = time.monotonic()
+            for _ in range(int(count)):
+                for other in list(_listeners):
+                    if other is ws:
+                        continue
+                    try:
+                        other.send(payload)
+                    except ConnectionError:
+                        failed += 1
+                        _listeners.discard(other)
+            ws.send(f"done {failed} {time.monotonic() - started:.3f}")
+    finally:
+        _listeners.discard(ws)
+    return []

@@ -552,3 +552,83 @@ class TestSocketIOAcrossWorkers:
             finally:
                 for client in clients:
                     client.disconnect()
+
+
+class TestSlowReader:
+    """--ws-send-buffer: a peer that stops reading costs at most the buffer, is closed with
+    1013 after --ws-send-timeout, and holds up neither the sender nor the other peers."""
+
+    COUNT, SIZE = 400, 60000  # 24 MB to each listener, far past what the kernel buffers
+
+    @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+    def test_a_stalled_peer_is_closed_with_1013_and_a_healthy_one_gets_everything(
+        self, tls, tmp_path
+    ):
+        import ssl
+        import threading
+        import time
+
+        import trustme
+        import websocket
+
+        extra, scheme, sslopt, context = [], "ws", None, None
+        if tls:  # the held bytes are ciphertext: TLS records must still leave in order
+            ca = trustme.CA()
+            ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+                tmp_path / "server.pem"
+            )
+            ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+            extra = ["--certfile", str(tmp_path / "server.pem")]
+            scheme, sslopt = "wss", {"ca_certs": str(tmp_path / "ca.pem")}
+            context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with serving_http(
+            "ws_apps:broadcast_ws",
+            "--workers", "1",
+            "--ws-send-buffer", "256k",
+            "--ws-send-timeout", "2",
+            "--stats-interval", "0.1",
+            *extra,
+        ) as server:  # fmt: skip
+            server.started()
+            host, port = server.address
+            url = f"{scheme}://{host}:{port}/ws"
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.settimeout(10)
+            raw.connect(server.address)
+            stalled = context.wrap_socket(raw, server_hostname=host) if context else raw
+            stalled.sendall(handshake())
+            assert stalled.recv(4096).startswith(b"HTTP/1.1 101 ")  # then it reads no more
+            healthy = websocket.create_connection(url, timeout=10, sslopt=sslopt)
+            received: list[int] = []
+
+            def read() -> None:
+                while len(received) < self.COUNT:
+                    received.append(len(healthy.recv()))
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            controller = websocket.create_connection(url, timeout=30, sslopt=sslopt)
+            wait_until(
+                lambda: per_worker(server, "greenserve_websocket_connections_active").get("0") == 3,
+                10,
+                "three WebSockets open",
+            )
+            started = time.monotonic()
+            controller.send(f"blast {self.COUNT} {self.SIZE}")
+            done, failed, _ = controller.recv().split()
+            elapsed = time.monotonic() - started
+            assert (done, failed) == ("done", "1")  # the stalled peer, once
+            assert elapsed < 20
+            reader.join(20)
+            assert received == [self.SIZE] * self.COUNT
+            # The stalled peer reads again: what was held for it, then the Close with 1013.
+            assert close_code(stalled) == 1013
+            wait_until(
+                lambda: per_worker(server, "greenserve_websocket_slow_closes_total").get("0") == 1,
+                10,
+                "the slow close counted",
+            )
+            healthy.close()
+            controller.close()
+            stalled.close()

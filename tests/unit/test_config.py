@@ -55,6 +55,10 @@ class TestPrecedence:
 
 BAD_VALUES = [
     (["--workers", "zero"], "workers"),
+    (["--ws-send-buffer", "0"], "ws_send_buffer"),
+    (["--ws-send-buffer", "lots"], "ws_send_buffer"),
+    (["--ws-send-timeout", "0"], "ws_send_timeout"),
+    (["--ws-send-timeout", "-1"], "ws_send_timeout"),
     (["--workers", "0"], "workers"),
     (["--bind", "8001"], "bind"),
     (["--bind", "host:99999"], "bind"),

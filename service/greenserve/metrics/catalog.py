@@ -95,6 +95,11 @@ WORKER_COUNTERS = (
         "Bytes received on WebSockets (wsgi.websocket), framing included.",
     ),
     _counter("websocket_bytes_sent", "WebSocket payload bytes sent (wsgi.websocket)."),
+    _counter(
+        "websocket_slow_closes",
+        "WebSockets closed with 1013 because the peer read slower than the app sent: "
+        "--ws-send-buffer stayed full for --ws-send-timeout (wsgi.websocket).",
+    ),
     _counter("http2_streams", "HTTP/2 streams (requests) clients opened and the app was given."),
 )
 WORKER_LABELLED = (

@@ -88,6 +88,7 @@ class WorkerStats:
     websocket_messages_sent: int
     websocket_bytes_received: int
     websocket_bytes_sent: int
+    websocket_slow_closes: int
     http2_streams: int
     connections_active: int
     websocket_connections_active: int

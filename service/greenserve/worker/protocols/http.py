@@ -372,6 +372,7 @@ class HttpConnection:
             websocket = environ.get("wsgi.websocket")
             if websocket is not None:
                 websocket.finish()
+                websocket.drain()
             if head.upgrade:
                 handler.upgrades.end(self.watched)
             if clock is not None:
@@ -415,6 +416,8 @@ class HttpConnection:
             handler.websockets,
             handler.ws_max_message,
             early=self.parser.upgrade_tail,
+            send_buffer=handler.ws_send_buffer,
+            send_timeout=handler.ws_send_timeout,
         )
 
     def _answered_as_far_as_sent(

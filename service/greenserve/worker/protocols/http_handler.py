@@ -39,6 +39,8 @@ class HttpHandler(ResponseAccounting):
         self.tls = tls = settings.certfile is not None
         self.forwarded_allow = settings.forwarded_allow_ips  # proxy.Trusted
         self.ws_max_message = settings.ws_max_message
+        self.ws_send_buffer = settings.ws_send_buffer
+        self.ws_send_timeout = settings.ws_send_timeout
         self.root_path = root_path = settings.root_path
         self.max_body = settings.max_body
         self.header_timeout = settings.header_timeout

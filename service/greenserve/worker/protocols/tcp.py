@@ -16,6 +16,7 @@ from gevent.event import Event
 from greenserve.config import Settings
 from greenserve.metrics.stats import WorkerStats
 from greenserve.proxy import V2_MAX, ProxyError, header_length, parse_header
+from greenserve.worker.protocols.outbox import Outbox
 from greenserve.worker.protocols.phase import (
     FIELDS,
     FRESH,
@@ -48,9 +49,12 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
     """
 
     # ConnectionPhase's fields (phase.py), the byte counts among them; ``out``: writes held
-    # back while a pipelined batch is answered (cork), else None
-    __slots__ = (*FIELDS, "out")
-    out: list[Any] | None
+    # back while a pipelined batch is answered (cork), or the bytes a WebSocket's slow peer
+    # has not taken yet (an Outbox, outbox.py), else None; ``spill``: a write the socket does
+    # not take whole goes to an Outbox instead of waiting (a wsgi.websocket sets it)
+    __slots__ = (*FIELDS, "out", "spill")
+    out: list[Any] | Outbox | None
+    spill: bool
 
     @property
     def watched(self) -> CountingSocket:
@@ -118,6 +122,9 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
             count = 0
         self.tx += count
         if count < len(data):
+            if self.spill:
+                self.out = Outbox(self, memoryview(data)[count:].tobytes())
+                return
             _gevent_sendall(self, memoryview(data)[count:], flags)  # counted through send
 
     def cork(self) -> None:
@@ -131,7 +138,7 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
     def uncork(self) -> None:
         """Send what is held, and write directly from now on."""
         out = self.out
-        if out is not None:
+        if type(out) is list:  # not an Outbox: that one writes out on its own
             self.out = None
             if out:
                 self.sendall(b"".join(out))
@@ -140,6 +147,8 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
         """In the hub, once the greenlet that corked yielded (or its batch ended): what is held
         goes out without waiting; a part the socket does not take stays held for ``uncork``."""
         out = self.out
+        if type(out) is not list:
+            return  # uncorked already, or an Outbox writes it
         if not out:
             self.out = None
             return
@@ -179,6 +188,7 @@ class Connections:
         """Register a connection as soon as it is accepted (before its greenlet runs)."""
         sock.accepted(time.monotonic())
         sock.out = None
+        sock.spill = False
         self.open.add(sock)
         self.drained.clear()
 

@@ -12,6 +12,7 @@ The handshake happens on first use, so an app that answers the Upgrade itself on
 reads as closed. Pings are answered by the protocol object; a message over ``max_size`` closes
 with 1009, a protocol error with its RFC 6455 code. A graceful stop closes every open one with
 1001 (going away) through ``close``; writes hold a lock so that frame never lands inside another.
+A write the peer does not take at once is held (outbox.py), up to ``--ws-send-buffer``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ except ImportError:  # websockets built without its C extension
     from websockets.utils import apply_mask
 
 from greenserve.metrics.stats import WorkerStats
+from greenserve.worker.protocols.outbox import Outbox
 from greenserve.worker.protocols.turns import take_turn
 
 RECV_SIZE = 65536
@@ -58,13 +60,18 @@ class WebSocket:
         registry: set[WebSocket],
         max_size: int | None,
         early: bytes = b"",
+        send_buffer: int = 1 << 20,
+        send_timeout: float = 10.0,
     ) -> None:
-        """``early``: bytes that came with the handshake, read before it was answered."""
+        """``early``: bytes that came with the handshake, read before it was answered;
+        ``send_buffer`` and ``send_timeout``: --ws-send-buffer and --ws-send-timeout."""
         self.sock = sock
         self.environ = environ
         self.stats = stats
         self.registry = registry
         self.max_size = max_size
+        self.send_buffer = send_buffer
+        self.send_timeout = send_timeout
         # The frame engine exists only once the handshake succeeded: an app that answers the
         # Upgrade itself on gunicorn.socket (Flask-Sock) never pays for one. Typed as always
         # there: every method that reads it runs after _start() made it, and the one reader
@@ -128,6 +135,8 @@ class WebSocket:
             )
         # Handshake done here, so the engine starts OPEN: its parser never holds the request.
         self.engine = ServerProtocol(state=State.OPEN, max_size=self.max_size)
+        # From now on a write the peer does not take at once is held (outbox.py), not waited on
+        self.sock.watched.spill = True
         self.registry.add(self)
         self.stats.websocket_connections_active += 1
         self.stats.websocket_bytes_received += len(self.buffer)
@@ -313,6 +322,16 @@ class WebSocket:
             header = bytes((first, 126)) + size.to_bytes(2, "big")
         else:
             header = bytes((first, 127)) + size.to_bytes(8, "big")
+        held = self.sock.watched.out
+        if type(held) is Outbox and held.size + size > self.send_buffer:
+            # the peer reads slower than the app sends: wait for room, as long as allowed
+            if not held.wait_room(size, self.send_buffer, self.send_timeout):
+                self._too_slow()
+                raise ConnectionError(
+                    "the peer reads too slowly: the WebSocket is closed (1013, --ws-send-buffer)"
+                )
+            if self.done or engine.state is not _OPEN:
+                raise ConnectionError("the WebSocket is closed")
         with self.lock:
             if size < 16384:
                 self.sock.sendall(header + payload)
@@ -321,6 +340,23 @@ class WebSocket:
                 self.sock.sendall(payload)
         self.stats.websocket_messages_sent += 1
         self.stats.websocket_bytes_sent += size
+
+    def _too_slow(self) -> None:
+        """Close (1013, try again later) behind what is held, and end the app's ``receive``; the
+        held bytes and the Close get ``drain``'s time to reach the peer if it reads again."""
+        self.stats.websocket_slow_closes += 1
+        self.engine.fail(1013, "the peer reads too slowly")
+        self.failed = True
+        with contextlib.suppress(OSError):
+            self._flush()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
+
+    def drain(self) -> None:
+        """The connection is ending: what is still held for the peer gets --ws-send-timeout."""
+        held = self.sock.watched.out
+        if type(held) is Outbox:
+            held.drain(self.send_timeout)
 
     def ping(self) -> None:
         """--ws-ping-interval: a peer that did not answer the last ping is gone; else ping."""

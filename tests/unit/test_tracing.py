@@ -89,3 +89,36 @@ def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing, receiver):
     tracing.provider.force_flush(5000)
     (span,) = receiver.server_spans()
     assert span["parent_id"] == "00f067aa0ba902b7"
+
+
+def test_an_unsampled_roots_context_is_made_only_when_asked_and_children_follow_it(tracing):
+    from opentelemetry import context, propagate
+
+    from greenserve.worker import tracing as module
+
+    made = []
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/asks":
+            root = _current()
+            child = tracing.provider.get_tracer("app").start_span("child")
+            headers: dict[str, str] = {}
+            propagate.inject(headers)
+            made.append((root, child, headers, _current()))
+            child.end()
+        else:  # nothing asked: the runtime still holds the marker, not a made context
+            made.append(context._RUNTIME_CONTEXT._current_context.get() is module._PENDING)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    wrapped = tracing.wrap(app)
+    assert isinstance(context._RUNTIME_CONTEXT, module._LazyRoots)
+    wrapped(_environ(), lambda *a: None)
+    wrapped(_environ(PATH_INFO="/asks"), lambda *a: None)
+    assert made[0] is True
+    root, child, headers, again = made[1]
+    assert again == root  # made once per request, then the same
+    assert not child.is_recording()
+    assert child.get_span_context().trace_id == root.trace_id
+    assert headers["traceparent"] == f"00-{root.trace_id:032x}-{root.span_id:016x}-00"
+    assert not _current().is_valid

@@ -177,7 +177,7 @@ def _runtime() -> tuple[Callable[[Any], Any], Callable[[Any], None], bool]:
     runtime = getattr(context, "_RUNTIME_CONTEXT", None)
     var = getattr(runtime, "_current_context", None)
     if type(runtime) is ContextVarsRuntimeContext and isinstance(var, contextvars.ContextVar):
-        context._RUNTIME_CONTEXT = _LazyRoots(var)  # type: ignore[attr-defined]
+        context._RUNTIME_CONTEXT = _LazyRoots(var)
         return var.set, var.reset, True
     if isinstance(runtime, _LazyRoots):  # a second Tracing in this process (tests)
         return runtime._current_context.set, runtime._current_context.reset, True

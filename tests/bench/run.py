@@ -341,15 +341,20 @@ def wrk(
     *extra: str,
     sessions: tuple[int, ...] = (),
     warm: bool = True,
+    cpu: str = "",
 ) -> WrkRun:
-    """``wrk -t1`` on ``url`` (a 1 s warm-up first), with the CPU of the ``sessions``' processes."""
+    """``wrk -t1`` on ``url`` (a 1 s warm-up first), with the CPU of the ``sessions``' processes;
+    ``cpu``: the CPUs wrk may run on (taskset's list), else any."""
     import re
 
+    pin = ["taskset", "-c", cpu] if cpu else []
     if warm:
-        subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1", *extra, url], capture_output=True)
+        subprocess.run(
+            [*pin, "wrk", "-t1", f"-c{connections}", "-d1", *extra, url], capture_output=True
+        )
     before = sum(session_cpu_seconds(pid) for pid in sessions)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}", "--latency", *extra, url],
+        [*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,

@@ -1,11 +1,14 @@
 """What OpenTelemetry costs a worker: --otel at 1% and 100% sampling against tracing off, on the
 built-in hello and on a Flask JSON app. Not run by CI.
 
-    python -m tests.bench.tracing [--rounds 5] [--seconds 4]
+    python -m tests.bench.tracing [--rounds 5] [--seconds 4] [--pinned]
 
 greenserve x2 per contender, wrk -t1 -c64, interleaved rounds (each round starts one contender
 later), requests per server CPU-second and the median ratio to "off" per app. The spans go to an
-OTLP/HTTP sink in this process that answers 200 to every export.
+OTLP/HTTP sink in this process that answers 200 to every export. ``--pinned``: one worker on
+CPU 1 and wrk on CPU 0, so the two do not take turns on a core: on this 2-core machine the
+unpinned rounds of the same pair of servers spread over 0.78-1.10, which hides a cost of a few
+percent.
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--apps", default="hello,flask")
     parser.add_argument("--ratios", default="0.01,1", help="--otel-sample-ratio values to run")
+    parser.add_argument("--pinned", action="store_true", help="one worker on CPU 1, wrk on CPU 0")
     args = parser.parse_args()
+    pin = ["taskset", "-c", "1"] if args.pinned else []
+    workers = 1 if args.pinned else 2
     settings: dict[str, tuple[str, ...]] = {"off": ()}
     for ratio in args.ratios.split(","):
         settings[f"otel {float(ratio):.0%}"] = ("--otel", "--otel-sample-ratio", ratio)
@@ -53,18 +59,25 @@ def main() -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
     for app in args.apps.split(","):
         contenders = [
-            Contender(name, greenserve_command(HTTP_APPS[app], *extra), env)
+            Contender(
+                name, [*pin, *greenserve_command(HTTP_APPS[app], *extra, workers=workers)], env
+            )
             for name, extra in settings.items()
         ]
         results: dict[str, list[float]] = {c.name: [] for c in contenders}
-        print(f"{app}: greenserve x2, wrk -t1 -c64")
+        where = ", pinned" if args.pinned else ""
+        print(f"{app}: greenserve x{workers}, wrk -t1 -c64{where}")
         for round_index in range(args.rounds):
             for contender in rotated(contenders, round_index):
                 port = free_port()
                 with started(contender, port) as proc:
                     wait_http(port)
                     run = run_wrk(
-                        f"http://127.0.0.1:{port}/", 64, args.seconds, sessions=(proc.pid,)
+                        f"http://127.0.0.1:{port}/",
+                        64,
+                        args.seconds,
+                        sessions=(proc.pid,),
+                        cpu="0" if args.pinned else "",
                     )
                 results[contender.name].append(run.per_cpu_s)
                 shown = f"{run.per_cpu_s:>9,.0f}"

@@ -36,7 +36,44 @@ def greenserve_app(environ: dict, start_response: Any) -> Any:
         OPEN.discard(ws)
 
 
-def gevent_websocket_server(port: int) -> None:
+def redis_fanout(url: str) -> Any:
+    """``greenserve_app`` whose broadcasts come from a Redis channel: each process subscribes
+    once and sends every message published on ``broadcast`` to its own open sockets, so one
+    publish reaches the sockets of every worker (how an app broadcasts across workers). Each
+    process pushes "pid sockets milliseconds" for its send loop to the list ``sent``."""
+    import os
+
+    import gevent
+    import redis
+
+    client = redis.Redis.from_url(url)
+    listener: list[Any] = []
+
+    def listen() -> None:
+        pubsub = client.pubsub()
+        pubsub.subscribe("broadcast")
+        for item in pubsub.listen():
+            if item["type"] != "message":
+                continue
+            payload, peers = item["data"], list(OPEN)
+            started = time.perf_counter()
+            for peer in peers:
+                try:
+                    peer.send(payload)
+                except Exception:  # a peer gone meanwhile
+                    OPEN.discard(peer)
+            took = (time.perf_counter() - started) * 1000
+            client.rpush("sent", f"{os.getpid()} {len(peers)} {took:.1f}")
+
+    def app(environ: dict, start_response: Any) -> Any:
+        if not listener:  # the first request of this process (the worker is patched by then)
+            listener.append(gevent.spawn(listen))
+        return greenserve_app(environ, start_response)
+
+    return app
+
+
+def gevent_websocket_server(port: int, redis_url: str = "") -> None:
     """gevent-websocket on gevent.pywsgi, the classic gevent answer (one process)."""
     from gevent import monkey
 
@@ -44,8 +81,9 @@ def gevent_websocket_server(port: int) -> None:
     from gevent.pywsgi import WSGIServer
     from geventwebsocket.handler import WebSocketHandler
 
+    app = redis_fanout(redis_url) if redis_url else greenserve_app
     WSGIServer(
-        ("127.0.0.1", port), greenserve_app, handler_class=WebSocketHandler, log=None
+        ("127.0.0.1", port), app, handler_class=WebSocketHandler, log=None, backlog=4096
     ).serve_forever()
 
 
@@ -64,4 +102,4 @@ async def asgi_echo(scope: dict, receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import sys
 
-    gevent_websocket_server(int(sys.argv[1]))
+    gevent_websocket_server(int(sys.argv[1]), *sys.argv[2:3])

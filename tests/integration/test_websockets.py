@@ -86,13 +86,26 @@ class TestFlaskSock:
         assert not data.startswith(b"HTTP/1.1 101")  # no key: no switch
 
 
-class TestSocketIO:
-    """python-socketio / Flask-SocketIO in gevent mode, websocket transport only."""
+def without_gevent_websocket(tmp_path) -> dict[str, str]:
+    """A server environment where gevent-websocket cannot be imported: engineio then answers
+    the WebSocket itself with simple-websocket on gunicorn.socket (the app owns the socket)."""
+    hidden = tmp_path / "hide" / "geventwebsocket"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    return {"PYTHONPATH": str(tmp_path / "hide")}
 
-    def test_websocket_transport(self):
+
+class TestSocketIO:
+    """python-socketio / Flask-SocketIO in gevent mode, websocket transport only. engineio
+    speaks on environ["wsgi.websocket"] when gevent-websocket is importable in the server, else
+    with simple-websocket on gunicorn.socket: both ways, the second by hiding the first."""
+
+    @pytest.mark.parametrize("way", ["wsgi.websocket", "gunicorn.socket"])
+    def test_websocket_transport(self, way, tmp_path):
         import socketio
 
-        with serving_http("ws_apps:socketio_app", "--stats-interval", "0.1") as server:
+        env = without_gevent_websocket(tmp_path) if way == "gunicorn.socket" else {}
+        with serving_http("ws_apps:socketio_app", "--stats-interval", "0.1", env=env) as server:
             server.started()
             host, port = server.address
             client = socketio.SimpleClient()
@@ -102,15 +115,16 @@ class TestSocketIO:
                 client.emit("ping_me", {"n": 1})
                 event, data = client.receive(timeout=10)
                 assert event == "pong" and data == {"got": {"n": 1}}
-                # the app owns this socket, and it is counted (as an app-answered WebSocket)
+                # counted either way, as wsgi.websocket or as a WebSocket the app answered
+                ours = 1 if way == "wsgi.websocket" else 0
                 wait_until(
                     lambda: (
                         per_worker(server, "greenserve_upgraded_connections_active").get("0") == 1
                         and per_worker(server, "greenserve_websocket_connections_active").get("0")
-                        == 0
+                        == ours
                     ),
                     10,
-                    "the Socket.IO connection counted",
+                    f"the Socket.IO connection counted ({way})",
                 )
             finally:
                 client.disconnect()
@@ -401,13 +415,14 @@ class TestAppOwnedOnStopAndReload:
                 assert again.recv() == "again"
                 again.close()
 
-    def test_socketio_client_sees_the_disconnect_on_stop(self):
+    def test_socketio_client_sees_the_disconnect_on_stop(self, tmp_path):
         import signal
         import time
 
         import socketio
 
-        with serving_http("ws_apps:socketio_app") as server:
+        env = without_gevent_websocket(tmp_path)  # the app's own socket, as this class says
+        with serving_http("ws_apps:socketio_app", env=env) as server:
             server.started()
             host, port = server.address
             client = socketio.Client(reconnection=False)

@@ -18,13 +18,12 @@ import argparse
 import contextlib
 import resource
 import select
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from tests.bench.run import (
@@ -35,7 +34,7 @@ from tests.bench.run import (
     free_port,
     started,
 )
-from tests.helpers import wait_until
+from tests.helpers import running_redis, wait_until
 
 APP = "tests.bench.servers.ws_bench"
 HANDSHAKE = (
@@ -45,22 +44,6 @@ HANDSHAKE = (
 BATCH = 1000  # connections opened before their answers are read (under the listen backlog)
 PORTS_PER_SOURCE = 25_000
 PER_CLIENT = 18_000  # sockets per client process, under the open-file limit
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: _connects(port), 20, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _connects(port: int) -> bool:
@@ -243,7 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the servers inherit it
-    with redis_server() as url:
+    with tempfile.TemporaryDirectory() as scratch, running_redis(Path(scratch)) as url:
         for server in args.servers.split(","):
             if server == "greenserve":
                 greenserve(args.count, url, args.workers)

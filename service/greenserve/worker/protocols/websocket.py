@@ -66,6 +66,7 @@ class WebSocket:
         """``early``: bytes that came with the handshake, read before it was answered;
         ``send_buffer`` and ``send_timeout``: --ws-send-buffer and --ws-send-timeout."""
         self.sock = sock
+        self.raw = sock.watched  # the socket under TLS, where held bytes wait (read per send)
         self.environ = environ
         self.stats = stats
         self.registry = registry
@@ -136,7 +137,7 @@ class WebSocket:
         # Handshake done here, so the engine starts OPEN: its parser never holds the request.
         self.engine = ServerProtocol(state=State.OPEN, max_size=self.max_size)
         # From now on a write the peer does not take at once is held (outbox.py), not waited on
-        self.sock.watched.spill = True
+        self.raw.spill = True
         self.registry.add(self)
         self.stats.websocket_connections_active += 1
         self.stats.websocket_bytes_received += len(self.buffer)
@@ -322,7 +323,7 @@ class WebSocket:
             header = bytes((first, 126)) + size.to_bytes(2, "big")
         else:
             header = bytes((first, 127)) + size.to_bytes(8, "big")
-        held = self.sock.watched.out
+        held = self.raw.out
         if type(held) is Outbox and held.size + size > self.send_buffer:
             # the peer reads slower than the app sends: wait for room, as long as allowed
             if not held.wait_room(size, self.send_buffer, self.send_timeout):
@@ -354,7 +355,7 @@ class WebSocket:
 
     def drain(self) -> None:
         """The connection is ending: what is still held for the peer gets --ws-send-timeout."""
-        held = self.sock.watched.out
+        held = self.raw.out
         if type(held) is Outbox:
             held.drain(self.send_timeout)
 

@@ -45,6 +45,7 @@ def request_head(headers: Iterable[tuple[bytes, bytes]]) -> Head:
     cookies: list[bytes] = []
     pseudo: dict[bytes, bytes] = {}
     length: int | None = None
+    host = False
     checked = _CHECKED
     for field in headers:
         name, value = field
@@ -68,6 +69,8 @@ def request_head(headers: Iterable[tuple[bytes, bytes]]) -> Head:
             head.request_id = value.decode("ascii")
         elif key == "HTTP_X_REQUEST_START":
             head.request_start = value.decode("latin-1")
+        elif key == "HTTP_HOST":
+            host = True
         fields.append((key, value))
     method = head.method = pseudo.get(b":method", b"")
     url = head.url = pseudo.get(b":path", b"")
@@ -77,7 +80,7 @@ def request_head(headers: Iterable[tuple[bytes, bytes]]) -> Head:
     if cookies:
         fields.append(("HTTP_COOKIE", b"; ".join(cookies)))
     authority = pseudo.get(b":authority")
-    if authority and not any(key == "HTTP_HOST" for key, _ in fields):
+    if authority and not host:
         fields.append(("HTTP_HOST", authority))
     if not url.startswith(b"/") and not (url == b"*" and method == b"OPTIONS"):
         raise HttpError(400, "unsupported request target")

@@ -45,6 +45,8 @@ def measure(way: str, count: int) -> dict[str, float]:
     from gevent import get_hub, getcurrent, sleep, spawn
     from gevent import socket as gsocket
 
+    from greenserve.worker.protocols.tcp import park
+
     hub = get_hub()
     pairs = [gsocket.socketpair() for _ in range(count)]
     for a, _b in pairs:  # the watchers exist before the baseline, as they would in a server
@@ -53,14 +55,6 @@ def measure(way: str, count: int) -> dict[str, float]:
     gc.collect()
     before = rss_bytes()
 
-    def park(sock: object) -> None:
-        watcher = sock._read_event  # type: ignore[attr-defined]
-        watcher.start(getcurrent().switch, watcher)
-        try:
-            hub.switch()
-        finally:
-            watcher.stop()
-
     waiting: list[object] = []
     for a, _b in pairs:
         if way == "gevent.spawn + socket.recv":
@@ -68,7 +62,7 @@ def measure(way: str, count: int) -> dict[str, float]:
         elif way == "gevent.spawn + hub.wait":
             waiting.append(spawn(hub.wait, a._read_event))
         elif way == "gevent.spawn + park":
-            waiting.append(spawn(park, a))
+            waiting.append(spawn(park, a._read_event, hub))
         elif way == "greenlet + recv":
             g = greenlet.greenlet(a.recv, parent=hub)
             hub.loop.run_callback(g.switch, 1)
@@ -79,13 +73,15 @@ def measure(way: str, count: int) -> dict[str, float]:
             waiting.append(g)
         else:
             raise SystemExit(f"unknown way: {way}")
-    sleep(0)
-    sleep(0)  # every greenlet has run up to its wait
+    # a greenlet that ran up to its wait and switched out has saved some of its C stack
+    for _ in range(100):
+        if all(g._stack_saved and not g.dead for g in waiting):  # type: ignore[attr-defined]
+            break
+        sleep(0)
+    else:
+        raise SystemExit(f"{way}: not every greenlet came to wait")
     gc.collect()
     added = rss_bytes() - before
-    waited = sum(1 for g in waiting if not g.dead)  # type: ignore[attr-defined]
-    if waited != count:
-        raise SystemExit(f"{way}: {count - waited} greenlets stopped waiting")
     saved = [g._stack_saved for g in waiting]  # type: ignore[attr-defined]
     return {
         "rss_per_greenlet": added / count,

@@ -6,6 +6,7 @@ import pytest
 from opentelemetry import trace
 
 from greenserve.config import load
+from greenserve.worker import tracing as module
 from greenserve.worker.tracing import Tracing
 from tests.otlp import Receiver
 
@@ -32,11 +33,18 @@ def _current() -> trace.SpanContext:
     return trace.get_current_span().get_span_context()
 
 
+def _left() -> object:
+    """The context the greenlet's next request starts from (read without making it real)."""
+    from opentelemetry import context
+
+    return context._RUNTIME_CONTEXT._current_context.get()
+
+
 def _environ(**extra: str) -> dict:
     return {"REQUEST_METHOD": "GET", "PATH_INFO": "/", **extra}
 
 
-def test_an_unsampled_root_gets_fresh_valid_ids_and_leaves_no_context(tracing):
+def test_an_unsampled_root_gets_fresh_valid_ids_and_leaves_only_the_marker(tracing):
     seen = []
 
     def app(environ, start_response):
@@ -48,8 +56,8 @@ def test_an_unsampled_root_gets_fresh_valid_ids_and_leaves_no_context(tracing):
     for _ in range(2):
         assert wrapped(_environ(), lambda *a: None) == [b"ok"]
     assert all(s.is_valid and not s.trace_flags.sampled for s in seen)
-    assert seen[0].trace_id != seen[1].trace_id
-    assert not _current().is_valid  # detached once the list was returned
+    assert seen[0].trace_id != seen[1].trace_id  # a made root is not the next request's
+    assert _left() is module._PENDING  # not a made root: the next request starts clean
 
 
 def test_a_streamed_body_runs_under_the_span_until_close(tracing):
@@ -65,11 +73,11 @@ def test_a_streamed_body_runs_under_the_span_until_close(tracing):
         return body()
 
     body = tracing.wrap(app)(_environ(), lambda *a: None)
-    assert _current().is_valid  # still current: the server iterates the body next
-    assert list(body) == [b"a"]
+    assert list(body) == [b"a"]  # the server iterates the body after the app returned
+    assert _current() == seen[0]  # the same root until the body is closed
     body.close()
     assert seen[0].is_valid
-    assert not _current().is_valid
+    assert _left() is module._PENDING
 
 
 def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing, receiver):
@@ -81,11 +89,12 @@ def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing, receiver):
         return [b"ok"]
 
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    before = _left()
     body = tracing.wrap(app)(_environ(HTTP_TRACEPARENT=parent), lambda *a: None)
     body.close()
     assert seen[0].trace_flags.sampled
     assert f"{seen[0].trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert not _current().is_valid
+    assert _left() is before
     tracing.provider.force_flush(5000)
     (span,) = receiver.server_spans()
     assert span["parent_id"] == "00f067aa0ba902b7"
@@ -93,8 +102,6 @@ def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing, receiver):
 
 def test_an_unsampled_roots_context_is_made_only_when_asked_and_children_follow_it(tracing):
     from opentelemetry import context, propagate
-
-    from greenserve.worker import tracing as module
 
     made = []
 
@@ -121,4 +128,69 @@ def test_an_unsampled_roots_context_is_made_only_when_asked_and_children_follow_
     assert not child.is_recording()
     assert child.get_span_context().trace_id == root.trace_id
     assert headers["traceparent"] == f"00-{root.trace_id:032x}-{root.span_id:016x}-00"
-    assert not _current().is_valid
+    assert _left() is module._PENDING
+
+
+def test_an_app_that_raises_after_asking_leaves_the_marker_for_the_next_request(tracing):
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(_current())
+        if len(seen) == 1:
+            raise RuntimeError("boom")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    wrapped = tracing.wrap(app)
+    with pytest.raises(RuntimeError):
+        wrapped(_environ(), lambda *a: None)
+    assert _left() is module._PENDING
+    wrapped(_environ(), lambda *a: None)
+    assert seen[0].trace_id != seen[1].trace_id
+
+
+def test_requests_in_other_greenlets_keep_their_own_roots(tracing):
+    import gevent
+
+    seen: dict[int, list] = {0: [], 1: []}
+
+    def app(environ, start_response):
+        index = int(environ["PATH_INFO"][1:])
+        seen[index].append(_current())
+        gevent.sleep(0)  # the other greenlet's request runs here
+        seen[index].append(_current())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    wrapped = tracing.wrap(app)
+    greenlets = [
+        gevent.spawn(wrapped, _environ(PATH_INFO=f"/{i}"), lambda *a: None) for i in (0, 1)
+    ]
+    gevent.joinall(greenlets, timeout=5, raise_error=True)
+    assert seen[0][0] == seen[0][1] and seen[1][0] == seen[1][1]
+    assert seen[0][0].trace_id != seen[1][0].trace_id
+
+
+def test_over_another_runtime_context_every_unsampled_root_is_made_and_detached(tracing):
+    from opentelemetry import context
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    class Custom(ContextVarsRuntimeContext):  # as an OTEL_PYTHON_CONTEXT entry point would be
+        pass
+
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(_current())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(context, "_RUNTIME_CONTEXT", Custom())
+        wrapped = tracing.wrap(app)
+        assert wrapped.__qualname__.startswith("_eager")
+        for _ in range(2):
+            wrapped(_environ(), lambda *a: None)
+        assert not _current().is_valid
+    assert all(s.is_valid and not s.trace_flags.sampled for s in seen)
+    assert seen[0].trace_id != seen[1].trace_id

@@ -100,6 +100,26 @@ class TestMaxQueueTime:
 
             wait_until(counted, 10, "sheds, ignored headers and waits counted")
 
+    def test_a_shed_answer_arrives_whole_with_the_end_of_the_connection(self):
+        """The 503 waits for the close (MSG_MORE) so that both leave in one segment: the client
+        must still read all of it and then an orderly end, never a reset, including when a
+        second request was pipelined behind the shed one."""
+        with serving_http("deadline_app:app", "--max-queue-time", "1") as server:
+            server.started()
+            stale = self.request(f"t={int((time.time() - 5) * 1e6)}")
+            for pipelined in (b"", b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n"):
+                for _ in range(50):
+                    with socket.create_connection(server.address, timeout=10) as sock:
+                        sock.sendall(stale + pipelined)
+                        sock.settimeout(10)
+                        data = b""
+                        while chunk := sock.recv(65536):  # a reset raises: the test fails
+                            data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 503 "), data[:100]
+                    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                    assert len(body) == length > 0, data
+
     def test_from_anyone_else_the_header_is_ignored(self):
         with serving_http(
             "deadline_app:app",

@@ -28,6 +28,17 @@ class TestTrusted:
         assert "192.0.2.1" not in trusted and "" not in trusted and "junk" not in trusted
         assert "203.0.113.9" in parse_trusted("*")
 
+    def test_answers_are_remembered_per_peer_and_bounded(self):
+        from greenserve import proxy
+
+        trusted = parse_trusted("10.0.0.0/8")
+        for round_ in range(2):  # the second round is answered from what was remembered
+            for i in range(proxy._ANSWERS_MAX + 10):  # more peers than it keeps
+                host = f"10.{i >> 8 & 255}.{i & 255}.1" if i % 2 else f"192.0.{i & 255}.{i >> 8}"
+                assert (host in trusted) is bool(i % 2), (round_, host)
+                assert len(trusted._answers) <= proxy._ANSWERS_MAX
+        assert "junk" not in trusted and "junk" not in trusted  # remembered as no
+
     def test_invalid(self):
         with pytest.raises(ValueError, match="not an address"):
             parse_trusted("10.0.0.0/33")

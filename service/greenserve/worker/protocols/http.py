@@ -13,6 +13,7 @@ connection of one listener shares, and accounts for every response (metrics, acc
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 RECV_SIZE = 65536
 
 RETRY_AFTER = b"Retry-After: 1\r\n"  # a shed request: the load balancer may try again soon
+_MORE = socket.MSG_MORE
 SHED = {
     "inflight": "overloaded: too many requests in flight",
     "queue_time": "overloaded: the request waited too long before the app",
@@ -311,11 +313,32 @@ class HttpConnection:
             + handler.date.end()
             + body
         )
+        sock = self.sock
         with contextlib.suppress(OSError):  # the client may already be gone
-            self.sock.sendall(response)
+            if self._all_read(head):
+                sock.sendall(response, _MORE)
+            else:
+                sock.sendall(response)
         head = head or self.parser.head  # a head begun before the error, if any
         handler.answered(
             self.address, head, None, status, len(body), duration, request_id, error=detail
+        )
+
+    def _all_read(self, head: Head | None) -> bool:
+        """Whether the connection, closed next, holds nothing unread that we know of: then the
+        answer may wait for the close (MSG_MORE) and leave with the FIN in one segment
+        (tcp_send_fin marks the unsent tail), one packet fewer through both kernels for each
+        shed connection (503s per CPU-second 9.6-12.8k -> 15.4-17.8k with the peer cache,
+        2026-12-06). Not with unread bytes: a close over them sends a reset, which discards
+        an answer still queued instead of sending it first. Plain sockets only (TLS writes
+        its own records)."""
+        return (
+            head is not None
+            and self.sock.__class__ is CountingSocket
+            and not head.content_length
+            and not head.chunked
+            and not self.parser.head_open
+            and all(event is END for event in self.events)
         )
 
     def shed(self, head: Head, reason: str) -> None:

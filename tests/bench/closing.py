@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tests.bench import run
-from tests.bench.run import Contender, free_port, rotated, started, wait_http, wrk
+from tests.bench.run import Contender, wrk_rounds
 
 APP = "greenserve.worker.apps:hello"
 PIN = ["taskset", "-c", "1"]
@@ -57,24 +57,10 @@ def main() -> None:
     if args.baseline:
         run.BASELINE.append(args.baseline.resolve())
     everyone = contenders()
-    results: dict[str, list[float]] = {c.name: [] for c in everyone}
     print('hello, one worker on CPU 1, wrk -t1 -c32 -H "Connection: close" on CPU 0')
-    for round_index in range(args.rounds):
-        for contender in rotated(everyone, round_index):
-            port = free_port()
-            with started(contender, port) as proc:
-                wait_http(port)
-                result = wrk(
-                    f"http://127.0.0.1:{port}/",
-                    32,
-                    args.seconds,
-                    "-H",
-                    "Connection: close",
-                    sessions=(proc.pid,),
-                    cpu="0",
-                )
-            results[contender.name].append(result.per_cpu_s)
-            print(f"  round {round_index + 1} {contender.name:22s} {result.per_cpu_s:>9,.0f}")
+    results = wrk_rounds(
+        everyone, args.rounds, 32, args.seconds, "-H", "Connection: close", cpu="0"
+    )
     ours = results["greenserve"]
     for name, values in results.items():
         line = f"{name:22s} median {statistics.median(values):>9,.0f} req/CPU-s"

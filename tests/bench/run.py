@@ -371,6 +371,40 @@ def wrk(
     )
 
 
+def wrk_rounds(
+    contenders: list[Contender],
+    rounds: int,
+    connections: int,
+    seconds: float,
+    *extra: str,
+    cpu: str = "",
+) -> dict[str, list[float]]:
+    """Interleaved rounds of ``wrk`` on ``/`` of each contender (started fresh each round, one
+    contender later each round), printed as they come: requests per server CPU-second."""
+    results: dict[str, list[float]] = {c.name: [] for c in contenders}
+    width = max((len(c.name) for c in contenders), default=0)
+    for round_index in range(rounds):
+        for contender in rotated(contenders, round_index):
+            port = free_port()
+            with started(contender, port) as proc:
+                wait_http(port)
+                result = wrk(
+                    f"http://127.0.0.1:{port}/",
+                    connections,
+                    seconds,
+                    *extra,
+                    sessions=(proc.pid,),
+                    cpu=cpu,
+                )
+            results[contender.name].append(result.per_cpu_s)
+            print(
+                f"  round {round_index + 1} {contender.name:{width}s} "
+                f"{result.per_cpu_s:>9,.0f} req/CPU-s",
+                flush=True,
+            )
+    return results
+
+
 def run_http(rounds: int, seconds: float, app_name: str = "hello") -> dict[str, list[dict]]:
     """Interleaved rounds; a contender that does not start is reported and left out."""
 

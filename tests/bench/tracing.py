@@ -18,16 +18,7 @@ import http.server
 import statistics
 import threading
 
-from tests.bench.run import (
-    HTTP_APPS,
-    Contender,
-    free_port,
-    greenserve_command,
-    rotated,
-    started,
-    wait_http,
-)
-from tests.bench.run import wrk as run_wrk
+from tests.bench.run import HTTP_APPS, Contender, greenserve_command, wrk_rounds
 
 
 class Sink(http.server.BaseHTTPRequestHandler):
@@ -64,24 +55,10 @@ def main() -> None:
             )
             for name, extra in settings.items()
         ]
-        results: dict[str, list[float]] = {c.name: [] for c in contenders}
         where = ", pinned" if args.pinned else ""
         print(f"{app}: greenserve x{workers}, wrk -t1 -c64{where}")
-        for round_index in range(args.rounds):
-            for contender in rotated(contenders, round_index):
-                port = free_port()
-                with started(contender, port) as proc:
-                    wait_http(port)
-                    run = run_wrk(
-                        f"http://127.0.0.1:{port}/",
-                        64,
-                        args.seconds,
-                        sessions=(proc.pid,),
-                        cpu="0" if args.pinned else "",
-                    )
-                results[contender.name].append(run.per_cpu_s)
-                shown = f"{run.per_cpu_s:>9,.0f}"
-                print(f"  round {round_index + 1} {contender.name:10s} {shown} req/CPU-s")
+        cpu = "0" if args.pinned else ""
+        results = wrk_rounds(contenders, args.rounds, 64, args.seconds, cpu=cpu)
         off = results["off"]
         for name in list(settings)[1:]:
             ratios = [r / o for o, r in zip(off, results[name], strict=True)]

@@ -103,8 +103,8 @@ class Tracing:
         ratio, rand = self.ratio, random.random
         sampled = self._sampled(app)
         var = _lazy_var()
-        if var is None:  # another runtime context than the API's: the eager path
-            return _eager(app, sampled, ratio)
+        if var is None:  # another runtime context than the API's: the SDK decides every request
+            return sampled
         current, pend = var.get, var.set
 
         def traced(environ: dict[str, Any], start_response: Any) -> Any:
@@ -161,28 +161,6 @@ class Tracing:
             return _Traced(body, span, token, detach)
 
         return sampled
-
-
-def _eager(app: Any, sampled: Callable[[dict[str, Any], Any], Any], ratio: float) -> Any:
-    """The unsampled path over a runtime context greenserve does not know: a root span made
-    for every request and attached through the API, as the SDK would."""
-    rand, attach, detach = random.random, context.attach, context.detach
-
-    def traced(environ: dict[str, Any], start_response: Any) -> Any:
-        if "HTTP_TRACEPARENT" in environ or rand() < ratio:
-            return sampled(environ, start_response)
-        token = attach(Context({_SPAN_KEY: _UnsampledRoot()}))
-        try:
-            body = app(environ, start_response)
-        except BaseException:
-            detach(token)
-            raise
-        if isinstance(body, list):
-            detach(token)
-            return body
-        return _Traced(body, None, token, detach)
-
-    return traced
 
 
 class _LazyRoots(ContextVarsRuntimeContext):

@@ -307,3 +307,29 @@ def pipelined(environ: dict, start_response: Any) -> Any:
         return environ["wsgi.file_wrapper"](open(__file__, "rb"))
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [path.encode()]
+
+
+_CONNECTION_VALUE: Any = None
+_SERVED_BY: Any = None
+
+
+def context_per_connection(environ: dict, start_response: Any) -> list[bytes]:
+    """Answers how many requests its greenlet has served and what a ContextVar set by an earlier
+    request holds (a connection must start in an empty context, even on a greenlet that served
+    another)."""
+    global _CONNECTION_VALUE, _SERVED_BY
+    import contextvars
+    import json
+    import weakref
+
+    import gevent
+
+    if _CONNECTION_VALUE is None:
+        _CONNECTION_VALUE = contextvars.ContextVar("connection_value")
+        _SERVED_BY = weakref.WeakKeyDictionary()
+    seen = _CONNECTION_VALUE.get(None)
+    _CONNECTION_VALUE.set(environ["PATH_INFO"])
+    me = gevent.getcurrent()
+    _SERVED_BY[me] = _SERVED_BY.get(me, 0) + 1
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"served": _SERVED_BY[me], "seen": seen}).encode()]

@@ -413,6 +413,24 @@ def test_hello_is_the_default_http_app():
             assert r.read() == b"Hello, world!\n"
 
 
+def test_each_connection_starts_in_an_empty_context_on_a_reused_greenlet():
+    """Connection greenlets are kept for the next connection (protocols/runners.py): what one
+    connection's app set in a ContextVar is not what the next one sees."""
+    with serving_http("greenserve_testapps:context_per_connection") as server:
+        server.started()
+        host, port = server.address
+        answers = []
+        for index in range(10):
+            request = urllib.request.Request(
+                f"http://{host}:{port}/c{index}", headers={"Connection": "close"}
+            )
+            with urllib.request.urlopen(request, timeout=5) as r:
+                answers.append(json.loads(r.read()))
+        assert [answer["seen"] for answer in answers] == [None] * 10
+        # one after another: a greenlet that served an earlier connection served a later one
+        assert max(answer["served"] for answer in answers) > 1, answers
+
+
 class TestLastAnswer:
     """The answer before a close (Connection: close, HTTP/1.0) is held until the close so that
     both leave together: the client must read all of it and then an orderly end."""

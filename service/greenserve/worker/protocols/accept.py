@@ -29,6 +29,7 @@ from gevent.server import StreamServer
 
 from greenserve.master.sockets import accept_queue
 from greenserve.metrics.stats import LOAD_IN_USE
+from greenserve.worker.protocols.runners import Runners
 from greenserve.worker.protocols.tcp import Connections, CountingSocket
 
 YIELD_SECONDS = 0.002
@@ -52,6 +53,7 @@ class CountingServer(StreamServer):
         super().__init__(listener, handle)
         self.connections = connections
         connections.on_room.append(self._room)
+        self.runners = Runners(_serve)
 
     def do_read(self) -> Any:
         listener = self.socket
@@ -74,14 +76,14 @@ class CountingServer(StreamServer):
         inlined but runs a second interpreter loop in C, and every idle connection's greenlet
         keeps its C stack saved on the heap (median greenlet._stack_saved over 300 idle
         connections: 3,320 bytes with it, 2,808 without). The handler is taken now, as gevent
-        does: close() removes it."""
-        spawn = self._spawn
+        does: close() removes it. A greenlet of ``runners`` serves the connection
+        (protocols/runners.py: not a new greenlet per connection)."""
         handle, close = self._handle, self.do_close
         try:
-            if spawn is None:
+            if self._spawn is None:
                 _serve(handle, close, sock, address)
             else:
-                spawn(_serve, handle, close, sock, address)
+                self.runners.start(handle, close, sock, address)
         except BaseException:
             close(sock, address)
             raise

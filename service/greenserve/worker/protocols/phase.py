@@ -92,6 +92,18 @@ class ConnectionPhase:
         """Called in the connection's own greenlet: the one a stuck handler's kill ends."""
         self.greenlet = gevent.getcurrent()
 
+    def kill(self) -> None:
+        """End the greenlet serving this connection, from outside it. Scheduled, as gevent's
+        ``kill(block=False)``; the greenlet is checked again when the kill runs: a runner
+        (runners.py) that finished this connection meanwhile may be serving another."""
+        greenlet = self.greenlet
+        if greenlet is not None:
+            gevent.get_hub().loop.run_callback(self._kill, greenlet)
+
+    def _kill(self, greenlet: Any) -> None:
+        if self.greenlet is greenlet and not greenlet.dead:
+            greenlet.throw(gevent.GreenletExit)
+
     def enter(self, phase: int, deadline: float = 0.0) -> None:
         """The connection is now in ``phase``. It is shut at ``deadline`` unless it moves on
         first (0: no deadline)."""
@@ -127,8 +139,7 @@ class ConnectionPhase:
         moved = self.rx + self.tx
         if self.shut:
             # Still open a tick after shutdown: the handler ignored end-of-file.
-            if self.greenlet is not None:
-                self.greenlet.kill(block=False)
+            self.kill()
         elif self.deadline and now >= self.deadline:
             self.shut_down()
         elif self.request_deadline and now >= self.request_deadline:

@@ -237,7 +237,7 @@ class Connections:
         """End every connection's greenlet (after a drain timed out)."""
         for sock in list(self.open):
             if sock.greenlet is not None:
-                sock.greenlet.kill(block=False)
+                sock.kill()
             else:
                 self.remove(sock)
                 sock.close()
@@ -403,6 +403,7 @@ class TcpProtocol:
                     hint="a WSGI app is served as a TCP handler: run with --protocol http",
                 )
         finally:
+            sock.greenlet = None  # its greenlet may serve the next connection (runners.py)
             stats.connections_active -= 1
             connections.remove(sock)
             if publish is not None:

@@ -1,5 +1,6 @@
 """The optional C accelerators (greenserve._fasthead, the request head; greenserve._appvalue, an
-app metric's value); everything else is in pyproject.toml.
+app metric's value; greenserve._stackcache, frame stack chunks kept for the next greenlet);
+everything else is in pyproject.toml.
 
 ``optional=True``: without a compiler or Python headers the build goes on without them, and
 greenserve uses the pure-Python paths (the same behaviour, slower).
@@ -18,6 +19,12 @@ setup(
         Extension(
             "greenserve._appvalue",
             ["service/greenserve/_appvalue.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "greenserve._stackcache",
+            ["service/greenserve/_stackcache.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

@@ -333,3 +333,21 @@ def context_per_connection(environ: dict, start_response: Any) -> list[bytes]:
     _SERVED_BY[me] = _SERVED_BY.get(me, 0) + 1
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps({"served": _SERVED_BY[me], "seen": seen}).encode()]
+
+
+def stack_cache(environ: dict, start_response: Any) -> list[bytes]:
+    """Spawns and joins greenlets one after another, then answers the worker's frame stack
+    cache figures (greenserve.worker.stackcache)."""
+    import json
+
+    import gevent
+
+    from greenserve.worker import stackcache
+
+    def work(n: int) -> int:  # Python code: a greenlet running only C needs no frame stack
+        return sum(range(n))
+
+    for n in range(20):
+        gevent.spawn(work, n).join()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(stackcache.stats()).encode()]

@@ -18,6 +18,7 @@ import zlib
 
 import pytest
 
+from greenserve.worker import stackcache
 from tests.helpers import (
     APPS_DIR,
     final_responses,
@@ -429,6 +430,20 @@ def test_each_connection_starts_in_an_empty_context_on_a_reused_greenlet():
         assert [answer["seen"] for answer in answers] == [None] * 10
         # one after another: a greenlet that served an earlier connection served a later one
         assert max(answer["served"] for answer in answers) > 1, answers
+
+
+@pytest.mark.skipif(
+    stackcache.stats() is None and os.environ.get("CI") != "true",
+    reason="greenserve._stackcache is not built (no compiler at install)",
+)
+def test_a_worker_keeps_frame_stack_chunks_for_its_next_greenlets():
+    with serving_http("greenserve_testapps:stack_cache") as server:
+        server.started()
+        host, port = server.address
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as r:
+            figures = json.loads(r.read())
+        assert figures["installed"] is True
+        assert figures["reused"] >= 19  # the app's 20 greenlets, one after another
 
 
 class TestLastAnswer:

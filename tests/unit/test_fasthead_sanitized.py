@@ -1,6 +1,7 @@
 """The C extensions built with AddressSanitizer and UndefinedBehaviorSanitizer, and the tests
 that drive them (the differential tests against llhttp, generated heads and responses, the
-in-process HTTP corpus; the app metric value against prometheus_client's) run against that
+in-process HTTP corpus; the app metric value against prometheus_client's; greenlets on kept
+frame stack chunks) run against that
 build: a read past a buffer, a use after free or undefined behaviour stops the run with the
 sanitizer's report.
 
@@ -26,6 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SOURCE = ROOT / "service" / "greenserve" / "_fasthead.c"
 APPVALUE = ROOT / "service" / "greenserve" / "_appvalue.c"
+STACKCACHE = ROOT / "service" / "greenserve" / "_stackcache.c"
 FLAGS = [
     "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
@@ -36,6 +38,7 @@ DRIVEN_BY = [
     "tests/unit/test_fasthead.py",
     "tests/unit/test_http_protocol.py",
     "tests/unit/test_appvalue.py",
+    "tests/unit/test_stackcache.py",
     "-k",
     "not python and not bytewise",
 ]
@@ -43,12 +46,13 @@ DRIVEN_BY = [
 
 def _build(tree: Path, source: Path) -> Path:
     """A copy of the package whose extensions are sanitized builds: _fasthead from ``source``,
-    _appvalue from its own."""
+    _appvalue and _stackcache from their own."""
     package = tree / "greenserve"
     skipped = shutil.ignore_patterns("*.so", "__pycache__")
     shutil.copytree(ROOT / "service" / "greenserve", package, ignore=skipped)
     include = sysconfig.get_paths()["include"]
-    for name, built_from in (("_fasthead", source), ("_appvalue", APPVALUE)):
+    built = (("_fasthead", source), ("_appvalue", APPVALUE), ("_stackcache", STACKCACHE))
+    for name, built_from in built:
         target = package / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
         subprocess.run(
             [need("gcc"), *FLAGS, f"-I{include}", str(built_from), "-o", str(target)],

@@ -3,6 +3,7 @@ pieces, large streamed bodies, early hints, and a page for a browser."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -47,6 +48,10 @@ def app(environ, start_response):
         return [PAGE]
     elif path == "/fail":
         raise RuntimeError("the app failed on purpose")
+    elif path == "/gc-off":
+        gc.disable()  # what the requests after this leave in reference cycles stays for /cycles
+    elif path == "/cycles":
+        return _json(start_response, _cycles())
     return _json(
         start_response,
         {
@@ -68,3 +73,20 @@ def _json(start_response, value):
     body = json.dumps(value).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
+
+
+def _cycles() -> dict[str, int]:
+    """greenserve's objects that only the cyclic GC would free, by class."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found: dict[str, int] = {}
+        for thing in gc.garbage:
+            kind = f"{type(thing).__module__}.{type(thing).__qualname__}"
+            if kind.startswith("greenserve."):
+                found[kind] = found.get(kind, 0) + 1
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+    return found

@@ -446,6 +446,28 @@ def test_a_worker_keeps_frame_stack_chunks_for_its_next_greenlets():
         assert figures["reused"] >= 19  # the app's 20 greenlets, one after another
 
 
+def test_connections_and_requests_leave_no_reference_cycles():
+    """What a connection and its requests made is freed when they end, not left to the cyclic
+    GC (which then ran often enough to cost CPU per connection). The app turns the GC off first,
+    so whatever the traffic left in a cycle is still there to be found."""
+    with serving_http("h2_apps:app") as server:
+        server.started()
+        host, port = server.address
+        with urllib.request.urlopen(f"http://{host}:{port}/gc-off", timeout=5) as r:
+            assert r.status == 200
+        for _ in range(20):
+            with socket.create_connection(server.address, timeout=10) as sock:
+                sock.sendall(b"GET /env HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                assert read_all(sock).startswith(b"HTTP/1.1 200 OK")
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        for _ in range(20):
+            connection.request("GET", "/env")
+            assert connection.getresponse().read()
+        connection.close()
+        with urllib.request.urlopen(f"http://{host}:{port}/cycles", timeout=5) as r:
+            assert json.loads(r.read()) == {}
+
+
 class TestLastAnswer:
     """The answer before a close (Connection: close, HTTP/1.0) is held until the close so that
     both leave together: the client must read all of it and then an orderly end."""

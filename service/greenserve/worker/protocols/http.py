@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from greenserve.logs import REQUEST_ID
@@ -114,7 +114,8 @@ class HttpConnection:
         self.response: Response | None = None
         self.continue_sent = False
         self.served = 0  # requests started on this connection
-        self.early_hints = self.send_early_hints  # wsgi.early_hints: bound once, not per request
+        # wsgi.early_hints: bound once, not per request (None once the connection has ended)
+        self.early_hints: Callable[[list[tuple[str, str]]], None] | None = self.send_early_hints
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -81,15 +81,16 @@ class CountingServer(StreamServer):
         handle, close = self._handle, self.do_close
         try:
             if self._spawn is None:
-                _serve(handle, close, sock, address)
+                _serve((handle, close, sock, address))
             else:
-                self.runners.start(handle, close, sock, address)
+                self.runners.start((handle, close, sock, address))
         except BaseException:
             close(sock, address)
             raise
 
 
-def _serve(handle: Any, close: Any, sock: Any, address: Any) -> None:
+def _serve(job: tuple[Any, Any, Any, Any]) -> None:
+    handle, close, sock, address = job
     try:
         handle(sock, address)
     finally:

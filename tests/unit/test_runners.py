@@ -65,28 +65,28 @@ def pair():
     second.close()
 
 
+def _served(sock: CountingSocket, outcome: list[str], then_kill: bool, wait: float) -> None:
+    """A connection as TcpProtocol.handle serves it: its greenlet named, cleared at the end."""
+    sock.serving()
+    try:
+        if then_kill:
+            sock.kill()  # scheduled, runs after this connection is over
+        else:
+            gevent.sleep(wait)
+        outcome.append("done")
+    except gevent.GreenletExit:
+        outcome.append("killed")
+        raise
+    finally:
+        sock.greenlet = None
+
+
 def test_a_kill_meant_for_a_finished_connection_spares_the_next_one(pair):
     """The sweeper's kill is scheduled; the runner may finish that connection and take the next
     before it runs. gevent's own ``kill`` would end the next connection."""
     first, second = pair
     outcome: list[str] = []
-
-    def serve(job: tuple[CountingSocket, bool]) -> None:
-        sock, then_kill = job
-        sock.serving()
-        try:
-            if then_kill:
-                sock.kill()  # scheduled, runs after this connection is over
-            else:
-                gevent.sleep(0.05)
-            outcome.append("done")
-        except gevent.GreenletExit:
-            outcome.append("killed")
-            raise
-        finally:
-            sock.greenlet = None  # as TcpProtocol.handle does when a connection ends
-
-    runners = Runners(serve)
+    runners = Runners(lambda job: _served(job[0], outcome, job[1], 0.05))
     runners.start((first, True))
     gevent.sleep(0)
     runners.start((second, False))  # the same runner, scheduled behind the kill
@@ -97,19 +97,7 @@ def test_a_kill_meant_for_a_finished_connection_spares_the_next_one(pair):
 def test_a_kill_ends_the_connection_it_was_meant_for(pair):
     first, _ = pair
     outcome: list[str] = []
-
-    def serve(sock: CountingSocket) -> None:
-        sock.serving()
-        try:
-            gevent.sleep(5)
-            outcome.append("done")
-        except gevent.GreenletExit:
-            outcome.append("killed")
-            raise
-        finally:
-            sock.greenlet = None
-
-    runners = Runners(serve)
+    runners = Runners(lambda sock: _served(sock, outcome, False, 5))
     runners.start(first)
     gevent.sleep(0)
     first.kill()

@@ -351,3 +351,14 @@ def stack_cache(environ: dict, start_response: Any) -> list[bytes]:
         gevent.spawn(work, n).join()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps(stackcache.stats()).encode()]
+
+
+def tell_nodelay(sock: Any, address: Any) -> None:
+    """TCP: answer a line with whether the server's side of the connection has TCP_NODELAY."""
+    import socket
+
+    sock.recv(65536)
+    if sock.family == socket.AF_UNIX:
+        sock.sendall(b"unix")
+    else:
+        sock.sendall(b"nodelay=%d" % sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))

@@ -103,6 +103,27 @@ class TestBinds:
             assert server.wait_exit() == 0
         assert not os.path.exists(path)
 
+    def test_tcp_connections_take_nodelay_and_unix_ones_are_served(self, tmp_path):
+        """TCP_NODELAY is decided once per listener (protocols/tcp.py): each TCP connection has
+        it, and a unix socket beside is served without it (the option would be an error)."""
+        path = str(tmp_path / "nodelay.sock")
+        with running(
+            "greenserve_testapps:tell_nodelay",
+            "--protocol", "tcp", "-b", "127.0.0.1:0", "-b", f"unix:{path}",
+            default_bind=False,
+        ) as server:  # fmt: skip
+            started = server.started()
+            for _ in range(3):
+                for family, address in ((socket.AF_INET, started.address), (socket.AF_UNIX, path)):
+                    with socket.socket(family) as sock:
+                        sock.settimeout(5)
+                        sock.connect(address)
+                        sock.sendall(b"x\n")
+                        answer = b""
+                        while chunk := sock.recv(64):  # the handler answers, then it closes
+                            answer += chunk
+                    assert answer == (b"nodelay=1" if family == socket.AF_INET else b"unix")
+
     def test_stale_unix_socket_is_replaced_live_one_refused(self, tmp_path):
         path = str(tmp_path / "stale.sock")
         stale = socket.socket(socket.AF_UNIX)

@@ -317,6 +317,11 @@ class TcpProtocol:
         )
         self.log = log
         self.wsgi_suspect = False  # a WSGI app under --protocol tcp: failures get a hint
+        # Whether accepted sockets take TCP_NODELAY: known from the first one, as a protocol
+        # object serves one listener (for_app makes one per listener). Asking each socket's
+        # family and setting the option through gevent cost 1.71 us a connection, against
+        # 0.56 us for the option alone on the socket beneath (timeit).
+        self.nodelay: bool | None = None
         self.hinted_at = -HINT_EVERY
 
     def _proxy_header(self, sock: CountingSocket, address: Any, allow: Any) -> Any:
@@ -365,6 +370,7 @@ class TcpProtocol:
         """The same protocol for another listener's app: registry, sweeper and counters shared."""
         other = copy.copy(self)
         other.app = app
+        other.nodelay = None  # its own listener's sockets say
         return other
 
     def handle(self, sock: CountingSocket, address: Any) -> None:
@@ -381,8 +387,11 @@ class TcpProtocol:
         publish = self.publish  # the count going up is published at accept (BalancedServer)
         sock.serving()
         try:
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nodelay = self.nodelay
+            if nodelay is None:
+                nodelay = self.nodelay = sock.family != socket.AF_UNIX
+            if nodelay:
+                sock._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.proxy_allow is not None:
                 address = self._proxy_header(sock, address, self.proxy_allow)
                 if address is None:

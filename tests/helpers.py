@@ -27,8 +27,15 @@ APPS_DIR = Path(__file__).resolve().parent / "apps"
 STARTED_GROUPS: list[int] = []
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    step: float = 0.02,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds.
+    ``sleep=gevent.sleep`` for a predicate that greenlets of this process make true."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -36,7 +43,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: fl
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
+        sleep(step)
 
 
 class Server:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import pytest
@@ -11,8 +13,14 @@ from gevent.event import Event
 
 from greenserve.worker.protocols.runners import Runners
 from greenserve.worker.protocols.tcp import CountingSocket, park
+from tests.helpers import wait_until
 
 SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen")
+
+
+def _until(predicate: Callable[[], Any], what: str) -> None:
+    """Greenlets of this process make ``predicate`` true: poll through the hub, 5 s at most."""
+    wait_until(predicate, 5, what, step=0.001, sleep=gevent.sleep)
 
 
 def test_a_finished_runner_serves_the_next_connection_in_a_fresh_context():
@@ -24,10 +32,10 @@ def test_a_finished_runner_serves_the_next_connection_in_a_fresh_context():
 
     runners = Runners(target)
     runners.start("first")
-    gevent.sleep(0)
+    _until(lambda: runners.idle, "the runner to park")
     assert len(runners.idle) == 1
     runners.start("second")
-    gevent.sleep(0)
+    _until(lambda: len(served) == 2 and runners.idle, "the second job done")
     (first, seen_first), (second, seen_second) = served
     assert first == second  # the same greenlet
     assert seen_first is None and seen_second is None  # the first one's value is not seen
@@ -36,21 +44,33 @@ def test_a_finished_runner_serves_the_next_connection_in_a_fresh_context():
 
 def test_no_more_than_the_limit_wait():
     gate = Event()
-    runners = Runners(lambda job: gate.wait(5), limit=2)
+    started: list[gevent.Greenlet] = []
+
+    def target(job: int) -> None:
+        started.append(gevent.getcurrent())
+        gate.wait(5)
+
+    runners = Runners(target, limit=2)
     for index in range(5):
         runners.start(index)
-    gevent.sleep(0)
+    _until(lambda: len(started) == 5, "five jobs running")
     assert runners.idle == []
     gate.set()
-    gevent.sleep(0.01)
+    _until(lambda: all(g.dead or g in runners.idle for g in started), "each one parked or ended")
     assert len(runners.idle) == 2
-    assert all(not runner.dead for runner in runners.idle)
+    assert sum(g.dead for g in started) == 3
 
 
 def test_a_runner_whose_connection_raised_ends_and_is_not_kept(capsys):
-    runners = Runners(lambda job: 1 / 0)
+    raised: list[gevent.Greenlet] = []
+
+    def target(job: None) -> None:
+        raised.append(gevent.getcurrent())
+        raise ZeroDivisionError
+
+    runners = Runners(target)
     runners.start(None)
-    gevent.sleep(0.01)
+    _until(lambda: raised and raised[0].dead, "the runner that raised to end")
     assert runners.idle == []
     assert "ZeroDivisionError" in capsys.readouterr().err  # reported by gevent, as before
 
@@ -88,9 +108,11 @@ def test_a_kill_meant_for_a_finished_connection_spares_the_next_one(pair):
     outcome: list[str] = []
     runners = Runners(lambda job: _served(job[0], outcome, job[1], 0.05))
     runners.start((first, True))
+    # One turn of the hub, not a poll: the runner ends the first connection and parks, and the
+    # kill it scheduled is still queued when the second connection is handed to it.
     gevent.sleep(0)
     runners.start((second, False))  # the same runner, scheduled behind the kill
-    gevent.sleep(0.2)
+    _until(lambda: len(outcome) == 2, "both connections to end")
     assert outcome == ["done", "done"]
 
 
@@ -98,10 +120,11 @@ def test_a_kill_ends_the_connection_it_was_meant_for(pair):
     first, _ = pair
     outcome: list[str] = []
     runners = Runners(lambda sock: _served(sock, outcome, False, 5))
+    first.greenlet = None  # as Connections.add leaves it, until the greenlet says it serves
     runners.start(first)
-    gevent.sleep(0)
+    _until(lambda: first.greenlet is not None, "the connection served")
     first.kill()
-    gevent.sleep(0.01)
+    _until(lambda: outcome, "the connection to end")
     assert outcome == ["killed"]
     assert runners.idle == []  # a killed runner ends
 
@@ -120,10 +143,10 @@ def test_a_parked_runner_saves_no_more_stack_than_a_greenlet_of_its_own(pair):
 
     runners = Runners(serve)
     runners.start(first)
-    gevent.sleep(0)
+    _until(lambda: serving, "the runner waiting")
     (runner,) = serving
     alone = gevent.spawn(serve, second)
-    gevent.sleep(0)
+    _until(lambda: len(serving) == 2, "the greenlet of its own waiting")
     try:
         assert 0 < runner._stack_saved <= alone._stack_saved
     finally:

@@ -98,8 +98,7 @@ PyInit__stackcache(void)
     if (m == NULL) {
         return NULL;
     }
-    if (PyModule_AddIntConstant(m, "ABI", STACKCACHE_ABI) < 0 ||
-        PyModule_AddIntConstant(m, "CHUNK", CHUNK) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", STACKCACHE_ABI) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -509,6 +509,10 @@ class TestEveryUpgradeCounted:
                 gws.close()
                 raw.close()
             wait_until(lambda: counts() == (0, opened, opened), 10, "all closed, by kind")
+            # WebSocket closes are wsgi.websocket's only: neither the Flask-Sock sessions nor
+            # the refused handshakes count one (they had made 1006s)
+            closes = by_label(server, "greenserve_websocket_closes_total", "code")
+            assert sum(closes.values()) == 1, closes
 
 
 class TestSocketIOAcrossWorkers:

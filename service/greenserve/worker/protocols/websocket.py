@@ -399,7 +399,12 @@ class WebSocket:
             self.registry.discard(self)
             self.stats.websocket_connections_active -= 1
         engine = self.engine
-        code = engine.close_rcvd.code if engine is not None and engine.close_rcvd else 1006
+        if engine is None:
+            # Never opened: offered and not used (Flask-Sock and Flask-SocketIO take the raw
+            # socket), or its handshake refused. No WebSocket of ours, so no close to count:
+            # counting these as 1006 made every Flask-Sock session an abnormal close.
+            return
+        code = engine.close_rcvd.code if engine.close_rcvd else 1006
         self.close_code = code
         closes = self.stats.websocket_closes
         key = str(code)

@@ -62,10 +62,6 @@ SHED = {
 GOING_AWAY = b"\x88\x8c\x00\x00\x00\x00\x03\xe9going away"
 
 
-class _Closed(Exception):
-    """The client closed the connection (or the sweeper shut it)."""
-
-
 class _Http2Preface(Exception):
     """A connection's first bytes are HTTP/2's preface (h2c with prior knowledge)."""
 
@@ -94,6 +90,7 @@ class HttpConnection:
         "served",
         "sock",
         "trusted_peer",
+        "turn_started",
         "watched",
     )
 
@@ -114,17 +111,11 @@ class HttpConnection:
         self.response: Response | None = None
         self.continue_sent = False
         self.served = 0  # requests started on this connection
+        self.turn_started = 0.0  # protocols/turns.py: 0.0 once the connection waited
         # wsgi.early_hints: bound once, not per request (None once the connection has ended)
         self.early_hints: Callable[[list[tuple[str, str]]], None] | None = self.send_early_hints
 
     # -- reading -------------------------------------------------------------------------------
-
-    def _feed(self) -> None:
-        """Read from the socket into the parser; raises _Closed at end of stream."""
-        data = self.sock.recv(RECV_SIZE)
-        if not data:
-            raise _Closed
-        self.parser.feed(data)
 
     def _method_token(self, data: bytes) -> bytes:
         """Enough of a rejected request line to tell an unknown method (501) from noise (400):
@@ -164,10 +155,11 @@ class HttpConnection:
             elif parser.clock_due():
                 timeout = self.handler.header_timeout
                 watched.enter(HEAD, time.monotonic() + timeout if timeout else 0.0)
-            # _feed's body: one Python frame less per request
+            # read here, not in a method of its own: one Python frame less per request
             sock = self.sock
             if self.served:
                 data = sock.recv_after_wait(RECV_SIZE)
+                self.turn_started = 0.0
             else:
                 data = sock.recv(RECV_SIZE)
                 if data[:16] == H2_PREFACE_START and self.handler.http2 is not None:
@@ -190,11 +182,12 @@ class HttpConnection:
             # a body that stops short of its Content-Length must not hold a greenlet for good.
             self.watched.enter(BODY, time.monotonic() + timeout if timeout else 0.0)
             try:
-                self._feed()
-            except _Closed:
-                raise ConnectionError("client closed during the request body") from None
+                data = self.sock.recv(RECV_SIZE)
             finally:
                 self.watched.enter(APP)
+            if not data:
+                raise ConnectionError("client closed during the request body")
+            self.parser.feed(data)
         event = self.events.pop(0)
         if isinstance(event, HttpError):
             raise event
@@ -285,7 +278,7 @@ class HttpConnection:
             while events and events[0] is END:
                 del events[0]
             if events:
-                take_turn()
+                self.turn_started = take_turn(self.turn_started)
 
     def send_early_hints(self, headers: list[tuple[str, str]]) -> None:
         """``wsgi.early_hints``: a 103 Early Hints (RFC 8297) before the response, on HTTP/1.1
@@ -541,7 +534,7 @@ class HttpConnection:
             if not writer.headers_sent:
                 self.send_error(exc.status, str(exc), writer.request_id, head)
             return None
-        except (ConnectionError, _Closed):
+        except ConnectionError:
             return None
         except Exception:
             clock = self.clock

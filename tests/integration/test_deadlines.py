@@ -108,6 +108,21 @@ class TestRequestIds:
         access = deadline_server.wait_event("request", path="/log", request_id="given-id-123")[0]
         assert access["duration_ms"] >= 0 and access["status"] == 200
 
+    def test_each_keep_alive_request_logs_its_own_id(self, deadline_server):
+        """One connection, three requests: the id lives in the connection's context, rewritten
+        per request (logs.RequestIdCell), so each request's lines carry its own."""
+        conn = http.client.HTTPConnection(*deadline_server.address, timeout=10)
+        try:
+            for number in range(3):
+                conn.request("GET", "/log", headers={"X-Request-ID": f"kept-alive-{number}"})
+                response = conn.getresponse()
+                assert response.read() == f"kept-alive-{number}".encode()
+        finally:
+            conn.close()
+        for number in range(3):
+            line = deadline_server.wait_event(f"app sees kept-alive-{number}")[0]
+            assert line["request_id"] == f"kept-alive-{number}", line
+
     def test_200_concurrent_requests_never_share_an_id(self, deadline_server):
         """Each app log line carries the id of its own request (contextvars per greenlet)."""
         errors: list[str] = []

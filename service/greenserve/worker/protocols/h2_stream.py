@@ -20,7 +20,7 @@ from gevent import get_hub
 from gevent.event import Event
 from hpack import NeverIndexedHeaderTuple
 
-from greenserve.logs import REQUEST_ID
+from greenserve.logs import REQUEST_ID, RequestIdCell
 from greenserve.proxy import apply_forwarded
 from greenserve.worker.protocols.http_body import EMPTY_INPUT, Input
 from greenserve.worker.protocols.http_parser import END, Head
@@ -148,7 +148,7 @@ class Stream:
         stats = handler.stats
         stats.http_requests_in_flight += 1
         stats.http2_streams_active += 1
-        context = REQUEST_ID.set(request_id)
+        context = REQUEST_ID.set(RequestIdCell(request_id))  # a greenlet per stream
         try:
             error = self.error or self._refusal(head, trusted)
             if error is not None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from greenserve.logs import REQUEST_ID
+from greenserve.logs import REQUEST_ID, RequestIdCell
 from greenserve.proxy import apply_forwarded
 from greenserve.worker.protocols.http_body import DRAIN_LIMIT, EMPTY_INPUT, Input
 from greenserve.worker.protocols.http_parser import (
@@ -86,6 +86,7 @@ class HttpConnection:
         "extra_environ",
         "handler",
         "parser",
+        "request_cell",
         "response",
         "served",
         "sock",
@@ -109,6 +110,7 @@ class HttpConnection:
         self.clock: RequestClock | None = None  # --request-timeout, from the first request on
         # Per-request state
         self.response: Response | None = None
+        self.request_cell: RequestIdCell | None = None  # in the greenlet's context (logs.py)
         self.continue_sent = False
         self.served = 0  # requests started on this connection
         self.turn_started = 0.0  # protocols/turns.py: 0.0 once the connection waited
@@ -140,7 +142,9 @@ class HttpConnection:
             while self.events:
                 event = self.events.pop(0)
                 if event.__class__ is Head:
-                    watched.enter(APP)
+                    # ConnectionPhase.enter(APP)'s body: one Python call less per request
+                    watched.phase = APP
+                    watched.deadline = 0.0
                     return event
                 if event.__class__ is RejectedMethod:
                     start = event.start
@@ -151,7 +155,8 @@ class HttpConnection:
                 # Parked: waiting for a next request, so a drain may end the connection. A new
                 # one may have its first request in flight: a drain gives it a moment instead of
                 # closing it at once, which failed that request (seen under load in restarts).
-                watched.enter(PARKED if self.served else FRESH, keepalive_deadline)
+                watched.phase = PARKED if self.served else FRESH  # enter()'s body, as above
+                watched.deadline = keepalive_deadline
             elif parser.clock_due():
                 timeout = self.handler.header_timeout
                 watched.enter(HEAD, time.monotonic() + timeout if timeout else 0.0)
@@ -326,12 +331,10 @@ class HttpConnection:
 
     def _all_read(self, head: Head | None) -> bool:
         """Whether the connection, closed next, holds nothing unread that we know of: then the
-        answer may wait for the close (MSG_MORE) and leave with the FIN in one segment
-        (tcp_send_fin marks the unsent tail), one packet fewer through both kernels for each
-        shed connection (503s per CPU-second 9.6-12.8k -> 16.3-18.4k with the peer cache,
-        2026-12-06). Not with unread bytes: a close over them sends a reset, which discards
-        an answer still queued instead of sending it first. Plain sockets only (TLS writes
-        its own records)."""
+        answer may wait for the close (MSG_MORE) and leave with the FIN in one segment, one
+        packet fewer per shed connection (503s per CPU-second 9.6-12.8k -> 16.3-18.4k with the
+        peer cache, 2026-12-06). Not over unread bytes: that close is a reset, which discards
+        a queued answer. Plain sockets only (TLS writes its own records)."""
         return (
             head is not None
             and self.sock.__class__ is CountingSocket
@@ -377,7 +380,11 @@ class HttpConnection:
         if self.trusted_peer:
             apply_forwarded(environ, handler.forwarded_allow)
         self.served += 1
-        context = REQUEST_ID.set(request_id)
+        cell = self.request_cell
+        if cell is None:
+            cell = self.request_cell = RequestIdCell()
+            REQUEST_ID.set(cell)  # once per connection: its greenlet's context is its own
+        cell.id = request_id
         upgraded_at = (0, 0)
         clock = None
         if head.upgrade:  # a connection taken over is no request any more: no request clock
@@ -400,7 +407,7 @@ class HttpConnection:
                 handler.upgrades.end(self.watched)
             if clock is not None:
                 clock.stop()
-            REQUEST_ID.reset(context)
+            cell.id = None
         duration = time.perf_counter() - started
         stack = clock.reported() if clock is not None else None
         if stack is not None:

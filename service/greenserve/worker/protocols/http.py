@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenserve.logs import REQUEST_ID, RequestIdCell
 from greenserve.proxy import apply_forwarded
+from greenserve.worker.protocols.http_answers import OwnAnswers
 from greenserve.worker.protocols.http_body import DRAIN_LIMIT, EMPTY_INPUT, Input
 from greenserve.worker.protocols.http_parser import (
     END,
@@ -29,7 +30,6 @@ from greenserve.worker.protocols.http_parser import (
     RequestParser,
 )
 from greenserve.worker.protocols.http_response import (
-    REASONS,
     FileWrapper,
     Response,
     early_hints_bytes,
@@ -49,13 +49,8 @@ if TYPE_CHECKING:
 
 RECV_SIZE = 65536
 
-RETRY_AFTER = b"Retry-After: 1\r\n"  # a shed request: the load balancer may try again soon
 _MORE = socket.MSG_MORE
 _PLAIN = (list, tuple)  # bodies with no close() of their own, which could take its time
-SHED = {
-    "inflight": "overloaded: too many requests in flight",
-    "queue_time": "overloaded: the request waited too long before the app",
-}
 
 # RFC 6455 5.5.1: a client's Close frame, 1001 "going away" (masked, with a zero key), as a
 # stop makes an app's own WebSocket library read it (tcp.Connections.end_upgraded)
@@ -73,7 +68,7 @@ class _Http2Preface(Exception):
 H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
 
 
-class HttpConnection:
+class HttpConnection(OwnAnswers):
     """One client connection: requests in order, one at a time, until close."""
 
     # Slots: one of these lives as long as each idle keep-alive connection.
@@ -142,9 +137,7 @@ class HttpConnection:
             while self.events:
                 event = self.events.pop(0)
                 if event.__class__ is Head:
-                    # ConnectionPhase.enter(APP)'s body: one Python call less per request
-                    watched.phase = APP
-                    watched.deadline = 0.0
+                    watched.enter(APP)
                     return event
                 if event.__class__ is RejectedMethod:
                     start = event.start
@@ -155,8 +148,7 @@ class HttpConnection:
                 # Parked: waiting for a next request, so a drain may end the connection. A new
                 # one may have its first request in flight: a drain gives it a moment instead of
                 # closing it at once, which failed that request (seen under load in restarts).
-                watched.phase = PARKED if self.served else FRESH  # enter()'s body, as above
-                watched.deadline = keepalive_deadline
+                watched.enter(PARKED if self.served else FRESH, keepalive_deadline)
             elif parser.clock_due():
                 timeout = self.handler.header_timeout
                 watched.enter(HEAD, time.monotonic() + timeout if timeout else 0.0)
@@ -292,64 +284,6 @@ class HttpConnection:
         if response is None or response.headers_sent or response.head.version != "1.1":
             return
         self.sock.sendall(early_hints_bytes(headers))
-
-    def send_error(
-        self,
-        status: int,
-        detail: str,
-        request_id: str = "",
-        head: Head | None = None,
-        duration: float = 0.0,
-        extra: bytes = b"",
-    ) -> None:
-        """greenserve's own answer (a parse error, a limit, a failed app), then the connection
-        closes; counted and access-logged like any response, with a request id."""
-        handler = self.handler
-        request_id = request_id or handler.new_request_id()
-        body = f"{status} {REASONS.get(status, '')}: {detail}\n".encode()
-        response = (
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
-            + b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-            + b"X-Request-ID: "
-            + request_id.encode()
-            + b"\r\n"
-            + extra
-            + b"Content-Length: %d" % len(body)
-            + handler.date.end()
-            + body
-        )
-        sock = self.sock
-        with contextlib.suppress(OSError):  # the client may already be gone
-            if self._all_read(head):
-                sock.sendall(response, _MORE)
-            else:
-                sock.sendall(response)
-        head = head or self.parser.head  # a head begun before the error, if any
-        handler.answered(
-            self.address, head, None, status, len(body), duration, request_id, error=detail
-        )
-
-    def _all_read(self, head: Head | None) -> bool:
-        """Whether the connection, closed next, holds nothing unread that we know of: then the
-        answer may wait for the close (MSG_MORE) and leave with the FIN in one segment, one
-        packet fewer per shed connection (503s per CPU-second 9.6-12.8k -> 16.3-18.4k with the
-        peer cache, 2026-12-06). Not over unread bytes: that close is a reset, which discards
-        a queued answer. Plain sockets only (TLS writes its own records)."""
-        return (
-            head is not None
-            and self.sock.__class__ is CountingSocket
-            and not head.content_length
-            and not head.chunked
-            and not self.parser.head_open
-            and all(event is END for event in self.events)
-        )
-
-    def shed(self, head: Head, reason: str) -> None:
-        """Overload (--max-inflight, --max-queue-time): 503 at once, before the body is read
-        and without the app, and the connection closes (the body is left unread)."""
-        shed = self.handler.stats.http_requests_shed
-        shed[reason] = shed.get(reason, 0) + 1
-        self.send_error(503, SHED[reason], head=head, extra=RETRY_AFTER)
 
     def _respond(self, head: Head) -> bool:
         """Run the app for one request; True when the connection may serve another."""

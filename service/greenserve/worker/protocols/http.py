@@ -306,7 +306,9 @@ class HttpConnection(OwnAnswers):
         environ = handler.environ(head, body, self.address)
         # in the environ now: a long request (a WebSocket) need not keep both; a list, for the
         # trailer fields of a chunked body, which llhttp reports as headers after this point
-        head.headers = []
+        # (a head parsed in C has the empty list it was made with)
+        if head.headers:
+            head.headers = []
         environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
         environ["wsgi.early_hints"] = self.early_hints
         if self.extra_environ:
@@ -333,11 +335,11 @@ class HttpConnection(OwnAnswers):
         except RequestTimeout:
             keep = False
         finally:
-            websocket = environ.get("wsgi.websocket")
-            if websocket is not None:
-                websocket.finish()
-                websocket.drain()
             if head.upgrade:
+                websocket = environ.get("wsgi.websocket")
+                if websocket is not None:
+                    websocket.finish()
+                    websocket.drain()
                 handler.upgrades.end(self.watched)
             if clock is not None:
                 clock.stop()

@@ -78,6 +78,10 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
     __slots__ = (*FIELDS, "out", "spill")
     out: list[Any] | Outbox | None
     spill: bool
+    # gevent's own, for mypy (close reads them)
+    _closed: bool
+    _read_event: Any
+    _write_event: Any
 
     @property
     def watched(self) -> CountingSocket:
@@ -153,6 +157,36 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
                 return
             _gevent_sendall(self, memoryview(data)[count:], flags)  # counted through send
 
+    def close(self) -> None:
+        """gevent's close, without its detour when nothing of ours waits on this socket (the end
+        of almost every connection): gevent hands the two watchers to the hub to cancel waits,
+        reads the socket's family, type, protocol and descriptor again and swaps in a
+        placeholder socket object, eight Python calls and an object per connection; and the
+        server's do_close closed each socket a second time (4.8 -> 3.3 us for both, timeit).
+        The C socket beneath is closed in place (its descriptor -1: a late send or recv fails
+        with EBADF, as on the placeholder). A waiter of ours, or a makefile still open:
+        gevent's own close."""
+        if self._closed:
+            return
+        read, write, sock = self._read_event, self._write_event, self._sock
+        if self._io_refs > 0 or read is None or read.callback or write.callback:
+            super().close()
+            return
+        self._closed = True
+        self._read_event = self._write_event = None
+        read.close()
+        write.close()
+        loop = self.hub.loop
+        if not loop.closing_fd(sock.fileno()):
+            sock.close()
+            return
+        # Another watcher on the descriptor (an app's select on gunicorn.socket) was just woken:
+        # it runs before the descriptor goes, or could act on a number already reused. gevent
+        # defers the same way (_socket3.socket._drop_ref_on_close); asking it to would wake the
+        # watcher a second time, which libev does not count, and close at once.
+        check = loop.check()
+        check.start(_close_later, sock, check)
+
     def cork(self) -> None:
         """Hold this greenlet's writes until ``uncork`` (the end of a pipelined batch: its
         responses go out in one write), or until it yields to the hub: a callback then sends
@@ -188,6 +222,17 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
             self.out = None
         else:
             out[:] = [data[count:]]
+
+
+def _close_later(sock: Any, check: Any) -> None:
+    """CountingSocket.close's deferred end, after the watchers it woke have run."""
+    try:
+        sock.close()
+    except OSError:
+        pass
+    finally:
+        check.stop()
+        check.close()
 
 
 class Connections:

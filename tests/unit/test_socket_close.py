@@ -1,0 +1,95 @@
+"""CountingSocket.close: the short path when nothing waits, gevent's own otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from greenserve.worker.protocols.tcp import CountingSocket
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[CountingSocket, socket.socket]]:
+    ours, peer = socket.socketpair()
+    wrapped = CountingSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=ours.detach())
+    wrapped.accepted(time.monotonic())  # as Connections.add sets it up
+    wrapped.out, wrapped.spill = None, False
+    yield wrapped, peer
+    peer.close()
+    wrapped.close()
+
+
+def test_nothing_waiting_closes_in_place(pair):
+    sock, peer = pair
+    sock.sendall(b"before")
+    assert peer.recv(16) == b"before"
+    read, write = sock._read_event, sock._write_event
+    sock.close()
+    assert sock.closed and sock._read_event is None and sock._write_event is None
+    assert not read.active and not write.active
+    assert peer.recv(16) == b""  # the peer sees the end at once
+    with pytest.raises(OSError):  # a late write fails; it never reaches a reused descriptor
+        sock.send(b"after")
+    sock.close()  # the server's do_close, again: nothing happens
+
+
+def test_a_reader_waiting_is_woken_with_an_error(pair):
+    sock, peer = pair
+    outcome: list[str] = []
+
+    def reader() -> None:
+        try:
+            sock.recv(16)
+            outcome.append("data")
+        except OSError:
+            outcome.append("error")
+
+    waiting = gevent.spawn(reader)
+    gevent.sleep(0.01)  # the reader is in the hub, its watcher armed
+    assert sock._read_event.callback is not None
+    sock.close()
+    waiting.join(5)
+    assert outcome == ["error"]  # gevent's close: cancel_wait_ex in the waiter
+    assert peer.recv(16) == b""
+
+
+def test_another_watcher_on_the_descriptor_runs_before_it_closes(pair):
+    """An app's select on gunicorn.socket: its watcher is woken by the close and runs while the
+    descriptor is still open (a number closed first could already be another connection's)."""
+    sock, peer = pair
+    fd = sock.fileno()
+    seen: list[bool] = []
+
+    def other() -> None:
+        with contextlib.suppress(Exception):
+            gsocket.wait_read(fd, timeout=5)
+        try:
+            os.fstat(fd)
+            seen.append(True)  # woken with the descriptor still open
+        except OSError:
+            seen.append(False)
+
+    waiting = gevent.spawn(other)
+    gevent.sleep(0.01)
+    sock.close()
+    waiting.join(5)
+    assert seen == [True]
+    peer.setblocking(False)
+
+    def peer_sees_the_end() -> bool:
+        try:
+            return peer.recv(16) == b""
+        except BlockingIOError:
+            return False
+
+    wait_until(peer_sees_the_end, 5, "the deferred close", step=0.001, sleep=gevent.sleep)

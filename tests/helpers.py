@@ -436,6 +436,25 @@ class ScriptedSocket(ConnectionPhase):
             self.waiting.set()
 
 
+def in_process_handler(app: Any, flags: tuple[str, ...] = (), **changes: Any) -> Any:
+    """An HttpHandler serving ``app`` in this process (no listener), from ``--protocol http``
+    and ``flags`` with ``changes`` to the Settings, logging through structlog as configured."""
+    import structlog
+
+    from greenserve.config import load
+    from greenserve.metrics.stats import WorkerStats
+    from greenserve.worker.protocols.http_handler import HttpHandler
+
+    settings = load(["--protocol", "http", *flags], {}).with_changes(**changes)
+    return HttpHandler(
+        app,
+        settings,
+        stats=WorkerStats(),
+        log=structlog.get_logger(),
+        server_address=("127.0.0.1", 8000),
+    )
+
+
 def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[bytes, list[dict]]:
     """Run one HTTP connection through the real protocol code, with no socket and no process.
 
@@ -443,23 +462,10 @@ def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[byt
 
     Returns what the server wrote and the log events it emitted (structlog's capture_logs).
     """
-    import structlog
     from structlog.testing import capture_logs
 
-    from greenserve.config import load
-    from greenserve.metrics.stats import WorkerStats
-    from greenserve.worker.protocols.http_handler import HttpHandler
-
-    flags = ["--protocol", "http", "--max-body", "1m", "--header-timeout", "5"]
-    settings = load(flags, {}).with_changes(**changes)
     with capture_logs() as events:
-        handler = HttpHandler(
-            app,
-            settings,
-            stats=WorkerStats(),
-            log=structlog.get_logger(),
-            server_address=("127.0.0.1", 8000),
-        )
+        handler = in_process_handler(app, ("--max-body", "1m", "--header-timeout", "5"), **changes)
         sock = ScriptedSocket(chunks)
         handler.handle(sock, ("127.0.0.1", 40000))
     return bytes(sock.sent), events

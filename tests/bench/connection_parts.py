@@ -18,14 +18,11 @@ import time
 import structlog
 from gevent import socket as gsocket
 
-from greenserve.config import load
-from greenserve.metrics.stats import WorkerStats
 from greenserve.worker import apps
 from greenserve.worker.protocols.http import HttpConnection
-from greenserve.worker.protocols.http_handler import HttpHandler
 from greenserve.worker.protocols.http_parser import fast_head
 from greenserve.worker.protocols.tcp import CountingSocket
-from tests.helpers import ScriptedSocket
+from tests.helpers import ScriptedSocket, in_process_handler
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 
@@ -52,13 +49,7 @@ def close_us(cls: type[CountingSocket], count: int) -> float:
 
 def shed_us(count: int) -> float:
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-    handler = HttpHandler(
-        apps.hello,
-        load(["--protocol", "http"], {}),
-        stats=WorkerStats(),
-        log=structlog.get_logger(),
-        server_address=("127.0.0.1", 8000),
-    )
+    handler = in_process_handler(apps.hello)
     sock = ScriptedSocket([])
     connection = HttpConnection(handler, sock, ("127.0.0.1", 40000))
     head = fast_head(REQUEST, handler.base_environ)

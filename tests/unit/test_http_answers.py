@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import re
 
-import structlog
-
-from greenserve.config import load
-from greenserve.metrics.stats import WorkerStats
 from greenserve.worker import apps
 from greenserve.worker.protocols import http_answers
 from greenserve.worker.protocols.http import HttpConnection
-from greenserve.worker.protocols.http_handler import HttpHandler
 from greenserve.worker.protocols.http_parser import fast_head
-from tests.helpers import ScriptedSocket, parse_responses
+from tests.helpers import ScriptedSocket, in_process_handler, parse_responses
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
 def _connection() -> tuple[HttpConnection, ScriptedSocket]:
-    handler = HttpHandler(
-        apps.hello,
-        load(["--protocol", "http"], {}),
-        stats=WorkerStats(),
-        log=structlog.get_logger(),
-        server_address=("127.0.0.1", 8000),
-    )
     sock = ScriptedSocket([])
-    return HttpConnection(handler, sock, ("127.0.0.1", 40000)), sock
+    return HttpConnection(in_process_handler(apps.hello), sock, ("127.0.0.1", 40000)), sock
 
 
 def test_each_shed_answer_is_whole_with_its_own_id():

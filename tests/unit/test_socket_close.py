@@ -55,8 +55,13 @@ def test_a_reader_waiting_is_woken_with_an_error(pair):
             outcome.append("error")
 
     waiting = gevent.spawn(reader)
-    gevent.sleep(0.01)  # the reader is in the hub, its watcher armed
-    assert sock._read_event.callback is not None
+    wait_until(
+        lambda: sock._read_event.callback is not None,
+        5,
+        "the reader waiting in the hub",
+        step=0.001,
+        sleep=gevent.sleep,
+    )
     sock.close()
     waiting.join(5)
     assert outcome == ["error"]  # gevent's close: cancel_wait_ex in the waiter
@@ -69,8 +74,10 @@ def test_another_watcher_on_the_descriptor_runs_before_it_closes(pair):
     sock, peer = pair
     fd = sock.fileno()
     seen: list[bool] = []
+    waiting_on_it: list[bool] = []
 
     def other() -> None:
+        waiting_on_it.append(True)  # no switch from here into wait_read's watcher
         with contextlib.suppress(Exception):
             gsocket.wait_read(fd, timeout=5)
         try:
@@ -80,7 +87,7 @@ def test_another_watcher_on_the_descriptor_runs_before_it_closes(pair):
             seen.append(False)
 
     waiting = gevent.spawn(other)
-    gevent.sleep(0.01)
+    wait_until(lambda: waiting_on_it, 5, "the other watcher", step=0.001, sleep=gevent.sleep)
     sock.close()
     waiting.join(5)
     assert seen == [True]

@@ -36,9 +36,9 @@ def _in_a_greenlet(body: Any) -> tuple[Any, list[str]]:
         order.append("other ran")
 
     first = gevent.spawn(reader)
-    gevent.spawn(other)
-    first.join(timeout=10)
-    gevent.sleep(0.01)
+    second = gevent.spawn(other)
+    gevent.joinall([first, second], timeout=10)
+    assert first.dead and second.dead, order
     return first.value, order
 
 

@@ -54,10 +54,9 @@ class DateCache:
     """The end of every header block from the Date header on (Date, Server, the blank line),
     formatted and joined once per second rather than once per response."""
 
-    __slots__ = ("date_value", "end_value", "from_", "second", "until")
+    __slots__ = ("date_value", "end_value", "from_", "until")
 
     def __init__(self) -> None:
-        self.second = 0
         self.from_ = self.until = 0.0  # the current second, as floats (compared per call)
         self.end_value = b""
         self.date_value = b""
@@ -69,12 +68,10 @@ class DateCache:
         now = _time()
         if self.from_ <= now < self.until:
             return self.end_value
-        second = int(now)
+        second = int(now)  # outside the last second: always another one
         self.from_, self.until = float(second), second + 1.0
-        if second != self.second:
-            self.second = second
-            date = self.date_value = formatdate(second, usegmt=True).encode()
-            self.end_value = b"\r\nDate: " + date + b"\r\nServer: " + SERVER + b"\r\n\r\n"
+        date = self.date_value = formatdate(second, usegmt=True).encode()
+        self.end_value = b"\r\nDate: " + date + b"\r\nServer: " + SERVER + b"\r\n\r\n"
         return self.end_value
 
     def date(self) -> bytes:

@@ -26,11 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 COUNT = 40_000
 
-_MEASURE = """
+# The handler over hello, in any tree this bench has compared: the package grouped by role or
+# the flat layout before it, the handler that reads Settings or the keyword form before that.
+_SETUP = """
 import sys, time
 import structlog
 from tests.helpers import ScriptedSocket
-try:  # the package grouped by role, else the flat layout before it
+try:
     from greenserve.worker import apps
     from greenserve.worker.protocols.http_handler import HttpHandler
     from greenserve.metrics.stats import WorkerStats
@@ -40,7 +42,7 @@ except ImportError:
     from greenserve.stats import WorkerStats
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-try:  # the handler that reads Settings, else the keyword form of older trees
+try:
     from greenserve.config import load
     handler = HttpHandler(apps.hello, load(["--protocol", "http"], {}), stats=WorkerStats(),
                           log=structlog.get_logger(), server_address=("127.0.0.1", 8000))
@@ -48,6 +50,9 @@ except TypeError:
     handler = HttpHandler(apps.hello, stats=WorkerStats(), log=structlog.get_logger(),
                           server_address=("127.0.0.1", 8000), max_body=1 << 20,
                           header_timeout=10.0, keepalive_timeout=5.0, access_log=False)
+"""
+
+_MEASURE = """
 best = float("inf")
 for _ in range(5):
     sock = ScriptedSocket([REQUEST] * COUNT)
@@ -58,46 +63,34 @@ for _ in range(5):
 print(f"{best:.2f}")
 """
 
-
-def measure(tree: Path) -> float:
-    code = f"REQUEST = {REQUEST!r}\nCOUNT = {COUNT}\n" + _MEASURE
-    # each tree with its own tests package: the in-memory socket matches that tree's code
-    env = {"PYTHONPATH": f"{tree / 'service'}{os.pathsep}{tree}"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=True
-    )
-    return float(out.stdout.strip())
-
-
 _COUNT_LOOP = """
-import sys
-import structlog
-from tests.helpers import ScriptedSocket
-from greenserve.worker import apps
-from greenserve.worker.protocols.http_handler import HttpHandler
-from greenserve.metrics.stats import WorkerStats
-from greenserve.config import load
-structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-handler = HttpHandler(apps.hello, load(["--protocol", "http"], {}), stats=WorkerStats(),
-                      log=structlog.get_logger(), server_address=("127.0.0.1", 8000))
 handler.handle(ScriptedSocket([REQUEST] * 2000), ("127.0.0.1", 40000))  # warm
 handler.handle(ScriptedSocket([REQUEST] * int(sys.argv[1])), ("127.0.0.1", 40000))
 """
 COUNTED = 3000
 
 
-def _instructions(tree: Path, requests: int) -> int:
-    code = f"REQUEST = {REQUEST!r}\n" + _COUNT_LOOP
-    env = dict(
-        os.environ,
-        PYTHONPATH=f"{tree / 'service'}{os.pathsep}{tree}",
-        PYTHONHASHSEED="0",  # dict layouts, and so the count, the same every run
-    )
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, "-c", code, str(requests)],
-        env=env, cwd=tree, capture_output=True, text=True, check=True,
+def _run(
+    tree: Path, loop: str, tool: tuple[str, ...] = (), arg: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``loop`` after the setup, in a Python of its own over ``tree`` (each tree with its own
+    tests package: the in-memory socket matches that tree's code), under ``tool`` if given."""
+    code = f"REQUEST = {REQUEST!r}\nCOUNT = {COUNT}\n" + _SETUP + loop
+    environ = dict(os.environ, PYTHONPATH=f"{tree / 'service'}{os.pathsep}{tree}", **env)
+    return subprocess.run(
+        [*tool, sys.executable, "-c", code, *([arg] if arg else [])],
+        env=environ, cwd=tree, capture_output=True, text=True, check=True,
     )  # fmt: skip
+
+
+def measure(tree: Path) -> float:
+    return float(_run(tree, _MEASURE).stdout.strip())
+
+
+def _instructions(tree: Path, requests: int) -> int:
+    valgrind = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    # PYTHONHASHSEED: dict layouts, and so the count, the same every run
+    out = _run(tree, _COUNT_LOOP, valgrind, str(requests), PYTHONHASHSEED="0")
     found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
     if found is None:
         raise SystemExit(out.stderr[-2000:])

@@ -7,6 +7,7 @@ import faulthandler
 import importlib
 import os
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -171,9 +172,13 @@ class Worker:
             deadlines=bool(self.https),
             publish=self._publish if balanced else None,
             tls=server_context(settings) if settings.certfile else None,
+            nodelay=listeners[0].family != socket.AF_UNIX,
         )
         # One protocol per listener; all share the connection registry, sweeper and counters.
-        self.protocols = [self.protocol] + [self.protocol.for_app(a) for a in apps[1:]]
+        self.protocols = [self.protocol] + [
+            self.protocol.for_app(a, listener.family != socket.AF_UNIX)
+            for a, listener in zip(apps[1:], listeners[1:], strict=True)
+        ]
         self.servers: list[CountingServer] = []
         for listener, protocol in zip(listeners, self.protocols, strict=True):
             if balanced:

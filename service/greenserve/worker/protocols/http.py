@@ -86,7 +86,6 @@ class HttpConnection(OwnAnswers):
         "served",
         "sock",
         "trusted_peer",
-        "turn_started",
         "watched",
     )
 
@@ -108,7 +107,6 @@ class HttpConnection(OwnAnswers):
         self.request_cell: RequestIdCell | None = None  # in the greenlet's context (logs.py)
         self.continue_sent = False
         self.served = 0  # requests started on this connection
-        self.turn_started = 0.0  # protocols/turns.py: 0.0 once the connection waited
         # wsgi.early_hints: bound once, not per request (None once the connection has ended)
         self.early_hints: Callable[[list[tuple[str, str]]], None] | None = self.send_early_hints
 
@@ -156,7 +154,6 @@ class HttpConnection(OwnAnswers):
             sock = self.sock
             if self.served:
                 data = sock.recv_after_wait(RECV_SIZE)
-                self.turn_started = 0.0
             else:
                 data = sock.recv(RECV_SIZE)
                 if data[:16] == H2_PREFACE_START and self.handler.http2 is not None:
@@ -275,7 +272,7 @@ class HttpConnection(OwnAnswers):
             while events and events[0] is END:
                 del events[0]
             if events:
-                self.turn_started = take_turn(self.turn_started)
+                take_turn(self.watched)
 
     def send_early_hints(self, headers: list[tuple[str, str]]) -> None:
         """``wsgi.early_hints``: a 103 Early Hints (RFC 8297) before the response, on HTTP/1.1

@@ -46,6 +46,7 @@ FIELDS = (
     "seen",
     "shut",
     "tx",
+    "turn_started",
 )
 
 
@@ -87,6 +88,7 @@ class ConnectionPhase:
         self.shut = False
         self.greenlet = None
         self.eof_data = b""  # what a read returns at end-of-file instead of b"", once
+        self.turn_started = 0.0  # protocols/turns.py: 0.0 once its greenlet waited on a read
 
     def serving(self) -> None:
         """Called in the connection's own greenlet: the one a stuck handler's kill ends."""

@@ -111,6 +111,7 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
             park(self._read_event, self.hub)
         elif timeout != 0.0:
             self._wait(self._read_event)
+        self.turn_started = 0.0  # waited on the hub: a new fairness slice (turns.py)
         try:
             data = self._sock.recv(size)  # recv's body, one Python frame less per request
         except BlockingIOError:

@@ -39,7 +39,7 @@ class HandshakeFailed(Exception):
 class TlsSocket:
     """A server-side TLS session on top of a CountingSocket."""
 
-    __slots__ = ("engine", "first", "incoming", "obj", "outgoing", "raw", "turn_started")
+    __slots__ = ("engine", "first", "incoming", "obj", "outgoing", "raw")
 
     def __init__(self, raw: Any, context: ssl.SSLContext) -> None:
         self.raw = raw
@@ -50,7 +50,6 @@ class TlsSocket:
         # object beneath: the hot path calls that directly (three Python frames per request).
         self.engine = getattr(self.obj, "_sslobj", self.obj)
         self.first = b""  # the first bytes the client sent: tells plaintext HTTP apart
-        self.turn_started = 0.0  # protocols/turns.py: 0.0 once the session waited
 
     @property
     def watched(self) -> Any:
@@ -116,13 +115,12 @@ class TlsSocket:
             if idle:
                 # Plaintext already here (pipelined requests): no wait on the socket, so no
                 # poll either; the fairness turn is taken here (protocols/turns.py).
-                self.turn_started = take_turn(self.turn_started)
+                take_turn(self.raw)
         else:
             # The common case: the protocol asks only when it has consumed everything, so feed
             # the engine first rather than pay for an SSLWantReadError on every read.
             raw = self.raw
             data = raw.recv_after_wait(RECORD) if idle else raw.recv(RECORD)
-            self.turn_started = 0.0
             if not data:
                 self.incoming.write_eof()
                 return b""

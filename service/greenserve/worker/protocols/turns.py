@@ -5,7 +5,7 @@ may never give the hub a chance to poll: every other connection waits until this
 Reading the next request from the socket waits for readability first (``recv_after_wait``),
 which goes through the hub's poll, so it is fair by itself. What is not: a request or message
 already read, pipelined behind the one just answered (in the parser's queue, or as plaintext in
-a TLS session). Each protocol loop checks, in that case only, how long this reader has run since
+a TLS session). Each protocol loop checks, in that case only, how long the connection has run since
 it last waited on the hub and, past ``TURN_SECONDS``, steps back behind the I/O that became ready
 meanwhile: a time slice per connection, as a scheduler gives one per thread.
 
@@ -44,19 +44,19 @@ def step_back(hub: Any) -> None:
         turn.close()
 
 
-def take_turn(started: float) -> float:
+def take_turn(connection: Any) -> None:
     """For a reader about to go on without waiting (a request or message already read): step
-    back once it has run past ``TURN_SECONDS``. ``started``: what the previous call returned,
-    or 0.0 when the reader has waited on the hub since (the caller resets it at each wait);
-    returns what to pass next time.
+    back once the connection's greenlet has run past ``TURN_SECONDS``. ``connection``: the
+    socket beneath (a CountingSocket, phase.py), whose ``turn_started`` its
+    ``recv_after_wait`` sets to 0.0 at each wait, whichever reader (HTTP, TLS, WebSocket) asked.
 
     The slice starts at the first call after a wait, not at the wait itself: a clock read per
     request that never pipelines would be paid by every keep-alive request. A run is therefore
     bounded by ``TURN_SECONDS`` plus the two requests at its ends."""
     now = monotonic()
+    started = connection.turn_started
     if not started:
-        return now
-    if now - started <= TURN_SECONDS:
-        return started
-    step_back(get_hub())
-    return monotonic()
+        connection.turn_started = now
+    elif now - started > TURN_SECONDS:
+        step_back(get_hub())
+        connection.turn_started = monotonic()

@@ -92,7 +92,6 @@ class WebSocket:
         self.buffer: bytes | bytearray = bytearray(early) if early else b""
         self.more = bool(early)  # whole frames may wait in the buffer
         self.owed = 0  # bytes of the current frame the engine still needs (0: at a boundary)
-        self.turn_started = 0.0  # protocols/turns.py: 0.0 once the reader waited
 
     # gevent-websocket's attributes
     @property
@@ -157,7 +156,7 @@ class WebSocket:
         # Fairness (protocols/turns.py): a message already read is returned without a wait
         # (reads from the socket wait through the hub; TLS: see TlsSocket._read).
         if self.pending or self.more:
-            self.turn_started = take_turn(self.turn_started)
+            take_turn(self.raw)
         while not self.pending:
             if self.done:
                 return None
@@ -169,7 +168,6 @@ class WebSocket:
                 try:
                     # The peer usually has not answered yet: wait first, then one recv.
                     data = self.sock.recv_after_wait(RECV_SIZE)
-                    self.turn_started = 0.0
                 except OSError:
                     data = b""
                 if data:

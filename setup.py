@@ -1,6 +1,7 @@
 """The optional C accelerators (greenserve._fasthead, the request head; greenserve._appvalue, an
-app metric's value; greenserve._stackcache, frame stack chunks kept for the next greenlet);
-everything else is in pyproject.toml.
+app metric's value; greenserve._stackcache, frame stack chunks kept for the next greenlet;
+greenserve._tracegate, --otel's sampling decision per request); everything else is in
+pyproject.toml.
 
 ``optional=True``: without a compiler or Python headers the build goes on without them, and
 greenserve uses the pure-Python paths (the same behaviour, slower).
@@ -25,6 +26,12 @@ setup(
         Extension(
             "greenserve._stackcache",
             ["service/greenserve/_stackcache.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "greenserve._tracegate",
+            ["service/greenserve/_tracegate.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

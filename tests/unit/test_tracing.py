@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 from opentelemetry import trace
 
 from greenserve.config import load
 from greenserve.worker import tracing as module
 from greenserve.worker.tracing import Tracing
+from tests.helpers import ROOT
 from tests.otlp import Receiver
 
 
@@ -19,7 +23,7 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def tracing(receiver):
+def provider(receiver):
     # The exporter reads its endpoint when it is made; a real receiver, so the shutdown's flush
     # is answered instead of retried against a closed port.
     with pytest.MonkeyPatch.context() as patch:
@@ -27,6 +31,18 @@ def tracing(receiver):
         tracing = Tracing(load(["--otel", "--otel-sample-ratio", "0"], {}))
     yield tracing
     tracing.provider.shutdown()
+
+
+@pytest.fixture(params=["c", "python"])
+def tracing(request, provider, monkeypatch):
+    """The short path as _tracegate.c builds it, and as Python does without the extension."""
+    if request.param == "python":
+        monkeypatch.setattr(module, "GATE", None)
+    elif module.GATE is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("greenserve._tracegate was not built")
+        pytest.skip("greenserve._tracegate is not built (no compiler at install)")
+    return provider
 
 
 def _current() -> trace.SpanContext:
@@ -89,14 +105,14 @@ def test_a_sampled_traceparent_is_followed_at_ratio_zero(tracing, receiver):
         return [b"ok"]
 
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    before = _left()
+    before, exported = _left(), len(receiver.server_spans())
     body = tracing.wrap(app)(_environ(HTTP_TRACEPARENT=parent), lambda *a: None)
     body.close()
     assert seen[0].trace_flags.sampled
     assert f"{seen[0].trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert _left() is before
     tracing.provider.force_flush(5000)
-    (span,) = receiver.server_spans()
+    (span,) = receiver.server_spans()[exported:]
     assert span["parent_id"] == "00f067aa0ba902b7"
 
 
@@ -195,3 +211,36 @@ def test_over_another_runtime_context_the_sdk_makes_every_unsampled_root_and_det
         assert not _current().is_valid
     assert all(s.is_valid and not s.trace_flags.sampled for s in seen)
     assert seen[0].trace_id != seen[1].trace_id
+
+
+def test_the_gates_abi_is_the_sources_and_ci_has_the_build():
+    source = (ROOT / "service" / "greenserve" / "_tracegate.c").read_text()
+    match = re.search(r"#define TRACEGATE_ABI (\d+)", source)
+    assert match and int(match.group(1)) == module.TRACEGATE_ABI
+    if os.environ.get("CI") == "true":
+        assert module.GATE is not None, "greenserve._tracegate was not built"
+
+
+def test_the_gate_samples_the_ratio_and_every_traceparent(tracing, receiver):
+    """Which requests take the SDK's path: a traceparent always, roots at the ratio."""
+    calls = {"sampled": 0, "app": 0}
+
+    def app(environ, start_response):
+        calls["app"] += 1
+        return [b"ok"]
+
+    draws = iter([0.5, 0.05, 0.2])
+
+    def sampled(environ, start_response):
+        calls["sampled"] += 1
+
+    make = module.GATE.Gate if module.GATE is not None else module.python_gate
+    gate = make(
+        app, sampled, lambda: next(draws), 0.1, module._lazy_var(), module._PENDING,
+        module._Traced, module._repend,
+    )  # fmt: skip
+    gate(_environ(), None)  # 0.5: not sampled
+    gate(_environ(), None)  # 0.05 < 0.1: sampled
+    gate(_environ(HTTP_TRACEPARENT="00-x"), None)  # a parent: sampled, nothing drawn
+    gate(_environ(), None)  # 0.2: not sampled
+    assert calls == {"sampled": 2, "app": 2}

@@ -40,7 +40,8 @@ from tests.http_corpus.exchanges import EXCHANGES
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "service" / "greenserve" / "_fasthead.c"
 ADDRESS = ("127.0.0.1", 40000)
-FIELDS = [name for name in Head.__slots__ if name not in ("environ", "headers", "path", "query")]
+SLOTS = http_parser.PythonHead.__slots__
+FIELDS = [name for name in SLOTS if name not in ("environ", "headers", "path", "query")]
 
 needs_extension = pytest.mark.skipif(
     FAST_PARSE is None and not os.environ.get("CI"),
@@ -95,6 +96,25 @@ def test_the_extension_is_current_and_ci_has_it() -> None:
     assert match and int(match.group(1)) == FASTHEAD_ABI
     if os.environ.get("CI"):
         assert FAST_PARSE is not None, "greenserve._fasthead was not built"
+
+
+@needs_extension
+def test_the_c_head_is_the_python_head() -> None:
+    """One Head class for both parsers: the C one has the Python one's fields and defaults,
+    each settable, and a list of its own for ``headers`` (made when first read)."""
+    assert Head is http_parser.FASTHEAD.Head
+    made, python = Head(), http_parser.PythonHead()
+    assert {f: getattr(made, f) for f in SLOTS} == {f: getattr(python, f) for f in SLOTS}
+    other = Head()
+    made.headers.append(("HTTP_A", b"b"))
+    assert other.headers == [] and made.headers == [("HTTP_A", b"b")]
+    for field in SLOTS:
+        setattr(made, field, 7)
+        assert getattr(made, field) == 7
+    parsed = fast_head(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", {})
+    assert parsed.__class__ is Head and parsed.headers == [] and parsed.content_length is None
+    with pytest.raises(TypeError):
+        Head(1)
 
 
 def test_the_switch_turns_it_off() -> None:

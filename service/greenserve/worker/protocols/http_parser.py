@@ -15,6 +15,7 @@ the clock and the connection's phase.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -74,9 +75,11 @@ _UNKNOWN = "\0 not cached"  # a str no environ key can be, compared by identity
 
 
 # The C accelerator's interface version this module expects (see _fasthead.c).
-FASTHEAD_ABI = 2
+FASTHEAD_ABI = 3
 FASTHEAD: Any = extensions.load("_fasthead", FASTHEAD_ABI)
-FAST_PARSE = FASTHEAD.parse if FASTHEAD is not None else None
+FAST_PARSE: Callable[[bytes, dict[str, Any]], Any] | None = (
+    FASTHEAD.parse if FASTHEAD is not None else None
+)
 
 
 def _environ_key(name: bytes) -> str | None:
@@ -127,15 +130,17 @@ class Head:
         self.environ: dict[str, Any] | None = None  # built already (FAST_PARSE), else None
 
 
+PythonHead = Head  # without the extension, and for the tests that compare the two
+if FASTHEAD is not None:
+    # The same fields in C, so that the C parser can return its heads whole (_fasthead.c);
+    # the llhttp path makes its heads from the same class: one Head type either way.
+    Head = FASTHEAD.Head  # type: ignore[misc]
+
+
 def fast_head(data: bytes, base_environ: dict[str, Any]) -> Head | None:
     """The head of a plain request that is all of ``data``, its environ built in C from
     ``base_environ``; None for anything else (left to llhttp), or without the extension."""
-    parsed = FAST_PARSE(data, base_environ) if FAST_PARSE is not None else None
-    if parsed is None:
-        return None
-    head = Head()
-    head.environ, head.method, head.url, head.request_id, head.keep_alive = parsed
-    return head
+    return FAST_PARSE(data, base_environ) if FAST_PARSE is not None else None
 
 
 END = object()  # marks the end of a message in the event queue
@@ -217,7 +222,7 @@ class RequestParser:
         if self.at_boundary and FAST_PARSE is not None:
             # A plain request, whole in this read: its environ is built in C (_fasthead.c), and
             # llhttp, still at a message boundary, never sees it.
-            head = fast_head(data, self.base_environ)
+            head = FAST_PARSE(data, self.base_environ)
             if head is not None:
                 self.events.append(head)
                 return
@@ -260,11 +265,12 @@ class RequestParser:
         parser declines any head with a body (Content-Length, Transfer-Encoding), Expect or
         Upgrade, so each blank line it is cut at ends a whole message."""
         events, base = self.events, self.base_environ
+        parse: Any = FAST_PARSE  # set: only the C path (feed) calls this
         while True:
             end = data.find(b"\r\n\r\n") + 4
             if end == 3:
                 return data
-            head = fast_head(data[:end], base)
+            head = parse(data[:end], base)
             if head is None:
                 return data
             events.append(head)

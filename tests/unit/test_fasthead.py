@@ -41,7 +41,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "service" / "greenserve" / "_fasthead.c"
 ADDRESS = ("127.0.0.1", 40000)
 SLOTS = http_parser.PythonHead.__slots__
-FIELDS = [name for name in SLOTS if name not in ("environ", "headers", "path", "query")]
+FIELDS = [
+    name for name in SLOTS if name not in ("environ", "forwarded", "headers", "path", "query")
+]
+FORWARDED_KEYS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO",
+                  "HTTP_X_FORWARDED_HOST")  # fmt: skip
 
 needs_extension = pytest.mark.skipif(
     FAST_PARSE is None and not os.environ.get("CI"),
@@ -84,6 +88,9 @@ def compare(data: bytes, root_path: str = "") -> bool:
     slow = llhttp_head(data)
     assert isinstance(slow, Head), f"fast path took {data!r}; llhttp gives {slow!r}"
     assert {f: getattr(fast, f) for f in FIELDS} == {f: getattr(slow, f) for f in FIELDS}
+    # llhttp's path leaves it True (apply_forwarded then looks); C's False means none came
+    assert fast.forwarded == any(key in fast.environ for key in FORWARDED_KEYS)
+    assert slow.forwarded is True
     served = handler(root_path)
     assert served.environ(fast, EMPTY_INPUT, ADDRESS) == served.environ(slow, EMPTY_INPUT, ADDRESS)
     return True
@@ -115,6 +122,23 @@ def test_the_c_head_is_the_python_head() -> None:
     assert parsed.__class__ is Head and parsed.headers == [] and parsed.content_length is None
     with pytest.raises(TypeError):
         Head(1)
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    ("field", "rewritten"),
+    [("X-Forwarded-For: 203.0.113.9", "203.0.113.9"), ("forwarded: for=203.0.113.9", "203.0.113.9"),
+     ("X-Forwarded-Proto: https", "127.0.0.1"), ("X-Real-IP: 203.0.113.9", "127.0.0.1")],
+)  # fmt: skip
+def test_a_trusted_peers_forwarded_fields_are_applied_on_the_c_path(field, rewritten) -> None:
+    """A head without a forwarded field skips apply_forwarded; one with any of them does not."""
+    from tests.apps.greenserve_testapps import environ_echo_remote
+    from tests.helpers import serve_in_process
+
+    data = f"GET / HTTP/1.1\r\nHost: h\r\n{field}\r\n\r\n".encode()
+    assert fast_head(data, {}).forwarded is (field != "X-Real-IP: 203.0.113.9")
+    raw, _ = serve_in_process(environ_echo_remote, [data])  # 127.0.0.1: trusted by default
+    assert f'"REMOTE_ADDR": "{rewritten}"'.encode() in raw, raw
 
 
 def test_the_switch_turns_it_off() -> None:
@@ -181,7 +205,8 @@ NAMES = st.sampled_from(
     [
         "Host", "host", "HOST", "Connection", "Proxy-Connection", "Content-Length",
         "Transfer-Encoding", "Expect", "Upgrade", "X-Request-ID", "Content-Type", "Accept",
-        "X_Under", "X-A", "Cookie", "Te", "", " Host", "Host ", "Ho\tst",
+        "X_Under", "X-A", "Cookie", "Te", "", " Host", "Host ", "Ho\tst", "Forwarded",
+        "x-forwarded-for", "X-Forwarded-Proto", "X-FORWARDED-HOST", "X_Forwarded_For",
     ]
 )  # fmt: skip
 SAMPLE_VALUES = [

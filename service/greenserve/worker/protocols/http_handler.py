@@ -123,7 +123,10 @@ class HttpHandler(ResponseAccounting):
             if path_info == root or path_info.startswith(root + "/"):
                 # the proxy kept the prefix: SCRIPT_NAME has it, PATH_INFO the rest
                 environ["PATH_INFO"] = path_info[len(root) :]
-        environ["REMOTE_ADDR"] = str(address[0]) if address else ""
-        environ["REMOTE_PORT"] = str(address[1]) if address else ""
+        if address:  # (host, port[, flowinfo, scope_id]); a Unix socket's peer is ""
+            environ["REMOTE_ADDR"] = address[0]
+            environ["REMOTE_PORT"] = str(address[1])
+        else:
+            environ["REMOTE_ADDR"] = environ["REMOTE_PORT"] = ""
         environ["wsgi.input"] = body
         return environ

@@ -75,7 +75,7 @@ _UNKNOWN = "\0 not cached"  # a str no environ key can be, compared by identity
 
 
 # The C accelerator's interface version this module expects (see _fasthead.c).
-FASTHEAD_ABI = 3
+FASTHEAD_ABI = 4
 FASTHEAD: Any = extensions.load("_fasthead", FASTHEAD_ABI)
 FAST_PARSE: Callable[[bytes, dict[str, Any]], Any] | None = (
     FASTHEAD.parse if FASTHEAD is not None else None
@@ -101,6 +101,7 @@ class Head:
         "content_length",
         "environ",
         "expect_continue",
+        "forwarded",
         "headers",
         "keep_alive",
         "method",
@@ -127,6 +128,9 @@ class Head:
         self.chunked = False
         self.content_length: int | None = None
         self.expect_continue = False
+        # False: no Forwarded or X-Forwarded-* field came (the C parser knows; llhttp's path and
+        # HTTP/2 leave True, and proxy.apply_forwarded looks)
+        self.forwarded = True
         self.environ: dict[str, Any] | None = None  # built already (FAST_PARSE), else None
 
 

@@ -362,3 +362,22 @@ def tell_nodelay(sock: Any, address: Any) -> None:
         sock.sendall(b"unix")
     else:
         sock.sendall(b"nodelay=%d" % sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def socket_class_state(environ: dict, start_response: Any) -> list[bytes]:
+    """Whether this worker's gevent sockets still have gevent's ``__getattr__`` (see
+    greenserve.worker.socket_class), and a name it used to serve, read through a socket."""
+    import json
+    import socket
+
+    from gevent import socket as gsocket
+
+    with gsocket.socket() as sock:
+        afalg = (
+            callable(getattr(sock, "sendmsg_afalg", None))
+            if hasattr(socket.socket, "sendmsg_afalg")
+            else None
+        )
+    shown = {"hook": "__getattr__" in gsocket.socket.__dict__, "sendmsg_afalg": afalg}
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(shown).encode()]

@@ -523,3 +523,14 @@ class TestLastAnswer:
                         break
                     data += chunk
             assert b"first chunk" in data, data
+
+
+def test_a_worker_serves_with_gevents_socket_getattr_hook_gone():
+    """greenserve.worker.socket_class: installed in every worker, the names it served kept."""
+    with serving_http("greenserve_testapps:socket_class_state") as server:
+        server.started()
+        host, port = server.address
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as response:
+            shown = json.loads(response.read())
+    assert shown["hook"] is False
+    assert shown["sendmsg_afalg"] in (True, None)  # still reachable where the platform has it

@@ -36,7 +36,7 @@ from greenserve.metrics.stats import (
 )
 from greenserve.spec import EXIT_APP_LOAD, STACK_SIGNAL, WorkerSpec
 from greenserve.tls_context import server_context
-from greenserve.worker import apps, islands, stackcache
+from greenserve.worker import apps, islands, socket_class, stackcache
 from greenserve.worker.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
 from greenserve.worker.protocols.http import GOING_AWAY
 from greenserve.worker.protocols.http_handler import HttpHandler
@@ -471,6 +471,7 @@ def run(spec: WorkerSpec) -> NoReturn:
     # Patching happens here, not at import: the forkserver preloads this module and must keep
     # its own stdlib unpatched; every module imported so far is patched in place.
     monkey.patch_all()
+    socket_class.install()  # attribute reads on sockets without gevent's __getattr__ hook
     # gevent records who spawned each greenlet (for its debugging dumps): 13.5 us against 5.2 us
     # per Greenlet created, measured, and one is created per connection.
     gevent.config.track_greenlet_tree = False

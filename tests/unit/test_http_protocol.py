@@ -169,3 +169,25 @@ class TestShedding:
             assert line["path"] == "/p" and line["status"] == status, line
             if status == 503:
                 assert b"Retry-After: 1" in raw and b"Connection: close" in raw
+
+
+def test_every_per_request_key_of_the_base_environ_is_the_requests_own():
+    """wsgi_environ.PER_REQUEST sits in the base environ with a placeholder (room for a
+    request's keys): each request overwrites every one of them, on both parsers' paths."""
+    from greenserve.worker.protocols.wsgi_environ import PER_REQUEST
+
+    seen: list[dict] = []
+
+    def app(environ, start_response):
+        seen.append({key: environ[key] for key in PER_REQUEST})
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    run(b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n", app=app)
+    (shown,) = seen
+    assert shown.pop("wsgi.input").read() == b""
+    assert callable(shown.pop("wsgi.early_hints")) and shown.pop("greenserve.request_id")
+    assert shown == {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/a", "QUERY_STRING": "b=1", "RAW_URI": "/a?b=1",
+        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000",
+    }  # fmt: skip

@@ -14,6 +14,13 @@ _PERCENT = ord("%")  # an int: see http_parser._HASH
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
+# Keys every request's environ gets whatever path built it; kept in base_environ (see there).
+PER_REQUEST = (
+    "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL", "REMOTE_ADDR",
+    "REMOTE_PORT", "wsgi.input", "greenserve.request_id", "wsgi.early_hints",
+)  # fmt: skip
+
+
 def base_environ(server_address: Any, root_path: str, tls: bool) -> dict[str, Any]:
     """What every request of one listener shares; ``server_address``: (host, port) or a unix
     path."""
@@ -36,6 +43,11 @@ def base_environ(server_address: Any, root_path: str, tls: bool) -> dict[str, An
         # wsgi.input returns b"" at the end of the body, with or without Content-Length:
         # Werkzeug (Flask) reads a chunked body only when this says so.
         "wsgi.input_terminated": True,
+        # Set for every request by whatever builds its environ (the parsers, HttpHandler.environ,
+        # the connection or the HTTP/2 stream): here so that a copy of this dict has room for a
+        # request's own keys. Without them the copy was resized on every request, its keys
+        # table rebuilt and the old one freed: about 1,000 instructions (callgrind).
+        **dict.fromkeys(PER_REQUEST, ""),
     }
 
 

@@ -180,7 +180,9 @@ class TestStuckWorkers:
             )
             assert totals["greenserve_workers_alive"] == 2
 
-    def test_block_warn_logs_the_stack_and_counts(self):
+    # libev (the default): greenserve's watcher; libuv has no iteration count: gevent's monitor
+    @pytest.mark.parametrize("loop", ["libev-cext", "libuv"])
+    def test_block_warn_logs_the_stack_and_counts(self, loop):
         with running(
             "greenserve_testapps:spin_on_demand",
             "--workers",
@@ -189,6 +191,7 @@ class TestStuckWorkers:
             "0.2",
             "--stats-interval",
             "0.1",
+            env={"GEVENT_LOOP": loop},
         ) as server:
             server.started()
             assert echo_round_trip(server.address, b"block", timeout=10) == b"block"

@@ -10,11 +10,10 @@ import signal
 import socket
 import sys
 import time
-import warnings
 from typing import Any, NoReturn
 
 import gevent
-from gevent import events, monkey
+from gevent import monkey
 from gevent import socket as gsocket
 from gevent.event import Event
 from setproctitle import setproctitle
@@ -37,6 +36,7 @@ from greenserve.metrics.stats import (
 from greenserve.spec import EXIT_APP_LOAD, STACK_SIGNAL, WorkerSpec
 from greenserve.tls_context import server_context
 from greenserve.worker import apps, islands, socket_class, stackcache
+from greenserve.worker.block_watch import watch_blocking
 from greenserve.worker.protocols.accept import MAX_ACCEPT, BalancedServer, CountingServer
 from greenserve.worker.protocols.http import GOING_AWAY
 from greenserve.worker.protocols.http_handler import HttpHandler
@@ -424,32 +424,6 @@ def _route_unraisable(log: Any) -> None:
     sys.unraisablehook = hook
 
 
-def _watch_blocking(threshold: float, stats: WorkerStats, log: Any) -> None:
-    """gevent's monitor thread reports a hub blocked longer than ``threshold``: log and count."""
-    if not threshold:
-        return
-    gevent.config.monitor_thread = True
-    gevent.config.max_blocking_time = threshold
-    gevent.config.print_blocking_reports = False  # our log line replaces gevent's stderr dump
-    # Only gevent's blocked-loop check is used, not its memory monitor, which warns on stderr
-    # that psutil is missing.
-    warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
-
-    def on_event(event: Any) -> None:
-        if isinstance(event, events.EventLoopBlocked):
-            stats.event_loop_blocked += 1
-            log.warning(
-                "event_loop_blocked",
-                blocked_seconds=round(event.blocking_time, 3),
-                greenlet=repr(event.greenlet),
-                stack="".join(line if line.endswith("\n") else line + "\n" for line in event.info),
-            )
-
-    events.subscribers.append(on_event)
-    # The hub exists already (sockets were made), so its monitor is started explicitly.
-    gevent.get_hub().start_periodic_monitoring_thread()
-
-
 def _drop_privileges(settings: Settings) -> None:
     """Switch to --user/--group; the master kept root only to bind."""
     if settings.user is None and settings.group is None:
@@ -498,7 +472,7 @@ def run(spec: WorkerSpec) -> NoReturn:
     # surely readable (a Python installed under a private home is not, for the new user).
     gevent.get_hub()
     stats = WorkerStats()
-    _watch_blocking(settings.block_warn, stats, log)  # its thread imports lazily too
+    watch_blocking(settings.block_warn, stats, log)  # a thread of its own (block_watch.py)
     # Before the app (it may import asgiref) and while the interpreter's files are surely
     # readable: the thread pool is another lazy import of gevent's (gevent.threadpool).
     islands.install(settings.asyncio_threads)

@@ -20,10 +20,11 @@ THRESHOLD = 0.1
 @pytest.fixture
 def watched():
     stats = WorkerStats()
+    watch = BlockWatch(THRESHOLD, stats, structlog.get_logger())
     with capture_logs() as events:
-        BlockWatch(THRESHOLD, stats, structlog.get_logger()).start()
+        watch.start()
         yield stats, events
-    # the watcher thread keeps looking until the process ends: harmless with a high count
+        watch.stopped = True  # its thread ends when it next wakes, without a look
 
 
 def _spin(seconds: float) -> None:

@@ -52,6 +52,7 @@ class BlockWatch:
         self.log = log
         self.loop = gevent_hub.get_hub().loop
         self.hub_thread = 0
+        self.stopped = False  # a worker never stops it: it ends with the process
 
     def start(self) -> None:
         self.hub_thread = _thread_id()
@@ -67,7 +68,7 @@ class BlockWatch:
             _sleep(self.threshold)
             iteration = self.loop.iteration
             frame = sys._current_frames().get(self.hub_thread)
-            if frame is None:  # the worker's main thread has ended
+            if frame is None or self.stopped:  # the worker's main thread has ended
                 return
             running = _outermost(frame)
             now = (iteration, id(running), running.f_code)

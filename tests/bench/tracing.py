@@ -11,7 +11,7 @@ CPU 1 and wrk on CPU 0, so the two do not take turns on a core: on this 2-core m
 unpinned rounds of the same pair of servers spread over 0.78-1.10, which hides a cost of a few
 percent.
 
-``--instructions`` counts instead of timing: one worker serving hello under valgrind
+``--instructions`` counts instead of timing: one worker serving each app under valgrind
 (callgrind, following the forkserver's children), its counters zeroed after a warm-up, then
 20,000 keep-alive requests from ``h2load --h1 -c16`` and a dump; the worker's instructions per
 request, off and at each ratio. The count leaves out the kernel's part of each request, which
@@ -64,14 +64,14 @@ def _h2load(port: int, requests: int) -> None:
         raise SystemExit(out.stdout[-1000:])
 
 
-def worker_instructions(extra: tuple[str, ...], env: dict[str, str]) -> float:
+def worker_instructions(app: str, extra: tuple[str, ...], env: dict[str, str]) -> float:
     """Instructions per request of one worker under callgrind (see the module's docstring)."""
     with tempfile.TemporaryDirectory() as scratch:
         port = free_port()
         argv = [
             "valgrind", "--tool=callgrind", "--trace-children=yes",
             f"--callgrind-out-file={scratch}/cg.%p",
-            *greenserve_command(HTTP_APPS["hello"], *extra, workers=1),
+            *greenserve_command(HTTP_APPS[app], *extra, workers=1),
         ]  # fmt: skip
         argv = [part.replace("{port}", str(port)) for part in argv]
         proc = subprocess.Popen(
@@ -100,12 +100,12 @@ def worker_instructions(extra: tuple[str, ...], env: dict[str, str]) -> float:
     return max(totals) / COUNTED
 
 
-def count_instructions(settings: dict[str, tuple[str, ...]], env: dict[str, str]) -> None:
+def count_instructions(app: str, settings: dict[str, tuple[str, ...]], env: dict[str, str]) -> None:
     counts = {}
     for name, extra in settings.items():
-        counts[name] = worker_instructions(extra, env)
+        counts[name] = worker_instructions(app, extra, env)
         ratio = counts[name] / counts["off"]
-        print(f"  hello {name}: {counts[name]:,.0f} instructions per request ({ratio:.3f} of off)")
+        print(f"  {app} {name}: {counts[name]:,.0f} instructions per request ({ratio:.3f} of off)")
 
 
 def main() -> None:
@@ -126,8 +126,9 @@ def main() -> None:
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
     if args.instructions:
-        print("hello: one greenserve worker under callgrind, h2load --h1 -c16")
-        count_instructions(settings, env)
+        for app in args.apps.split(","):
+            print(f"{app}: one greenserve worker under callgrind, h2load --h1 -c16")
+            count_instructions(app, settings, env)
         sink.shutdown()
         return
     for app in args.apps.split(","):

@@ -436,14 +436,19 @@ def test_each_connection_starts_in_an_empty_context_on_a_reused_greenlet():
     stackcache.stats() is None and os.environ.get("CI") != "true",
     reason="greenserve._stackcache is not built (no compiler at install)",
 )
-def test_a_worker_keeps_frame_stack_chunks_for_its_next_greenlets():
-    with serving_http("greenserve_testapps:stack_cache") as server:
+def _worker_reports(app: str) -> dict:
+    """What ``app``, run in a worker, answers to ``GET /`` (JSON)."""
+    with serving_http(app) as server:
         server.started()
         host, port = server.address
-        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as r:
-            figures = json.loads(r.read())
-        assert figures["installed"] is True
-        assert figures["reused"] >= 19  # the app's 20 greenlets, one after another
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as response:
+            return json.loads(response.read())
+
+
+def test_a_worker_keeps_frame_stack_chunks_for_its_next_greenlets():
+    figures = _worker_reports("greenserve_testapps:stack_cache")
+    assert figures["installed"] is True
+    assert figures["reused"] >= 19  # the app's 20 greenlets, one after another
 
 
 def test_connections_and_requests_leave_no_reference_cycles():
@@ -527,10 +532,6 @@ class TestLastAnswer:
 
 def test_a_worker_serves_with_gevents_socket_getattr_hook_gone():
     """greenserve.worker.socket_class: installed in every worker, the names it served kept."""
-    with serving_http("greenserve_testapps:socket_class_state") as server:
-        server.started()
-        host, port = server.address
-        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as response:
-            shown = json.loads(response.read())
+    shown = _worker_reports("greenserve_testapps:socket_class_state")
     assert shown["hook"] is False
     assert shown["sendmsg_afalg"] in (True, None)  # still reachable where the platform has it

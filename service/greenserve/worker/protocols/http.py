@@ -289,8 +289,7 @@ class HttpConnection(OwnAnswers):
         if head.request_id and self.trusted_peer:
             request_id = head.request_id  # only a trusted proxy names the request
         else:
-            handler.id_counter += 1  # handler.new_request_id(), one Python call less
-            request_id = handler.id_prefix + hex(handler.id_counter)[2:]
+            request_id = handler.new_request_id()
         # A request without a body (most) shares one empty, finished input: nothing to read,
         # nothing to keep per request.
         if head.content_length is None and not head.chunked:

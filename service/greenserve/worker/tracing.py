@@ -160,8 +160,7 @@ def python_gate(
     repend: Callable[[contextvars.ContextVar[Context]], None],
 ) -> Callable[[dict[str, Any], Any], Any]:
     """_tracegate.Gate in Python, for an install without the extension: the same arguments,
-    the same behaviour."""
-    current, pend = var.get, var.set
+    the same behaviour. ``repend(var)`` puts ``pending`` back in ``var`` unless it is there."""
 
     def gate(environ: dict[str, Any], start_response: Any) -> Any:
         if "HTTP_TRACEPARENT" in environ or rand() < ratio:
@@ -169,17 +168,14 @@ def python_gate(
         # An unsampled root: what the SDK's sampler would decide, without its cost. The
         # greenlet's context is left ``pending`` between requests (set once per connection)
         # and is put back only when the request made its root real (``_LazyRoots``).
-        if current() is not pending:
-            pend(pending)
+        repend(var)
         try:
             body = app(environ, start_response)
         except BaseException:
-            if current() is not pending:
-                pend(pending)
+            repend(var)
             raise
         if isinstance(body, list):  # produced already: no context needed to send it
-            if current() is not pending:
-                pend(pending)
+            repend(var)
             return body
         return traced(body, None, var, repend)
 
@@ -226,7 +222,8 @@ def _lazy_var() -> contextvars.ContextVar[Context] | None:
 
 
 def _repend(var: contextvars.ContextVar[Context]) -> None:
-    """An unsampled body's end: its greenlet's context back to _PENDING if it was made real."""
+    """Before and after an unsampled request (and at its body's close): the greenlet's context
+    back to _PENDING if it was made real."""
     if var.get() is not _PENDING:
         var.set(_PENDING)
 

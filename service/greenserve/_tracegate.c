@@ -27,16 +27,15 @@
 
 #define TRACEGATE_ABI 1
 
+/* The gate's objects, listed once for the struct, traverse and clear. */
+#define GATE_OBJECTS(X) X(app) X(sampled) X(rand) X(var) X(pending) X(traced) X(repend)
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *app;
-    PyObject *sampled;
-    PyObject *rand;
-    PyObject *var;
-    PyObject *pending;
-    PyObject *traced;
-    PyObject *repend;
+#define FIELD(name) PyObject *name;
+    GATE_OBJECTS(FIELD)
+#undef FIELD
     double ratio;
 } Gate;
 
@@ -181,26 +180,18 @@ static int
 gate_traverse(Gate *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->app);
-    Py_VISIT(self->sampled);
-    Py_VISIT(self->rand);
-    Py_VISIT(self->var);
-    Py_VISIT(self->pending);
-    Py_VISIT(self->traced);
-    Py_VISIT(self->repend);
+#define VISIT(name) Py_VISIT(self->name);
+    GATE_OBJECTS(VISIT)
+#undef VISIT
     return 0;
 }
 
 static int
 gate_clear(Gate *self)
 {
-    Py_CLEAR(self->app);
-    Py_CLEAR(self->sampled);
-    Py_CLEAR(self->rand);
-    Py_CLEAR(self->var);
-    Py_CLEAR(self->pending);
-    Py_CLEAR(self->traced);
-    Py_CLEAR(self->repend);
+#define CLEAR(name) Py_CLEAR(self->name);
+    GATE_OBJECTS(CLEAR)
+#undef CLEAR
     return 0;
 }
 

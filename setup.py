@@ -1,4 +1,5 @@
-"""The optional C accelerators (greenserve._fasthead, the request head; greenserve._appvalue, an
+"""The optional C accelerators (greenserve._fasthead, the request head; greenserve._response,
+the response's hot path; greenserve._appvalue, an
 app metric's value; greenserve._stackcache, frame stack chunks kept for the next greenlet;
 greenserve._tracegate, --otel's sampling decision per request); everything else is in
 pyproject.toml.
@@ -14,6 +15,12 @@ setup(
         Extension(
             "greenserve._fasthead",
             ["service/greenserve/_fasthead.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "greenserve._response",
+            ["service/greenserve/_response.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

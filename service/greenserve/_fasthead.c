@@ -29,23 +29,18 @@
  *   Built here rather than from a tuple in Python: Head() and its 14 defaults, a Python
  *   function and the unpacking were about 1,300 instructions per request (callgrind).
  *
- * first_write(status, headers, known, data, expected, request_id, keep_alive, end)
- *   -> (wire bytes, length) | None
- *   The first write of a plain response: status line, header block and body in one bytes, as
- *   http_response.Response._head_bytes and _frame make them. Only when every header is a tuple
- *   already validated (in ``known``, http_response._VALID_HEADERS), the body's length is known
- *   (the app's Content-Length, else ``expected``) and ``data`` fits in it; the caller has checked
- *   HTTP/1.1, a body allowed, start_response called. None sends it the Python way.
+ * The response's first write, which was here too, is in _response.c with the rest of the
+ * response.
  *
  * ABI is compared by greenserve.worker.protocols.http_parser: a build older than its source is
- * ignored, not trusted. Bump it with any change to what either function accepts or returns.
+ * ignored, not trusted. Bump it with any change to what it accepts or returns.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
 #include <structmember.h>
 
-#define FASTHEAD_ABI 4
+#define FASTHEAD_ABI 5
 #define MAX_HEAD 8190   /* below every limit of the llhttp path: 414 and 431 cannot apply */
 #define MAX_FIELDS 100  /* http_parser.MAX_HEADERS */
 #define MAX_REQUEST_ID 200
@@ -466,119 +461,9 @@ error:
     return NULL;
 }
 
-#define MAX_LINES 64  /* more header lines than this: the Python way */
-
-static PyObject *first_write(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[2]) ||
-        !PyBytes_CheckExact(args[3]) || !PyUnicode_Check(args[5]) ||
-        !PyBytes_CheckExact(args[7])) {
-        PyErr_SetString(PyExc_TypeError, "first_write(status, headers, known, data, expected, "
-                                         "request_id, keep_alive, end)");
-        return NULL;
-    }
-    PyObject *status = args[0], *headers = args[1], *known = args[2], *data = args[3];
-    PyObject *expected = args[4], *end = args[7];
-    int keep_alive = PyObject_IsTrue(args[6]);
-    if (keep_alive < 0)
-        return NULL;
-    int is_list = PyList_CheckExact(headers);
-    if (!PyBytes_GET_SIZE(status) || !(is_list || PyTuple_CheckExact(headers)))
-        Py_RETURN_NONE;
-
-    /* Every line found is held (new references): a lookup may compare with a str subclass's
-     * __eq__, Python code that could change ``known`` or ``headers`` under us. */
-    PyObject *lines[MAX_LINES];
-    Py_ssize_t n_lines = 0, size = PyBytes_GET_SIZE(status);
-    PyObject *length = NULL, *result = NULL, *wire = NULL;
-    for (Py_ssize_t i = 0; i < Py_SIZE(headers); i++) {
-        PyObject *item = is_list ? PyList_GET_ITEM(headers, i) : PyTuple_GET_ITEM(headers, i);
-        if (!PyTuple_CheckExact(item))
-            goto decline;
-        Py_INCREF(item);
-        PyObject *line = PyDict_GetItemWithError(known, item);
-        Py_XINCREF(line);
-        Py_DECREF(item);
-        if (!line) {
-            if (PyErr_Occurred())
-                goto done;
-            goto decline;
-        }
-        if (PyBytes_CheckExact(line) && n_lines < MAX_LINES) {
-            lines[n_lines++] = line;
-            size += 2 + PyBytes_GET_SIZE(line);
-        } else if (PyLong_CheckExact(line)) {
-            Py_XSETREF(length, line);
-        } else {
-            Py_DECREF(line);
-            goto decline;
-        }
-    }
-    if (!length && PyLong_CheckExact(expected)) {
-        length = expected;
-        Py_INCREF(length);
-    }
-    if (!length)
-        goto decline;  /* unknown length (chunked or close-delimited): the Python way */
-    Py_ssize_t body = PyLong_AsSsize_t(length);
-    if (body == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        goto decline;
-    }
-    Py_ssize_t data_size = PyBytes_GET_SIZE(data);
-    if (body < 0 || data_size > body)
-        goto decline;  /* more than declared: cut and logged by the Python way */
-    Py_ssize_t id_size;
-    const char *id = PyUnicode_AsUTF8AndSize(args[5], &id_size);
-    if (!id)
-        goto done;
-    char digits[32];
-    int digits_size = snprintf(digits, sizeof digits, "%zd", body);
-    static const char CL[] = "\r\nContent-Length: ", CLOSE[] = "\r\nConnection: close",
-                      RID[] = "\r\nX-Request-ID: ";
-    size += sizeof CL - 1 + digits_size + (keep_alive ? 0 : sizeof CLOSE - 1) + sizeof RID - 1 +
-            id_size + PyBytes_GET_SIZE(end) + data_size;
-    wire = PyBytes_FromStringAndSize(NULL, size);
-    if (!wire)
-        goto done;
-    char *out = PyBytes_AS_STRING(wire);
-#define PUT(source, n)                                                                             \
-    do {                                                                                           \
-        memcpy(out, (source), (n));                                                                \
-        out += (n);                                                                                \
-    } while (0)
-    PUT(PyBytes_AS_STRING(status), PyBytes_GET_SIZE(status));
-    for (Py_ssize_t i = 0; i < n_lines; i++) {
-        PUT("\r\n", 2);
-        PUT(PyBytes_AS_STRING(lines[i]), PyBytes_GET_SIZE(lines[i]));
-    }
-    PUT(CL, sizeof CL - 1);
-    PUT(digits, digits_size);
-    if (!keep_alive)
-        PUT(CLOSE, sizeof CLOSE - 1);
-    PUT(RID, sizeof RID - 1);
-    PUT(id, id_size);
-    PUT(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end));
-    PUT(PyBytes_AS_STRING(data), data_size);
-#undef PUT
-    result = PyTuple_Pack(2, wire, length);
-    goto done;
-decline:
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    for (Py_ssize_t i = 0; i < n_lines; i++)
-        Py_DECREF(lines[i]);
-    Py_XDECREF(length);
-    Py_XDECREF(wire);
-    return result;
-}
-
 static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(data, base) -> Head or None"},
-    {"first_write", (PyCFunction)(void (*)(void))first_write, METH_FASTCALL,
-     "first_write(status, headers, known, data, expected, request_id, keep_alive, end) -> "
-     "(wire, length) or None"},
     {NULL, NULL, 0, NULL},
 };
 

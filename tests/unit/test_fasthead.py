@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httptools
@@ -245,102 +244,6 @@ def test_generated_heads(
 def test_fast_head_is_none_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_parser, "FAST_PARSE", None)
     assert fast_head(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", {}) is None
-
-
-# -- the first write of a response ---------------------------------------------------------------
-
-END_BYTES = b"\r\nDate: Fri, 27 Nov 2026 07:00:00 GMT\r\nServer: greenserve\r\n\r\n"
-STATUSES = st.sampled_from(["200 OK", "404 Not Found", "204 No Content", "304 Not Modified",
-                            "101 Switching Protocols", "500 Oops", "200 OK\r\nX: y"])  # fmt: skip
-RESPONSE_HEADERS = st.sampled_from(
-    [
-        ("Content-Type", "text/plain"), ("Content-Length", "5"), ("Content-Length", "0"),
-        ("Content-Length", "50"), ("X-Request-ID", "app"), ("Connection", "close"),
-        ("Connection", "keep-alive"), ("Transfer-Encoding", "chunked"), ("Set-Cookie", "a=1"),
-        ("Bad Name", "v"), ("X-Value", "a\r\nb"), ("content-length", "-1"),
-    ]
-)  # fmt: skip
-BODIES = st.sampled_from([b"hello", b"", b"x" * 50, b"y" * 17000, b"hello world"])
-
-
-def respond(
-    first_write: Any, status: str, headers: list, chunks: list[bytes], expected: int | None,
-    method: bytes, version: str, keep_alive: bool, draining: bool,
-) -> tuple[bytes, Any]:  # fmt: skip
-    """One response through Response with ``first_write`` as FIRST_WRITE: what was sent, and
-    the state the connection goes on with (or the exception)."""
-    from greenserve.worker.protocols import http_response
-
-    sent: list[bytes] = []
-    sock = SimpleNamespace(sendall=lambda data: sent.append(bytes(data)))
-    date = SimpleNamespace(end=lambda: END_BYTES)
-    head = Head()
-    head.method, head.version, head.keep_alive = method, version, keep_alive
-    writer = http_response.Response(
-        sock,
-        False,
-        SimpleNamespace(draining=draining, date=date),
-        head,
-        "req-1",
-    )
-    saved = http_response.FIRST_WRITE
-    http_response.FIRST_WRITE = first_write
-    try:
-        writer.start_response(status, list(headers))
-        writer.expected = expected
-        for chunk in chunks:
-            writer.write(chunk)
-        writer.finish()
-    except Exception as exc:
-        return b"".join(sent), type(exc).__name__
-    finally:
-        http_response.FIRST_WRITE = saved
-    state = ("keep_alive", "length", "body_sent", "truncated", "chunked", "headers_sent")
-    return b"".join(sent), {name: getattr(writer, name) for name in state}
-
-
-@needs_extension
-class TestFirstWrite:
-    def test_hello_is_built_in_c_byte_for_byte(self) -> None:
-        from greenserve.worker.protocols.http_response import FIRST_WRITE
-
-        calls = []
-
-        def counted(*args: Any) -> Any:
-            built = FIRST_WRITE(*args)
-            calls.append(built is not None)
-            return built
-
-        headers = [("Content-Type", "text/plain"), ("Content-Length", "5")]
-        case = ("200 OK", headers, [b"hello"], None, b"GET", "1.1", True, False)
-        python = respond(None, *case)
-        assert respond(counted, *case) == python
-        assert calls == [True]
-        tail = b"Content-Length: 5\r\nX-Request-ID: req-1" + END_BYTES + b"hello"
-        assert python[0].endswith(tail)
-
-    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(
-        status=STATUSES,
-        headers=st.lists(RESPONSE_HEADERS, max_size=4),
-        chunks=st.lists(BODIES, min_size=0, max_size=3),
-        listed=st.booleans(),
-        method=st.sampled_from([b"GET", b"HEAD"]),
-        version=st.sampled_from(["1.1", "1.0"]),
-        keep_alive=st.booleans(),
-        draining=st.booleans(),
-    )
-    def test_generated_responses(
-        self, status: str, headers: list, chunks: list[bytes], listed: bool, method: bytes,
-        version: str, keep_alive: bool, draining: bool,
-    ) -> None:  # fmt: skip
-        """``listed``: the app returned a list, so its total length is known (``expected``)."""
-        from greenserve.worker.protocols.http_response import FIRST_WRITE
-
-        expected = sum(map(len, chunks)) if listed else None
-        case = (status, headers, chunks, expected, method, version, keep_alive, draining)
-        python = respond(None, *case)  # first: fills the header cache the C path reads
-        assert respond(FIRST_WRITE, *case) == python
 
 
 # -- what an idle connection keeps -----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The C extensions built with AddressSanitizer and UndefinedBehaviorSanitizer, and the tests
 that drive them (the differential tests against llhttp, generated heads and responses, the
 in-process HTTP corpus; the app metric value against prometheus_client's; greenlets on kept
-frame stack chunks; --otel's sampling gate) run against that
+frame stack chunks; --otel's sampling gate; the response's hot path) run against that
 build: a read past a buffer, a use after free or undefined behaviour stops the run with the
 sanitizer's report.
 
@@ -29,6 +29,7 @@ SOURCE = ROOT / "service" / "greenserve" / "_fasthead.c"
 APPVALUE = ROOT / "service" / "greenserve" / "_appvalue.c"
 STACKCACHE = ROOT / "service" / "greenserve" / "_stackcache.c"
 TRACEGATE = ROOT / "service" / "greenserve" / "_tracegate.c"
+RESPONSE = ROOT / "service" / "greenserve" / "_response.c"
 FLAGS = [
     "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
@@ -38,6 +39,7 @@ FLAGS = [
 DRIVEN_BY = [
     "tests/unit/test_fasthead.py",
     "tests/unit/test_http_protocol.py",
+    "tests/unit/test_response_c.py",
     "tests/unit/test_appvalue.py",
     "tests/unit/test_stackcache.py",
     "tests/unit/test_tracing.py",
@@ -48,7 +50,7 @@ DRIVEN_BY = [
 
 def _build(tree: Path, source: Path) -> Path:
     """A copy of the package whose extensions are sanitized builds: _fasthead from ``source``,
-    _appvalue, _stackcache and _tracegate from their own."""
+    _appvalue, _stackcache, _tracegate and _response from their own."""
     package = tree / "greenserve"
     skipped = shutil.ignore_patterns("*.so", "__pycache__")
     shutil.copytree(ROOT / "service" / "greenserve", package, ignore=skipped)
@@ -58,6 +60,7 @@ def _build(tree: Path, source: Path) -> Path:
         ("_appvalue", APPVALUE),
         ("_stackcache", STACKCACHE),
         ("_tracegate", TRACEGATE),
+        ("_response", RESPONSE),
     )
     for name, built_from in built:
         target = package / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"

@@ -75,7 +75,7 @@ _UNKNOWN = "\0 not cached"  # a str no environ key can be, compared by identity
 
 
 # The C accelerator's interface version this module expects (see _fasthead.c).
-FASTHEAD_ABI = 4
+FASTHEAD_ABI = 5
 FASTHEAD: Any = extensions.load("_fasthead", FASTHEAD_ABI)
 FAST_PARSE: Callable[[bytes, dict[str, Any]], Any] | None = (
     FASTHEAD.parse if FASTHEAD is not None else None

@@ -13,11 +13,12 @@ import re
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from time import time as _time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent import socket as gsocket
 
-from greenserve.worker.protocols.http_parser import FASTHEAD, Head
+from greenserve import extensions
+from greenserve.worker.protocols.http_parser import Head
 
 SMALL_BODY = 16384  # headers and a body up to this size go out in one write
 
@@ -46,11 +47,13 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _NO_BODY_STATUS = frozenset((*range(100, 200), 204, 304))  # RFC 9110 6.4.1
 
-# The first write of a plain response, built in C (_fasthead.c); None without the extension.
-FIRST_WRITE = FASTHEAD.first_write if FASTHEAD is not None else None
+# The response's hot path in C (_response.c), with the interface version this module expects;
+# None without the extension (or with GREENSERVE_NO_EXTENSIONS).
+RESPONSE_ABI = 1
+RESPONSE_C: Any = extensions.load("_response", RESPONSE_ABI)
 
 
-class DateCache:
+class PythonDateCache:
     """The end of every header block from the Date header on (Date, Server, the blank line),
     formatted and joined once per second rather than once per response."""
 
@@ -178,8 +181,10 @@ class ResponseOwner(Protocol):
     date: DateCache
 
 
-class Response:
-    """``start_response`` and ``write`` for one request, and the framing of its body."""
+class PythonResponse:
+    """``start_response`` and ``write`` for one request, and the framing of its body: the whole
+    of it in Python, which a machine without a compiler runs, and the rules _response.c's hot
+    path hands every other case to (``Response`` below)."""
 
     __slots__ = (
         "body_sent",
@@ -301,13 +306,7 @@ class Response:
             return
         if not self.headers_sent:
             if len(data) <= SMALL_BODY and not self.no_body:
-                # headers and a small body in one write (the hot path: _start inlined)
-                if (
-                    FIRST_WRITE is not None
-                    and self.head.version == "1.1"
-                    and self._first(FIRST_WRITE, data)
-                ):
-                    return
+                # headers and a small body in one write
                 head = self._head_bytes()
                 self.sock.sendall(head + self._frame(data))
                 self.headers_sent = True
@@ -319,31 +318,6 @@ class Response:
         elif self.no_body:
             return
         self.sock.sendall(self._frame(data))
-
-    def _first(self, first_write: Callable[..., Any], data: bytes) -> bool:
-        """Headers and ``data`` built in C and sent, when every header was validated before and
-        the length is known; False leaves it to _head_bytes (the same bytes, made in Python)."""
-        handler = self.handler
-        draining = handler.draining
-        built = first_write(
-            self.status,
-            self.headers,
-            _VALID_HEADERS,
-            data,
-            self.expected,
-            self.request_id,
-            self.keep_alive and not draining,
-            handler.date.end(),
-        )
-        if built is None:
-            return False
-        wire, self.length = built
-        if draining:
-            self.keep_alive = False
-        self.body_sent = len(data)
-        self.sock.sendall(wire)
-        self.headers_sent = True
-        return True
 
     def _start(self, data: bytes = b"") -> None:
         """Send the header block, with ``data`` after it; until this, a 500 is still possible."""
@@ -414,3 +388,31 @@ class Response:
             self.body_sent += sent
             self.sock.tx += sent
         return True
+
+
+if RESPONSE_C is not None:
+    RESPONSE_C.configure(_STATUSES, _VALID_HEADERS, SMALL_BODY, SERVER)
+
+    class CResponse(RESPONSE_C.Response):
+        """PythonResponse with its fields, ``__init__`` and hot methods in C (_response.c):
+        ``start_response``, ``write`` and ``finish`` take a plain response's common case and
+        hand any other to PythonResponse's own method, named here with an underscore."""
+
+        __slots__ = ()
+        _start_response = PythonResponse.start_response
+        _write = PythonResponse.write
+        _finish = PythonResponse.finish
+        _head_bytes = PythonResponse._head_bytes
+        _start = PythonResponse._start
+        _frame = PythonResponse._frame
+        try_sendfile = PythonResponse.try_sendfile
+
+
+# One class per process for the whole HTTP/1.1 layer, as http_parser.Head; the type checker
+# sees PythonResponse, whose fields and behaviour the C one has.
+if TYPE_CHECKING:
+    Response = PythonResponse
+    DateCache = PythonDateCache
+else:
+    Response = CResponse if RESPONSE_C is not None else PythonResponse
+    DateCache = RESPONSE_C.DateCache if RESPONSE_C is not None else PythonDateCache

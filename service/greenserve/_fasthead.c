@@ -29,6 +29,14 @@
  *   Built here rather than from a tuple in Python: Head() and its 14 defaults, a Python
  *   function and the unpacking were about 1,300 instructions per request (callgrind).
  *
+ * parse_many(data: bytes, base: dict, events: list) -> int
+ *   Each plain head at the start of ``data``, cut at its blank line and parsed as parse() does,
+ *   appended to ``events``; the offset where the rest begins (0: none taken). One read of a
+ *   pipelining client holds many heads; a head this declines, a body or a partial head is left
+ *   to llhttp from that boundary (a head with a body is always declined, so each blank line
+ *   cut at ends a whole message). After a head with "Connection: close" the rest is dropped:
+ *   the offset is len(data).
+ *
  * The response's first write, which was here too, is in _response.c with the rest of the
  * response.
  *
@@ -40,7 +48,7 @@
 #include <string.h>
 #include <structmember.h>
 
-#define FASTHEAD_ABI 5
+#define FASTHEAD_ABI 6
 #define MAX_HEAD 8190   /* below every limit of the llhttp path: 414 and 431 cannot apply */
 #define MAX_FIELDS 100  /* http_parser.MAX_HEADERS */
 #define MAX_REQUEST_ID 200
@@ -283,13 +291,8 @@ static PyType_Spec head_spec = {
     .slots = head_slots,
 };
 
-static PyObject *parse(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "parse(data: bytes, base: dict)");
-        return NULL;
-    }
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+/* The Head of the plain request head that is all of data[:size], or None. */
+static PyObject *parse_head(const unsigned char *data, Py_ssize_t size, PyObject *base) {
     if (size < 16 || size > MAX_HEAD || memcmp(data + size - 4, "\r\n\r\n", 4) != 0)
         Py_RETURN_NONE;
     const unsigned char *blank = data + size - 2;  /* the empty line that ends the head */
@@ -319,7 +322,7 @@ static PyObject *parse(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ss
         Py_RETURN_NONE;
     q += 11;
 
-    PyObject *environ = PyDict_Copy(args[1]);
+    PyObject *environ = PyDict_Copy(base);
     if (!environ)
         return NULL;
     PyObject *request_id = v_empty, *url_bytes = NULL, *key = NULL;
@@ -461,9 +464,52 @@ error:
     return NULL;
 }
 
+static PyObject *parse(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "parse(data: bytes, base: dict)");
+        return NULL;
+    }
+    return parse_head((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                      PyBytes_GET_SIZE(args[0]), args[1]);
+}
+
+static PyObject *parse_many(PyObject *Py_UNUSED(module), PyObject *const *args,
+                            Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) ||
+        !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "parse_many(data: bytes, base: dict, events: list)");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), at = 0;
+    while (at < size) {
+        const unsigned char *blank = memmem(data + at, size - at, "\r\n\r\n", 4);
+        if (!blank)
+            break;
+        Py_ssize_t end = blank - data + 4;
+        PyObject *head = parse_head(data + at, end - at, args[1]);
+        if (!head)
+            return NULL;
+        if (head == Py_None) {
+            Py_DECREF(head);
+            break;
+        }
+        int failed = PyList_Append(args[2], head);
+        /* nothing after Connection: close is served (llhttp refuses it too) */
+        int closing = ((Head *)head)->keep_alive == Py_False;
+        Py_DECREF(head);
+        if (failed)
+            return NULL;
+        at = closing ? size : end;
+    }
+    return PyLong_FromSsize_t(at);
+}
+
 static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(data, base) -> Head or None"},
+    {"parse_many", (PyCFunction)(void (*)(void))parse_many, METH_FASTCALL,
+     "parse_many(data, base, events) -> offset of what is left"},
     {NULL, NULL, 0, NULL},
 };
 

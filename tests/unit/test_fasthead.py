@@ -275,6 +275,37 @@ def test_plain_requests_never_make_llhttp_and_leave_nothing_behind() -> None:
 
 
 @needs_extension
+@pytest.mark.parametrize(
+    ("reads", "taken"),
+    [
+        ([b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"], 1),
+        ([b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"] * 3, 3),
+        ([b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", b"GET /b HTTP/1.1\r\nHo"], 1),
+        ([b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", b"POST /p HTTP/1.1\r\nHost: h\r\n"
+          b"Content-Length: 2\r\n\r\nab", b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"], 1),
+        ([b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+          b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"], 0),
+        ([b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+          b"GET /never HTTP/1.1\r\nHost: h\r\n\r\n"], 1),
+    ],
+)  # fmt: skip
+def test_parse_many_takes_the_plain_heads_at_the_start(reads: list[bytes], taken: int) -> None:
+    """Each head it takes is the one parse() makes of that head alone; the offset is where
+    llhttp goes on (after Connection: close, the end: the rest is never served)."""
+    data = b"".join(reads)
+    events: list[Any] = []
+    offset = FAST_PARSE(data, {"base": 1}, events)
+    assert len(events) == taken
+    for event, alone in zip(events, reads, strict=False):
+        made = fast_head(alone, {"base": 1})
+        assert (event.environ, event.url, event.keep_alive) == (
+            made.environ, made.url, made.keep_alive,
+        )  # fmt: skip
+    closing = taken and not events[-1].keep_alive
+    assert offset == (len(data) if closing else len(b"".join(reads[:taken])))
+
+
+@needs_extension
 def test_pipelined_plain_heads_are_taken_in_c_one_by_one() -> None:
     """A pipelining client's read holds many heads: each plain one is cut at its blank line
     and parsed in C, as if it had come alone."""

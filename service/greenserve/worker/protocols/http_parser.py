@@ -75,10 +75,11 @@ _UNKNOWN = "\0 not cached"  # a str no environ key can be, compared by identity
 
 
 # The C accelerator's interface version this module expects (see _fasthead.c).
-FASTHEAD_ABI = 5
+FASTHEAD_ABI = 6
 FASTHEAD: Any = extensions.load("_fasthead", FASTHEAD_ABI)
-FAST_PARSE: Callable[[bytes, dict[str, Any]], Any] | None = (
-    FASTHEAD.parse if FASTHEAD is not None else None
+# parse_many(data, base_environ, events) -> how much of data it took (RequestParser.feed)
+FAST_PARSE: Callable[[bytes, dict[str, Any], list[Any]], int] | None = (
+    FASTHEAD.parse_many if FASTHEAD is not None else None
 )
 
 
@@ -144,7 +145,7 @@ if FASTHEAD is not None:
 def fast_head(data: bytes, base_environ: dict[str, Any]) -> Head | None:
     """The head of a plain request that is all of ``data``, its environ built in C from
     ``base_environ``; None for anything else (left to llhttp), or without the extension."""
-    return FAST_PARSE(data, base_environ) if FAST_PARSE is not None else None
+    return FASTHEAD.parse(data, base_environ) if FAST_PARSE is not None else None
 
 
 END = object()  # marks the end of a message in the event queue
@@ -224,14 +225,13 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         """Parse one read's bytes into events."""
         if self.at_boundary and FAST_PARSE is not None:
-            # A plain request, whole in this read: its environ is built in C (_fasthead.c), and
-            # llhttp, still at a message boundary, never sees it.
-            head = FAST_PARSE(data, self.base_environ)
-            if head is not None:
-                self.events.append(head)
-                return
-            if data.count(b"\r\n\r\n") > 1:
-                data = self._pipelined(data)
+            # Plain requests whole in this read, one or many (a pipelining client): each head
+            # is cut at its blank line and its environ built in C (_fasthead.c); llhttp, still
+            # at a message boundary, never sees them. What is left (a head C declines, a body,
+            # a partial head) goes to llhttp from that boundary.
+            taken = FAST_PARSE(data, self.base_environ, self.events)
+            if taken:
+                data = data[taken:]
                 if not data:
                     return
         if self.chunk_lines is not None and not self._chunk_lines_pass(data):
@@ -261,28 +261,6 @@ class RequestParser:
             elif self.history is not None:
                 history = self.history + data
                 self.history = history if len(history) <= HISTORY_LIMIT else None
-
-    def _pipelined(self, data: bytes) -> bytes:
-        """Several requests in one read (a pipelining client): the plain heads at its start
-        are taken in C one by one, as if each had come alone; what is left (a head the C
-        parser declines, a body, a partial head) goes to llhttp from that boundary. The C
-        parser declines any head with a body (Content-Length, Transfer-Encoding), Expect or
-        Upgrade, so each blank line it is cut at ends a whole message."""
-        events, base = self.events, self.base_environ
-        parse: Any = FAST_PARSE  # set: only the C path (feed) calls this
-        while True:
-            end = data.find(b"\r\n\r\n") + 4
-            if end == 3:
-                return data
-            head = parse(data[:end], base)
-            if head is None:
-                return data
-            events.append(head)
-            if not head.keep_alive:
-                return b""  # nothing after Connection: close is served (llhttp refuses it too)
-            data = data[end:]
-            if not data:
-                return data
 
     def clock_due(self) -> bool:
         """True once per begun head that must wait for more bytes: its --header-timeout counts

@@ -100,3 +100,42 @@ def test_another_watcher_on_the_descriptor_runs_before_it_closes(pair):
             return False
 
     wait_until(peer_sees_the_end, 5, "the deferred close", step=0.001, sleep=gevent.sleep)
+
+
+@pytest.mark.parametrize("last", [True, False], ids=["send_last", "sendall_more_and_close"])
+def test_the_last_answer_survives_a_pipelined_request_left_unread(last: bool) -> None:
+    """A client that sent on after its request (pipelining) has bytes unread when the server
+    closes, and that close is a reset: what MSG_MORE still held is discarded. send_last pushes
+    the answer and the FIN out first. The second case is what the server did before: it shows
+    the loss is real, so the first can fail."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        accepted, _ = listener.accept()
+        sock = CountingSocket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=accepted.detach())
+        sock.accepted(time.monotonic())
+        sock.out, sock.spill = None, False
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(1024).startswith(b"GET / ")
+        client.sendall(b"GET /next HTTP/1.1\r\n")  # never read by the server
+        wait_until(lambda: _unread(sock) > 0, 5, "the pipelined bytes to arrive")
+        answer = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+        if last:
+            sock.send_last(answer)
+        else:
+            sock.sendall(answer, socket.MSG_MORE)
+        sock.close()
+        received = b""
+        with contextlib.suppress(ConnectionResetError), client:
+            while chunk := client.recv(1024):
+                received += chunk
+        assert (received == answer) is last, received
+
+
+def _unread(sock: CountingSocket) -> int:
+    """Bytes waiting in the socket's receive queue (FIONREAD)."""
+    import fcntl
+    import struct
+    import termios
+
+    raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, struct.pack("i", 0))
+    return struct.unpack("i", raw)[0]

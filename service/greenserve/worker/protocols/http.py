@@ -13,7 +13,6 @@ connection of one listener shares, and accounts for every response (metrics, acc
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 
 RECV_SIZE = 65536
 
-_MORE = socket.MSG_MORE
 _PLAIN = (list, tuple)  # bodies with no close() of their own, which could take its time
 
 # RFC 6455 5.5.1: a client's Close frame, 1001 "going away" (masked, with a zero key), as a
@@ -257,7 +255,7 @@ class HttpConnection(OwnAnswers):
                     # the last answer on this connection, held by _run_app: out with the FIN
                     held, sock.out = b"".join(sock.out), None
                     with contextlib.suppress(OSError):
-                        sock.sendall(held, _MORE)
+                        sock.send_last(held)
                 if sock.out is not None if corks else False:
                     while events and events[0] is END:
                         del events[0]

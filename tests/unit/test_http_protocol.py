@@ -192,3 +192,45 @@ def test_every_per_request_key_of_the_base_environ_is_the_requests_own():
         "REQUEST_METHOD": "GET", "PATH_INFO": "/a", "QUERY_STRING": "b=1", "RAW_URI": "/a?b=1",
         "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (("127.0.0.1", 40000), ("127.0.0.1", "40000")),
+        (("::1", 5, 0, 0), ("::1", "5")),
+        ("", ("", "")),  # a Unix socket's peer that bound no path
+        ("/run/client.sock", ("/run/client.sock", "")),  # one that did: not its first letters
+    ],
+)
+def test_each_request_of_a_connection_has_its_peer_and_nothing_of_the_one_before(address, expected):
+    """The connection's base environ (its peer's address, once per connection) is copied per
+    request: what an app writes into one request's environ is not in the next one's."""
+    from structlog.testing import capture_logs
+
+    from tests.helpers import ScriptedSocket, in_process_handler
+
+    seen: list[tuple[str, str, str | None]] = []
+
+    def app(environ, start_response):
+        seen.append((environ["REMOTE_ADDR"], environ["REMOTE_PORT"], environ.get("x.mark")))
+        environ["REMOTE_ADDR"] = "changed by the app"
+        environ["x.mark"] = "set by the app"
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    with capture_logs():
+        handler = in_process_handler(app, ())
+        handler.handle(
+            ScriptedSocket(
+                [
+                    request,
+                    request,
+                    b"POST / HTTP/1.1\r\nHost: h\r\n"
+                    + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                ]
+            ),
+            address,
+        )
+    assert seen == [(*expected, None)] * 3

@@ -177,6 +177,7 @@ class Http2Connection:
         self.sock = sock
         self.watched = sock.watched
         self.address = address
+        self.base = self.handler.connection_environ(address)  # each stream's environ's base
         self.trusted_peer = trusted
         self.extra_environ = extra_environ
         config = H2Configuration(

@@ -158,7 +158,7 @@ class Stream:
                 body = EMPTY_INPUT
             else:
                 body = Input(self, head)
-            environ = handler.environ(head, body, connection.address)
+            environ = handler.environ(head, body, connection.base)
             head.headers = []
             environ["HTTP_X_REQUEST_ID"] = environ["greenserve.request_id"] = request_id
             environ["wsgi.early_hints"] = writer.early_hints

@@ -86,10 +86,11 @@ class HttpHandler(ResponseAccounting):
                     return
             connection.serve()
         finally:
-            # A bound method of its own (wsgi.early_hints) made each connection a reference
-            # cycle, freed only by the cyclic GC with its parser and socket: 7 objects per
-            # connection left to it (gc.collect after wrk -H "Connection: close").
-            connection.early_hints = None
+            # A bound method of its own (wsgi.early_hints, in its base environ) made each
+            # connection a reference cycle, freed only by the cyclic GC with its parser and
+            # socket: 7 objects per connection left to it (gc.collect after wrk -H
+            # "Connection: close").
+            connection.base.clear()
 
     def goaway_http2(self) -> None:
         """A stop or reload: each HTTP/2 connection gets GOAWAY; its streams in flight finish."""
@@ -111,11 +112,25 @@ class HttpHandler(ResponseAccounting):
         # hex() and a concatenation: 105 ns, where the f-string took 232 (timeit, 3.11)
         return self.id_prefix + hex(self.id_counter)[2:]
 
-    def environ(self, head: Head, body: Input, address: Any) -> dict[str, Any]:
+    def connection_environ(self, address: Any) -> dict[str, Any]:
+        """The base environ with the peer's address: what each request of one connection
+        starts from. Once per connection and not per request (REMOTE_PORT's str() among them):
+        a keep-alive request's environ is a copy of this dict and three keys of its own."""
+        environ = dict(self.base_environ)
+        if isinstance(address, tuple):  # (host, port[, flowinfo, scope_id])
+            environ["REMOTE_ADDR"] = address[0]
+            environ["REMOTE_PORT"] = str(address[1])
+        else:  # a Unix socket's peer: "" or the path a client bound (gunicorn gives it too)
+            environ["REMOTE_ADDR"] = address or ""
+        return environ
+
+    def environ(self, head: Head, body: Input, base: dict[str, Any]) -> dict[str, Any]:
+        """The request's environ from ``base`` (``connection_environ``): C built it already
+        for a plain head, llhttp's path builds it here."""
         environ = head.environ
         if environ is None:
-            environ = parsed_environ(self.base_environ, head)
-        else:  # built by FAST_PARSE from base_environ: the request's part
+            environ = parsed_environ(base, head)
+        else:  # built by FAST_PARSE from base: the request's part
             head.environ = None  # the Head outlives the request (Response.head): not the environ
         root = self.root_path
         if root:
@@ -123,10 +138,5 @@ class HttpHandler(ResponseAccounting):
             if path_info == root or path_info.startswith(root + "/"):
                 # the proxy kept the prefix: SCRIPT_NAME has it, PATH_INFO the rest
                 environ["PATH_INFO"] = path_info[len(root) :]
-        if address:  # (host, port[, flowinfo, scope_id]); a Unix socket's peer is ""
-            environ["REMOTE_ADDR"] = address[0]
-            environ["REMOTE_PORT"] = str(address[1])
-        else:
-            environ["REMOTE_ADDR"] = environ["REMOTE_PORT"] = ""
         environ["wsgi.input"] = body
         return environ

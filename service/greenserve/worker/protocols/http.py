@@ -125,12 +125,13 @@ class HttpConnection(OwnAnswers):
             data += more
         return data
 
-    def next_head(self, keepalive_deadline: float) -> Head | None:
+    def next_head(self, keepalive: float) -> Head | None:
         """The next request's head, waiting for it as long as the phase allows; None at the
-        end of the stream. ``keepalive_deadline``: when a connection with no request begun
-        ends (0: never)."""
+        end of the stream. ``keepalive``: how long a connection with no request begun may
+        wait (0: for ever), counted from the first wait (a head already read reads no clock)."""
         parser = self.parser
         watched = self.watched
+        keepalive_deadline = -1.0
         while True:
             while self.events:
                 event = self.events.pop(0)
@@ -146,6 +147,8 @@ class HttpConnection(OwnAnswers):
                 # Parked: waiting for a next request, so a drain may end the connection. A new
                 # one may have its first request in flight: a drain gives it a moment instead of
                 # closing it at once, which failed that request (seen under load in restarts).
+                if keepalive_deadline < 0.0:
+                    keepalive_deadline = time.monotonic() + keepalive if keepalive else 0.0
                 watched.enter(PARKED if self.served else FRESH, keepalive_deadline)
             elif parser.clock_due():
                 timeout = self.handler.header_timeout
@@ -202,7 +205,7 @@ class HttpConnection(OwnAnswers):
         corks = sock.__class__ is CountingSocket  # plaintext (TlsSocket writes its own way)
         while not parser.upgrading:
             try:
-                head = self.next_head(time.monotonic() + keepalive if keepalive else 0.0)
+                head = self.next_head(keepalive)
             except HttpError as exc:
                 self.send_error(exc.status, str(exc))
                 return

@@ -214,6 +214,38 @@ class TestResponse:
             del writer
         assert (sys.getrefcount(headers), sys.getrefcount(sock), sys.getrefcount(handler)) == before
 
+    @pytest.mark.parametrize("held", ["list", "none", "outbox", "unset"])
+    def test_a_held_write_is_what_the_sockets_sendall_would_do(self, held: str) -> None:
+        """C appends to a CountingSocket's ``out`` list itself (a pipelined batch, corked),
+        without calling sendall; any other ``out`` (None, an Outbox, not set yet) is the
+        socket's own sendall's to handle."""
+
+        class Sock:
+            __slots__ = ("out", "called")
+
+            def sendall(self, data: bytes) -> None:
+                self.called.append(bytes(data))
+
+        sock = Sock()
+        sock.called = []
+        outbox: list[bytes] = []
+        if held != "unset":
+            sock.out = {"list": [], "none": None, "outbox": SimpleNamespace(append=outbox.append)}[
+                held
+            ]
+        handler = SimpleNamespace(draining=False, date=SimpleNamespace(end=lambda: END_BYTES))
+        headers = [("Content-Type", "text/plain"), ("Content-Length", "10")]
+        case = ("200 OK", headers, [b"helloworld"], None, b"GET", "1.1", True, False)
+        respond(PythonResponse, *case)  # the header cache C reads: C writes the first write
+        writer = http_response.Response(sock, False, handler, Head(), "r")
+        write = writer.start_response("200 OK", headers)
+        write(b"hello")
+        write(b"world")
+        writer.finish()
+        wire = sock.out if held == "list" else sock.called
+        assert b"".join(wire).endswith(END_BYTES + b"helloworld") and len(wire) == 2
+        assert (sock.called == []) is (held == "list")
+
     def test_flags_take_booleans_only(self) -> None:
         """The flags are C chars: a truthy non-bool would be a silent difference from Python."""
         writer = http_response.Response(None, False, None, Head(), "r")

@@ -142,7 +142,8 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
     def sendall(self, data: Any, flags: int = 0) -> None:
         """One direct send first: gevent's sendall costs a getsockopt and a chunking loop per
         call (8% of an HTTP worker's samples in py-spy), though a response almost always fits
-        the socket buffer whole."""
+        the socket buffer whole. A held write (``out`` a list: cork) is appended by
+        ``_response.c`` itself, without this frame; anything else it hands here."""
         out = self.out
         if out is not None:
             out.append(data)

@@ -221,7 +221,7 @@ class TestResponse:
         socket's own sendall's to handle."""
 
         class Sock:
-            __slots__ = ("out", "called")
+            __slots__ = ("called", "out")
 
             def sendall(self, data: bytes) -> None:
                 self.called.append(bytes(data))

@@ -144,7 +144,8 @@ if FASTHEAD is not None:
 
 def fast_head(data: bytes, base_environ: dict[str, Any]) -> Head | None:
     """The head of a plain request that is all of ``data``, its environ built in C from
-    ``base_environ``; None for anything else (left to llhttp), or without the extension."""
+    ``base_environ``; None for anything else (left to llhttp), or without the extension.
+    FAST_PARSE, not FASTHEAD, is the switch: the tests turn the fast path off with it."""
     return FASTHEAD.parse(data, base_environ) if FAST_PARSE is not None else None
 
 

@@ -455,9 +455,12 @@ def in_process_handler(app: Any, flags: tuple[str, ...] = (), **changes: Any) ->
     )
 
 
-def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[bytes, list[dict]]:
+def serve_in_process(
+    app: Any, chunks: list[bytes], address: Any = ("127.0.0.1", 40000), **changes: Any
+) -> tuple[bytes, list[dict]]:
     """Run one HTTP connection through the real protocol code, with no socket and no process.
 
+    ``address``: the peer's, as accept gives it (a Unix socket's: "" or a path).
     ``changes``: Settings fields to change from the defaults (1 MiB bodies, 5 s header timeout).
 
     Returns what the server wrote and the log events it emitted (structlog's capture_logs).
@@ -467,7 +470,7 @@ def serve_in_process(app: Any, chunks: list[bytes], **changes: Any) -> tuple[byt
     with capture_logs() as events:
         handler = in_process_handler(app, ("--max-body", "1m", "--header-timeout", "5"), **changes)
         sock = ScriptedSocket(chunks)
-        handler.handle(sock, ("127.0.0.1", 40000))
+        handler.handle(sock, address)
     return bytes(sock.sent), events
 
 

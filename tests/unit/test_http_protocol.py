@@ -206,10 +206,6 @@ def test_every_per_request_key_of_the_base_environ_is_the_requests_own():
 def test_each_request_of_a_connection_has_its_peer_and_nothing_of_the_one_before(address, expected):
     """The connection's base environ (its peer's address, once per connection) is copied per
     request: what an app writes into one request's environ is not in the next one's."""
-    from structlog.testing import capture_logs
-
-    from tests.helpers import ScriptedSocket, in_process_handler
-
     seen: list[tuple[str, str, str | None]] = []
 
     def app(environ, start_response):
@@ -220,17 +216,6 @@ def test_each_request_of_a_connection_has_its_peer_and_nothing_of_the_one_before
         return []
 
     request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
-    with capture_logs():
-        handler = in_process_handler(app, ())
-        handler.handle(
-            ScriptedSocket(
-                [
-                    request,
-                    request,
-                    b"POST / HTTP/1.1\r\nHost: h\r\n"
-                    + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-                ]
-            ),
-            address,
-        )
+    chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    serve_in_process(app, [request, request, chunked], address=address)
     assert seen == [(*expected, None)] * 3

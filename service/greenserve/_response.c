@@ -111,8 +111,14 @@ static PyObject *first_write(PyObject *Py_UNUSED(module), PyObject *const *args,
     const char *id = PyUnicode_AsUTF8AndSize(args[5], &id_size);
     if (!id)
         goto done;
-    char digits[32];
-    int digits_size = snprintf(digits, sizeof digits, "%zd", body);
+    /* By hand, not snprintf: glibc's vfprintf was 0.6% of a hello worker's perf samples. */
+    char digits[24];
+    char *digit_end = digits + sizeof digits, *digit = digit_end;
+    do {
+        *--digit = (char)('0' + body % 10);
+        body /= 10;
+    } while (body);
+    Py_ssize_t digits_size = digit_end - digit;
     static const char CL[] = "\r\nContent-Length: ", CLOSE[] = "\r\nConnection: close",
                       RID[] = "\r\nX-Request-ID: ";
     size += sizeof CL - 1 + digits_size + (keep_alive ? 0 : sizeof CLOSE - 1) + sizeof RID - 1 +
@@ -132,7 +138,7 @@ static PyObject *first_write(PyObject *Py_UNUSED(module), PyObject *const *args,
         PUT(PyBytes_AS_STRING(lines[i]), PyBytes_GET_SIZE(lines[i]));
     }
     PUT(CL, sizeof CL - 1);
-    PUT(digits, digits_size);
+    PUT(digit, digits_size);
     if (!keep_alive)
         PUT(CLOSE, sizeof CLOSE - 1);
     PUT(RID, sizeof RID - 1);

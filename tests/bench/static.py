@@ -1,5 +1,6 @@
 """Static files (10 KB each unless --size) served by greenserve --static, by WhiteNoise inside
-greenserve, and by granian's --static-path-mount. Not run by CI.
+greenserve, by granian's --static-path-mount, and by nginx (sendfile and its open file cache:
+what a C server reaches, against which the Python servers' ratios can be read). Not run by CI.
 
     python -m tests.bench.static [--rounds 5] [--seconds 4] [--files 100] [--size 10240]
 
@@ -43,7 +44,29 @@ def contenders(root: Path) -> list[Contender]:
             "--static-path-route", "/static", HELLO,
         ]  # fmt: skip
         found.append(Contender("granian --static-path-mount", argv))
+    nginx = shutil.which("nginx")
+    if nginx:
+        argv = [sys.executable, "-m", "tests.bench.static", "--nginx", nginx, "{port}", str(root)]
+        found.append(Contender("nginx (sendfile, cache)", argv))
     return found
+
+
+def run_nginx(nginx: str, port: str, root: str) -> None:
+    """nginx in the foreground, two workers serving ``root`` under /static/ as an nginx user
+    would for static files: sendfile, and descriptors and stats kept by its open file cache."""
+    folder = Path(tempfile.mkdtemp(prefix="greenserve-bench-nginx-"))
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = " ".join(f"{kind}_temp_path {folder};" for kind in kinds)
+    (folder / "nginx.conf").write_text(
+        f"worker_processes 2;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{ access_log off; {temp}\n"
+        "  sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s;\n"
+        f"  server {{ listen 127.0.0.1:{port}; location /static/ {{ alias {root}/; }} }} }}\n"
+    )
+    os.execv(
+        nginx, [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
+    )
 
 
 def _serves(url: str, size: int) -> bool:
@@ -55,6 +78,9 @@ def _serves(url: str, size: int) -> bool:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--nginx"]:
+        run_nginx(*sys.argv[2:5])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4)

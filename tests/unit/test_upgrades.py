@@ -58,9 +58,9 @@ def test_an_app_owned_websocket_is_open_once_the_app_sent_its_101():
 @pytest.mark.parametrize(
     ("protocol", "websocket", "kind"),
     [
-        ("websocket", {"started": True, "engine": object()}, "wsgi.websocket"),
+        ("websocket", {"started": True, "opened": True}, "wsgi.websocket"),
         ("x-line-echo", {}, "other"),
-        ("WebSocket", {"started": False, "engine": None}, "app"),  # offered, not used
+        ("WebSocket", {"started": False, "opened": False}, "app"),  # offered, not used
     ],
 )
 def test_each_kind_opened_and_closed_between_two_snapshots(protocol, websocket, kind):
@@ -75,7 +75,7 @@ def test_each_kind_opened_and_closed_between_two_snapshots(protocol, websocket, 
 @pytest.mark.parametrize(
     ("websocket", "answered"),
     [
-        ({"started": True, "engine": None}, ""),  # wsgi.websocket refused the handshake (426)
+        ({"started": True, "opened": False}, ""),  # wsgi.websocket refused the handshake (426)
         ({}, "400 Bad Request"),  # the app answered over HTTP
         ({}, ""),  # the app returned without sending anything
     ],

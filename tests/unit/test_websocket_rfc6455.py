@@ -274,3 +274,55 @@ class TestSection10_4Limits:
             ws_max_message=1024,
         )
         assert closed_with(frames) == 1009
+
+
+class TestEngineOnFirstNeed:
+    """The frame engine (``websockets``' ServerProtocol) is made by the first frame that needs
+    it: whole short messages, and an idle WebSocket, never pay for one."""
+
+    @staticmethod
+    def run(*frames: bytes) -> tuple[list[tuple[bool, int, bytes]], list[object]]:
+        kept: list[object] = []
+
+        def app(environ: dict, start_response):
+            kept.append(environ["wsgi.websocket"])
+            return echo(environ, start_response)
+
+        out, _ = serve_in_process(app, chunks(*frames))
+        assert out.startswith(b"HTTP/1.1 101 "), out[:80]
+        data = out[out.index(b"\r\n\r\n") + 4 :]
+        found = []
+        while data:  # short frames only here: a 7-bit length
+            length = data[1] & 0x7F
+            found.append((bool(data[0] & 0x80), data[0] & 0x0F, data[2 : 2 + length]))
+            data = data[2 + length :]
+        return found, kept
+
+    def test_whole_messages_and_a_dropped_connection_need_no_engine(self):
+        frames, (ws,) = self.run(frame(TEXT, b"one"), frame(BINARY, b"two"))
+        assert frames == [(True, TEXT, b"one"), (True, BINARY, b"two")]
+        assert ws.engine is None
+        assert ws.close_code == 1006  # the peer went without a Close
+
+    @pytest.mark.parametrize(
+        "needs",
+        [
+            frame(PING, b"p"),
+            frame(TEXT, b"fr", fin=False) + frame(CONT, b"ag"),
+            frame(TEXT, b"\xff"),  # not UTF-8: failed with 1007
+        ],
+        ids=["ping", "fragments", "invalid-utf8"],
+    )
+    def test_a_frame_that_needs_it_makes_it_after_the_fast_path_ones(self, needs):
+        frames, (ws,) = self.run(frame(TEXT, b"first"), needs, close(1000))
+        assert frames[0] == (True, TEXT, b"first")
+        assert ws.engine is not None
+        assert frames[-1][1] == CLOSE
+        if needs.startswith(b"\x89"):
+            assert frames[1] == (True, PONG, b"p")
+            assert ws.close_code == 1000
+        elif needs.startswith(b"\x01"):
+            assert frames[1] == (True, TEXT, b"frag")
+            assert ws.close_code == 1000
+        else:
+            assert closed_with(frames) == 1007

@@ -42,7 +42,7 @@ class Taken:
         """The kind once the connection is taken over; None while it is not (yet)."""
         websocket = self.environ.get("wsgi.websocket")
         if websocket is not None and websocket.started:
-            return "wsgi.websocket" if websocket.engine is not None else None  # else refused
+            return "wsgi.websocket" if websocket.opened else None  # else refused
         if self.writer.status:
             return None  # answered over HTTP (a refusal, a page): no upgrade
         if self.watched.tx > self.sent_before:

@@ -73,13 +73,15 @@ class WebSocket:
         self.max_size = max_size
         self.send_buffer = send_buffer
         self.send_timeout = send_timeout
-        # The frame engine exists only once the handshake succeeded: an app that answers the
-        # Upgrade itself on gunicorn.socket (Flask-Sock) never pays for one. Typed as always
-        # there: every method that reads it runs after _start() made it, and the one reader
-        # that may run without a handshake (the close code at the end) checks for None.
-        self.engine: ServerProtocol = None  # type: ignore[assignment]
+        # The frame engine (``websockets``' ServerProtocol, about 1.4 KiB) is made only when a
+        # frame needs it (_engine): a control frame, a fragment, a long message, a close or a
+        # failure. A WebSocket that only ever exchanges whole short messages, and every idle
+        # one, has none: the fast path frames those itself and they leave an engine's state as
+        # it was. None: no engine yet (its state would be OPEN, with no fragment in progress).
+        self.engine: ServerProtocol | None = None
         self.lock = Semaphore()  # writers: the app, the pinger, a stop (Cython, not RLock)
         self.started = False
+        self.opened = False  # the handshake was answered with 101
         self.done = False
         self.refused = 0  # the status of a refused handshake (426, 400), for the access log
         self.close_code: int | None = None  # once finished: the peer's close code, or 1006
@@ -134,8 +136,7 @@ class WebSocket:
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
             )
-        # Handshake done here, so the engine starts OPEN: its parser never holds the request.
-        self.engine = ServerProtocol(state=State.OPEN, max_size=self.max_size)
+        self.opened = True
         # From now on a write the peer does not take at once is held (outbox.py), not waited on
         self.raw.spill = True
         self.registry.add(self)
@@ -143,8 +144,17 @@ class WebSocket:
         self.stats.websocket_bytes_received += len(self.buffer)
         return True
 
+    def _engine(self) -> ServerProtocol:
+        """The frame engine, made on first need. It starts OPEN (the handshake was answered
+        here: its parser never holds the request) and at a frame boundary, where every caller
+        uses it first: whatever the fast path framed before left its state unchanged."""
+        engine = self.engine
+        if engine is None:
+            engine = self.engine = ServerProtocol(state=State.OPEN, max_size=self.max_size)
+        return engine
+
     def _flush(self) -> None:
-        data = b"".join(self.engine.data_to_send())
+        data = b"".join(self._engine().data_to_send())
         if data:
             with self.lock:
                 self.sock.sendall(data)
@@ -175,17 +185,21 @@ class WebSocket:
                     self._feed(data)
                 else:
                     eof = True
-                    self.engine.receive_eof()
-                    self._take_events()
+                    if self.engine is not None:  # else nothing it would say or report
+                        self.engine.receive_eof()
+                        self._take_events()
             protocol = self.engine
-            if protocol.writes:
-                self._flush()  # pongs, close replies, a 1009 or 1002 close
-            closing = (
-                protocol.close_rcvd is not None
-                or protocol.state is State.CLOSED
-                or protocol.parser_exc is not None  # a protocol error: failed (RFC 6455 7.1.7)
-                or self.failed
-            )
+            if protocol is None:
+                closing = self.failed
+            else:
+                if protocol.writes:
+                    self._flush()  # pongs, close replies, a 1009 or 1002 close
+                closing = (
+                    protocol.close_rcvd is not None
+                    or protocol.state is State.CLOSED
+                    or protocol.parser_exc is not None  # a protocol error: failed (7.1.7)
+                    or self.failed
+                )
             if closing or eof:
                 # The closing handshake is complete (our reply is flushed): the server closes
                 # the TCP connection now (RFC 6455 7.1.1), when the app returns.
@@ -220,6 +234,8 @@ class WebSocket:
                 break
             if self.owed:
                 take = min(self.owed, end - pos)
+                if engine is None:  # the first frame that needs it, from its first byte
+                    engine = self._engine()
                 engine.receive_data(buf[pos : pos + take])
                 self.owed -= take
                 pos += take
@@ -247,8 +263,11 @@ class WebSocket:
                 and second & 0x80  # masked, as a client must
                 and length <= FAST_LIMIT
                 and (self.max_size is None or length <= self.max_size)
-                and engine.state is _OPEN
-                and getattr(engine, _FRAGMENTED) is None  # no fragmented message in progress
+                and (
+                    engine is None
+                    # or open, with no fragmented message in progress
+                    or (engine.state is _OPEN and getattr(engine, _FRAGMENTED) is None)
+                )
                 and not self.failed
             )
             if not simple:
@@ -278,14 +297,14 @@ class WebSocket:
             self.pending.append(data.decode())
         except UnicodeDecodeError:
             # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
-            self.engine.fail(1007, "invalid UTF-8 in a text message")
+            self._engine().fail(1007, "invalid UTF-8 in a text message")
             self.failed = True
             self.buffer = b""
             return False
         return True
 
     def _take_events(self) -> None:
-        for frame in self.engine.events_received():
+        for frame in self._engine().events_received():
             assert isinstance(frame, Frame)  # a server-side engine past the handshake: frames
             opcode = frame.opcode
             if opcode in (Opcode.TEXT, Opcode.BINARY):
@@ -311,7 +330,7 @@ class WebSocket:
             is_bytes, payload = False, str(message).encode()
         size = len(payload)
         engine = self.engine
-        if engine.state is not _OPEN:
+        if engine is not None and engine.state is not _OPEN:
             raise ConnectionError("the WebSocket is closing")
         # The frame is built here (a server does not mask): the engine's Frame object and its
         # serializer cost more than the socket call for a short message. Its state is unchanged
@@ -331,7 +350,8 @@ class WebSocket:
                 raise ConnectionError(
                     "the peer reads too slowly: the WebSocket is closed (1013, --ws-send-buffer)"
                 )
-            if self.done or engine.state is not _OPEN:
+            engine = self.engine  # made meanwhile by a frame, a close or a ping
+            if self.done or (engine is not None and engine.state is not _OPEN):
                 raise ConnectionError("the WebSocket is closed")
         with self.lock:
             if size < 16384:
@@ -346,7 +366,7 @@ class WebSocket:
         """Close (1013, try again later) behind what is held, and end the app's ``receive``; the
         held bytes and the Close get ``drain``'s time to reach the peer if it reads again."""
         self.stats.websocket_slow_closes += 1
-        self.engine.fail(1013, "the peer reads too slowly")
+        self._engine().fail(1013, "the peer reads too slowly")
         self.failed = True
         with contextlib.suppress(OSError):
             self._flush()
@@ -361,10 +381,10 @@ class WebSocket:
 
     def ping(self) -> None:
         """--ws-ping-interval: a peer that did not answer the last ping is gone; else ping."""
-        if not self.started or self.done or self.engine.state is not State.OPEN:
+        if not self._open():
             return
         if self.awaiting_pong:
-            self.engine.fail(1011, "no answer to ping")
+            self._engine().fail(1011, "no answer to ping")
             self.failed = True
             try:
                 self._flush()
@@ -373,7 +393,7 @@ class WebSocket:
                     self.sock.shutdown(socket.SHUT_RDWR)  # the app's receive() ends now
             return
         self.awaiting_pong = True
-        self.engine.send_ping(b"greenserve")
+        self._engine().send_ping(b"greenserve")
         try:
             self._flush()
         except OSError:
@@ -381,30 +401,36 @@ class WebSocket:
 
     def close(self, code: int = 1000, message: bytes | str = b"") -> None:
         """Send a Close frame; ``receive`` then returns the peer's reply as None."""
-        if not self.started or self.done or self.engine.state is not State.OPEN:
+        if not self._open():
             return
         reason = message.decode() if isinstance(message, bytes) else message
-        self.engine.send_close(code, reason)
+        self._engine().send_close(code, reason)
         try:
             self._flush()
         except OSError:
             self.finish()
+
+    def _open(self) -> bool:
+        """Handshake answered, not finished, and no close begun (the engine's state)."""
+        if not self.started or self.done:
+            return False
+        engine = self.engine
+        return engine is None or engine.state is State.OPEN
 
     def finish(self) -> None:
         """The connection is ending: account for this WebSocket once."""
         if self.done:
             return
         self.done = True
-        if self in self.registry:
-            self.registry.discard(self)
-            self.stats.websocket_connections_active -= 1
-        engine = self.engine
-        if engine is None:
+        if not self.opened:
             # Never opened: offered and not used (Flask-Sock and Flask-SocketIO take the raw
             # socket), or its handshake refused. No WebSocket of ours, so no close to count:
             # counting these as 1006 made every Flask-Sock session an abnormal close.
             return
-        code = engine.close_rcvd.code if engine.close_rcvd else 1006
+        self.registry.discard(self)
+        self.stats.websocket_connections_active -= 1
+        engine = self.engine  # None: no Close frame came (it would have made one)
+        code = engine.close_rcvd.code if engine is not None and engine.close_rcvd else 1006
         self.close_code = code
         closes = self.stats.websocket_closes
         key = str(code)

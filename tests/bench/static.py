@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10_240, help="bytes per file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)  # nginx's workers, started as root, read as nobody
         root = Path(tmp, "files")
         root.mkdir()
         for index in range(args.files):

@@ -281,11 +281,16 @@ class TestEngineOnFirstNeed:
     it: whole short messages, and an idle WebSocket, never pay for one."""
 
     @staticmethod
-    def run(*frames: bytes) -> tuple[list[tuple[bool, int, bytes]], list[object]]:
+    def run(*frames: bytes, ping: bool = False) -> tuple[list[tuple[bool, int, bytes]], list]:
+        """``ping``: the app pings first, as --ws-ping-interval's timer would."""
         kept: list[object] = []
 
         def app(environ: dict, start_response):
-            kept.append(environ["wsgi.websocket"])
+            ws = environ["wsgi.websocket"]
+            kept.append(ws)
+            if ping:
+                ws._start()
+                ws.ping()
             return echo(environ, start_response)
 
         out, _ = serve_in_process(app, chunks(*frames))
@@ -303,6 +308,12 @@ class TestEngineOnFirstNeed:
         assert frames == [(True, TEXT, b"one"), (True, BINARY, b"two")]
         assert ws.engine is None
         assert ws.close_code == 1006  # the peer went without a Close
+
+    def test_a_ping_of_ours_and_its_pong_need_no_engine(self):
+        frames, (ws,) = self.run(frame(PONG, b"greenserve"), frame(TEXT, b"one"), ping=True)
+        assert frames == [(True, PING, b"greenserve"), (True, TEXT, b"one")]
+        assert ws.engine is None
+        assert not ws.awaiting_pong  # answered: the next ping does not close with 1011
 
     @pytest.mark.parametrize(
         "needs",

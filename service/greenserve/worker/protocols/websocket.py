@@ -41,6 +41,7 @@ RECV_SIZE = 65536
 # The fast path (see ``_feed``) takes whole single-frame messages up to this size; a longer one
 # goes to the engine as it arrives rather than waiting in our buffer.
 FAST_LIMIT = 65536
+PING = b"\x89\x0agreenserve"  # FIN, ping, 10 bytes unmasked (a server does not mask)
 _OPEN = State.OPEN
 # The engine's size of a fragmented message in progress (None between messages): ``cur_size``
 # up to websockets 15, ``current_size`` since.
@@ -259,7 +260,9 @@ class WebSocket:
             elif length == 127:
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             simple = (
-                (first == 0x81 or first == 0x82)  # FIN, no RSV bit, text or binary
+                # FIN, no RSV bit: text or binary, or a pong of at most 125 bytes (the answer to
+                # --ws-ping-interval's ping, which an idle WebSocket must not need an engine for)
+                (first == 0x81 or first == 0x82 or (first == 0x8A and head == 6))
                 and second & 0x80  # masked, as a client must
                 and length <= FAST_LIMIT
                 and (self.max_size is None or length <= self.max_size)
@@ -276,6 +279,10 @@ class WebSocket:
             if end - pos < head + length:
                 break  # the rest of a short message: wait for it here
             start = pos + head
+            if first == 0x8A:  # a pong: its payload is not ours to check (RFC 6455 5.5.3)
+                pos = start + length
+                self.awaiting_pong = False
+                continue
             payload = apply_mask(buf[start : start + length], buf[start - 4 : start])
             pos = start + length
             if not self._deliver(first == 0x81, payload):
@@ -393,9 +400,9 @@ class WebSocket:
                     self.sock.shutdown(socket.SHUT_RDWR)  # the app's receive() ends now
             return
         self.awaiting_pong = True
-        self._engine().send_ping(b"greenserve")
         try:
-            self._flush()
+            with self.lock:  # framed here, as send() does: no engine for a ping
+                self.sock.sendall(PING)
         except OSError:
             self.finish()
 

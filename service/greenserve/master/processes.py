@@ -79,6 +79,10 @@ class Launcher:
         )
         process.start()
         assert process.pid is not None  # started
+        # The clock starts once the process exists: the first start also starts the forkserver,
+        # whose imports took 0.6 s of a 1 s --timeout on a loaded CI machine (slot 0 was killed
+        # as silent before it had run at all).
+        heartbeat.value = time.monotonic()
         channels = Channels(process, stats_queue, Heartbeat(heartbeat), stack_file)
         return WorkerProcess(slot, generation, process.pid, time.monotonic(), channels)
 
@@ -124,6 +128,11 @@ def unresponsive(worker: WorkerProcess, timeout: float, now: float) -> bool:
         if heartbeat_age(worker) > timeout:
             worker.abort_sent_at = now
             kill(worker.pid, STACK_SIGNAL)
+        return False
+    if heartbeat_age(worker) <= timeout:
+        # It beat again while it had its chance: no longer stuck, so not killed (gunicorn too
+        # kills only a worker still silent when it looks). ``abort_sent_at`` None tells.
+        worker.abort_sent_at = None
         return False
     return now - worker.abort_sent_at >= STACK_GRACE
 

@@ -119,17 +119,28 @@ class Supervisor:
         return needs_master
 
     def check_heartbeats(self, timeout: float) -> None:
+        if not timeout:
+            return
         for worker in self.table.live():
-            if timeout and processes.unresponsive(worker, timeout, time.monotonic()):
-                self.log.error(
-                    "worker_timeout",
-                    slot=worker.slot,
-                    worker_pid=worker.pid,
-                    silent_seconds=round(processes.heartbeat_age(worker), 3),
-                    stack=processes.read_stack(worker),
-                )
-                worker.kill_reason = "timeout"
-                kill(worker.pid, signal.SIGKILL)
+            asked = worker.abort_sent_at is not None
+            if not processes.unresponsive(worker, timeout, time.monotonic()):
+                if asked and worker.abort_sent_at is None:
+                    self.log.warning(
+                        "worker_unblocked",
+                        slot=worker.slot,
+                        worker_pid=worker.pid,
+                        hint="silent past --timeout, then alive again before the kill",
+                    )
+                continue
+            self.log.error(
+                "worker_timeout",
+                slot=worker.slot,
+                worker_pid=worker.pid,
+                silent_seconds=round(processes.heartbeat_age(worker), 3),
+                stack=processes.read_stack(worker),
+            )
+            worker.kill_reason = "timeout"
+            kill(worker.pid, signal.SIGKILL)
 
     def recycle(self) -> None:
         """--max-requests: the table grants one asking worker at a time."""

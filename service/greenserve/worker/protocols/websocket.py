@@ -75,10 +75,11 @@ class WebSocket:
         self.send_buffer = send_buffer
         self.send_timeout = send_timeout
         # The frame engine (``websockets``' ServerProtocol, about 1.4 KiB) is made only when a
-        # frame needs it (_engine): a control frame, a fragment, a long message, a close or a
-        # failure. A WebSocket that only ever exchanges whole short messages, and every idle
-        # one, has none: the fast path frames those itself and they leave an engine's state as
-        # it was. None: no engine yet (its state would be OPEN, with no fragment in progress).
+        # frame needs it (_engine): a control frame other than a pong, a fragment, a long
+        # message, a close or a failure. A WebSocket that only ever exchanges whole short
+        # messages (and pings and pongs), and every idle one, has none: the fast path frames
+        # those itself and they leave an engine's state as it was. None: no engine yet (its
+        # state would be OPEN, with no fragment in progress).
         self.engine: ServerProtocol | None = None
         self.lock = Semaphore()  # writers: the app, the pinger, a stop (Cython, not RLock)
         self.started = False

@@ -1,9 +1,10 @@
-"""The master's --timeout decision (master/processes.unresponsive) against a real process that
+"""The master's --timeout decision (master/processes.timeout_verdict) against a real process that
 takes the stack signal, with the heartbeat in shared memory as the worker writes it."""
 
 from __future__ import annotations
 
 import multiprocessing
+import select
 import subprocess
 import sys
 import time
@@ -33,7 +34,9 @@ def worker():
         text=True,
     )
     try:
-        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        assert child.stdout is not None
+        assert select.select([child.stdout], [], [], 10)[0], "the child did not start"
+        assert child.stdout.readline() == "ready\n"
         value = multiprocessing.get_context("spawn").RawValue("d", 100.0)
         channels = SimpleNamespace(heartbeat=Heartbeat(value))
         yield WorkerProcess(slot=0, generation=1, pid=child.pid, started_at=0.0, channels=channels)
@@ -49,10 +52,10 @@ def beat_at(worker: WorkerProcess, when: float) -> None:
 def test_a_worker_still_silent_after_the_grace_is_killed(worker):
     now = time.monotonic()
     beat_at(worker, now - 2 * TIMEOUT)
-    assert not processes.unresponsive(worker, TIMEOUT, now)  # stacks asked for first
+    assert processes.timeout_verdict(worker, TIMEOUT, now) == ""  # stacks asked for first
     assert worker.abort_sent_at == now
-    assert not processes.unresponsive(worker, TIMEOUT, now + processes.STACK_GRACE / 2)
-    assert processes.unresponsive(worker, TIMEOUT, now + processes.STACK_GRACE)
+    assert processes.timeout_verdict(worker, TIMEOUT, now + processes.STACK_GRACE / 2) == ""
+    assert processes.timeout_verdict(worker, TIMEOUT, now + processes.STACK_GRACE) == "kill"
 
 
 def test_a_worker_that_beats_again_within_the_grace_is_not_killed(worker):
@@ -60,11 +63,11 @@ def test_a_worker_that_beats_again_within_the_grace_is_not_killed(worker):
     whose forkserver took 0.6 s to start was killed with a 0.061 s old heartbeat in CI."""
     now = time.monotonic()
     beat_at(worker, now - 2 * TIMEOUT)
-    assert not processes.unresponsive(worker, TIMEOUT, now)
+    assert processes.timeout_verdict(worker, TIMEOUT, now) == ""
     beat_at(worker, time.monotonic())  # its loop ran again
-    assert not processes.unresponsive(worker, TIMEOUT, now + processes.STACK_GRACE)
+    assert processes.timeout_verdict(worker, TIMEOUT, now + processes.STACK_GRACE) == "unblocked"
     assert worker.abort_sent_at is None  # and a later silence starts over
     beat_at(worker, time.monotonic() - 2 * TIMEOUT)
     later = time.monotonic()
-    assert not processes.unresponsive(worker, TIMEOUT, later)
-    assert processes.unresponsive(worker, TIMEOUT, later + processes.STACK_GRACE)
+    assert processes.timeout_verdict(worker, TIMEOUT, later) == ""
+    assert processes.timeout_verdict(worker, TIMEOUT, later + processes.STACK_GRACE) == "kill"

@@ -82,9 +82,9 @@ class Launcher:
         # The clock starts once the process exists: the first start also starts the forkserver,
         # whose imports took 0.6 s of a 1 s --timeout on a loaded CI machine (slot 0 was killed
         # as silent before it had run at all).
-        heartbeat.value = time.monotonic()
+        started = heartbeat.value = time.monotonic()
         channels = Channels(process, stats_queue, Heartbeat(heartbeat), stack_file)
-        return WorkerProcess(slot, generation, process.pid, time.monotonic(), channels)
+        return WorkerProcess(slot, generation, process.pid, started, channels)
 
     def close(self) -> None:
         self.alive_w.close()
@@ -116,25 +116,25 @@ def heartbeat_age(worker: WorkerProcess) -> float:
     return worker.channels.heartbeat.age()
 
 
-def unresponsive(worker: WorkerProcess, timeout: float, now: float) -> bool:
-    """True once a worker silent for ``timeout`` had its chance to dump its stacks.
+def timeout_verdict(worker: WorkerProcess, timeout: float, now: float) -> str:
+    """What --timeout does to ``worker`` now: "kill" once a worker silent for ``timeout`` had
+    its chance to dump its stacks; "unblocked" when it beat again during that chance (gunicorn
+    too kills only a worker still silent when it looks); "" otherwise.
 
     The first call past the timeout asks for the stacks (faulthandler in the worker, on
     STACK_SIGNAL); the kill comes STACK_GRACE later, so the log shows where it was stuck.
     """
     if worker.kill_reason == "timeout":
-        return False
+        return ""
     if worker.abort_sent_at is None:
         if heartbeat_age(worker) > timeout:
             worker.abort_sent_at = now
             kill(worker.pid, STACK_SIGNAL)
-        return False
+        return ""
     if heartbeat_age(worker) <= timeout:
-        # It beat again while it had its chance: no longer stuck, so not killed (gunicorn too
-        # kills only a worker still silent when it looks). ``abort_sent_at`` None tells.
-        worker.abort_sent_at = None
-        return False
-    return now - worker.abort_sent_at >= STACK_GRACE
+        worker.abort_sent_at = None  # a later silence starts over
+        return "unblocked"
+    return "kill" if now - worker.abort_sent_at >= STACK_GRACE else ""
 
 
 def release(worker: WorkerProcess) -> None:

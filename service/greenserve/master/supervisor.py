@@ -122,15 +122,15 @@ class Supervisor:
         if not timeout:
             return
         for worker in self.table.live():
-            asked = worker.abort_sent_at is not None
-            if not processes.unresponsive(worker, timeout, time.monotonic()):
-                if asked and worker.abort_sent_at is None:
-                    self.log.warning(
-                        "worker_unblocked",
-                        slot=worker.slot,
-                        worker_pid=worker.pid,
-                        hint="silent past --timeout, then alive again before the kill",
-                    )
+            verdict = processes.timeout_verdict(worker, timeout, time.monotonic())
+            if verdict == "unblocked":
+                self.log.warning(
+                    "worker_unblocked",
+                    slot=worker.slot,
+                    worker_pid=worker.pid,
+                    hint="silent past --timeout, then alive again before the kill",
+                )
+            if verdict != "kill":
                 continue
             self.log.error(
                 "worker_timeout",

@@ -73,9 +73,9 @@ def chunks(*frames: bytes) -> list[bytes]:
     return [HANDSHAKE, *frames]
 
 
-def exchange(*frames: bytes, **settings) -> list[tuple[bool, int, bytes]]:
+def exchange(*frames: bytes, app=echo, **settings) -> list[tuple[bool, int, bytes]]:
     """The frames the server sent (fin, opcode, payload), each checked to be unmasked."""
-    out, _ = serve_in_process(echo, chunks(*frames), **settings)
+    out, _ = serve_in_process(app, chunks(*frames), **settings)
     assert out.startswith(b"HTTP/1.1 101 "), out[:80]
     data = out[out.index(b"\r\n\r\n") + 4 :]
     found = []
@@ -293,15 +293,7 @@ class TestEngineOnFirstNeed:
                 ws.ping()
             return echo(environ, start_response)
 
-        out, _ = serve_in_process(app, chunks(*frames))
-        assert out.startswith(b"HTTP/1.1 101 "), out[:80]
-        data = out[out.index(b"\r\n\r\n") + 4 :]
-        found = []
-        while data:  # short frames only here: a 7-bit length
-            length = data[1] & 0x7F
-            found.append((bool(data[0] & 0x80), data[0] & 0x0F, data[2 : 2 + length]))
-            data = data[2 + length :]
-        return found, kept
+        return exchange(*frames, app=app), kept
 
     def test_whole_messages_and_a_dropped_connection_need_no_engine(self):
         frames, (ws,) = self.run(frame(TEXT, b"one"), frame(BINARY, b"two"))

@@ -812,23 +812,32 @@ def chart(report: dict[str, Any], path: Path) -> None:
     print(f"chart: {path}")
 
 
-def run_nginx(nginx: str, port: str, cert: str = "", key: str = "") -> None:
-    """Run nginx in the foreground with two workers answering 200 with the hello body; with
-    ``cert`` and ``key``, over TLS."""
+def exec_nginx(nginx: str, http: str) -> None:
+    """Become nginx in the foreground: two workers, no access log, its files in a temporary
+    folder of its own, ``http`` (directives and server blocks) inside the http block."""
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="greenserve-bench-nginx-"))
-    tls = f" ssl; ssl_certificate {cert}; ssl_certificate_key {key}" if cert else ""
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = " ".join(f"{kind}_temp_path {folder};" for kind in kinds)
     (folder / "nginx.conf").write_text(
         f"worker_processes 2;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
         "events { worker_connections 4096; }\n"
-        f"http {{ access_log off; client_body_temp_path {folder}; proxy_temp_path {folder};\n"
-        f"  fastcgi_temp_path {folder}; uwsgi_temp_path {folder}; scgi_temp_path {folder};\n"
-        f"  server {{ listen 127.0.0.1:{port}{tls}; location / {{ default_type text/plain;\n"
-        '    return 200 "Hello, world!\\n"; } } }\n'
+        f"http {{ access_log off; {temp}\n  {http} }}\n"
     )
     os.execv(
         nginx, [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
+    )
+
+
+def run_nginx(nginx: str, port: str, cert: str = "", key: str = "") -> None:
+    """Run nginx in the foreground with two workers answering 200 with the hello body; with
+    ``cert`` and ``key``, over TLS."""
+    tls = f" ssl; ssl_certificate {cert}; ssl_certificate_key {key}" if cert else ""
+    exec_nginx(
+        nginx,
+        f"server {{ listen 127.0.0.1:{port}{tls}; location / {{ default_type text/plain;\n"
+        '    return 200 "Hello, world!\\n"; } }',
     )
 
 

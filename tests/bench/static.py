@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tests.bench.run import Contender, free_port, greenserve_command, rotated, started
+from tests.bench.run import Contender, exec_nginx, free_port, greenserve_command, rotated, started
 from tests.bench.run import wrk as run_wrk
 from tests.helpers import wait_until
 
@@ -54,18 +54,10 @@ def contenders(root: Path) -> list[Contender]:
 def run_nginx(nginx: str, port: str, root: str) -> None:
     """nginx in the foreground, two workers serving ``root`` under /static/ as an nginx user
     would for static files: sendfile, and descriptors and stats kept by its open file cache."""
-    folder = Path(tempfile.mkdtemp(prefix="greenserve-bench-nginx-"))
-    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    temp = " ".join(f"{kind}_temp_path {folder};" for kind in kinds)
-    (folder / "nginx.conf").write_text(
-        f"worker_processes 2;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
-        "events { worker_connections 4096; }\n"
-        f"http {{ access_log off; {temp}\n"
-        "  sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s;\n"
-        f"  server {{ listen 127.0.0.1:{port}; location /static/ {{ alias {root}/; }} }} }}\n"
-    )
-    os.execv(
-        nginx, [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
+    exec_nginx(
+        nginx,
+        "sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s;\n"
+        f"  server {{ listen 127.0.0.1:{port}; location /static/ {{ alias {root}/; }} }}",
     )
 
 

@@ -5,8 +5,9 @@ pub/sub (each serving process sends to its own sockets). Not run by CI.
     python -m tests.bench.ws_scale [--count 100000] [--workers 6] [--servers greenserve]
 
 The clients are plain sockets in processes of at most ``PER_CLIENT`` each, from several
-127.0.0.x source addresses (one address has about 28,000 ephemeral ports), the handshake written
-by hand and one epoll for the broadcast, so they cost little beside the servers. A process may
+127.0.0.x source addresses, each socket bound to a source port of its own choosing (``source``),
+the handshake written by hand and one epoll for the broadcast, so they cost little beside the
+servers. A process may
 hold only as many sockets as its open-file limit (this machine: 20,000, and no right to raise
 it), which bounds the connections per serving process too: N/workers must stay under it.
 Needs redis-server.
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import resource
 import select
+import signal
 import socket
 import statistics
 import sys
@@ -42,7 +45,11 @@ HANDSHAKE = (
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
 BATCH = 1000  # connections opened before their answers are read (under the listen backlog)
-PORTS_PER_SOURCE = 25_000
+# Source ports chosen here, not by the kernel: bind(address, 0) searches for a free port, and
+# that search slowed as each address filled: 75,000 WebSockets open after 8 minutes, 85,000
+# after 10 (about 80 a second), then client processes failed (2-core VM, 100,000 asked).
+FIRST_SOURCE_PORT = 10_000
+PORTS_PER_SOURCE = 50_000
 PER_CLIENT = 18_000  # sockets per client process, under the open-file limit
 
 
@@ -52,6 +59,21 @@ def _connects(port: int) -> bool:
     return False
 
 
+def source(index: int) -> socket.socket:
+    """A socket bound to the source address and port of the ``index``-th WebSocket (the
+    kernel's choice of port only if that one is taken, by a wildcard listener)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    address = f"127.0.0.{2 + index // PORTS_PER_SOURCE}"
+    try:
+        sock.bind((address, FIRST_SOURCE_PORT + index % PORTS_PER_SOURCE))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        sock.bind((address, 0))
+    return sock
+
+
 def open_websockets(port: int, first: int, count: int) -> list[socket.socket]:
     """``count`` WebSockets to /idle, each handshake answered with a 101; ``first``: the index
     of the first, which picks the source addresses."""
@@ -59,9 +81,7 @@ def open_websockets(port: int, first: int, count: int) -> list[socket.socket]:
     for start in range(first, first + count, BATCH):
         batch = []
         for index in range(start, min(start + BATCH, first + count)):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((f"127.0.0.{2 + index // PORTS_PER_SOURCE}", 0))
+            sock = source(index)
             sock.settimeout(60)
             sock.connect(("127.0.0.1", port))
             sock.sendall(HANDSHAKE)
@@ -82,8 +102,13 @@ def open_websockets(port: int, first: int, count: int) -> list[socket.socket]:
 
 def client(port: int, first: int, count: int, pipe: Any) -> None:
     """A client process: opens its WebSockets, says so, then reports when each received the
-    broadcast (``time.perf_counter``, the same clock in every process)."""
-    sockets = open_websockets(port, first, count)
+    broadcast (``time.perf_counter``, the same clock in every process). A failure to open is
+    sent instead of the count: the parent stops with it rather than waiting for the count."""
+    try:
+        sockets = open_websockets(port, first, count)
+    except Exception as exc:
+        pipe.send(f"client of WebSockets {first} to {first + count - 1}: {exc!r}")
+        return
     pipe.send(len(sockets))
     pipe.recv()  # the broadcast is about to go
     pipe.send(receive_all(sockets, 30))
@@ -140,7 +165,13 @@ def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str
         for _, pipe in clients:
             if not pipe.poll(600):
                 raise TimeoutError("a client process did not open its WebSockets")
-            total += pipe.recv()
+            try:
+                opened_here = pipe.recv()
+            except EOFError:
+                raise RuntimeError("a client process ended before opening its WebSockets") from None
+            if isinstance(opened_here, str):
+                raise RuntimeError(opened_here)
+            total += opened_here
         open_s = time.perf_counter() - opened
         wait_until(
             lambda: redis_client.pubsub_numsub("broadcast")[0][1] >= len(pids),
@@ -224,6 +255,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--servers", default="greenserve")
     args = parser.parse_args()
+    # timeout(1) and Ctrl-C alike stop the servers and Redis through the context managers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the servers inherit it
     with tempfile.TemporaryDirectory() as scratch, running_redis(Path(scratch)) as url:

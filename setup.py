@@ -1,5 +1,5 @@
 """The optional C accelerators (greenserve._fasthead, the request head; greenserve._response,
-the response's hot path; greenserve._appvalue, an
+the response's hot path; greenserve._cycle, a plain request's cycle; greenserve._appvalue, an
 app metric's value; greenserve._stackcache, frame stack chunks kept for the next greenlet;
 greenserve._tracegate, --otel's sampling decision per request); everything else is in
 pyproject.toml.
@@ -21,6 +21,12 @@ setup(
         Extension(
             "greenserve._response",
             ["service/greenserve/_response.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "greenserve._cycle",
+            ["service/greenserve/_cycle.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

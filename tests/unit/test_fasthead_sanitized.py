@@ -1,7 +1,8 @@
 """The C extensions built with AddressSanitizer and UndefinedBehaviorSanitizer, and the tests
 that drive them (the differential tests against llhttp, generated heads and responses, the
 in-process HTTP corpus; the app metric value against prometheus_client's; greenlets on kept
-frame stack chunks; --otel's sampling gate; the response's hot path) run against that
+frame stack chunks; --otel's sampling gate; the response's hot path; a plain request's
+cycle) run against that
 build: a read past a buffer, a use after free or undefined behaviour stops the run with the
 sanitizer's report.
 
@@ -30,6 +31,7 @@ APPVALUE = ROOT / "service" / "greenserve" / "_appvalue.c"
 STACKCACHE = ROOT / "service" / "greenserve" / "_stackcache.c"
 TRACEGATE = ROOT / "service" / "greenserve" / "_tracegate.c"
 RESPONSE = ROOT / "service" / "greenserve" / "_response.c"
+CYCLE = ROOT / "service" / "greenserve" / "_cycle.c"
 FLAGS = [
     "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
@@ -40,6 +42,7 @@ DRIVEN_BY = [
     "tests/unit/test_fasthead.py",
     "tests/unit/test_http_protocol.py",
     "tests/unit/test_response_c.py",
+    "tests/unit/test_cycle_c.py",
     "tests/unit/test_appvalue.py",
     "tests/unit/test_stackcache.py",
     "tests/unit/test_tracing.py",
@@ -50,7 +53,7 @@ DRIVEN_BY = [
 
 def _build(tree: Path, source: Path) -> Path:
     """A copy of the package whose extensions are sanitized builds: _fasthead from ``source``,
-    _appvalue, _stackcache, _tracegate and _response from their own."""
+    _appvalue, _stackcache, _tracegate, _response and _cycle from their own."""
     package = tree / "greenserve"
     skipped = shutil.ignore_patterns("*.so", "__pycache__")
     shutil.copytree(ROOT / "service" / "greenserve", package, ignore=skipped)
@@ -61,6 +64,7 @@ def _build(tree: Path, source: Path) -> Path:
         ("_stackcache", STACKCACHE),
         ("_tracegate", TRACEGATE),
         ("_response", RESPONSE),
+        ("_cycle", CYCLE),
     )
     for name, built_from in built:
         target = package / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"

@@ -17,8 +17,10 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from greenserve import extensions
 from greenserve.logs import REQUEST_ID, RequestIdCell
 from greenserve.proxy import apply_forwarded
+from greenserve.worker.protocols.http_accounting import STATUS_KEYS
 from greenserve.worker.protocols.http_answers import OwnAnswers
 from greenserve.worker.protocols.http_body import DRAIN_LIMIT, EMPTY_INPUT, Input
 from greenserve.worker.protocols.http_parser import (
@@ -64,6 +66,12 @@ class _Http2Preface(Exception):
 
 
 H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
+
+# A plain request's _respond in C (_cycle.c), which declines anything else: the switch the tests
+# turn off (None) to run every request through _respond.
+CYCLE_ABI = 1
+CYCLE_C: Any = extensions.load("_cycle", CYCLE_ABI)
+RESPOND_PLAIN: Any = CYCLE_C.respond if CYCLE_C is not None else None
 
 
 class HttpConnection(OwnAnswers):
@@ -251,7 +259,9 @@ class HttpConnection(OwnAnswers):
                 sock.cork()
             keep = False
             try:
-                keep = self._respond(head)
+                keep = RESPOND_PLAIN(self, head) if RESPOND_PLAIN is not None else NotImplemented
+                if keep is NotImplemented:
+                    keep = self._respond(head)
             finally:
                 stats.http_requests_in_flight -= counted
                 # an idle keep-alive connection keeps no request: the app's header list, ids
@@ -473,39 +483,53 @@ class HttpConnection(OwnAnswers):
                 for chunk in result:
                     writer.write(chunk)
             writer.finish()
-        except HttpError as exc:  # raised while the app read its body (413)
-            if not writer.headers_sent:
-                self.send_error(exc.status, str(exc), writer.request_id, head)
-            return None
-        except ConnectionError:
-            return None
-        except Exception:
-            clock = self.clock
-            if clock is not None and clock.stack is not None:
-                return None  # a consequence of the timeout (the socket was shut): reported there
-            if head.upgrade and not writer.status:
-                # How Flask-Sock ends a connection it took over under gunicorn (StopIteration):
-                # the WebSocket is closed, and no HTTP response may follow it.
-                handler.stats.connections_upgraded += 1
-                return None
-            handler.stats.handler_errors += 1
-            handler.log.error(
-                "app_error",
-                method=head.method.decode("latin-1"),
-                path=environ.get("PATH_INFO"),
-                exc_info=True,
-            )
-            if writer.headers_sent:
-                return None  # half a response is out: only closing can signal the failure
-            self.send_error(500, "the application raised an exception", writer.request_id, head)
+        except Exception as exc:
+            self.app_raised(exc, head, environ, writer)
             return None
         finally:
             if result is not None and hasattr(result, "close"):
-                try:
-                    result.close()
-                except Exception:
-                    handler.log.error("app_close_error", exc_info=True)
+                self.close_body(result)
         return True
+
+    # The two rules below are _run_app's and _cycle.c's alike (one definition).
+
+    def app_raised(
+        self, exc: Exception, head: Head, environ: dict[str, Any], writer: Response
+    ) -> None:
+        """The app, its body or its response raised ``exc``: answered if it still can be,
+        counted and logged; the connection does not go on (_run_app returns None)."""
+        handler = self.handler
+        if isinstance(exc, HttpError):  # raised while the app read its body (413)
+            if not writer.headers_sent:
+                self.send_error(exc.status, str(exc), writer.request_id, head)
+            return
+        if isinstance(exc, ConnectionError):
+            return
+        clock = self.clock
+        if clock is not None and clock.stack is not None:
+            return  # a consequence of the timeout (the socket was shut): reported there
+        if head.upgrade and not writer.status:
+            # How Flask-Sock ends a connection it took over under gunicorn (StopIteration):
+            # the WebSocket is closed, and no HTTP response may follow it.
+            handler.stats.connections_upgraded += 1
+            return
+        handler.stats.handler_errors += 1
+        handler.log.error(
+            "app_error",
+            method=head.method.decode("latin-1"),
+            path=environ.get("PATH_INFO"),
+            exc_info=exc,
+        )
+        if writer.headers_sent:
+            return  # half a response is out: only closing can signal the failure
+        self.send_error(500, "the application raised an exception", writer.request_id, head)
+
+    def close_body(self, result: Any) -> None:
+        """PEP 3333: the body's close(), always; its failure is logged, not the request's."""
+        try:
+            result.close()
+        except Exception as exc:
+            self.handler.log.error("app_close_error", exc_info=exc)
 
     def _timed_out(
         self, head: Head, environ: dict[str, Any], writer: Response, duration: float, stack: str
@@ -534,3 +558,9 @@ class HttpConnection(OwnAnswers):
             )
         else:
             self._answered_as_far_as_sent(head, environ, writer, duration)
+
+
+if CYCLE_C is not None:
+    CYCLE_C.configure(
+        Response, EMPTY_INPUT, FileWrapper, HttpConnection, Head, RequestIdCell, STATUS_KEYS
+    )

@@ -11,7 +11,8 @@ from greenserve.worker.protocols.http_parser import Head
 from greenserve.worker.protocols.http_response import Response
 from greenserve.worker.protocols.tcp import peer as _peer
 
-_STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # metric label per status
+# the metric label per status (_cycle.c counts with it too)
+STATUS_KEYS = {code: str(code) for code in range(100, 600)}
 
 
 class ResponseAccounting:
@@ -29,7 +30,7 @@ class ResponseAccounting:
         """A response the app finished: counted on /metrics and, with --access-log, logged."""
         codes = self.stats.http_requests
         status = writer.status_code
-        key = _STATUS_KEYS.get(status) or str(status)
+        key = STATUS_KEYS.get(status) or str(status)
         codes[key] = codes.get(key, 0) + 1
         self.durations.observe(duration)
         self.stats.requests_served += 1
@@ -85,7 +86,7 @@ class ResponseAccounting:
         """Any other response (greenserve's own errors, a cut-short one, a refused WebSocket):
         counted and logged like the app's, so /metrics and the access log always agree."""
         codes = self.stats.http_requests
-        key = _STATUS_KEYS.get(status) or str(status)
+        key = STATUS_KEYS.get(status) or str(status)
         codes[key] = codes.get(key, 0) + 1
         self.durations.observe(duration)
         self.stats.requests_served += 1

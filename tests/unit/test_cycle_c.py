@@ -1,0 +1,200 @@
+"""A plain request's cycle in C (greenserve._cycle) against HttpConnection._respond, which it
+stands in for.
+
+The same requests go to the same app through one in-process connection twice, with the C cycle
+and without it (``http.RESPOND_PLAIN``; the C head parser and response stay on both times), and
+must give the same bytes, the same metrics and the same log events: generated apps (statuses,
+headers, bodies of every kind, failures before and after the head, a close() that raises) and
+requests (keep-alive, HEAD, HTTP/1.0, a body, Connection: close, a client's request id).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from greenserve.worker.protocols import http
+from greenserve.worker.protocols.http_response import FileWrapper
+from tests.helpers import ScriptedSocket, in_process_handler
+
+C = http.CYCLE_C
+
+pytestmark = pytest.mark.skipif(
+    C is None and not os.environ.get("CI"),
+    reason="greenserve._cycle is not built (no compiler at install)",
+)
+
+GET = b"GET /p?q=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+REQUESTS = {
+    "get": GET,
+    "head": b"HEAD /p HTTP/1.1\r\nHost: h\r\n\r\n",
+    "http10": b"GET /p HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    "body": b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+    "close": b"GET /p HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    "named": b"GET /p HTTP/1.1\r\nHost: h\r\nX-Request-ID: client-7\r\n\r\n",
+    "forwarded": b"GET /p HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.18.0.9\r\n\r\n",
+}
+# what differs run to run: the handler's random request-id prefix, the Date, durations
+_ID = re.compile(rb"[0-9a-f]{12}-[0-9a-f]+")
+_DATE = re.compile(rb"Date: [^\r]*")
+
+
+def _same(value: Any) -> Any:
+    """A logged exception by what it says, with the traceback it carries (each run raises its
+    own instance); any other value as it is."""
+    if isinstance(value, BaseException):
+        assert value.__traceback__ is not None  # what the log's exc_info renders
+        return repr(value)
+    return value
+
+
+class Closing:
+    """A body with a close() (as werkzeug's ClosingIterator), which may raise."""
+
+    def __init__(self, chunks: list[bytes], fails: bool) -> None:
+        self.chunks, self.fails = chunks, fails
+
+    def __iter__(self) -> Any:
+        return iter(self.chunks)
+
+    def close(self) -> None:
+        if self.fails:
+            raise RuntimeError("close failed")
+
+
+def make_app(status: str, headers: list, body: str, chunks: list[bytes], fail: str) -> Any:
+    def app(environ: dict, start_response: Any) -> Any:
+        environ["wsgi.input"].read()
+        if fail == "before":
+            raise ValueError("app failed")
+        start_response(status, list(headers))
+        if body == "list":
+            return list(chunks)
+        if body == "tuple":
+            return tuple(chunks)
+        if body == "closing":
+            return Closing(list(chunks), fail == "close")
+        if body == "file":
+            return FileWrapper(io.BytesIO(b"".join(chunks)))
+
+        def generate() -> Any:
+            yield from chunks
+            if fail == "during":
+                raise ValueError("body failed")
+
+        return generate()
+
+    return app
+
+
+def run(app: Any, requests: list[bytes], cycle: bool, **changes: Any) -> tuple[Any, ...]:
+    """One connection's requests: what was sent, the metrics and the log events, with what
+    differs run to run taken out; and how many requests the C cycle answered itself."""
+    taken = [0]
+
+    def counted(conn: Any, head: Any) -> Any:
+        answer = C.respond(conn, head)
+        taken[0] += answer is not NotImplemented
+        return answer
+
+    original = http.RESPOND_PLAIN
+    http.RESPOND_PLAIN = counted if cycle else None
+    try:
+        with capture_logs() as events:
+            handler = in_process_handler(app, ("--max-body", "1m"), **changes)
+            sock = ScriptedSocket(list(requests))
+            handler.handle(sock, ("127.0.0.1", 40000))
+    finally:
+        http.RESPOND_PLAIN = original
+    stats = handler.stats
+    durations = handler.durations
+    metrics = (
+        dict(stats.http_requests),
+        stats.requests_served,
+        stats.handler_errors,
+        sum(durations.counts),
+        durations.sum > 0,
+    )
+    logged = [
+        {k: _same(v) for k, v in e.items() if k not in ("duration_ms", "request_id")}
+        for e in events
+    ]
+    sent = _DATE.sub(b"Date: -", _ID.sub(b"ID", bytes(sock.sent)))
+    return sent, metrics, logged, taken[0]
+
+
+STATUSES = st.sampled_from(["200 OK", "404 Not Found", "204 No Content", "304 Not Modified"])
+HEADER_LINES = [("Content-Type", "text/plain"), ("Content-Length", "5"), ("Connection", "close"),
+                ("X-Request-ID", "app"), ("Set-Cookie", "a=1")]  # fmt: skip
+HEADERS = st.lists(st.sampled_from(HEADER_LINES), max_size=3)
+CHUNKS = st.lists(st.sampled_from([b"hello", b"", b"x" * 40, b"y" * 17000]), max_size=3)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    status=STATUSES,
+    headers=HEADERS,
+    body=st.sampled_from(["list", "tuple", "generator", "closing", "file"]),
+    chunks=CHUNKS,
+    fail=st.sampled_from(["", "", "before", "during", "close"]),
+    kinds=st.lists(st.sampled_from(sorted(REQUESTS)), min_size=1, max_size=4),
+    access_log=st.booleans(),
+)
+def test_the_cycle_answers_as_respond_does(status, headers, body, chunks, fail, kinds, access_log):
+    app = make_app(status, headers, body, chunks, fail)
+    requests = [GET] + [REQUESTS[kind] for kind in kinds]  # the first is Python's anyway
+    in_c = run(app, requests, True, access_log=access_log)
+    in_python = run(app, requests, False, access_log=access_log)
+    assert in_c[:3] == in_python[:3]
+    assert in_python[3] == 0
+
+
+@pytest.mark.parametrize("body", ["list", "tuple", "generator", "closing", "file"])
+def test_plain_keep_alive_requests_are_the_cycles(body):
+    """The first request of a connection makes its request-id cell in Python; the next
+    plain ones are answered in C, and answered as Python answers them."""
+    app = make_app("200 OK", [("Content-Type", "text/plain")], body, [b"hi", b"!"], "")
+    sent, metrics, logged, taken = run(app, [GET] * 5, True)
+    assert taken == 4
+    assert sent.count(b"HTTP/1.1 200 OK\r\n") == 5 and metrics[:2] == ({"200": 5}, 5)
+    assert run(app, [GET] * 5, False)[:3] == (sent, metrics, logged)
+
+
+DECLINED = [("body", {}), ("close", {}), ("http10", {}), ("get", {"root_path": "/app"}),
+            ("get", {"request_timeout": 30.0}), ("forwarded", {})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "changes"), DECLINED)
+def test_what_the_cycle_declines_goes_to_respond(kind, changes):
+    """A body, a closing or HTTP/1.0 connection, --root-path, --request-timeout and a trusted
+    proxy's forwarded headers are _respond's: the C cycle answers none of them."""
+    app = make_app("200 OK", [], "list", [b"ok"], "")
+    requests = [GET, REQUESTS[kind]]
+    in_c = run(app, requests, True, **changes)
+    assert in_c[3] == 0
+    assert in_c[:3] == run(app, requests, False, **changes)[:3]
+
+
+def test_a_failure_in_the_cycle_is_answered_counted_and_logged_as_in_respond():
+    """The app raises on a request the C cycle runs: a 500, handler_errors, app_error with
+    the traceback, the connection closed; as _respond does it."""
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/fail":
+            raise ValueError("app failed")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    failing = b"GET /fail HTTP/1.1\r\nHost: h\r\n\r\n"
+    sent, metrics, logged, taken = run(app, [GET, failing, GET], True)
+    assert taken == 1
+    assert sent.count(b"HTTP/1.1 200 OK") == 1 and sent.count(b"HTTP/1.1 500 ") == 1
+    assert metrics[2] == 1 and [e["event"] for e in logged].count("app_error") == 1
+    assert (sent, metrics, logged) == run(app, [GET, failing, GET], False)[:3]

@@ -22,12 +22,14 @@
  *   ends.
  *
  * The connection's, the head's and the request-id cell's fields are read and written through
- * their slots' offsets, taken at configure from the classes' member descriptors (what
- * ``obj.name`` finds): a generic attribute lookup cost about 180 instructions each, twenty per
- * request. Objects of any other class are declined.
+ * their slots' offsets, and the response's, the parser's, the stats' and the histogram's through
+ * their member definitions, both taken at configure from the classes' member descriptors (what
+ * ``obj.name`` finds): a generic attribute lookup cost about 190 instructions each, eighteen per
+ * request. A connection or head of another class is declined; stats or a histogram of another
+ * class are counted by responded.
  *
  * configure(response_type, empty_input, file_wrapper, connection_type, head_type, cell_type,
- * status_keys) hands over http.py's objects once.
+ * status_keys, parser_type, histogram_type, stats_type) hands over http.py's objects once.
  * tests/unit/test_cycle_c.py runs the same requests with and without it and compares what was
  * sent, the metrics and the logs. ABI is compared by http.py: a stale build is not used.
  */
@@ -57,6 +59,20 @@ CONN_SLOTS(OFFSET)
 HEAD_SLOTS(OFFSET)
 #undef OFFSET
 static Py_ssize_t cell_id;
+
+/* Fields read through their member definitions (PyMember_GetOne: any member type, no lookup
+ * through the class), on objects of the configured classes only. */
+#define MEMBERS(X)                                                                                \
+    X(response, truncated) X(response, status_code) X(response, keep_alive)                     \
+    X(parser, upgrading) X(histogram, bounds) X(histogram, counts) X(histogram, sum)             \
+    X(stats, http_requests) X(stats, requests_served)
+#define DECLARE(owner, name) static PyMemberDef *m_##owner##_##name;
+MEMBERS(DECLARE)
+#undef DECLARE
+static PyObject *parser_type, *histogram_type, *stats_type;
+
+#define GET(obj, owner, name) PyMember_GetOne((const char *)(obj), m_##owner##_##name)
+#define PUT(obj, owner, name, value) PyMember_SetOne((char *)(obj), m_##owner##_##name, (value))
 
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
 
@@ -154,16 +170,14 @@ static int slots_set(PyObject *conn, PyObject *head) {
 
 /* ResponseAccounting.responded's counting for a finished response with no access log to
  * write: the status's count, the duration's bucket and sum, requests_served. 0, or -1. */
-static int count(PyObject *handler, PyObject *writer, double duration) {
-    PyObject *stats = PyObject_GetAttr(handler, s_stats);
-    PyObject *codes = stats != NULL ? PyObject_GetAttr(stats, s_http_requests) : NULL;
-    PyObject *status = codes != NULL ? PyObject_GetAttr(writer, s_status_code) : NULL;
-    PyObject *durations = NULL, *bounds = NULL, *counts = NULL, *total = NULL, *value = NULL;
-    PyObject *key = NULL;
+static int count(PyObject *stats, PyObject *durations, PyObject *writer, double duration) {
+    PyObject *codes = GET(stats, stats, http_requests);
+    PyObject *status = codes != NULL ? GET(writer, response, status_code) : NULL;
+    PyObject *bounds = NULL, *counts = NULL, *total = NULL, *value = NULL, *key = NULL;
     int result = -1;
     if (status == NULL || !PyDict_Check(codes))
         goto done;
-    key = Py_XNewRef(PyDict_GetItemWithError(status_keys, status)); /* _STATUS_KEYS.get */
+    key = Py_XNewRef(PyDict_GetItemWithError(status_keys, status)); /* STATUS_KEYS.get */
     if (key == NULL && (PyErr_Occurred() || (key = PyObject_Str(status)) == NULL))
         goto done;
     PyObject *seen = PyDict_GetItemWithError(codes, key);
@@ -174,9 +188,8 @@ static int count(PyObject *handler, PyObject *writer, double duration) {
         goto done;
     Py_CLEAR(value);
     /* Histogram.observe: bisect_left over the bounds, then the sum */
-    if ((durations = PyObject_GetAttr(handler, s_durations)) == NULL ||
-        (bounds = PyObject_GetAttr(durations, s_bounds)) == NULL ||
-        (counts = PyObject_GetAttr(durations, s_counts)) == NULL)
+    if ((bounds = GET(durations, histogram, bounds)) == NULL ||
+        (counts = GET(durations, histogram, counts)) == NULL)
         goto done;
     if (!PyTuple_Check(bounds) || !PyList_Check(counts) ||
         PyList_GET_SIZE(counts) != PyTuple_GET_SIZE(bounds) + 1) {
@@ -199,25 +212,23 @@ static int count(PyObject *handler, PyObject *writer, double duration) {
         goto done;
     PyList_SetItem(counts, low, value); /* steals the reference */
     value = NULL;
-    if ((total = PyObject_GetAttr(durations, s_sum)) == NULL)
+    if ((total = GET(durations, histogram, sum)) == NULL)
         goto done;
     double sum = PyFloat_AsDouble(total);
     if ((sum == -1.0 && PyErr_Occurred()) || (value = PyFloat_FromDouble(sum + duration)) == NULL ||
-        PyObject_SetAttr(durations, s_sum, value) < 0)
+        PUT(durations, histogram, sum, value) < 0)
         goto done;
     Py_CLEAR(value);
-    PyObject *served = PyObject_GetAttr(stats, s_requests_served);
+    PyObject *served = GET(stats, stats, requests_served);
     value = served != NULL ? PyNumber_Add(served, v_one) : NULL;
     Py_XDECREF(served);
-    if (value != NULL && PyObject_SetAttr(stats, s_requests_served, value) == 0)
+    if (value != NULL && PUT(stats, stats, requests_served, value) == 0)
         result = 0;
 done:
-    Py_XDECREF(stats);
     Py_XDECREF(codes);
     Py_XDECREF(status);
     Py_XDECREF(key);
     Py_XDECREF(value);
-    Py_XDECREF(durations);
     Py_XDECREF(bounds);
     Py_XDECREF(counts);
     Py_XDECREF(total);
@@ -227,12 +238,24 @@ done:
 /* The response counted and, when responded's other branches apply, handed to it: 0, or -1. */
 static int account(PyObject *conn, PyObject *handler, PyObject *environ, PyObject *writer,
                    double duration) {
-    int truncated = attr_true(writer, s_truncated);
-    int logged = truncated == 0 ? attr_true(handler, s_access_log) : 0;
-    if (truncated < 0 || logged < 0)
+    PyObject *truncated = GET(writer, response, truncated);
+    int cut = truncated != NULL ? PyObject_IsTrue(truncated) : -1;
+    Py_XDECREF(truncated);
+    int logged = cut == 0 ? attr_true(handler, s_access_log) : 0;
+    if (cut < 0 || logged < 0)
         return -1;
-    if (!truncated && !logged)
-        return count(handler, writer, duration);
+    if (!cut && !logged) {
+        PyObject *stats = PyObject_GetAttr(handler, s_stats);
+        PyObject *durations = stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
+        int counted = 1; /* other classes than the configured ones: responded counts */
+        if (durations != NULL && (PyObject *)Py_TYPE(stats) == stats_type &&
+            (PyObject *)Py_TYPE(durations) == histogram_type)
+            counted = count(stats, durations, writer, duration);
+        Py_XDECREF(stats);
+        Py_XDECREF(durations);
+        if (durations == NULL || counted <= 0)
+            return durations == NULL ? -1 : counted;
+    }
     PyObject *seconds = PyFloat_FromDouble(duration);
     if (seconds == NULL)
         return -1;
@@ -387,7 +410,10 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
                        : PyObject_CallMethodNoArgs(handler, s_new_request_id);
     if (request_id == NULL)
         goto done;
-    PyObject *upgrading = PyObject_GetAttr(SLOT(conn, conn_parser), s_upgrading);
+    PyObject *parser = SLOT(conn, conn_parser);
+    PyObject *upgrading = (PyObject *)Py_TYPE(parser) == parser_type
+                              ? GET(parser, parser, upgrading)
+                              : PyObject_GetAttr(parser, s_upgrading);
     if (upgrading == NULL)
         goto done;
     PyObject *made[] = {SLOT(conn, conn_sock), upgrading, handler, head, request_id};
@@ -429,7 +455,9 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
     }
     if (account(conn, handler, environ, writer, duration) < 0)
         goto done;
-    int keep_alive = attr_true(writer, s_keep_alive);
+    PyObject *alive = GET(writer, response, keep_alive);
+    int keep_alive = alive != NULL ? PyObject_IsTrue(alive) : -1;
+    Py_XDECREF(alive);
     int draining = keep_alive > 0 ? attr_true(handler, s_draining) : 0;
     if (keep_alive >= 0 && draining >= 0) /* the body was none: nothing left to discard */
         answer = Py_NewRef(keep_alive && !draining ? Py_True : Py_False);
@@ -443,30 +471,44 @@ done:
     return answer;
 }
 
-/* A slot's offset in ``type``: what ``type.name`` finds must be an object slot (a member
- * descriptor, as __slots__ and PyMemberDef make them). */
-static int slot_offset(PyObject *type, PyObject *name, Py_ssize_t *offset) {
+/* The member definition of ``type.name``: a member descriptor (as __slots__ and PyMemberDef
+ * make them), writable; ``object``: an object slot, whose offset SLOT may use. */
+static PyMemberDef *member(PyObject *type, PyObject *name, int object) {
     PyObject *descriptor = PyObject_GetAttr(type, name);
     if (descriptor == NULL)
-        return -1;
-    int usable = Py_IS_TYPE(descriptor, &PyMemberDescr_Type) &&
-                 ((PyMemberDescrObject *)descriptor)->d_member->type == T_OBJECT_EX &&
-                 !(((PyMemberDescrObject *)descriptor)->d_member->flags & READONLY);
-    if (usable)
-        *offset = ((PyMemberDescrObject *)descriptor)->d_member->offset;
+        return NULL;
+    PyMemberDef *found = NULL;
+    if (Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
+        found = ((PyMemberDescrObject *)descriptor)->d_member;
+        if ((found->flags & READONLY) || (object && found->type != T_OBJECT_EX))
+            found = NULL;
+    }
     Py_DECREF(descriptor);
-    if (!usable)
-        PyErr_Format(PyExc_TypeError, "%R.%U is not a writable object slot", type, name);
-    return usable ? 0 : -1;
+    if (found == NULL)
+        PyErr_Format(PyExc_TypeError, "%R.%U is not a writable %s", type, name,
+                     object ? "object slot" : "member");
+    return found;
 }
 
+static int slot_offset(PyObject *type, PyObject *name, Py_ssize_t *offset) {
+    PyMemberDef *found = member(type, name, 1);
+    if (found != NULL)
+        *offset = found->offset;
+    return found != NULL ? 0 : -1;
+}
+
+#define CONFIGURED 10
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyType_Check(args[3]) || !PyType_Check(args[4]) ||
-        !PyType_Check(args[5]) || !PyDict_Check(args[6])) {
+    int types = nargs == CONFIGURED && PyDict_Check(args[6]);
+    for (Py_ssize_t i = 0; types && i < CONFIGURED; i++)
+        types = i == 1 || i == 6 || PyType_Check(args[i]);
+    if (!types) {
         PyErr_SetString(PyExc_TypeError, "configure(response_type, empty_input, file_wrapper, "
-                                         "connection_type, head_type, cell_type, status_keys)");
+                                         "connection_type, head_type, cell_type, status_keys, "
+                                         "parser_type, histogram_type, stats_type)");
         return NULL;
     }
+    PyObject *const response = args[0], *parser = args[7], *histogram = args[8], *stats = args[9];
 #define TAKE(name)                                                                                \
     if (slot_offset(args[3], s_##name, &conn_##name) < 0)                                         \
         return NULL;
@@ -479,8 +521,14 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
 #undef TAKE
     if (slot_offset(args[5], s_id, &cell_id) < 0)
         return NULL;
-    PyObject **const fields[] = {&response_type, &empty_input,  &file_wrapper, &connection_type,
-                                 &head_type,     &cell_type,    &status_keys};
+#define TAKE(owner, name)                                                                         \
+    if ((m_##owner##_##name = member(owner, s_##name, 0)) == NULL)                               \
+        return NULL;
+    MEMBERS(TAKE)
+#undef TAKE
+    PyObject **const fields[] = {&response_type, &empty_input, &file_wrapper, &connection_type,
+                                 &head_type,     &cell_type,   &status_keys,  &parser_type,
+                                 &histogram_type, &stats_type};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
         Py_XSETREF(*fields[i], Py_NewRef(args[i]));
     Py_RETURN_NONE;
@@ -491,7 +539,7 @@ static PyMethodDef methods[] = {
      "respond(conn, head): a plain request's _respond in C; NotImplemented declines it."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(response_type, empty_input, file_wrapper, connection_type, head_type, "
-     "cell_type, status_keys), once, from http.py."},
+     "cell_type, status_keys, parser_type, histogram_type, stats_type), once, from http.py."},
     {NULL, NULL, 0, NULL},
 };
 

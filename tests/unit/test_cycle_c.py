@@ -198,3 +198,61 @@ def test_a_failure_in_the_cycle_is_answered_counted_and_logged_as_in_respond():
     assert sent.count(b"HTTP/1.1 200 OK") == 1 and sent.count(b"HTTP/1.1 500 ") == 1
     assert metrics[2] == 1 and [e["event"] for e in logged].count("app_error") == 1
     assert (sent, metrics, logged) == run(app, [GET, failing, GET], False)[:3]
+
+
+def test_the_request_id_is_the_apps_and_the_cells_in_the_cycle():
+    """During the app the connection's cell holds the request's id (what its log lines carry),
+    the id X-Request-ID answers with; after the request the cell holds none."""
+    from greenserve.logs import REQUEST_ID
+
+    cells = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        cell = REQUEST_ID.get()
+        cells.append(cell)
+        start_response("200 OK", [])
+        return [f"{cell.id}|{environ['greenserve.request_id']}".encode()]
+
+    handler = in_process_handler(app)
+    sock = ScriptedSocket([GET, GET, REQUESTS["named"]])
+    handler.handle(sock, ("127.0.0.1", 40000))
+    answers = bytes(sock.sent).split(b"HTTP/1.1 200 OK")[1:]
+    assert len(answers) == 3 and cells[0] is cells[1] is cells[2] and cells[0].id is None
+    for answer in answers:
+        header = re.search(rb"X-Request-ID: ([^\r]+)", answer).group(1)
+        assert answer.endswith(header + b"|" + header)
+    assert answers[2].endswith(b"client-7|client-7")  # 127.0.0.1 is a trusted proxy by default
+
+
+def test_a_base_exception_passes_through_the_cycle_as_through_respond():
+    """GreenletExit (a kill) raised by the app on a request the C cycle runs: not answered,
+    the body's close() still called, the in-flight count back to zero; as in _respond."""
+    import gevent
+
+    closed = []
+
+    class Body(Closing):
+        def __iter__(self) -> Any:
+            raise gevent.GreenletExit
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return [b"ok"] if environ["PATH_INFO"] == "/p" else Body([], False)
+
+    killed = b"GET /kill HTTP/1.1\r\nHost: h\r\n\r\n"
+    outcomes, original = [], http.RESPOND_PLAIN
+    for cycle in (True, False):
+        http.RESPOND_PLAIN = C.respond if cycle else None
+        try:
+            handler = in_process_handler(app)
+            sock = ScriptedSocket([GET, killed, GET])
+            with pytest.raises(gevent.GreenletExit):
+                handler.handle(sock, ("127.0.0.1", 40000))
+        finally:
+            http.RESPOND_PLAIN = original
+        stats = handler.stats
+        outcomes.append((bytes(sock.sent).count(b"HTTP/1.1 200"), stats.http_requests_in_flight))
+    assert outcomes == [(1, 0), (1, 0)] and closed == [True, True]

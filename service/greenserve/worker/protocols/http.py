@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenserve import extensions
 from greenserve.logs import REQUEST_ID, RequestIdCell
+from greenserve.metrics.stats import Histogram, WorkerStats
 from greenserve.proxy import apply_forwarded
 from greenserve.worker.protocols.http_accounting import STATUS_KEYS
 from greenserve.worker.protocols.http_answers import OwnAnswers
@@ -562,5 +563,6 @@ class HttpConnection(OwnAnswers):
 
 if CYCLE_C is not None:
     CYCLE_C.configure(
-        Response, EMPTY_INPUT, FileWrapper, HttpConnection, Head, RequestIdCell, STATUS_KEYS
-    )
+        Response, EMPTY_INPUT, FileWrapper, HttpConnection, Head, RequestIdCell, STATUS_KEYS,
+        RequestParser, Histogram, WorkerStats,
+    )  # fmt: skip

@@ -256,3 +256,30 @@ def test_a_base_exception_passes_through_the_cycle_as_through_respond():
         stats = handler.stats
         outcomes.append((bytes(sock.sent).count(b"HTTP/1.1 200"), stats.http_requests_in_flight))
     assert outcomes == [(1, 0), (1, 0)] and closed == [True, True]
+
+
+def test_a_drain_during_a_request_in_the_cycle_ends_the_connection_as_in_respond():
+    """A stop begun while the app runs (the handler drains): the answer says so and the
+    connection serves no further request; the same bytes either way."""
+    holder: list[Any] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/drain":
+            holder[0].draining = True
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    draining = b"GET /drain HTTP/1.1\r\nHost: h\r\n\r\n"
+    outcomes, original = [], http.RESPOND_PLAIN
+    for cycle in (True, False):
+        http.RESPOND_PLAIN = C.respond if cycle else None
+        try:
+            handler = in_process_handler(app)
+            holder[:] = [handler]
+            sock = ScriptedSocket([GET, draining, GET])
+            handler.handle(sock, ("127.0.0.1", 40000))
+        finally:
+            http.RESPOND_PLAIN = original
+        outcomes.append(_DATE.sub(b"Date: -", _ID.sub(b"ID", bytes(sock.sent))))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0].count(b"HTTP/1.1 200 OK") == 2

@@ -10,6 +10,7 @@ requests (keep-alive, HEAD, HTTP/1.0, a body, Connection: close, a client's requ
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -94,6 +95,17 @@ def make_app(status: str, headers: list, body: str, chunks: list[bytes], fail: s
     return app
 
 
+@contextlib.contextmanager
+def switched(respond: Any) -> Any:
+    """http.RESPOND_PLAIN set to ``respond`` (None: every request through _respond) within."""
+    original = http.RESPOND_PLAIN
+    http.RESPOND_PLAIN = respond
+    try:
+        yield
+    finally:
+        http.RESPOND_PLAIN = original
+
+
 def run(app: Any, requests: list[bytes], cycle: bool, **changes: Any) -> tuple[Any, ...]:
     """One connection's requests: what was sent, the metrics and the log events, with what
     differs run to run taken out; and how many requests the C cycle answered itself."""
@@ -104,15 +116,10 @@ def run(app: Any, requests: list[bytes], cycle: bool, **changes: Any) -> tuple[A
         taken[0] += answer is not NotImplemented
         return answer
 
-    original = http.RESPOND_PLAIN
-    http.RESPOND_PLAIN = counted if cycle else None
-    try:
-        with capture_logs() as events:
-            handler = in_process_handler(app, ("--max-body", "1m"), **changes)
-            sock = ScriptedSocket(list(requests))
-            handler.handle(sock, ("127.0.0.1", 40000))
-    finally:
-        http.RESPOND_PLAIN = original
+    with switched(counted if cycle else None), capture_logs() as events:
+        handler = in_process_handler(app, ("--max-body", "1m"), **changes)
+        sock = ScriptedSocket(list(requests))
+        handler.handle(sock, ("127.0.0.1", 40000))
     stats = handler.stats
     durations = handler.durations
     metrics = (
@@ -243,16 +250,12 @@ def test_a_base_exception_passes_through_the_cycle_as_through_respond():
         return [b"ok"] if environ["PATH_INFO"] == "/p" else Body([], False)
 
     killed = b"GET /kill HTTP/1.1\r\nHost: h\r\n\r\n"
-    outcomes, original = [], http.RESPOND_PLAIN
-    for cycle in (True, False):
-        http.RESPOND_PLAIN = C.respond if cycle else None
-        try:
-            handler = in_process_handler(app)
-            sock = ScriptedSocket([GET, killed, GET])
-            with pytest.raises(gevent.GreenletExit):
-                handler.handle(sock, ("127.0.0.1", 40000))
-        finally:
-            http.RESPOND_PLAIN = original
+    outcomes = []
+    for respond in (C.respond, None):
+        handler = in_process_handler(app)
+        sock = ScriptedSocket([GET, killed, GET])
+        with switched(respond), pytest.raises(gevent.GreenletExit):
+            handler.handle(sock, ("127.0.0.1", 40000))
         stats = handler.stats
         outcomes.append((bytes(sock.sent).count(b"HTTP/1.1 200"), stats.http_requests_in_flight))
     assert outcomes == [(1, 0), (1, 0)] and closed == [True, True]
@@ -270,16 +273,12 @@ def test_a_drain_during_a_request_in_the_cycle_ends_the_connection_as_in_respond
         return [b"ok"]
 
     draining = b"GET /drain HTTP/1.1\r\nHost: h\r\n\r\n"
-    outcomes, original = [], http.RESPOND_PLAIN
-    for cycle in (True, False):
-        http.RESPOND_PLAIN = C.respond if cycle else None
-        try:
-            handler = in_process_handler(app)
-            holder[:] = [handler]
-            sock = ScriptedSocket([GET, draining, GET])
+    outcomes = []
+    for respond in (C.respond, None):
+        holder[:] = [handler := in_process_handler(app)]
+        sock = ScriptedSocket([GET, draining, GET])
+        with switched(respond):
             handler.handle(sock, ("127.0.0.1", 40000))
-        finally:
-            http.RESPOND_PLAIN = original
         outcomes.append(_DATE.sub(b"Date: -", _ID.sub(b"ID", bytes(sock.sent))))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0].count(b"HTTP/1.1 200 OK") == 2

@@ -34,14 +34,19 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 
 def send(server, path: str, count: int) -> set[int]:
-    """``count`` requests, each on a new connection (so both workers take some)."""
+    """``count`` requests, each on a new connection held open until the last is answered: a
+    worker that holds more connections than its sibling lets the next one go to it, so both
+    workers take some. (Closed one by one, a fast worker could see each close before the next
+    connection arrived, both stood at zero, and the one that went idle last took them all.)"""
     host, port = server.address
     pids = set()
-    for _ in range(count):
-        response = requests.get(f"http://{host}:{port}{path}", timeout=10)
-        assert response.status_code == 200
-        if response.headers.get("Content-Type", "").startswith("application/json"):
-            pids.add(response.json().get("pid"))
+    with contextlib.ExitStack() as held:
+        for _ in range(count):
+            session = held.enter_context(requests.Session())
+            response = session.get(f"http://{host}:{port}{path}", timeout=10)
+            assert response.status_code == 200
+            if response.headers.get("Content-Type", "").startswith("application/json"):
+                pids.add(response.json().get("pid"))
     return pids
 
 

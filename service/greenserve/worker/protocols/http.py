@@ -260,9 +260,8 @@ class HttpConnection(OwnAnswers):
                 sock.cork()
             keep = False
             try:
-                keep = RESPOND_PLAIN(self, head) if RESPOND_PLAIN is not None else NotImplemented
-                if keep is NotImplemented:
-                    keep = self._respond(head)
+                answer = RESPOND_PLAIN(self, head) if RESPOND_PLAIN is not None else NotImplemented
+                keep = self._respond(head) if answer is NotImplemented else answer
             finally:
                 stats.http_requests_in_flight -= counted
                 # an idle keep-alive connection keeps no request: the app's header list, ids

@@ -25,8 +25,7 @@
  * their slots' offsets, and the response's, the parser's, the stats' and the histogram's through
  * their member definitions, both taken at configure from the classes' member descriptors (what
  * ``obj.name`` finds): a generic attribute lookup cost about 190 instructions each, eighteen per
- * request. A connection or head of another class is declined; stats or a histogram of another
- * class are counted by responded.
+ * request. Objects of other classes than the configured ones are declined.
  *
  * configure(response_type, empty_input, file_wrapper, connection_type, head_type, cell_type,
  * status_keys, parser_type, histogram_type, stats_type) hands over http.py's objects once.
@@ -165,7 +164,8 @@ static int slots_set(PyObject *conn, PyObject *head) {
     HEAD_SLOTS(CHECK)
 #undef CHECK
     PyObject *cell = SLOT(conn, conn_request_cell);
-    return cell == Py_None || ((PyObject *)Py_TYPE(cell) == cell_type && SLOT(cell, cell_id));
+    return (PyObject *)Py_TYPE(SLOT(conn, conn_parser)) == parser_type &&
+           (cell == Py_None || ((PyObject *)Py_TYPE(cell) == cell_type && SLOT(cell, cell_id)));
 }
 
 /* ResponseAccounting.responded's counting for a finished response with no access log to
@@ -236,26 +236,16 @@ done:
 }
 
 /* The response counted and, when responded's other branches apply, handed to it: 0, or -1. */
-static int account(PyObject *conn, PyObject *handler, PyObject *environ, PyObject *writer,
-                   double duration) {
+static int account(PyObject *conn, PyObject *handler, PyObject *stats, PyObject *durations,
+                   PyObject *environ, PyObject *writer, double duration) {
     PyObject *truncated = GET(writer, response, truncated);
     int cut = truncated != NULL ? PyObject_IsTrue(truncated) : -1;
     Py_XDECREF(truncated);
     int logged = cut == 0 ? attr_true(handler, s_access_log) : 0;
     if (cut < 0 || logged < 0)
         return -1;
-    if (!cut && !logged) {
-        PyObject *stats = PyObject_GetAttr(handler, s_stats);
-        PyObject *durations = stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
-        int counted = 1; /* other classes than the configured ones: responded counts */
-        if (durations != NULL && (PyObject *)Py_TYPE(stats) == stats_type &&
-            (PyObject *)Py_TYPE(durations) == histogram_type)
-            counted = count(stats, durations, writer, duration);
-        Py_XDECREF(stats);
-        Py_XDECREF(durations);
-        if (durations == NULL || counted <= 0)
-            return durations == NULL ? -1 : counted;
-    }
+    if (!cut && !logged)
+        return count(stats, durations, writer, duration);
     PyObject *seconds = PyFloat_FromDouble(duration);
     if (seconds == NULL)
         return -1;
@@ -394,6 +384,15 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
     int fits = plain(conn, head, handler);
     if (fits <= 0)
         return fits < 0 ? NULL : Py_NewRef(Py_NotImplemented);
+    /* the counters count() writes, of the classes whose members it was configured with */
+    PyObject *stats = PyObject_GetAttr(handler, s_stats);
+    PyObject *durations = stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
+    if (durations == NULL || (PyObject *)Py_TYPE(stats) != stats_type ||
+        (PyObject *)Py_TYPE(durations) != histogram_type) {
+        Py_XDECREF(stats);
+        Py_XDECREF(durations);
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_NotImplemented);
+    }
 
     /* held here: the slots may be rewritten while the app runs */
     Py_INCREF(handler);
@@ -410,10 +409,7 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
                        : PyObject_CallMethodNoArgs(handler, s_new_request_id);
     if (request_id == NULL)
         goto done;
-    PyObject *parser = SLOT(conn, conn_parser);
-    PyObject *upgrading = (PyObject *)Py_TYPE(parser) == parser_type
-                              ? GET(parser, parser, upgrading)
-                              : PyObject_GetAttr(parser, s_upgrading);
+    PyObject *upgrading = GET(SLOT(conn, conn_parser), parser, upgrading);
     if (upgrading == NULL)
         goto done;
     PyObject *made[] = {SLOT(conn, conn_sock), upgrading, handler, head, request_id};
@@ -453,7 +449,7 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
         }
         goto done;
     }
-    if (account(conn, handler, environ, writer, duration) < 0)
+    if (account(conn, handler, stats, durations, environ, writer, duration) < 0)
         goto done;
     PyObject *alive = GET(writer, response, keep_alive);
     int keep_alive = alive != NULL ? PyObject_IsTrue(alive) : -1;
@@ -463,6 +459,8 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
         answer = Py_NewRef(keep_alive && !draining ? Py_True : Py_False);
 done:
     Py_DECREF(handler);
+    Py_DECREF(stats);
+    Py_DECREF(durations);
     Py_DECREF(environ);
     Py_DECREF(cell);
     Py_XDECREF(request_id);

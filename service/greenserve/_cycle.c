@@ -1,5 +1,5 @@
-/* greenserve._cycle: one plain keep-alive request's cycle (HttpConnection._respond and _run_app)
- * in C.
+/* greenserve._cycle: plain keep-alive requests' cycle in C (HttpConnection.serve's loop,
+ * _respond and _run_app).
  *
  * Why: with the head parsed and the response framed in C, a hello request still ran about 70
  * lines of Python in _respond, _run_app and HttpHandler.environ (sys.settrace, 2026-12-07), and
@@ -27,16 +27,31 @@
  * ``obj.name`` finds): a generic attribute lookup cost about 190 instructions each, eighteen per
  * request. Objects of other classes than the configured ones are declined.
  *
+ * serve(conn, keepalive) -> True | False
+ *   HttpConnection.serve's loop from a connection's second request on, with next_head's wait
+ *   and RequestParser.feed's C head parser: while the one head queued is plain (respond's case,
+ *   and neither shed by --max-inflight nor timed from X-Request-Start), it is taken, its phase
+ *   entered, its in-flight count kept, and it is answered as respond answers it; between
+ *   requests the connection is PARKED with its keep-alive deadline and reads through the
+ *   socket's recv_after_wait. Whatever is not that (a pipelined batch, which serve corks; a
+ *   head begun but not whole; a queued error; any head respond declines) is left where it is
+ *   and handed back (True) before anything of it is done: serve and next_head run it as
+ *   before. False: the connection ends (end of stream, not kept alive, upgraded). Writes still
+ *   held at a request's end are HttpConnection._send_held's. After respond, this took the most
+ *   Python left per request: 46 of 69 lines (serve, next_head, feed, phase.enter).
+ *
  * configure(response_type, empty_input, file_wrapper, connection_type, head_type, cell_type,
- * status_keys, parser_type, histogram_type, stats_type) hands over http.py's objects once.
- * tests/unit/test_cycle_c.py runs the same requests with and without it and compares what was
- * sent, the metrics and the logs. ABI is compared by http.py: a stale build is not used.
+ * status_keys, parser_type, histogram_type, stats_type) and configure_serve(socket_type, end,
+ * take_turn, app_phase, parked_phase, recv_size, parser_globals) hand over http.py's objects
+ * once. tests/unit/test_cycle_c.py runs the same requests with and without both (read one by
+ * one, two at a time and each in two reads) and compares what was sent, the metrics and the
+ * logs. ABI is compared by http.py: a stale build is not used.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <time.h>
 
-#define CYCLE_ABI 1
+#define CYCLE_ABI 2
 
 #include <structmember.h>
 
@@ -47,7 +62,7 @@ static PyObject *response_type, *empty_input, *file_wrapper, *connection_type, *
 /* Slot offsets: the connection's, the head's and the cell's fields this module touches. */
 #define CONN_SLOTS(X)                                                                             \
     X(handler) X(sock) X(parser) X(response) X(continue_sent) X(served) X(request_cell)         \
-    X(trusted_peer) X(extra_environ) X(address)
+    X(trusted_peer) X(extra_environ) X(address) X(events) X(watched)
 #define HEAD_SLOTS(X)                                                                             \
     X(environ) X(upgrade) X(content_length) X(chunked) X(keep_alive) X(forwarded)              \
     X(request_id)
@@ -63,8 +78,10 @@ static Py_ssize_t cell_id;
  * through the class), on objects of the configured classes only. */
 #define MEMBERS(X)                                                                                \
     X(response, truncated) X(response, status_code) X(response, keep_alive)                     \
-    X(parser, upgrading) X(histogram, bounds) X(histogram, counts) X(histogram, sum)             \
-    X(stats, http_requests) X(stats, requests_served)
+    X(parser, upgrading) X(parser, head_open) X(parser, at_boundary) X(parser, base_environ)    \
+    X(histogram, bounds) X(histogram, counts)          \
+    X(histogram, sum) X(stats, http_requests) X(stats, requests_served)                         \
+    X(stats, http_requests_in_flight)
 #define DECLARE(owner, name) static PyMemberDef *m_##owner##_##name;
 MEMBERS(DECLARE)
 #undef DECLARE
@@ -89,11 +106,15 @@ static void set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value) {
     X(root_path) X(request_timeout) X(app) X(start_response) X(expected) X(try_sendfile)       \
     X(write) X(finish) X(close) X(app_raised) X(close_body) X(new_request_id) X(responded)     \
     X(address) X(draining) X(_unfinished) X(access_log) X(truncated) X(status_code) X(stats)     \
-    X(http_requests) X(durations) X(bounds) X(counts) X(sum) X(requests_served)
+    X(http_requests) X(durations) X(bounds) X(counts) X(sum) X(requests_served) X(events)        \
+    X(watched) X(head_open) X(http_requests_in_flight) X(phase) X(deadline) X(out)              \
+    X(max_inflight) X(recv_after_wait) X(feed) X(_send_held) X(at_boundary) X(base_environ)     \
+    X(FAST_PARSE)
 #define DECLARE(name) static PyObject *s_##name;
 NAMES(DECLARE)
 #undef DECLARE
-static PyObject *k_input, *k_request_id_header, *k_request_id, *v_not_upgraded, *v_one, *v_zero;
+static PyObject *k_input, *k_request_id_header, *k_request_id, *k_request_start, *v_not_upgraded,
+    *v_one, *v_zero, *v_minus_one;
 
 static double now(void) {
     /* time.perf_counter's clock on Linux (CPython 3.11: CLOCK_MONOTONIC) */
@@ -368,34 +389,31 @@ static PyObject *run_app(PyObject *conn, PyObject *handler, PyObject *head, PyOb
     return keep;
 }
 
-static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "respond(conn, head)");
-        return NULL;
-    }
-    if (response_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "greenserve._cycle is not configured");
-        return NULL;
-    }
-    PyObject *conn = args[0], *head = args[1];
+/* Whether ``head`` is a plain request respond() may take on ``conn``: 1 with the handler's
+ * counters in *stats and *durations (new references), 0 declined, -1 an exception. */
+static int takes(PyObject *conn, PyObject *head, PyObject **stats, PyObject **durations) {
+    *stats = *durations = NULL;
     if (!slots_set(conn, head))
-        Py_RETURN_NOTIMPLEMENTED;
+        return 0;
     PyObject *handler = SLOT(conn, conn_handler);
     int fits = plain(conn, head, handler);
     if (fits <= 0)
-        return fits < 0 ? NULL : Py_NewRef(Py_NotImplemented);
+        return fits;
     /* the counters count() writes, of the classes whose members it was configured with */
-    PyObject *stats = PyObject_GetAttr(handler, s_stats);
-    PyObject *durations = stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
-    if (durations == NULL || (PyObject *)Py_TYPE(stats) != stats_type ||
-        (PyObject *)Py_TYPE(durations) != histogram_type) {
-        Py_XDECREF(stats);
-        Py_XDECREF(durations);
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_NotImplemented);
-    }
+    *stats = PyObject_GetAttr(handler, s_stats);
+    *durations = *stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
+    if (*durations != NULL && (PyObject *)Py_TYPE(*stats) == stats_type &&
+        (PyObject *)Py_TYPE(*durations) == histogram_type)
+        return 1;
+    Py_CLEAR(*stats);
+    Py_CLEAR(*durations);
+    return PyErr_Occurred() ? -1 : 0;
+}
 
+/* _respond for a plain request (takes() said so): Py_True, Py_False, or NULL raised. */
+static PyObject *cycle(PyObject *conn, PyObject *head, PyObject *stats, PyObject *durations) {
     /* held here: the slots may be rewritten while the app runs */
-    Py_INCREF(handler);
+    PyObject *handler = Py_NewRef(SLOT(conn, conn_handler));
     PyObject *environ = Py_NewRef(SLOT(head, head_environ));
     PyObject *cell = Py_NewRef(SLOT(conn, conn_request_cell));
     PyObject *request_id = NULL, *writer = NULL, *keep = NULL, *answer = NULL;
@@ -459,13 +477,271 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
         answer = Py_NewRef(keep_alive && !draining ? Py_True : Py_False);
 done:
     Py_DECREF(handler);
-    Py_DECREF(stats);
-    Py_DECREF(durations);
     Py_DECREF(environ);
     Py_DECREF(cell);
     Py_XDECREF(request_id);
     Py_XDECREF(writer);
     Py_XDECREF(keep);
+    return answer;
+}
+
+static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "respond(conn, head)");
+        return NULL;
+    }
+    if (response_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenserve._cycle is not configured");
+        return NULL;
+    }
+    PyObject *stats, *durations;
+    int taken = takes(args[0], args[1], &stats, &durations);
+    if (taken <= 0)
+        return taken < 0 ? NULL : Py_NewRef(Py_NotImplemented);
+    PyObject *answer = cycle(args[0], args[1], stats, durations);
+    Py_DECREF(stats);
+    Py_DECREF(durations);
+    return answer;
+}
+
+/* -- serve(): HttpConnection.serve's loop for plain keep-alive requests --------------------- */
+
+/* from configure_serve() */
+static PyObject *socket_type, *end_event, *take_turn, *app_phase, *parked_phase, *recv_size,
+    *parser_globals, *no_deadline;
+static PyMemberDef *m_socket_phase, *m_socket_deadline, *m_socket_out;
+
+/* A connection-phase field of a socket: through its member definition on the configured socket
+ * class (CountingSocket), by name on any other (TLS's, the tests' in-memory one). */
+static int set_field(PyObject *sock, PyMemberDef *field, PyObject *name, PyObject *value) {
+    if ((PyObject *)Py_TYPE(sock) == socket_type)
+        return PyMember_SetOne((char *)sock, field, value);
+    return PyObject_SetAttr(sock, name, value);
+}
+
+static PyObject *get_field(PyObject *sock, PyMemberDef *field, PyObject *name) {
+    if ((PyObject *)Py_TYPE(sock) == socket_type)
+        return PyMember_GetOne((const char *)sock, field);
+    return PyObject_GetAttr(sock, name);
+}
+
+/* ConnectionPhase.enter */
+static int enter(PyObject *watched, PyObject *phase, PyObject *deadline) {
+    if (set_field(watched, m_socket_phase, s_phase, phase) < 0)
+        return -1;
+    return set_field(watched, m_socket_deadline, s_deadline, deadline);
+}
+
+/* next_head's skipping of what ends a request (END): 0, or -1. */
+static int drop_ends(PyObject *events) {
+    Py_ssize_t ends = 0;
+    while (ends < PyList_GET_SIZE(events) && PyList_GET_ITEM(events, ends) == end_event)
+        ends++;
+    return ends ? PyList_SetSlice(events, 0, ends, NULL) : 0;
+}
+
+/* stats.http_requests_in_flight += change: 0, or -1. */
+static int in_flight(PyObject *stats, PyObject *change) {
+    PyObject *current = GET(stats, stats, http_requests_in_flight);
+    PyObject *value = current != NULL ? PyNumber_Add(current, change) : NULL;
+    Py_XDECREF(current);
+    int failed = value == NULL || PUT(stats, stats, http_requests_in_flight, value) < 0;
+    Py_XDECREF(value);
+    return failed ? -1 : 0;
+}
+
+/* What serve checks of a request before it runs it, beyond respond()'s plain case: neither
+ * shed for --max-inflight nor timed from X-Request-Start (serve does both in Python). 1 admitted,
+ * 0 declined, -1 raised. */
+static int admits(PyObject *head, PyObject *stats, PyObject *max_inflight) {
+    int limited = PyObject_IsTrue(max_inflight);
+    if (limited > 0) {
+        PyObject *current = GET(stats, stats, http_requests_in_flight);
+        limited = current != NULL ? PyObject_RichCompareBool(current, max_inflight, Py_GE) : -1;
+        Py_XDECREF(current);
+    }
+    if (limited != 0)
+        return limited < 0 ? -1 : 0;
+    PyObject *start = PyDict_GetItemWithError(SLOT(head, head_environ), k_request_start);
+    return start != NULL ? 0 : PyErr_Occurred() ? -1 : 1;
+}
+
+/* The head at the front of the queue, taken and answered as serve does, its in-flight count and
+ * its end included (_send_held for writes still held). 1: the connection goes on, 0: it ends,
+ * -1 raised. */
+static int serve_one(PyObject *conn, PyObject *head, PyObject *stats, PyObject *durations) {
+    if (PyList_SetSlice(SLOT(conn, conn_events), 0, 1, NULL) < 0 ||
+        enter(SLOT(conn, conn_watched), app_phase, no_deadline) < 0 || in_flight(stats, v_one) < 0)
+        return -1;
+    PyObject *answer = cycle(conn, head, stats, durations);
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* serve's finally */
+    int failed = in_flight(stats, v_minus_one) < 0;
+    set_slot(conn, conn_response, Py_None);
+    PyObject *out = failed ? NULL : get_field(SLOT(conn, conn_sock), m_socket_out, s_out);
+    if (out == NULL)
+        failed = 1;
+    else if (out != Py_None) {
+        PyObject *call[] = {conn, head, answer == Py_True ? Py_True : Py_False};
+        PyObject *sent = PyObject_VectorcallMethod(s__send_held, call, 3, NULL);
+        failed = sent == NULL;
+        Py_XDECREF(sent);
+    }
+    Py_XDECREF(out);
+    if (failed) { /* raised in the finally: that exception goes on, as in Python */
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        Py_XDECREF(answer);
+        return -1;
+    }
+    PyErr_Restore(type, value, traceback);
+    if (answer == NULL)
+        return -1;
+    Py_DECREF(answer);
+    return answer == Py_True;
+}
+
+/* RequestParser.feed: its first step, the C head parser taking whole plain requests at a
+ * request boundary, done here; what it leaves (a head it declines, a body, a partial head) is
+ * fed to RequestParser.feed, as the rest of the read would be there. 0, or -1. */
+static int feed(PyObject *parser, PyObject *events, PyObject *data, Py_ssize_t size) {
+    /* http_parser.FAST_PARSE: read at each call, as feed does (the tests' switch) */
+    PyObject *parse = PyDict_GetItemWithError(parser_globals, s_FAST_PARSE);
+    PyObject *boundary = parse != NULL && parse != Py_None ? GET(parser, parser, at_boundary) : NULL;
+    Py_ssize_t taken = 0;
+    if (boundary == NULL && PyErr_Occurred())
+        return -1;
+    if (boundary == Py_True) {
+        PyObject *base = GET(parser, parser, base_environ);
+        PyObject *call[] = {data, base, events};
+        PyObject *offset = base != NULL ? PyObject_Vectorcall(parse, call, 3, NULL) : NULL;
+        Py_XDECREF(base);
+        taken = offset != NULL ? PyLong_AsSsize_t(offset) : -1;
+        Py_XDECREF(offset);
+        if (taken < 0 || taken > size) {
+            Py_DECREF(boundary);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "FAST_PARSE took more than it was given");
+            return -1;
+        }
+    }
+    Py_XDECREF(boundary);
+    if (taken == size)
+        return 0;
+    PyObject *rest = taken ? PySequence_GetSlice(data, taken, size) : Py_NewRef(data);
+    PyObject *fed = rest != NULL ? PyObject_CallMethodOneArg(parser, s_feed, rest) : NULL;
+    Py_XDECREF(rest);
+    Py_XDECREF(fed);
+    return fed != NULL ? 0 : -1;
+}
+
+/* serve's loop and next_head's wait, for as long as each request is plain: True when what
+ * comes next is for serve (the head at the front is not plain, a head is partly read, an error
+ * is queued), left where it is; False when the connection ends (end of stream, not kept alive,
+ * upgraded). */
+static PyObject *serve_loop(PyObject *conn, double keepalive, PyObject *max_inflight) {
+    PyObject *events = SLOT(conn, conn_events), *parser = SLOT(conn, conn_parser);
+    PyObject *watched = SLOT(conn, conn_watched), *sock = SLOT(conn, conn_sock);
+    double deadline = -1.0; /* a next_head's keep-alive deadline, from its first wait */
+    if (!PyList_CheckExact(events))
+        Py_RETURN_TRUE;
+    for (;;) {
+        if (drop_ends(events) < 0)
+            return NULL;
+        if (PyList_GET_SIZE(events) > 0) {
+            /* one head alone: a pipelined batch is corked by serve */
+            PyObject *head = PyList_GET_ITEM(events, 0), *stats, *durations;
+            if (PyList_GET_SIZE(events) != 1 || (PyObject *)Py_TYPE(head) != head_type)
+                Py_RETURN_TRUE;
+            int taken = takes(conn, head, &stats, &durations);
+            if (taken > 0) {
+                taken = admits(head, stats, max_inflight);
+                if (taken > 0) {
+                    Py_INCREF(head); /* the queue lets go of it */
+                    taken = serve_one(conn, head, stats, durations);
+                    Py_DECREF(head);
+                    taken = taken > 0 ? 1 : taken < 0 ? -1 : 2;
+                }
+                Py_DECREF(stats);
+                Py_DECREF(durations);
+            }
+            if (taken <= 0)
+                return taken < 0 ? NULL : Py_NewRef(Py_True);
+            if (taken == 2)
+                Py_RETURN_FALSE;
+            /* serve's end of a kept request: fairness when more is queued (turns.py), and the
+             * loop's own condition */
+            if (drop_ends(events) < 0)
+                return NULL;
+            if (PyList_GET_SIZE(events) > 0) {
+                PyObject *turned = PyObject_CallOneArg(take_turn, watched);
+                if (turned == NULL)
+                    return NULL;
+                Py_DECREF(turned);
+            }
+            PyObject *upgrading = GET(parser, parser, upgrading);
+            int upgraded = upgrading != NULL ? PyObject_IsTrue(upgrading) : -1;
+            Py_XDECREF(upgrading);
+            if (upgraded != 0)
+                return upgraded < 0 ? NULL : Py_NewRef(Py_False);
+            deadline = -1.0;
+            continue;
+        }
+        PyObject *open = GET(parser, parser, head_open);
+        int begun = open != NULL ? PyObject_IsTrue(open) : -1;
+        Py_XDECREF(open);
+        if (begun != 0) /* a head begun: its --header-timeout is next_head's */
+            return begun < 0 ? NULL : Py_NewRef(Py_True);
+        if (deadline < 0.0)
+            deadline = keepalive ? now() + keepalive : 0.0;
+        PyObject *due = PyFloat_FromDouble(deadline);
+        if (due == NULL)
+            return NULL;
+        int failed = enter(watched, parked_phase, due);
+        Py_DECREF(due);
+        if (failed < 0)
+            return NULL;
+        PyObject *data = PyObject_CallMethodOneArg(sock, s_recv_after_wait, recv_size);
+        if (data == NULL)
+            return NULL;
+        Py_ssize_t size = PyObject_Length(data);
+        int fed = size > 0 ? feed(parser, events, data, size) : -1;
+        Py_DECREF(data);
+        if (size == 0)
+            Py_RETURN_FALSE;
+        if (fed < 0)
+            return NULL;
+    }
+}
+
+static PyObject *serve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyFloat_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "serve(conn, keepalive: float)");
+        return NULL;
+    }
+    if (response_type == NULL || socket_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenserve._cycle is not configured");
+        return NULL;
+    }
+    PyObject *conn = args[0];
+    if ((PyObject *)Py_TYPE(conn) != connection_type || SLOT(conn, conn_events) == NULL ||
+        SLOT(conn, conn_watched) == NULL || SLOT(conn, conn_sock) == NULL ||
+        SLOT(conn, conn_parser) == NULL || SLOT(conn, conn_handler) == NULL ||
+        (PyObject *)Py_TYPE(SLOT(conn, conn_parser)) != parser_type)
+        Py_RETURN_TRUE;
+    /* held: a slot rewritten while an app runs must not free what the loop uses */
+    PyObject *held[] = {SLOT(conn, conn_events), SLOT(conn, conn_parser),
+                        SLOT(conn, conn_watched), SLOT(conn, conn_sock)};
+    PyObject *max_inflight = PyObject_GetAttr(SLOT(conn, conn_handler), s_max_inflight);
+    if (max_inflight == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof(held) / sizeof(held[0]); i++)
+        Py_INCREF(held[i]);
+    PyObject *answer = serve_loop(conn, PyFloat_AS_DOUBLE(args[1]), max_inflight);
+    for (size_t i = 0; i < sizeof(held) / sizeof(held[0]); i++)
+        Py_DECREF(held[i]);
+    Py_DECREF(max_inflight);
     return answer;
 }
 
@@ -532,12 +808,38 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
     Py_RETURN_NONE;
 }
 
+static PyObject *configure_serve(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                 Py_ssize_t nargs) {
+    if (nargs != 7 || !PyType_Check(args[0]) || !PyCallable_Check(args[2]) ||
+        !PyLong_Check(args[3]) || !PyLong_Check(args[4]) || !PyLong_Check(args[5]) ||
+        !PyDict_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "configure_serve(socket_type, end, take_turn, "
+                                         "app_phase, parked_phase, recv_size, parser_globals)");
+        return NULL;
+    }
+    if ((m_socket_phase = member(args[0], s_phase, 1)) == NULL ||
+        (m_socket_deadline = member(args[0], s_deadline, 1)) == NULL ||
+        (m_socket_out = member(args[0], s_out, 1)) == NULL)
+        return NULL;
+    PyObject **const fields[] = {&socket_type,  &end_event, &take_turn,     &app_phase,
+                                 &parked_phase, &recv_size, &parser_globals};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        Py_XSETREF(*fields[i], Py_NewRef(args[i]));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"respond", (PyCFunction)(void (*)(void))respond, METH_FASTCALL,
      "respond(conn, head): a plain request's _respond in C; NotImplemented declines it."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(response_type, empty_input, file_wrapper, connection_type, head_type, "
      "cell_type, status_keys, parser_type, histogram_type, stats_type), once, from http.py."},
+    {"serve", (PyCFunction)(void (*)(void))serve, METH_FASTCALL,
+     "serve(conn, keepalive): HttpConnection.serve's loop while each request is plain; "
+     "True: serve goes on in Python, False: the connection ends."},
+    {"configure_serve", (PyCFunction)(void (*)(void))configure_serve, METH_FASTCALL,
+     "configure_serve(socket_type, end, take_turn, app_phase, parked_phase, recv_size, "
+     "parser_globals), once, from http.py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -553,8 +855,10 @@ PyMODINIT_FUNC PyInit__cycle(void) {
     if ((k_input = PyUnicode_InternFromString("wsgi.input")) == NULL ||
         (k_request_id_header = PyUnicode_InternFromString("HTTP_X_REQUEST_ID")) == NULL ||
         (k_request_id = PyUnicode_InternFromString("greenserve.request_id")) == NULL ||
+        (k_request_start = PyUnicode_InternFromString("HTTP_X_REQUEST_START")) == NULL ||
         (v_not_upgraded = Py_BuildValue("(ii)", 0, 0)) == NULL ||
-        (v_one = PyLong_FromLong(1)) == NULL || (v_zero = PyLong_FromLong(0)) == NULL)
+        (v_one = PyLong_FromLong(1)) == NULL || (v_minus_one = PyLong_FromLong(-1)) == NULL ||
+        (no_deadline = PyFloat_FromDouble(0.0)) == NULL || (v_zero = PyLong_FromLong(0)) == NULL)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module != NULL && PyModule_AddIntConstant(module, "ABI", CYCLE_ABI) < 0)

@@ -1,19 +1,22 @@
-"""A plain request's cycle in C (greenserve._cycle) against HttpConnection._respond, which it
-stands in for.
+"""A plain request's cycle in C (greenserve._cycle) against HttpConnection._respond and serve's
+loop, which it stands in for.
 
-The same requests go to the same app through one in-process connection twice, with the C cycle
-and without it (``http.RESPOND_PLAIN``; the C head parser and response stay on both times), and
-must give the same bytes, the same metrics and the same log events: generated apps (statuses,
-headers, bodies of every kind, failures before and after the head, a close() that raises) and
-requests (keep-alive, HEAD, HTTP/1.0, a body, Connection: close, a client's request id).
+The same requests go to the same app through one in-process connection twice, with C
+(``http.RESPOND_PLAIN`` and ``http.SERVE_PLAIN``) and without it (the C head parser and response
+stay on both times), and must give the same bytes, the same metrics and the same log events:
+generated apps (statuses, headers, bodies of every kind, failures before and after the head, a
+close() that raises) and requests (keep-alive, HEAD, HTTP/1.0, a body, Connection: close, a
+client's request id), read one by one, two at a time or each in two reads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import linecache
 import os
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -96,28 +99,41 @@ def make_app(status: str, headers: list, body: str, chunks: list[bytes], fail: s
 
 
 @contextlib.contextmanager
-def switched(respond: Any) -> Any:
-    """http.RESPOND_PLAIN set to ``respond`` (None: every request through _respond) within."""
-    original = http.RESPOND_PLAIN
-    http.RESPOND_PLAIN = respond
+def switched(on: bool) -> Any:
+    """The C cycle and serve's C loop on (``http.RESPOND_PLAIN``, ``http.SERVE_PLAIN``), or off:
+    every request through serve and _respond in Python."""
+    original = http.RESPOND_PLAIN, http.SERVE_PLAIN
+    http.RESPOND_PLAIN, http.SERVE_PLAIN = (C.respond, C.serve) if on else (None, None)
     try:
         yield
     finally:
-        http.RESPOND_PLAIN = original
+        http.RESPOND_PLAIN, http.SERVE_PLAIN = original
+
+
+def answered_in_c(app: Any, taken: list[int]) -> Any:
+    """``app``, counting the calls that came from C: in ``taken[0]`` all of them (the caller's
+    Python frame is then serve's, as C runs no frame of its own, else _run_app's), in
+    ``taken[1]`` those from serve's loop in C (serve's frame is at its SERVE_PLAIN line)."""
+
+    def counted(environ: dict, start_response: Any) -> Any:
+        caller = sys._getframe(1)
+        if caller.f_code.co_name != "_run_app":
+            taken[0] += 1
+            taken[1] += "SERVE_PLAIN(" in linecache.getline(
+                caller.f_code.co_filename, caller.f_lineno
+            )
+        return app(environ, start_response)
+
+    return counted
 
 
 def run(app: Any, requests: list[bytes], cycle: bool, **changes: Any) -> tuple[Any, ...]:
     """One connection's requests: what was sent, the metrics and the log events, with what
-    differs run to run taken out; and how many requests the C cycle answered itself."""
-    taken = [0]
-
-    def counted(conn: Any, head: Any) -> Any:
-        answer = C.respond(conn, head)
-        taken[0] += answer is not NotImplemented
-        return answer
-
-    with switched(counted if cycle else None), capture_logs() as events:
-        handler = in_process_handler(app, ("--max-body", "1m"), **changes)
+    differs run to run taken out; and how many requests C answered itself, and of those how
+    many in serve's loop."""
+    taken = [0, 0]
+    with switched(cycle), capture_logs() as events:
+        handler = in_process_handler(answered_in_c(app, taken), ("--max-body", "1m"), **changes)
         sock = ScriptedSocket(list(requests))
         handler.handle(sock, ("127.0.0.1", 40000))
     stats = handler.stats
@@ -128,13 +144,14 @@ def run(app: Any, requests: list[bytes], cycle: bool, **changes: Any) -> tuple[A
         stats.handler_errors,
         sum(durations.counts),
         durations.sum > 0,
+        stats.http_requests_in_flight,
     )
     logged = [
         {k: _same(v) for k, v in e.items() if k not in ("duration_ms", "request_id")}
         for e in events
     ]
     sent = _DATE.sub(b"Date: -", _ID.sub(b"ID", bytes(sock.sent)))
-    return sent, metrics, logged, taken[0]
+    return sent, metrics, logged, taken[0], taken[1]
 
 
 STATUSES = st.sampled_from(["200 OK", "404 Not Found", "204 No Content", "304 Not Modified"])
@@ -153,10 +170,17 @@ CHUNKS = st.lists(st.sampled_from([b"hello", b"", b"x" * 40, b"y" * 17000]), max
     fail=st.sampled_from(["", "", "before", "during", "close"]),
     kinds=st.lists(st.sampled_from(sorted(REQUESTS)), min_size=1, max_size=4),
     access_log=st.booleans(),
+    reads=st.sampled_from(["each", "pairs", "halves"]),
 )
-def test_the_cycle_answers_as_respond_does(status, headers, body, chunks, fail, kinds, access_log):
+def test_the_cycle_answers_as_respond_does(
+    status, headers, body, chunks, fail, kinds, access_log, reads
+):
     app = make_app(status, headers, body, chunks, fail)
     requests = [GET] + [REQUESTS[kind] for kind in kinds]  # the first is Python's anyway
+    if reads == "pairs":  # pipelined: the loop leaves a batch to serve, which corks it
+        requests = [GET] + [b"".join(requests[i : i + 2]) for i in range(1, len(requests), 2)]
+    elif reads == "halves":  # a head over two reads: the loop leaves it to next_head
+        requests = [GET] + [part for r in requests[1:] for part in (r[:20], r[20:])]
     in_c = run(app, requests, True, access_log=access_log)
     in_python = run(app, requests, False, access_log=access_log)
     assert in_c[:3] == in_python[:3]
@@ -167,8 +191,8 @@ def test_plain_keep_alive_requests_are_the_cycles(body):
     """The first request of a connection makes its request-id cell in Python; the next
     plain ones are answered in C, and answered as Python answers them."""
     app = make_app("200 OK", [("Content-Type", "text/plain")], body, [b"hi", b"!"], "")
-    sent, metrics, logged, taken = run(app, [GET] * 5, True)
-    assert taken == 4
+    sent, metrics, logged, taken, looped = run(app, [GET] * 5, True)
+    assert taken == looped == 4
     assert sent.count(b"HTTP/1.1 200 OK\r\n") == 5 and metrics[:2] == ({"200": 5}, 5)
     assert run(app, [GET] * 5, False)[:3] == (sent, metrics, logged)
 
@@ -180,7 +204,7 @@ DECLINED = [("body", {}), ("close", {}), ("http10", {}), ("get", {"root_path": "
 @pytest.mark.parametrize(("kind", "changes"), DECLINED)
 def test_what_the_cycle_declines_goes_to_respond(kind, changes):
     """A body, a closing or HTTP/1.0 connection, --root-path, --request-timeout and a trusted
-    proxy's forwarded headers are _respond's: the C cycle answers none of them."""
+    proxy's forwarded headers are _respond's: neither the C cycle nor the loop answers them."""
     app = make_app("200 OK", [], "list", [b"ok"], "")
     requests = [GET, REQUESTS[kind]]
     in_c = run(app, requests, True, **changes)
@@ -199,8 +223,8 @@ def test_a_failure_in_the_cycle_is_answered_counted_and_logged_as_in_respond():
         return [b"ok"]
 
     failing = b"GET /fail HTTP/1.1\r\nHost: h\r\n\r\n"
-    sent, metrics, logged, taken = run(app, [GET, failing, GET], True)
-    assert taken == 1
+    sent, metrics, logged, taken, looped = run(app, [GET, failing, GET], True)
+    assert taken == looped == 1
     assert sent.count(b"HTTP/1.1 200 OK") == 1 and sent.count(b"HTTP/1.1 500 ") == 1
     assert metrics[2] == 1 and [e["event"] for e in logged].count("app_error") == 1
     assert (sent, metrics, logged) == run(app, [GET, failing, GET], False)[:3]
@@ -250,10 +274,10 @@ def test_a_base_exception_passes_through_the_cycle_as_through_respond():
 
     killed = b"GET /kill HTTP/1.1\r\nHost: h\r\n\r\n"
     outcomes = []
-    for respond in (C.respond, None):
+    for on in (True, False):
         handler = in_process_handler(app)
         sock = ScriptedSocket([GET, killed, GET])
-        with switched(respond), pytest.raises(gevent.GreenletExit):
+        with switched(on), pytest.raises(gevent.GreenletExit):
             handler.handle(sock, ("127.0.0.1", 40000))
         stats = handler.stats
         outcomes.append((bytes(sock.sent).count(b"HTTP/1.1 200"), stats.http_requests_in_flight))
@@ -273,11 +297,105 @@ def test_a_drain_during_a_request_in_the_cycle_ends_the_connection_as_in_respond
 
     draining = b"GET /drain HTTP/1.1\r\nHost: h\r\n\r\n"
     outcomes = []
-    for respond in (C.respond, None):
+    for on in (True, False):
         holder[:] = [handler := in_process_handler(app)]
         sock = ScriptedSocket([GET, draining, GET])
-        with switched(respond):
+        with switched(on):
             handler.handle(sock, ("127.0.0.1", 40000))
         outcomes.append(_DATE.sub(b"Date: -", _ID.sub(b"ID", bytes(sock.sent))))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0].count(b"HTTP/1.1 200 OK") == 2
+
+
+# -- serve's loop in C (http.SERVE_PLAIN) -----------------------------------------------------
+
+SPLIT = [GET[:9], GET[9:]]  # one head over two reads: next_head's header clock, in Python
+TIMED = b"GET /p HTTP/1.1\r\nHost: h\r\nX-Request-Start: t=1000000000.0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reads", "looped"),
+    [
+        ([GET, GET, GET], 2),
+        ([GET, GET + GET, GET], 2),  # the batch's first is serve's (it corks), the last the loop's
+        ([GET, *SPLIT, GET], 1),  # the split head goes back to next_head
+        ([GET, TIMED, GET], 1),  # queue time is serve's
+        ([GET, REQUESTS["body"], GET, REQUESTS["close"]], 1),
+        ([GET, GET, b"BREW / HTTP/1.1\r\n\r\n", GET], 1),  # an error is queued: serve answers it
+    ],
+    ids=["plain", "pipelined", "split", "x-request-start", "body-and-close", "error"],
+)
+def test_the_loop_takes_plain_requests_and_hands_back_the_rest(reads, looped):
+    """C runs serve's loop while each request is plain, and hands back what is not, still
+    queued, for serve and next_head to run as before: the same bytes, metrics and logs."""
+    app = make_app("200 OK", [("Content-Type", "text/plain")], "list", [b"hi"], "")
+    with_c = run(app, reads, True)
+    assert with_c[4] == looped
+    assert with_c[:3] == run(app, reads, False)[:3]
+
+
+def test_queue_time_and_the_inflight_limit_stay_serves():
+    """X-Request-Start is timed, and --max-inflight sheds, by serve whether or not C runs the
+    loop: the queue-time histogram and the 503 are the same both ways."""
+    outcomes = []
+    holder: list[Any] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/busy":
+            holder[0].stats.http_requests_in_flight += 5  # as if other connections held it
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    for on in (True, False):
+        busy = b"GET /busy HTTP/1.1\r\nHost: h\r\n\r\n"
+        with switched(on):
+            holder[:] = [handler := in_process_handler(app, ("--max-inflight", "3"))]
+            sock = ScriptedSocket([GET, TIMED, GET, busy, GET])
+            handler.handle(sock, ("127.0.0.1", 40000))
+        sent = _DATE.sub(b"Date: -", _ID.sub(b"ID", bytes(sock.sent)))
+        outcomes.append((sent, sum(handler.queue_times.counts), handler.stats.http_requests))
+    assert outcomes[0] == outcomes[1]
+    sent, queued, codes = outcomes[0]
+    assert queued == 2 and sent.count(b" 503 ") == 1 and codes.get("503") == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("on", [True, False], ids=["c", "python"])
+def test_a_kept_connection_is_parked_with_its_keepalive_deadline(on):
+    """Between requests on a real socket the connection is PARKED, due at the keep-alive
+    timeout from its first wait, as next_head sets it; an idle close ends it."""
+    import socket
+    import time
+
+    import gevent
+    from gevent import socket as gsocket
+
+    from greenserve.worker.protocols.phase import PARKED
+    from greenserve.worker.protocols.tcp import CountingSocket
+    from tests.helpers import wait_until
+
+    taken = [0, 0]
+    app = answered_in_c(make_app("200 OK", [], "list", [b"ok"], ""), taken)
+    handler = in_process_handler(app, keepalive_timeout=7.0)
+    ours, theirs = socket.socketpair()
+    sock = CountingSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=ours.detach())
+    sock.accepted(time.monotonic())
+    sock.out, sock.spill = None, False
+    peer = gsocket.socket(fileno=theirs.detach())
+    with switched(on):
+        server = gevent.spawn(handler.handle, sock, "")
+        try:
+            for _ in range(3):
+                before = time.monotonic()
+                peer.sendall(GET)
+                answer = b""
+                while not answer.endswith(b"ok"):
+                    answer += peer.recv(4096)
+                wait_until(lambda: sock.phase == PARKED, 5, "parked", sleep=gevent.sleep)
+                assert before + 7.0 <= sock.deadline <= time.monotonic() + 7.0
+            peer.shutdown(socket.SHUT_WR)
+            server.get(timeout=5)
+        finally:
+            server.kill()
+            peer.close()
+    assert taken == ([2, 2] if on else [0, 0])

@@ -2,7 +2,7 @@
 that drive them (the differential tests against llhttp, generated heads and responses, the
 in-process HTTP corpus; the app metric value against prometheus_client's; greenlets on kept
 frame stack chunks; --otel's sampling gate; the response's hot path; a plain request's
-cycle) run against that
+cycle and serve's loop) run against that
 build: a read past a buffer, a use after free or undefined behaviour stops the run with the
 sanitizer's report.
 
@@ -68,8 +68,13 @@ def _build(tree: Path, source: Path) -> Path:
     )
     for name, built_from in built:
         target = package / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
+        # _cycle's serve loop waits on the hub, so its frames are on a greenlet's stack when
+        # greenlet copies that stack to the heap: a copy that reads the redzones ASan puts
+        # around locals (reported as a stack-buffer-underflow in greenlet's memcpy). Its heap
+        # accesses stay checked; its locals' redzones are left out.
+        stack = ["--param=asan-stack=0"] if name == "_cycle" else []
         subprocess.run(
-            [need("gcc"), *FLAGS, f"-I{include}", str(built_from), "-o", str(target)],
+            [need("gcc"), *FLAGS, *stack, f"-I{include}", str(built_from), "-o", str(target)],
             check=True,
             capture_output=True,
             timeout=120,

@@ -16,11 +16,13 @@ from tests.http_corpus.exchanges import EXCHANGES, LAST, check_exchange
 @pytest.fixture(autouse=True, params=["c", "python"])
 def both_paths(request, monkeypatch):
     """Every case twice: with the C fast paths (greenserve._fasthead, greenserve._response,
-    greenserve._cycle) and without them, the path a machine without a compiler runs."""
+    greenserve._cycle and its serve loop) and without them, the path a machine without a
+    compiler runs."""
     if request.param == "python":
         from greenserve.worker.protocols import http, http_handler, http_parser, http_response
 
         monkeypatch.setattr(http, "RESPOND_PLAIN", None)
+        monkeypatch.setattr(http, "SERVE_PLAIN", None)
         monkeypatch.setattr(http_parser, "FAST_PARSE", None)
         monkeypatch.setattr(http, "Response", http_response.PythonResponse)
         monkeypatch.setattr(http_handler, "DateCache", http_response.PythonDateCache)

@@ -21,6 +21,7 @@ from greenserve import extensions
 from greenserve.logs import REQUEST_ID, RequestIdCell
 from greenserve.metrics.stats import Histogram, WorkerStats
 from greenserve.proxy import apply_forwarded
+from greenserve.worker.protocols import http_parser
 from greenserve.worker.protocols.http_accounting import STATUS_KEYS
 from greenserve.worker.protocols.http_answers import OwnAnswers
 from greenserve.worker.protocols.http_body import DRAIN_LIMIT, EMPTY_INPUT, Input
@@ -68,11 +69,12 @@ class _Http2Preface(Exception):
 
 H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
 
-# A plain request's _respond in C (_cycle.c), which declines anything else: the switch the tests
-# turn off (None) to run every request through _respond.
-CYCLE_ABI = 1
+# A plain request's _respond in C (_cycle.c), which declines anything else, and serve's loop
+# while requests are plain: the switches the tests turn off (None) to run them in Python.
+CYCLE_ABI = 2
 CYCLE_C: Any = extensions.load("_cycle", CYCLE_ABI)
 RESPOND_PLAIN: Any = CYCLE_C.respond if CYCLE_C is not None else None
+SERVE_PLAIN: Any = CYCLE_C.serve if CYCLE_C is not None else None
 
 
 class HttpConnection(OwnAnswers):
@@ -213,6 +215,10 @@ class HttpConnection(OwnAnswers):
         sock = self.sock
         corks = sock.__class__ is CountingSocket  # plaintext (TlsSocket writes its own way)
         while not parser.upgrading:
+            # From the second request on, C runs this loop while each request is plain, and
+            # hands back (True) what it declines, still queued, before touching it.
+            if SERVE_PLAIN is not None and self.served and not SERVE_PLAIN(self, float(keepalive)):
+                return
             try:
                 head = self.next_head(keepalive)
             except HttpError as exc:
@@ -266,17 +272,8 @@ class HttpConnection(OwnAnswers):
                 stats.http_requests_in_flight -= counted
                 # an idle keep-alive connection keeps no request: the app's header list, ids
                 self.response = None
-                if not keep and type(sock.out) is list and self._all_read(head):
-                    # the last answer on this connection, held by _run_app: out with the FIN
-                    held, sock.out = b"".join(sock.out), None
-                    with contextlib.suppress(OSError):
-                        sock.send_last(held)
-                if sock.out is not None if corks else False:
-                    while events and events[0] is END:
-                        del events[0]
-                    if not keep or not events or events[0].__class__ is not Head:
-                        with contextlib.suppress(OSError):  # the client went: reads end it
-                            sock.uncork()
+                if sock.out is not None:
+                    self._send_held(head, keep)
             if not keep:
                 return
             # Fairness (protocols/turns.py): only a request already read needs a step back;
@@ -286,6 +283,23 @@ class HttpConnection(OwnAnswers):
                 del events[0]
             if events:
                 take_turn(self.watched)
+
+    def _send_held(self, head: Head, keep: bool) -> None:
+        """serve's end of a request whose writes are held (``sock.out``: a corked batch, an
+        Outbox): the last answer goes with the FIN; a batch's goes when the batch ends."""
+        sock = self.sock
+        if not keep and type(sock.out) is list and self._all_read(head):
+            # the last answer on this connection, held by _run_app: out with the FIN
+            held, sock.out = b"".join(sock.out), None
+            with contextlib.suppress(OSError):
+                sock.send_last(held)
+        if sock.out is not None and sock.__class__ is CountingSocket:  # TLS writes its own way
+            events = self.events
+            while events and events[0] is END:
+                del events[0]
+            if not keep or not events or events[0].__class__ is not Head:
+                with contextlib.suppress(OSError):  # the client went: reads end it
+                    sock.uncork()
 
     def send_early_hints(self, headers: list[tuple[str, str]]) -> None:
         """``wsgi.early_hints``: a 103 Early Hints (RFC 8297) before the response, on HTTP/1.1
@@ -565,3 +579,6 @@ if CYCLE_C is not None:
         Response, EMPTY_INPUT, FileWrapper, HttpConnection, Head, RequestIdCell, STATUS_KEYS,
         RequestParser, Histogram, WorkerStats,
     )  # fmt: skip
+    CYCLE_C.configure_serve(
+        CountingSocket, END, take_turn, APP, PARKED, RECV_SIZE, vars(http_parser)
+    )

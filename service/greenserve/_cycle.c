@@ -32,8 +32,8 @@
  *   and RequestParser.feed's C head parser: while the one head queued is plain (respond's case,
  *   and neither shed by --max-inflight nor timed from X-Request-Start), it is taken, its phase
  *   entered, its in-flight count kept, and it is answered as respond answers it; between
- *   requests the connection is PARKED with its keep-alive deadline and reads through the
- *   socket's recv_after_wait. Whatever is not that (a pipelined batch, which serve corks; a
+ *   requests the connection is PARKED with its keep-alive deadline and waits and reads as the
+ *   socket's recv_after_wait and tcp.park do (wait_and_recv). Whatever is not that (a pipelined batch, which serve corks; a
  *   head begun but not whole; a queued error; any head respond declines) is left where it is
  *   and handed back (True) before anything of it is done: serve and next_head run it as
  *   before. False: the connection ends (end of stream, not kept alive, upgraded). Writes still
@@ -42,8 +42,8 @@
  *
  * configure(response_type, empty_input, file_wrapper, connection_type, head_type, cell_type,
  * status_keys, parser_type, histogram_type, stats_type) and configure_serve(socket_type, end,
- * take_turn, app_phase, parked_phase, recv_size, parser_globals) hand over http.py's objects
- * once. tests/unit/test_cycle_c.py runs the same requests with and without both (read one by
+ * take_turn, app_phase, parked_phase, recv_size, parser_globals, getcurrent, invalid_switch)
+ * hand over http.py's objects once. tests/unit/test_cycle_c.py runs the same requests with and without both (read one by
  * one, two at a time and each in two reads) and compares what was sent, the metrics and the
  * logs. ABI is compared by http.py: a stale build is not used.
  */
@@ -109,7 +109,8 @@ static void set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value) {
     X(http_requests) X(durations) X(bounds) X(counts) X(sum) X(requests_served) X(events)        \
     X(watched) X(head_open) X(http_requests_in_flight) X(phase) X(deadline) X(out)              \
     X(max_inflight) X(recv_after_wait) X(feed) X(_send_held) X(at_boundary) X(base_environ)     \
-    X(FAST_PARSE)
+    X(FAST_PARSE) X(callback) X(switch) X(start) X(stop) X(recv) X(rx) X(turn_started)          \
+    X(timeout) X(_read_event) X(hub) X(_sock)
 #define DECLARE(name) static PyObject *s_##name;
 NAMES(DECLARE)
 #undef DECLARE
@@ -508,8 +509,10 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
 
 /* from configure_serve() */
 static PyObject *socket_type, *end_event, *take_turn, *app_phase, *parked_phase, *recv_size,
-    *parser_globals, *no_deadline;
-static PyMemberDef *m_socket_phase, *m_socket_deadline, *m_socket_out;
+    *parser_globals, *getcurrent, *invalid_switch, *no_deadline;
+static PyMemberDef *m_socket_phase, *m_socket_deadline, *m_socket_out, *m_socket_rx,
+    *m_socket_turn_started, *m_socket_timeout, *m_socket_read_event, *m_socket_hub,
+    *m_socket_sock;
 
 /* A connection-phase field of a socket: through its member definition on the configured socket
  * class (CountingSocket), by name on any other (TLS's, the tests' in-memory one). */
@@ -517,12 +520,6 @@ static int set_field(PyObject *sock, PyMemberDef *field, PyObject *name, PyObjec
     if ((PyObject *)Py_TYPE(sock) == socket_type)
         return PyMember_SetOne((char *)sock, field, value);
     return PyObject_SetAttr(sock, name, value);
-}
-
-static PyObject *get_field(PyObject *sock, PyMemberDef *field, PyObject *name) {
-    if ((PyObject *)Py_TYPE(sock) == socket_type)
-        return PyMember_GetOne((const char *)sock, field);
-    return PyObject_GetAttr(sock, name);
 }
 
 /* ConnectionPhase.enter */
@@ -578,7 +575,12 @@ static int serve_one(PyObject *conn, PyObject *head, PyObject *stats, PyObject *
     PyErr_Fetch(&type, &value, &traceback); /* serve's finally */
     int failed = in_flight(stats, v_minus_one) < 0;
     set_slot(conn, conn_response, Py_None);
-    PyObject *out = failed ? NULL : get_field(SLOT(conn, conn_sock), m_socket_out, s_out);
+    /* a plain socket's held writes (serve's ``corks``: TLS holds none, and has no ``out``) */
+    PyObject *sock = SLOT(conn, conn_sock);
+    PyObject *out = failed ? NULL
+                    : (PyObject *)Py_TYPE(sock) == socket_type
+                        ? PyMember_GetOne((const char *)sock, m_socket_out)
+                        : Py_NewRef(Py_None);
     if (out == NULL)
         failed = 1;
     else if (out != Py_None) {
@@ -634,6 +636,88 @@ static int feed(PyObject *parser, PyObject *events, PyObject *data, Py_ssize_t s
     Py_XDECREF(rest);
     Py_XDECREF(fed);
     return fed != NULL ? 0 : -1;
+}
+
+/* CountingSocket.recv_after_wait with tcp.park, on the configured socket class without a timeout
+ * (every connection of a worker: the sweeper keeps its deadlines, phase.py): the socket's read
+ * watcher started with this greenlet's switch, the hub switched to, the watcher stopped, then one
+ * recv. Any other socket, and a watcher park refuses (closed, or another greenlet's), go through
+ * the method itself, which answers as before. */
+static PyObject *wait_and_recv(PyObject *sock) {
+    if ((PyObject *)Py_TYPE(sock) != socket_type)
+        return PyObject_CallMethodOneArg(sock, s_recv_after_wait, recv_size);
+    PyObject *timeout = PyMember_GetOne((const char *)sock, m_socket_timeout);
+    PyObject *watcher = timeout == Py_None ? PyMember_GetOne((const char *)sock, m_socket_read_event)
+                                           : NULL;
+    PyObject *callback = watcher != NULL && watcher != Py_None
+                             ? PyObject_GetAttr(watcher, s_callback)
+                             : NULL;
+    Py_XDECREF(timeout);
+    if (callback != Py_None) {
+        Py_XDECREF(watcher);
+        Py_XDECREF(callback);
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_CallMethodOneArg(sock, s_recv_after_wait, recv_size);
+    }
+    Py_DECREF(callback);
+    PyObject *hub = PyMember_GetOne((const char *)sock, m_socket_hub);
+    PyObject *current = hub != NULL ? PyObject_CallNoArgs(getcurrent) : NULL;
+    PyObject *resume = current != NULL ? PyObject_GetAttr(current, s_switch) : NULL;
+    PyObject *woken = NULL;
+    if (resume != NULL) {
+        PyObject *call[] = {watcher, resume, watcher};
+        PyObject *started = PyObject_VectorcallMethod(s_start, call, 3, NULL);
+        if (started != NULL) {
+            Py_DECREF(started);
+            woken = PyObject_CallMethodNoArgs(hub, s_switch);
+            PyObject *type, *value, *traceback; /* park's finally */
+            PyErr_Fetch(&type, &value, &traceback);
+            PyObject *stopped = PyObject_CallMethodNoArgs(watcher, s_stop);
+            if (stopped == NULL) {
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(traceback);
+                Py_CLEAR(woken);
+            } else {
+                Py_DECREF(stopped);
+                PyErr_Restore(type, value, traceback);
+            }
+            if (woken != NULL && woken != watcher) {
+                PyErr_Format(invalid_switch, "Invalid switch into %S: got %R", current, woken);
+                Py_CLEAR(woken);
+            }
+        }
+    }
+    Py_XDECREF(hub);
+    Py_XDECREF(current);
+    Py_XDECREF(resume);
+    Py_DECREF(watcher);
+    if (woken == NULL)
+        return NULL;
+    Py_DECREF(woken);
+    /* recv_after_wait: waited on the hub, a new fairness slice (turns.py); then the read */
+    if (PyMember_SetOne((char *)sock, m_socket_turn_started, no_deadline) < 0)
+        return NULL;
+    PyObject *raw = PyMember_GetOne((const char *)sock, m_socket_sock);
+    PyObject *data = raw != NULL ? PyObject_CallMethodOneArg(raw, s_recv, recv_size) : NULL;
+    Py_XDECREF(raw);
+    if (data == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_BlockingIOError))
+            return NULL;
+        PyErr_Clear(); /* woken but nothing to read after all: wait again */
+        return PyObject_CallMethodOneArg(sock, s_recv, recv_size);
+    }
+    PyObject *rx = PyMember_GetOne((const char *)sock, m_socket_rx);
+    PyObject *size = rx != NULL ? PyLong_FromSsize_t(PyObject_Length(data)) : NULL;
+    PyObject *total = size != NULL && !PyErr_Occurred() ? PyNumber_Add(rx, size) : NULL;
+    int failed = total == NULL || PyMember_SetOne((char *)sock, m_socket_rx, total) < 0;
+    Py_XDECREF(rx);
+    Py_XDECREF(size);
+    Py_XDECREF(total);
+    if (failed)
+        Py_CLEAR(data);
+    return data;
 }
 
 /* serve's loop and next_head's wait, for as long as each request is plain: True when what
@@ -702,7 +786,7 @@ static PyObject *serve_loop(PyObject *conn, double keepalive, PyObject *max_infl
         Py_DECREF(due);
         if (failed < 0)
             return NULL;
-        PyObject *data = PyObject_CallMethodOneArg(sock, s_recv_after_wait, recv_size);
+        PyObject *data = wait_and_recv(sock);
         if (data == NULL)
             return NULL;
         Py_ssize_t size = PyObject_Length(data);
@@ -808,21 +892,46 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
     Py_RETURN_NONE;
 }
 
+/* The member definition of a field the socket class inherits from gevent's (read only). */
+static PyMemberDef *readable(PyObject *type, PyObject *name) {
+    PyObject *descriptor = PyObject_GetAttr(type, name);
+    if (descriptor == NULL)
+        return NULL;
+    PyMemberDef *found = Py_IS_TYPE(descriptor, &PyMemberDescr_Type)
+                             ? ((PyMemberDescrObject *)descriptor)->d_member
+                             : NULL;
+    Py_DECREF(descriptor);
+    if (found == NULL)
+        PyErr_Format(PyExc_TypeError, "%R.%U is not a member", type, name);
+    return found;
+}
+
+#define SERVE_CONFIGURED 9
 static PyObject *configure_serve(PyObject *Py_UNUSED(module), PyObject *const *args,
                                  Py_ssize_t nargs) {
-    if (nargs != 7 || !PyType_Check(args[0]) || !PyCallable_Check(args[2]) ||
+    if (nargs != SERVE_CONFIGURED || !PyType_Check(args[0]) || !PyCallable_Check(args[2]) ||
         !PyLong_Check(args[3]) || !PyLong_Check(args[4]) || !PyLong_Check(args[5]) ||
-        !PyDict_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "configure_serve(socket_type, end, take_turn, "
-                                         "app_phase, parked_phase, recv_size, parser_globals)");
+        !PyDict_Check(args[6]) || !PyCallable_Check(args[7]) ||
+        !PyExceptionClass_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure_serve(socket_type, end, take_turn, app_phase, parked_phase, "
+                        "recv_size, parser_globals, getcurrent, invalid_switch)");
         return NULL;
     }
-    if ((m_socket_phase = member(args[0], s_phase, 1)) == NULL ||
-        (m_socket_deadline = member(args[0], s_deadline, 1)) == NULL ||
-        (m_socket_out = member(args[0], s_out, 1)) == NULL)
+    PyObject *type = args[0];
+    if ((m_socket_phase = member(type, s_phase, 1)) == NULL ||
+        (m_socket_deadline = member(type, s_deadline, 1)) == NULL ||
+        (m_socket_out = member(type, s_out, 1)) == NULL ||
+        (m_socket_rx = member(type, s_rx, 1)) == NULL ||
+        (m_socket_turn_started = member(type, s_turn_started, 1)) == NULL ||
+        (m_socket_timeout = readable(type, s_timeout)) == NULL ||
+        (m_socket_read_event = readable(type, s__read_event)) == NULL ||
+        (m_socket_hub = readable(type, s_hub)) == NULL ||
+        (m_socket_sock = readable(type, s__sock)) == NULL)
         return NULL;
-    PyObject **const fields[] = {&socket_type,  &end_event, &take_turn,     &app_phase,
-                                 &parked_phase, &recv_size, &parser_globals};
+    PyObject **const fields[] = {&socket_type,    &end_event,  &take_turn,
+                                 &app_phase,      &parked_phase, &recv_size,
+                                 &parser_globals, &getcurrent, &invalid_switch};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
         Py_XSETREF(*fields[i], Py_NewRef(args[i]));
     Py_RETURN_NONE;
@@ -839,7 +948,7 @@ static PyMethodDef methods[] = {
      "True: serve goes on in Python, False: the connection ends."},
     {"configure_serve", (PyCFunction)(void (*)(void))configure_serve, METH_FASTCALL,
      "configure_serve(socket_type, end, take_turn, app_phase, parked_phase, recv_size, "
-     "parser_globals), once, from http.py."},
+     "parser_globals, getcurrent, invalid_switch), once, from http.py."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -94,6 +94,10 @@ class TestHttps:
                 10,
                 "handshakes counted",
             )
+            # urllib's request closed its connection (Connection: close): no error on the way
+            # out (the held-writes step once read a field TLS does not have)
+            assert sum(per_worker(server, "greenserve_handler_errors_total").values()) == 0
+            assert server.find("handler_error") == []
 
     def test_a_new_connection_is_served_between_a_pipelined_flood_of_records(self, pki):
         """Each request in its own TLS record, all in the socket at once: one read takes them

@@ -17,6 +17,9 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from gevent import getcurrent
+from gevent.exceptions import InvalidSwitchError
+
 from greenserve import extensions
 from greenserve.logs import REQUEST_ID, RequestIdCell
 from greenserve.metrics.stats import Histogram, WorkerStats
@@ -272,7 +275,7 @@ class HttpConnection(OwnAnswers):
                 stats.http_requests_in_flight -= counted
                 # an idle keep-alive connection keeps no request: the app's header list, ids
                 self.response = None
-                if sock.out is not None:
+                if corks and sock.out is not None:  # (TLS holds no writes: no ``out``)
                     self._send_held(head, keep)
             if not keep:
                 return
@@ -285,15 +288,16 @@ class HttpConnection(OwnAnswers):
                 take_turn(self.watched)
 
     def _send_held(self, head: Head, keep: bool) -> None:
-        """serve's end of a request whose writes are held (``sock.out``: a corked batch, an
-        Outbox): the last answer goes with the FIN; a batch's goes when the batch ends."""
+        """serve's end of a request on a plain socket whose writes are held (``sock.out``: a
+        corked batch, an Outbox): the last answer goes with the FIN; a batch's goes when the
+        batch ends."""
         sock = self.sock
         if not keep and type(sock.out) is list and self._all_read(head):
             # the last answer on this connection, held by _run_app: out with the FIN
             held, sock.out = b"".join(sock.out), None
             with contextlib.suppress(OSError):
                 sock.send_last(held)
-        if sock.out is not None and sock.__class__ is CountingSocket:  # TLS writes its own way
+        if sock.out is not None:
             events = self.events
             while events and events[0] is END:
                 del events[0]
@@ -580,5 +584,6 @@ if CYCLE_C is not None:
         RequestParser, Histogram, WorkerStats,
     )  # fmt: skip
     CYCLE_C.configure_serve(
-        CountingSocket, END, take_turn, APP, PARKED, RECV_SIZE, vars(http_parser)
-    )
+        CountingSocket, END, take_turn, APP, PARKED, RECV_SIZE, vars(http_parser), getcurrent,
+        InvalidSwitchError,
+    )  # fmt: skip

@@ -213,14 +213,14 @@ class HttpConnection(OwnAnswers):
     def serve(self) -> None:
         handler = self.handler
         stats = handler.stats
-        keepalive = handler.keepalive_timeout
+        keepalive = float(handler.keepalive_timeout)  # (a float: what SERVE_PLAIN takes)
         parser = self.parser
         sock = self.sock
         corks = sock.__class__ is CountingSocket  # plaintext (TlsSocket writes its own way)
         while not parser.upgrading:
             # From the second request on, C runs this loop while each request is plain, and
             # hands back (True) what it declines, still queued, before touching it.
-            if SERVE_PLAIN is not None and self.served and not SERVE_PLAIN(self, float(keepalive)):
+            if SERVE_PLAIN is not None and self.served and not SERVE_PLAIN(self, keepalive):
                 return
             try:
                 head = self.next_head(keepalive)

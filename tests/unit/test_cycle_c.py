@@ -382,6 +382,7 @@ def test_a_kept_connection_is_parked_with_its_keepalive_deadline(on):
     sock.accepted(time.monotonic())
     sock.out, sock.spill = None, False
     peer = gsocket.socket(fileno=theirs.detach())
+    peer.settimeout(5)  # each read of an answer: TimeoutError rather than a hang
     with switched(on):
         server = gevent.spawn(handler.handle, sock, "")
         try:
@@ -390,7 +391,9 @@ def test_a_kept_connection_is_parked_with_its_keepalive_deadline(on):
                 peer.sendall(GET)
                 answer = b""
                 while not answer.endswith(b"ok"):
-                    answer += peer.recv(4096)
+                    more = peer.recv(4096)
+                    assert more, f"closed before the answer was whole: {answer!r}"
+                    answer += more
                 wait_until(lambda: sock.phase == PARKED, 5, "parked", sleep=gevent.sleep)
                 assert before + 7.0 <= sock.deadline <= time.monotonic() + 7.0
             peer.shutdown(socket.SHUT_WR)

@@ -5,7 +5,8 @@
  * lines of Python in _respond, _run_app and HttpHandler.environ (sys.settrace, 2026-12-07), and
  * on a worker under wrk each of them costs three to four times what it costs in a warm loop: the
  * kernel's TCP path between two requests evicts the interpreter's caches. A worker that ran only
- * a minimal version of those lines answered about 30% more requests per CPU-second.
+ * a minimal version of those lines answered about a fifth more requests per CPU-second (23,300
+ * against 19,200).
  *
  * respond(conn, head) -> True | False | NotImplemented
  *   The request ``head`` on the HttpConnection ``conn``, as HttpConnection._respond runs it, when
@@ -135,8 +136,9 @@ static int attr_true(PyObject *obj, PyObject *name) {
 }
 
 /* Whether _respond's plain case holds for this head (its slots all set: a Head of the C
- * parser): 1 yes, 0 decline, -1 an exception. */
-static int plain(PyObject *conn, PyObject *head, PyObject *handler) {
+ * parser), as far as the connection and the head say (the handler's part: Fixed.open): 1 yes,
+ * 0 decline, -1 an exception. */
+static int plain(PyObject *conn, PyObject *head) {
     if (SLOT(head, head_environ) == Py_None || SLOT(head, head_content_length) != Py_None ||
         SLOT(conn, conn_request_cell) == Py_None)
         return 0;
@@ -162,13 +164,40 @@ static int plain(PyObject *conn, PyObject *head, PyObject *handler) {
         if (forwarded != 0)
             return forwarded < 0 ? -1 : 0;
     }
-    PyObject *const names[] = {s_root_path, s_request_timeout};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        int truth = attr_true(handler, names[i]);
-        if (truth != 0)
-            return truth < 0 ? -1 : 0;
-    }
     return 1;
+}
+
+/* What an HttpHandler holds for its life, read once per call of respond() or serve() rather
+ * than per request (a generic attribute lookup each, about 190 instructions). */
+typedef struct {
+    PyObject *app, *stats, *durations; /* new references, or NULL */
+    int open;       /* the handler's part of the plain case: no --root-path, --request-timeout */
+    int access_log; /* --access-log: each response goes to responded */
+} Fixed;
+
+static void fixed_clear(Fixed *fixed) {
+    Py_CLEAR(fixed->app);
+    Py_CLEAR(fixed->stats);
+    Py_CLEAR(fixed->durations);
+}
+
+/* ``fixed`` read from ``handler``: 0, or -1 raised. Counters of other classes than those
+ * count() was configured with leave it closed (every request declined). */
+static int fixed_read(PyObject *handler, Fixed *fixed) {
+    fixed_clear(fixed);
+    fixed->app = PyObject_GetAttr(handler, s_app);
+    fixed->stats = fixed->app != NULL ? PyObject_GetAttr(handler, s_stats) : NULL;
+    fixed->durations = fixed->stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
+    int root_path = fixed->durations != NULL ? attr_true(handler, s_root_path) : -1;
+    int timed = root_path >= 0 ? attr_true(handler, s_request_timeout) : -1;
+    fixed->access_log = timed >= 0 ? attr_true(handler, s_access_log) : -1;
+    if (fixed->access_log < 0) {
+        fixed_clear(fixed);
+        return -1;
+    }
+    fixed->open = !root_path && !timed && (PyObject *)Py_TYPE(fixed->stats) == stats_type &&
+                  (PyObject *)Py_TYPE(fixed->durations) == histogram_type;
+    return 0;
 }
 
 /* Every slot set, on objects of the configured classes: what SLOT may read without a check. */
@@ -258,16 +287,15 @@ done:
 }
 
 /* The response counted and, when responded's other branches apply, handed to it: 0, or -1. */
-static int account(PyObject *conn, PyObject *handler, PyObject *stats, PyObject *durations,
-                   PyObject *environ, PyObject *writer, double duration) {
+static int account(PyObject *conn, PyObject *handler, const Fixed *fixed, PyObject *environ,
+                   PyObject *writer, double duration) {
     PyObject *truncated = GET(writer, response, truncated);
     int cut = truncated != NULL ? PyObject_IsTrue(truncated) : -1;
     Py_XDECREF(truncated);
-    int logged = cut == 0 ? attr_true(handler, s_access_log) : 0;
-    if (cut < 0 || logged < 0)
+    if (cut < 0)
         return -1;
-    if (!cut && !logged)
-        return count(stats, durations, writer, duration);
+    if (!cut && !fixed->access_log)
+        return count(fixed->stats, fixed->durations, writer, duration);
     PyObject *seconds = PyFloat_FromDouble(duration);
     if (seconds == NULL)
         return -1;
@@ -341,20 +369,14 @@ finish:;
 
 /* _run_app for a plain request: Py_True (finished), Py_None (failed, answered by app_raised),
  * or NULL with a BaseException that is no Exception (GreenletExit) to pass on. */
-static PyObject *run_app(PyObject *conn, PyObject *handler, PyObject *head, PyObject *writer,
+static PyObject *run_app(PyObject *conn, PyObject *app, PyObject *head, PyObject *writer,
                          PyObject *environ) {
-    PyObject *app = PyObject_GetAttr(handler, s_app);
-    if (app == NULL)
-        return NULL;
     PyObject *start_response = PyObject_GetAttr(writer, s_start_response);
-    if (start_response == NULL) {
-        Py_DECREF(app);
+    if (start_response == NULL)
         return NULL;
-    }
     PyObject *call[] = {environ, start_response};
     PyObject *result = PyObject_Vectorcall(app, call, 2, NULL);
     Py_DECREF(start_response);
-    Py_DECREF(app);
     PyObject *keep = NULL;
     if (result != NULL && send_body(writer, result) == 0)
         keep = Py_NewRef(Py_True);
@@ -390,29 +412,19 @@ static PyObject *run_app(PyObject *conn, PyObject *handler, PyObject *head, PyOb
     return keep;
 }
 
-/* Whether ``head`` is a plain request respond() may take on ``conn``: 1 with the handler's
- * counters in *stats and *durations (new references), 0 declined, -1 an exception. */
-static int takes(PyObject *conn, PyObject *head, PyObject **stats, PyObject **durations) {
-    *stats = *durations = NULL;
+/* Whether respond() may take ``head`` on ``conn``, the handler's part in ``fixed`` (read here
+ * when ``fixed`` has not been yet): 1 yes, 0 declined, -1 raised. */
+static int takes(PyObject *conn, PyObject *head, Fixed *fixed) {
     if (!slots_set(conn, head))
         return 0;
-    PyObject *handler = SLOT(conn, conn_handler);
-    int fits = plain(conn, head, handler);
-    if (fits <= 0)
-        return fits;
-    /* the counters count() writes, of the classes whose members it was configured with */
-    *stats = PyObject_GetAttr(handler, s_stats);
-    *durations = *stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
-    if (*durations != NULL && (PyObject *)Py_TYPE(*stats) == stats_type &&
-        (PyObject *)Py_TYPE(*durations) == histogram_type)
-        return 1;
-    Py_CLEAR(*stats);
-    Py_CLEAR(*durations);
-    return PyErr_Occurred() ? -1 : 0;
+    int fits = plain(conn, head);
+    if (fits > 0 && fixed->app == NULL && fixed_read(SLOT(conn, conn_handler), fixed) < 0)
+        return -1;
+    return fits > 0 ? fixed->open : fits;
 }
 
 /* _respond for a plain request (takes() said so): Py_True, Py_False, or NULL raised. */
-static PyObject *cycle(PyObject *conn, PyObject *head, PyObject *stats, PyObject *durations) {
+static PyObject *cycle(PyObject *conn, PyObject *head, const Fixed *fixed) {
     /* held here: the slots may be rewritten while the app runs */
     PyObject *handler = Py_NewRef(SLOT(conn, conn_handler));
     PyObject *environ = Py_NewRef(SLOT(head, head_environ));
@@ -450,7 +462,7 @@ static PyObject *cycle(PyObject *conn, PyObject *head, PyObject *stats, PyObject
     Py_DECREF(served);
     set_slot(cell, cell_id, request_id);
 
-    keep = run_app(conn, handler, head, writer, environ);
+    keep = run_app(conn, fixed->app, head, writer, environ);
     set_slot(cell, cell_id, Py_None); /* _respond's finally: the cell forgets the request */
     if (keep == NULL)
         goto done;
@@ -468,7 +480,7 @@ static PyObject *cycle(PyObject *conn, PyObject *head, PyObject *stats, PyObject
         }
         goto done;
     }
-    if (account(conn, handler, stats, durations, environ, writer, duration) < 0)
+    if (account(conn, handler, fixed, environ, writer, duration) < 0)
         goto done;
     PyObject *alive = GET(writer, response, keep_alive);
     int keep_alive = alive != NULL ? PyObject_IsTrue(alive) : -1;
@@ -495,13 +507,12 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
         PyErr_SetString(PyExc_RuntimeError, "greenserve._cycle is not configured");
         return NULL;
     }
-    PyObject *stats, *durations;
-    int taken = takes(args[0], args[1], &stats, &durations);
-    if (taken <= 0)
-        return taken < 0 ? NULL : Py_NewRef(Py_NotImplemented);
-    PyObject *answer = cycle(args[0], args[1], stats, durations);
-    Py_DECREF(stats);
-    Py_DECREF(durations);
+    Fixed fixed = {0};
+    int taken = takes(args[0], args[1], &fixed);
+    PyObject *answer = taken > 0   ? cycle(args[0], args[1], &fixed)
+                       : taken < 0 ? NULL
+                                   : Py_NewRef(Py_NotImplemented);
+    fixed_clear(&fixed);
     return answer;
 }
 
@@ -509,7 +520,7 @@ static PyObject *respond(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
 
 /* from configure_serve() */
 static PyObject *socket_type, *end_event, *take_turn, *app_phase, *parked_phase, *recv_size,
-    *parser_globals, *getcurrent, *invalid_switch, *no_deadline;
+    *parser_globals, *getcurrent, *invalid_switch, *zero_seconds;
 static PyMemberDef *m_socket_phase, *m_socket_deadline, *m_socket_out, *m_socket_rx,
     *m_socket_turn_started, *m_socket_timeout, *m_socket_read_event, *m_socket_hub,
     *m_socket_sock;
@@ -566,11 +577,12 @@ static int admits(PyObject *head, PyObject *stats, PyObject *max_inflight) {
 /* The head at the front of the queue, taken and answered as serve does, its in-flight count and
  * its end included (_send_held for writes still held). 1: the connection goes on, 0: it ends,
  * -1 raised. */
-static int serve_one(PyObject *conn, PyObject *head, PyObject *stats, PyObject *durations) {
+static int serve_one(PyObject *conn, PyObject *head, const Fixed *fixed) {
+    PyObject *stats = fixed->stats;
     if (PyList_SetSlice(SLOT(conn, conn_events), 0, 1, NULL) < 0 ||
-        enter(SLOT(conn, conn_watched), app_phase, no_deadline) < 0 || in_flight(stats, v_one) < 0)
+        enter(SLOT(conn, conn_watched), app_phase, zero_seconds) < 0 || in_flight(stats, v_one) < 0)
         return -1;
-    PyObject *answer = cycle(conn, head, stats, durations);
+    PyObject *answer = cycle(conn, head, fixed);
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback); /* serve's finally */
     int failed = in_flight(stats, v_minus_one) < 0;
@@ -697,7 +709,7 @@ static PyObject *wait_and_recv(PyObject *sock) {
         return NULL;
     Py_DECREF(woken);
     /* recv_after_wait: waited on the hub, a new fairness slice (turns.py); then the read */
-    if (PyMember_SetOne((char *)sock, m_socket_turn_started, no_deadline) < 0)
+    if (PyMember_SetOne((char *)sock, m_socket_turn_started, zero_seconds) < 0)
         return NULL;
     PyObject *raw = PyMember_GetOne((const char *)sock, m_socket_sock);
     PyObject *data = raw != NULL ? PyObject_CallMethodOneArg(raw, s_recv, recv_size) : NULL;
@@ -724,7 +736,8 @@ static PyObject *wait_and_recv(PyObject *sock) {
  * comes next is for serve (the head at the front is not plain, a head is partly read, an error
  * is queued), left where it is; False when the connection ends (end of stream, not kept alive,
  * upgraded). */
-static PyObject *serve_loop(PyObject *conn, double keepalive, PyObject *max_inflight) {
+static PyObject *serve_loop(PyObject *conn, double keepalive, Fixed *fixed,
+                            PyObject **max_inflight) {
     PyObject *events = SLOT(conn, conn_events), *parser = SLOT(conn, conn_parser);
     PyObject *watched = SLOT(conn, conn_watched), *sock = SLOT(conn, conn_sock);
     double deadline = -1.0; /* a next_head's keep-alive deadline, from its first wait */
@@ -735,20 +748,20 @@ static PyObject *serve_loop(PyObject *conn, double keepalive, PyObject *max_infl
             return NULL;
         if (PyList_GET_SIZE(events) > 0) {
             /* one head alone: a pipelined batch is corked by serve */
-            PyObject *head = PyList_GET_ITEM(events, 0), *stats, *durations;
+            PyObject *head = PyList_GET_ITEM(events, 0);
             if (PyList_GET_SIZE(events) != 1 || (PyObject *)Py_TYPE(head) != head_type)
                 Py_RETURN_TRUE;
-            int taken = takes(conn, head, &stats, &durations);
+            int taken = takes(conn, head, fixed);
+            if (taken > 0 && *max_inflight == NULL &&
+                (*max_inflight = PyObject_GetAttr(SLOT(conn, conn_handler), s_max_inflight)) == NULL)
+                return NULL;
+            if (taken > 0)
+                taken = admits(head, fixed->stats, *max_inflight);
             if (taken > 0) {
-                taken = admits(head, stats, max_inflight);
-                if (taken > 0) {
-                    Py_INCREF(head); /* the queue lets go of it */
-                    taken = serve_one(conn, head, stats, durations);
-                    Py_DECREF(head);
-                    taken = taken > 0 ? 1 : taken < 0 ? -1 : 2;
-                }
-                Py_DECREF(stats);
-                Py_DECREF(durations);
+                Py_INCREF(head); /* the queue lets go of it */
+                taken = serve_one(conn, head, fixed);
+                Py_DECREF(head);
+                taken = taken > 0 ? 1 : taken < 0 ? -1 : 2;
             }
             if (taken <= 0)
                 return taken < 0 ? NULL : Py_NewRef(Py_True);
@@ -817,39 +830,46 @@ static PyObject *serve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ss
     /* held: a slot rewritten while an app runs must not free what the loop uses */
     PyObject *held[] = {SLOT(conn, conn_events), SLOT(conn, conn_parser),
                         SLOT(conn, conn_watched), SLOT(conn, conn_sock)};
-    PyObject *max_inflight = PyObject_GetAttr(SLOT(conn, conn_handler), s_max_inflight);
-    if (max_inflight == NULL)
-        return NULL;
     for (size_t i = 0; i < sizeof(held) / sizeof(held[0]); i++)
         Py_INCREF(held[i]);
-    PyObject *answer = serve_loop(conn, PyFloat_AS_DOUBLE(args[1]), max_inflight);
+    /* the handler's settings, read at the first request taken: a pipelined batch handed back
+     * at once costs none */
+    Fixed fixed = {0};
+    PyObject *max_inflight = NULL;
+    PyObject *answer = serve_loop(conn, PyFloat_AS_DOUBLE(args[1]), &fixed, &max_inflight);
     for (size_t i = 0; i < sizeof(held) / sizeof(held[0]); i++)
         Py_DECREF(held[i]);
-    Py_DECREF(max_inflight);
+    fixed_clear(&fixed);
+    Py_XDECREF(max_inflight);
     return answer;
 }
 
-/* The member definition of ``type.name``: a member descriptor (as __slots__ and PyMemberDef
- * make them), writable; ``object``: an object slot, whose offset SLOT may use. */
-static PyMemberDef *member(PyObject *type, PyObject *name, int object) {
+/* What member() insists on: a field read through its definition, one also written, or an object
+ * slot (whose offset SLOT may use). */
+enum need { READ, WRITE, OBJECT_SLOT };
+
+/* The member definition of ``type.name``: a member descriptor, as __slots__ and PyMemberDef
+ * make them (gevent's socket fields included), that meets ``need``. */
+static PyMemberDef *member(PyObject *type, PyObject *name, enum need need) {
     PyObject *descriptor = PyObject_GetAttr(type, name);
     if (descriptor == NULL)
         return NULL;
     PyMemberDef *found = NULL;
     if (Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
         found = ((PyMemberDescrObject *)descriptor)->d_member;
-        if ((found->flags & READONLY) || (object && found->type != T_OBJECT_EX))
+        if ((need != READ && (found->flags & READONLY)) ||
+            (need == OBJECT_SLOT && found->type != T_OBJECT_EX))
             found = NULL;
     }
     Py_DECREF(descriptor);
+    static const char *const wanted[] = {"member", "writable member", "writable object slot"};
     if (found == NULL)
-        PyErr_Format(PyExc_TypeError, "%R.%U is not a writable %s", type, name,
-                     object ? "object slot" : "member");
+        PyErr_Format(PyExc_TypeError, "%R.%U is not a %s", type, name, wanted[need]);
     return found;
 }
 
 static int slot_offset(PyObject *type, PyObject *name, Py_ssize_t *offset) {
-    PyMemberDef *found = member(type, name, 1);
+    PyMemberDef *found = member(type, name, OBJECT_SLOT);
     if (found != NULL)
         *offset = found->offset;
     return found != NULL ? 0 : -1;
@@ -880,7 +900,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
     if (slot_offset(args[5], s_id, &cell_id) < 0)
         return NULL;
 #define TAKE(owner, name)                                                                         \
-    if ((m_##owner##_##name = member(owner, s_##name, 0)) == NULL)                               \
+    if ((m_##owner##_##name = member(owner, s_##name, WRITE)) == NULL)                           \
         return NULL;
     MEMBERS(TAKE)
 #undef TAKE
@@ -890,20 +910,6 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
         Py_XSETREF(*fields[i], Py_NewRef(args[i]));
     Py_RETURN_NONE;
-}
-
-/* The member definition of a field the socket class inherits from gevent's (read only). */
-static PyMemberDef *readable(PyObject *type, PyObject *name) {
-    PyObject *descriptor = PyObject_GetAttr(type, name);
-    if (descriptor == NULL)
-        return NULL;
-    PyMemberDef *found = Py_IS_TYPE(descriptor, &PyMemberDescr_Type)
-                             ? ((PyMemberDescrObject *)descriptor)->d_member
-                             : NULL;
-    Py_DECREF(descriptor);
-    if (found == NULL)
-        PyErr_Format(PyExc_TypeError, "%R.%U is not a member", type, name);
-    return found;
 }
 
 #define SERVE_CONFIGURED 9
@@ -919,15 +925,15 @@ static PyObject *configure_serve(PyObject *Py_UNUSED(module), PyObject *const *a
         return NULL;
     }
     PyObject *type = args[0];
-    if ((m_socket_phase = member(type, s_phase, 1)) == NULL ||
-        (m_socket_deadline = member(type, s_deadline, 1)) == NULL ||
-        (m_socket_out = member(type, s_out, 1)) == NULL ||
-        (m_socket_rx = member(type, s_rx, 1)) == NULL ||
-        (m_socket_turn_started = member(type, s_turn_started, 1)) == NULL ||
-        (m_socket_timeout = readable(type, s_timeout)) == NULL ||
-        (m_socket_read_event = readable(type, s__read_event)) == NULL ||
-        (m_socket_hub = readable(type, s_hub)) == NULL ||
-        (m_socket_sock = readable(type, s__sock)) == NULL)
+    if ((m_socket_phase = member(type, s_phase, WRITE)) == NULL ||
+        (m_socket_deadline = member(type, s_deadline, WRITE)) == NULL ||
+        (m_socket_out = member(type, s_out, READ)) == NULL ||
+        (m_socket_rx = member(type, s_rx, WRITE)) == NULL ||
+        (m_socket_turn_started = member(type, s_turn_started, WRITE)) == NULL ||
+        (m_socket_timeout = member(type, s_timeout, READ)) == NULL ||
+        (m_socket_read_event = member(type, s__read_event, READ)) == NULL ||
+        (m_socket_hub = member(type, s_hub, READ)) == NULL ||
+        (m_socket_sock = member(type, s__sock, READ)) == NULL)
         return NULL;
     PyObject **const fields[] = {&socket_type,    &end_event,  &take_turn,
                                  &app_phase,      &parked_phase, &recv_size,
@@ -967,7 +973,7 @@ PyMODINIT_FUNC PyInit__cycle(void) {
         (k_request_start = PyUnicode_InternFromString("HTTP_X_REQUEST_START")) == NULL ||
         (v_not_upgraded = Py_BuildValue("(ii)", 0, 0)) == NULL ||
         (v_one = PyLong_FromLong(1)) == NULL || (v_minus_one = PyLong_FromLong(-1)) == NULL ||
-        (no_deadline = PyFloat_FromDouble(0.0)) == NULL || (v_zero = PyLong_FromLong(0)) == NULL)
+        (zero_seconds = PyFloat_FromDouble(0.0)) == NULL || (v_zero = PyLong_FromLong(0)) == NULL)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module != NULL && PyModule_AddIntConstant(module, "ABI", CYCLE_ABI) < 0)

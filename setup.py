@@ -1,8 +1,8 @@
 """The optional C accelerators (greenserve._fasthead, the request head; greenserve._response,
 the response's hot path; greenserve._cycle, a plain request's cycle; greenserve._appvalue, an
 app metric's value; greenserve._stackcache, frame stack chunks kept for the next greenlet;
-greenserve._tracegate, --otel's sampling decision per request); everything else is in
-pyproject.toml.
+greenserve._tracegate, --otel's sampling decision per request; greenserve._static, --static's
+plain answer of a file kept in memory); everything else is in pyproject.toml.
 
 ``optional=True``: without a compiler or Python headers the build goes on without them, and
 greenserve uses the pure-Python paths (the same behaviour, slower).
@@ -39,6 +39,12 @@ setup(
         Extension(
             "greenserve._stackcache",
             ["service/greenserve/_stackcache.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "greenserve._static",
+            ["service/greenserve/_static.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

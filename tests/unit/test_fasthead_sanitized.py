@@ -2,7 +2,7 @@
 that drive them (the differential tests against llhttp, generated heads and responses, the
 in-process HTTP corpus; the app metric value against prometheus_client's; greenlets on kept
 frame stack chunks; --otel's sampling gate; the response's hot path; a plain request's
-cycle and serve's loop) run against that
+cycle and serve's loop; --static's C front) run against that
 build: a read past a buffer, a use after free or undefined behaviour stops the run with the
 sanitizer's report.
 
@@ -32,6 +32,7 @@ STACKCACHE = ROOT / "service" / "greenserve" / "_stackcache.c"
 TRACEGATE = ROOT / "service" / "greenserve" / "_tracegate.c"
 RESPONSE = ROOT / "service" / "greenserve" / "_response.c"
 CYCLE = ROOT / "service" / "greenserve" / "_cycle.c"
+STATIC = ROOT / "service" / "greenserve" / "_static.c"
 FLAGS = [
     "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
@@ -46,6 +47,7 @@ DRIVEN_BY = [
     "tests/unit/test_appvalue.py",
     "tests/unit/test_stackcache.py",
     "tests/unit/test_tracing.py",
+    "tests/unit/test_static_c.py",
     "-k",
     "not python and not bytewise",
 ]
@@ -53,7 +55,7 @@ DRIVEN_BY = [
 
 def _build(tree: Path, source: Path) -> Path:
     """A copy of the package whose extensions are sanitized builds: _fasthead from ``source``,
-    _appvalue, _stackcache, _tracegate, _response and _cycle from their own."""
+    _appvalue, _stackcache, _tracegate, _response, _cycle and _static from their own."""
     package = tree / "greenserve"
     skipped = shutil.ignore_patterns("*.so", "__pycache__")
     shutil.copytree(ROOT / "service" / "greenserve", package, ignore=skipped)
@@ -65,6 +67,7 @@ def _build(tree: Path, source: Path) -> Path:
         ("_tracegate", TRACEGATE),
         ("_response", RESPONSE),
         ("_cycle", CYCLE),
+        ("_static", STATIC),
     )
     for name, built_from in built:
         target = package / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"

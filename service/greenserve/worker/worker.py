@@ -512,7 +512,7 @@ def run(spec: WorkerSpec) -> NoReturn:
         spec = dataclasses.replace(spec, settings=settings.with_changes(protocol=protocol))
     if protocol == "http":
         if settings.static:
-            app = Static(app, settings.static, stats)  # files first, as --static says
+            app = Static(app, settings.static, stats).front()  # files first, as --static says
         app = with_request_hooks(app, hooks, me)
         if tracing is not None:
             app = tracing.wrap(app)  # outermost: the span covers the request hooks too

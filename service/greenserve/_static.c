@@ -1,0 +1,345 @@
+/*
+ * greenserve._static: --static's common answer in C, a small file whole from memory.
+ *
+ * Why: a 10 KB file from --static took about 78 us of a worker's CPU per request under wrk,
+ * against 35 us for a hello (tests/bench/static.py's set-up on one worker, /proc's user and
+ * system time, 2026-12-07): the Python of Static.__call__ and _serve, the stat_result os.stat
+ * builds, and the header list made anew on every request. A minimal Python app that sent the
+ * same bytes with a fixed header list and one os.stat took 58 us.
+ *
+ * Front(ready, fallback, requests, bytes_sent) is called as the WSGI app. A request is answered
+ * here when all of this holds, and otherwise handed, unchanged, to ``fallback`` (the Static
+ * layer, worker/static.py), so every rule has one definition, in Python:
+ *   - its PATH_INFO is a key of ``ready`` (Static puts a file there once it has served it: a
+ *     file kept in memory, under its canonical path, not a precompressed sibling);
+ *   - the method is GET or HEAD;
+ *   - no If-None-Match, If-Modified-Since or Range (a 304, a 206 or a 416 is Static's), and
+ *     no Accept-Encoding when the file has precompressed siblings (Static picks one);
+ *   - the file's stat (inode, device, mtime in ns, size) is still the one Static read, checked
+ *     on every request as Static does.
+ * The answer is what Static answers then: the mount's request and byte counts, start_response
+ * with a copy of the file's header list, and the content (nothing for HEAD).
+ *
+ * The stat is made with the GIL held: it is one system call on a path the kernel has cached,
+ * and releasing the GIL around it costs more than it takes; the worker's loop waits for it
+ * either way (os.stat is not cooperative under gevent).
+ *
+ * Ready(path, key, headers, data, label, vary) is one such answer: the file's path as bytes,
+ * its stat key (inode, device, mtime_ns, size), the header list, the content, the mount's
+ * label on /metrics and whether its response varies by Accept-Encoding.
+ *
+ * ABI is compared by greenserve.worker.static: a build older than its source is not used.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <structmember.h>
+#include <sys/stat.h>
+
+#define STATIC_ABI 1
+
+static PyTypeObject *ready_type;
+static PyObject *k_path_info, *k_method, *k_accept_encoding, *v_ok, *v_zero;
+/* Request headers that make the answer another one than the plain 200 (Static's). */
+static PyObject *k_conditional[3];
+
+/* -- Ready ------------------------------------------------------------------------------------ */
+
+#define READY_OBJECTS(X) X(path) X(headers) X(data) X(label)
+
+typedef struct {
+    PyObject_HEAD
+#define FIELD(name) PyObject *name;
+    READY_OBJECTS(FIELD)
+#undef FIELD
+    unsigned long long ino, dev;
+    long long mtime_ns, size;
+    int vary;
+} Ready;
+
+static PyObject *ready_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"path", "key", "headers", "data", "label", "vary", NULL};
+    PyObject *path, *headers, *data, *label;
+    unsigned long long ino, dev;
+    long long mtime_ns, size;
+    int vary;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!(KKLL)O!O!O!p:Ready", names, &PyBytes_Type,
+                                     &path, &ino, &dev, &mtime_ns, &size, &PyList_Type, &headers,
+                                     &PyBytes_Type, &data, &PyUnicode_Type, &label, &vary))
+        return NULL;
+    if (strlen(PyBytes_AS_STRING(path)) != (size_t)PyBytes_GET_SIZE(path)) {
+        PyErr_SetString(PyExc_ValueError, "Ready: the path has a NUL byte");
+        return NULL;
+    }
+    if (size != PyBytes_GET_SIZE(data)) {
+        PyErr_SetString(PyExc_ValueError, "Ready: the content's length is not the stat's size");
+        return NULL;
+    }
+    Ready *ready = (Ready *)type->tp_alloc(type, 0);
+    if (ready == NULL)
+        return NULL;
+#define SET(name) ready->name = Py_NewRef(name);
+    READY_OBJECTS(SET)
+#undef SET
+    ready->ino = ino;
+    ready->dev = dev;
+    ready->mtime_ns = mtime_ns;
+    ready->size = size;
+    ready->vary = vary;
+    return (PyObject *)ready;
+}
+
+static int ready_traverse(Ready *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+#define VISIT(name) Py_VISIT(self->name);
+    READY_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int ready_clear(Ready *self) {
+#define CLEAR(name) Py_CLEAR(self->name);
+    READY_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void ready_dealloc(Ready *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    ready_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type); /* a heap type: each instance holds a reference to it */
+}
+
+static PyMemberDef ready_members[] = {
+    {"data", T_OBJECT, offsetof(Ready, data), READONLY, "The file's content."},
+    {"label", T_OBJECT, offsetof(Ready, label), READONLY, "The mount's label on /metrics."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot ready_slots[] = {
+    {Py_tp_new, ready_new},
+    {Py_tp_traverse, ready_traverse},
+    {Py_tp_clear, ready_clear},
+    {Py_tp_dealloc, ready_dealloc},
+    {Py_tp_members, ready_members},
+    {Py_tp_doc, "A file's plain 200, as Front answers it (see _static.c)."},
+    {0, NULL},
+};
+
+static PyType_Spec ready_spec = {
+    .name = "greenserve._static.Ready",
+    .basicsize = sizeof(Ready),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = ready_slots,
+};
+
+/* -- Front ------------------------------------------------------------------------------------ */
+
+#define FRONT_OBJECTS(X) X(ready) X(fallback) X(requests) X(bytes_sent)
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+#define FIELD(name) PyObject *name;
+    FRONT_OBJECTS(FIELD)
+#undef FIELD
+} Front;
+
+/* table[key] = table.get(key, 0) + amount (static.py's _count): 0, or -1 raised. */
+static int add(PyObject *table, PyObject *key, long long amount) {
+    PyObject *seen = PyDict_GetItemWithError(table, key);
+    if (seen == NULL && PyErr_Occurred())
+        return -1;
+    PyObject *step = PyLong_FromLongLong(amount);
+    PyObject *total = step != NULL ? PyNumber_Add(seen != NULL ? seen : v_zero, step) : NULL;
+    Py_XDECREF(step);
+    int failed = total == NULL || PyDict_SetItem(table, key, total) < 0;
+    Py_XDECREF(total);
+    return failed ? -1 : 0;
+}
+
+/* 1: GET, 2: HEAD, 0: another method or none. */
+static int method_of(PyObject *environ) {
+    PyObject *method = PyDict_GetItemWithError(environ, k_method);
+    if (method == NULL || !PyUnicode_CheckExact(method))
+        return 0;
+    if (PyUnicode_CompareWithASCIIString(method, "GET") == 0)
+        return 1;
+    return PyUnicode_CompareWithASCIIString(method, "HEAD") == 0 ? 2 : 0;
+}
+
+/* The file ``ready`` answers for ``environ`` (a new reference: a key's __eq__ run by a lookup
+ * could empty the table), or NULL: declined (nothing raised), or -1 in *failed with an
+ * exception set. Looks, counts nothing. */
+static Ready *answerable(Front *front, PyObject *environ, int *method, int *failed) {
+    PyObject *path = PyDict_GetItemWithError(environ, k_path_info);
+    Ready *ready = path != NULL && PyUnicode_CheckExact(path)
+                       ? (Ready *)Py_XNewRef(PyDict_GetItemWithError(front->ready, path))
+                       : NULL;
+    if (ready == NULL || Py_TYPE(ready) != ready_type || (*method = method_of(environ)) == 0)
+        goto declined;
+    for (size_t i = 0; i < sizeof(k_conditional) / sizeof(k_conditional[0]); i++) {
+        if (PyDict_Contains(environ, k_conditional[i]) != 0)
+            goto declined;
+    }
+    if (ready->vary && PyDict_Contains(environ, k_accept_encoding) != 0)
+        goto declined;
+    struct stat st;
+    if (stat(PyBytes_AS_STRING(ready->path), &st) != 0 || (unsigned long long)st.st_ino != ready->ino ||
+        (unsigned long long)st.st_dev != ready->dev || (long long)st.st_size != ready->size ||
+        (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != ready->mtime_ns)
+        goto declined; /* gone or changed: Static looks again */
+    return ready;
+declined:
+    Py_XDECREF(ready);
+    *failed = PyErr_Occurred() ? -1 : 0;
+    return NULL;
+}
+
+/* Static._serve's answer for ``ready``: the counts, start_response, the body. NULL raised. */
+static PyObject *answer(Front *front, Ready *ready, int method, PyObject *start_response) {
+    int head = method == 2;
+    if (add(front->requests, ready->label, 1) < 0 ||
+        add(front->bytes_sent, ready->label, head ? 0 : ready->size) < 0)
+        return NULL;
+    /* a copy: the server, a hook or middleware may add to the list it is given */
+    PyObject *headers = PyList_GetSlice(ready->headers, 0, PY_SSIZE_T_MAX);
+    if (headers == NULL)
+        return NULL;
+    PyObject *call[] = {v_ok, headers};
+    PyObject *write = PyObject_Vectorcall(start_response, call, 2, NULL);
+    Py_DECREF(headers);
+    if (write == NULL)
+        return NULL;
+    Py_DECREF(write);
+    PyObject *body = PyList_New(head ? 0 : 1);
+    if (body != NULL && !head)
+        PyList_SET_ITEM(body, 0, Py_NewRef(ready->data));
+    return body;
+}
+
+static PyObject *front_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames) {
+    Front *front = (Front *)self;
+    if (PyVectorcall_NARGS(nargsf) != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a WSGI app takes (environ, start_response)");
+        return NULL;
+    }
+    if (PyDict_CheckExact(args[0])) {
+        int method = 0, failed = 0;
+        Ready *ready = answerable(front, args[0], &method, &failed);
+        if (failed)
+            return NULL;
+        if (ready != NULL) {
+            PyObject *body = answer(front, ready, method, args[1]);
+            Py_DECREF(ready);
+            return body;
+        }
+    }
+    return PyObject_Vectorcall(front->fallback, args, 2, NULL);
+}
+
+static PyObject *front_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"ready", "fallback", "requests", "bytes_sent", NULL};
+    PyObject *ready, *fallback, *requests, *bytes_sent;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!O!:Front", names, &PyDict_Type, &ready,
+                                     &fallback, &PyDict_Type, &requests, &PyDict_Type,
+                                     &bytes_sent))
+        return NULL;
+    Front *front = (Front *)type->tp_alloc(type, 0);
+    if (front == NULL)
+        return NULL;
+    front->vectorcall = front_call;
+#define SET(name) front->name = Py_NewRef(name);
+    FRONT_OBJECTS(SET)
+#undef SET
+    return (PyObject *)front;
+}
+
+static int front_traverse(Front *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+#define VISIT(name) Py_VISIT(self->name);
+    FRONT_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int front_clear(Front *self) {
+#define CLEAR(name) Py_CLEAR(self->name);
+    FRONT_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void front_dealloc(Front *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    front_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMemberDef front_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Front, vectorcall), READONLY, NULL},
+    {"fallback", T_OBJECT, offsetof(Front, fallback), READONLY,
+     "The WSGI app every other request goes to (the Static layer)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot front_slots[] = {
+    {Py_tp_new, front_new},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_traverse, front_traverse},
+    {Py_tp_clear, front_clear},
+    {Py_tp_dealloc, front_dealloc},
+    {Py_tp_members, front_members},
+    {Py_tp_doc, "A WSGI app: a file's plain 200 from ready, anything else to fallback (see "
+                "_static.c)."},
+    {0, NULL},
+};
+
+static PyType_Spec front_spec = {
+    .name = "greenserve._static.Front",
+    .basicsize = sizeof(Front),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = front_slots,
+};
+
+/* -- the module ------------------------------------------------------------------------------- */
+
+static struct PyModuleDef static_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "greenserve._static",
+    .m_doc = "--static's plain 200 of a file kept in memory, in C.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__static(void) {
+    if ((k_path_info = PyUnicode_InternFromString("PATH_INFO")) == NULL ||
+        (k_method = PyUnicode_InternFromString("REQUEST_METHOD")) == NULL ||
+        (k_accept_encoding = PyUnicode_InternFromString("HTTP_ACCEPT_ENCODING")) == NULL ||
+        (k_conditional[0] = PyUnicode_InternFromString("HTTP_IF_NONE_MATCH")) == NULL ||
+        (k_conditional[1] = PyUnicode_InternFromString("HTTP_IF_MODIFIED_SINCE")) == NULL ||
+        (k_conditional[2] = PyUnicode_InternFromString("HTTP_RANGE")) == NULL ||
+        (v_ok = PyUnicode_InternFromString("200 OK")) == NULL ||
+        (v_zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&static_module);
+    if (m == NULL)
+        return NULL;
+    ready_type = (PyTypeObject *)PyType_FromSpec(&ready_spec);
+    PyObject *front_type = ready_type != NULL ? PyType_FromSpec(&front_spec) : NULL;
+    if (front_type == NULL || PyModule_AddObject(m, "Front", front_type) < 0) {
+        Py_XDECREF(front_type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddObject(m, "Ready", Py_NewRef((PyObject *)ready_type)) < 0 ||
+        PyModule_AddIntConstant(m, "ABI", STATIC_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,217 @@
+"""--static's C front (greenserve._static) against the Static layer it stands in front of.
+
+Two Static layers over the same files, one called through its C front and one alone, get the
+same generated requests (GET, HEAD, POST; canonical and other spellings of a path; conditional,
+range and Accept-Encoding headers; files changed, grown past the memory limit and removed
+between requests) and must give the same statuses, headers, bodies and counters. Which requests
+the C front answered itself is counted through its fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenserve.config import load
+from greenserve.metrics.stats import WorkerStats
+from greenserve.worker import static as static_module
+from greenserve.worker.static import SMALL_FILE, Static
+
+C = static_module.STATIC_C
+
+pytestmark = pytest.mark.skipif(
+    C is None and not os.environ.get("CI"),
+    reason="greenserve._static is not built (no compiler at install)",
+)
+
+PATHS = [
+    "/static/small.bin", "/static//small.bin", "/static/small.bin/", "/static/app.css",
+    "/static/docs/", "/static/docs", "/static/docs/index.html", "/static/big.bin",
+    "/static/missing.txt", "/static/.env", "/static/../secret", "/static/images/logo.svg",
+    "/static/images/", "/other",
+]  # fmt: skip
+HEADERS = [
+    {}, {"HTTP_IF_NONE_MATCH": "*"}, {"HTTP_IF_MODIFIED_SINCE": "Mon, 01 Jan 2035 00:00:00 GMT"},
+    {"HTTP_RANGE": "bytes=0-9"}, {"HTTP_ACCEPT_ENCODING": "gzip, br"},
+    {"HTTP_ACCEPT_ENCODING": "identity"}, {"HTTP_IF_RANGE": '"x"'},
+]  # fmt: skip
+
+
+def _site(root: Path) -> Path:
+    public = root / "public"
+    (public / "docs").mkdir(parents=True)
+    (public / "images").mkdir()
+    (public / "small.bin").write_bytes(os.urandom(10_240))
+    (public / "big.bin").write_bytes(os.urandom(SMALL_FILE + 1))
+    (public / "app.css").write_text("body { color: red }\n" * 20)
+    (public / "app.css.gz").write_bytes(b"gz sibling")
+    (public / "docs" / "index.html").write_text("<h1>docs</h1>\n")
+    (public / "images" / "logo.svg").write_text("<svg/>\n")
+    (public / ".env").write_text("SECRET=1\n")
+    return public
+
+
+def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"app {environ['PATH_INFO']}".encode()]
+
+
+class _Layer:
+    """A Static layer and what its answers and counters were."""
+
+    def __init__(self, public: Path, front: bool) -> None:
+        settings = load(
+            ["--static", f"/static={public};index=index.html;max-age=60"], {}
+        )  # fmt: skip
+        self.stats = WorkerStats()
+        self.static = Static(_app, settings.static, self.stats)
+        self.fallbacks = 0
+        self.app: Any = self.static
+        if front:
+
+            def counted(environ: dict[str, Any], start_response: Any) -> Any:
+                self.fallbacks += 1
+                return self.static(environ, start_response)
+
+            stats = self.stats
+            self.app = C.Front(
+                self.static.ready, counted, stats.static_requests, stats.static_bytes_sent
+            )
+
+    def get(self, method: str, path: str, headers: dict[str, str]) -> tuple[Any, ...]:
+        answered: list[Any] = []
+
+        def start_response(status: str, header_list: list[tuple[str, str]]) -> None:
+            answered.extend((status, list(header_list)))
+            header_list.append(("X-Added", "by a hook"))  # must not change the next answer
+
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", **headers}
+        body = self.app(environ, start_response)
+        try:
+            content = b"".join(body)
+        finally:
+            getattr(body, "close", lambda: None)()
+        status, header_list = answered
+        # a multipart's boundary is random in each layer
+        header_list = [(n, v.split("boundary=")[0]) for n, v in header_list]
+        if "multipart" in str(header_list):
+            content = b"multipart"
+        return status, header_list, content
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        names = ("static_requests", "static_bytes_sent", "static_not_modified", "static_refused")
+        return {name: dict(getattr(self.stats, name)) for name in names}
+
+
+def _change(public: Path, draw: random.Random) -> None:
+    """One file changed on disk between requests."""
+    small = public / "small.bin"
+    choice = draw.randrange(5)
+    if choice == 4 and small.exists():  # as tar or rsync -t replace it: the old mtime kept
+        stamp = small.stat().st_mtime_ns
+        small.write_bytes(os.urandom(draw.choice((100, 5_000))))
+        os.utime(small, ns=(stamp, stamp))
+    elif choice == 0:
+        small.write_bytes(os.urandom(draw.choice((100, 10_240, SMALL_FILE + 5))))
+    elif choice == 1 and small.exists():
+        small.unlink()
+    elif choice == 2:
+        (public / "app.css").write_text("p {}\n" * draw.randrange(1, 50))
+    else:
+        stamp = draw.randrange(1_600_000_000, 1_700_000_000)
+        os.utime(public / "images" / "logo.svg", (stamp, stamp))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_front_answers_as_the_layer_does(tmp_path, seed):
+    public = _site(tmp_path)
+    draw = random.Random(seed)
+    with_front, alone = _Layer(public, front=True), _Layer(public, front=False)
+    for _ in range(300):
+        if draw.random() < 0.05:
+            _change(public, draw)
+        method = draw.choice(("GET", "GET", "GET", "HEAD", "POST"))
+        path = draw.choice(PATHS)
+        headers = draw.choice(HEADERS) if draw.random() < 0.4 else {}
+        assert with_front.get(method, path, headers) == alone.get(method, path, headers), (
+            method, path, headers,
+        )  # fmt: skip
+        assert with_front.counters() == alone.counters()
+    # the front took a share of them itself: the generated run exercised both sides
+    assert 0 < with_front.fallbacks < 300
+
+
+def test_what_the_front_answers_itself(tmp_path):
+    public = _site(tmp_path)
+    layer = _Layer(public, front=True)
+    ask = layer.get
+
+    def fallbacks_for(method: str, path: str, headers: dict[str, str] | None = None) -> int:
+        before = layer.fallbacks
+        ask(method, path, headers or {})
+        return layer.fallbacks - before
+
+    assert fallbacks_for("GET", "/static/small.bin") == 1  # first seen by the layer
+    assert fallbacks_for("GET", "/static/small.bin") == 0
+    assert fallbacks_for("HEAD", "/static/small.bin") == 0
+    assert ask("HEAD", "/static/small.bin", {})[2] == b""
+    for headers in HEADERS[1:4]:  # a 304, a 206, and the If-Modified-Since case
+        assert fallbacks_for("GET", "/static/small.bin", headers) == 1
+    assert fallbacks_for("GET", "/static/small.bin", {"HTTP_ACCEPT_ENCODING": "gzip"}) == 0
+    assert fallbacks_for("POST", "/static/small.bin") == 1
+    assert fallbacks_for("GET", "/static//small.bin") == 1  # not canonical: never kept
+    assert fallbacks_for("GET", "/static//small.bin") == 1
+    assert fallbacks_for("GET", "/static/app.css") == 1
+    assert fallbacks_for("GET", "/static/app.css") == 0  # no Accept-Encoding: the plain file
+    assert fallbacks_for("GET", "/static/app.css", {"HTTP_ACCEPT_ENCODING": "br"}) == 1
+    assert fallbacks_for("GET", "/static/big.bin") == 1  # past the memory limit: from disk
+    assert fallbacks_for("GET", "/static/big.bin") == 1
+    assert fallbacks_for("GET", "/static/docs/") == 1
+    assert fallbacks_for("GET", "/static/docs/") == 0  # the index, under the directory's path
+    # changed on disk: the next request goes to the layer, which keeps the new content
+    (public / "small.bin").write_bytes(b"new")
+    assert fallbacks_for("GET", "/static/small.bin") == 1
+    assert ask("GET", "/static/small.bin", {})[2] == b"new"
+    assert fallbacks_for("GET", "/static/small.bin") == 0
+    (public / "small.bin").unlink()
+    assert ask("GET", "/static/small.bin", {})[0] == "404 Not Found"
+    assert "/static/small.bin" not in layer.static.ready
+    assert layer.counters()["static_requests"] == {"/static": 20}  # all found, not the POST
+
+
+def test_ready_refuses_what_stat_could_not_take(tmp_path):
+    key = (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="NUL"):
+        C.Ready(b"/tmp/a\x00b", key, [], b"abcd", "/static", False)
+    with pytest.raises(ValueError, match="length"):
+        C.Ready(b"/tmp/a", key, [], b"abc", "/static", False)
+    with pytest.raises(TypeError):
+        C.Ready("/tmp/a", key, [], b"abcd", "/static", False)
+
+
+def test_other_environs_and_a_failing_start_response_are_the_layers_way(tmp_path):
+    public = _site(tmp_path)
+    layer = _Layer(public, front=True)
+    layer.get("GET", "/static/small.bin", {})
+    seen = []
+
+    class Environ(dict):  # not a plain dict: handed on, never read by the front
+        pass
+
+    environ = Environ(REQUEST_METHOD="GET", PATH_INFO="/static/small.bin", QUERY_STRING="")
+    before = layer.fallbacks
+    layer.app(environ, lambda status, headers: seen.append(status))
+    assert layer.fallbacks == before + 1 and seen == ["200 OK"]
+
+    def refusing(status: str, headers: list[tuple[str, str]]) -> None:
+        raise RuntimeError("refused")
+
+    plain = {"REQUEST_METHOD": "GET", "PATH_INFO": "/static/small.bin", "QUERY_STRING": ""}
+    with pytest.raises(RuntimeError, match="refused"):
+        layer.app(plain, refusing)
+    with pytest.raises(TypeError):
+        layer.app(plain)

@@ -7,26 +7,33 @@
  * builds, and the header list made anew on every request. A minimal Python app that sent the
  * same bytes with a fixed header list and one os.stat took 58 us.
  *
- * Front(ready, fallback, requests, bytes_sent) is called as the WSGI app. A request is answered
- * here when all of this holds, and otherwise handed, unchanged, to ``fallback`` (the Static
- * layer, worker/static.py), so every rule has one definition, in Python:
+ * Front(ready, fallback, requests, bytes_sent, prefixes, app) is called as the WSGI app. A
+ * request whose PATH_INFO is under none of the mounts' ``prefixes`` goes straight to ``app``
+ * (Static.__call__'s test, in C too: through the Python layer an app request took about 3,500
+ * more instructions than without --static). Under a mount, a request is answered here when
+ * all of this holds, and otherwise handed, unchanged, to ``fallback`` (the Static layer,
+ * worker/static.py), so every other rule has one definition, in Python:
  *   - its PATH_INFO is a key of ``ready`` (Static puts a file there once it has served it: a
  *     file kept in memory, under its canonical path, not a precompressed sibling);
  *   - the method is GET or HEAD;
- *   - no If-None-Match, If-Modified-Since or Range (a 304, a 206 or a 416 is Static's), and
- *     no Accept-Encoding when the file has precompressed siblings (Static picks one);
+ *   - no If-Modified-Since or Range (a date to parse, a 206 or a 416 is Static's) unless an
+ *     If-None-Match matches, and no Accept-Encoding when the file has precompressed siblings
+ *     (Static picks one); an If-None-Match is compared here (ASCII: else Static's) and a
+ *     match is answered 304 Not Modified, as Static answers it;
  *   - the file's stat (inode, device, mtime in ns, size) is still the one Static read, checked
  *     on every request as Static does.
- * The answer is what Static answers then: the mount's request and byte counts, start_response
- * with a copy of the file's header list, and the content (nothing for HEAD).
+ * The answer is what Static answers then: the mount's request and byte (or 304) counts,
+ * start_response with a copy of the file's header list (without its Content-Length for a 304),
+ * and the content (nothing for HEAD or a 304).
  *
  * The stat is made with the GIL held: it is one system call on a path the kernel has cached,
  * and releasing the GIL around it costs more than it takes; the worker's loop waits for it
  * either way (os.stat is not cooperative under gevent).
  *
- * Ready(path, key, headers, data, label, vary) is one such answer: the file's path as bytes,
- * its stat key (inode, device, mtime_ns, size), the header list, the content, the mount's
- * label on /metrics and whether its response varies by Accept-Encoding.
+ * Ready(path, key, headers, data, label, vary, etag) is one such answer: the file's path as
+ * bytes, its stat key (inode, device, mtime_ns, size), the header list (Content-Length last),
+ * the content, the mount's label on /metrics, whether its response varies by Accept-Encoding,
+ * and its ETag.
  *
  * ABI is compared by greenserve.worker.static: a build older than its source is not used.
  */
@@ -39,13 +46,12 @@
 #define STATIC_ABI 1
 
 static PyTypeObject *ready_type;
-static PyObject *k_path_info, *k_method, *k_accept_encoding, *v_ok, *v_zero;
-/* Request headers that make the answer another one than the plain 200 (Static's). */
-static PyObject *k_conditional[3];
+static PyObject *k_path_info, *k_method, *k_accept_encoding, *k_if_none_match,
+    *k_if_modified_since, *k_range, *v_ok, *v_not_modified, *v_zero;
 
 /* -- Ready ------------------------------------------------------------------------------------ */
 
-#define READY_OBJECTS(X) X(path) X(headers) X(data) X(label)
+#define READY_OBJECTS(X) X(path) X(headers) X(data) X(label) X(etag)
 
 typedef struct {
     PyObject_HEAD
@@ -58,15 +64,29 @@ typedef struct {
 } Ready;
 
 static PyObject *ready_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"path", "key", "headers", "data", "label", "vary", NULL};
-    PyObject *path, *headers, *data, *label;
+    static char *names[] = {"path", "key", "headers", "data", "label", "vary", "etag", NULL};
+    PyObject *path, *headers, *data, *label, *etag;
     unsigned long long ino, dev;
     long long mtime_ns, size;
     int vary;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!(KKLL)O!O!O!p:Ready", names, &PyBytes_Type,
-                                     &path, &ino, &dev, &mtime_ns, &size, &PyList_Type, &headers,
-                                     &PyBytes_Type, &data, &PyUnicode_Type, &label, &vary))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!(KKLL)O!O!O!pO!:Ready", names,
+                                     &PyBytes_Type, &path, &ino, &dev, &mtime_ns, &size,
+                                     &PyList_Type, &headers, &PyBytes_Type, &data, &PyUnicode_Type,
+                                     &label, &vary, &PyUnicode_Type, &etag))
         return NULL;
+    /* a 304 has the 200's headers but its Content-Length, which comes last */
+    Py_ssize_t count = PyList_GET_SIZE(headers);
+    PyObject *last = count > 0 ? PyList_GET_ITEM(headers, count - 1) : NULL;
+    if (last == NULL || !PyTuple_Check(last) || PyTuple_GET_SIZE(last) != 2 ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(last, 0)) ||
+        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(last, 0), "Content-Length") != 0) {
+        PyErr_SetString(PyExc_ValueError, "Ready: the last header must be Content-Length");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(etag)) {
+        PyErr_SetString(PyExc_ValueError, "Ready: the ETag must be ASCII");
+        return NULL;
+    }
     if (strlen(PyBytes_AS_STRING(path)) != (size_t)PyBytes_GET_SIZE(path)) {
         PyErr_SetString(PyExc_ValueError, "Ready: the path has a NUL byte");
         return NULL;
@@ -137,7 +157,8 @@ static PyType_Spec ready_spec = {
 
 /* -- Front ------------------------------------------------------------------------------------ */
 
-#define FRONT_OBJECTS(X) X(ready) X(fallback) X(requests) X(bytes_sent)
+#define FRONT_OBJECTS(X)                                                                          \
+    X(ready) X(fallback) X(requests) X(bytes_sent) X(not_modified) X(prefixes) X(app)
 
 typedef struct {
     PyObject_HEAD
@@ -170,20 +191,77 @@ static int method_of(PyObject *environ) {
     return PyUnicode_CompareWithASCIIString(method, "HEAD") == 0 ? 2 : 0;
 }
 
-/* The file ``ready`` answers for ``environ`` (a new reference: a key's __eq__ run by a lookup
- * could empty the table), or NULL: declined (nothing raised), or -1 in *failed with an
- * exception set. Looks, counts nothing. */
-static Ready *answerable(Front *front, PyObject *environ, int *method, int *failed) {
-    PyObject *path = PyDict_GetItemWithError(environ, k_path_info);
-    Ready *ready = path != NULL && PyUnicode_CheckExact(path)
-                       ? (Ready *)Py_XNewRef(PyDict_GetItemWithError(front->ready, path))
-                       : NULL;
+/* Whether ``path`` is under one of the mounts, as Static.__call__ tests it (the prefix, then
+ * the path's end or a slash): 1, 0, or -1 raised. */
+static int mounted(Front *front, PyObject *path) {
+    Py_ssize_t size = PyUnicode_GET_LENGTH(path);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(front->prefixes); i++) {
+        PyObject *prefix = PyTuple_GET_ITEM(front->prefixes, i);
+        Py_ssize_t length = PyUnicode_GET_LENGTH(prefix);
+        if (length > size)
+            continue;
+        Py_ssize_t starts = PyUnicode_Tailmatch(path, prefix, 0, length, -1);
+        if (starts < 0)
+            return -1;
+        if (starts && (length == size || PyUnicode_READ_CHAR(path, length) == '/'))
+            return 1;
+    }
+    return 0;
+}
+
+static int space(Py_UCS1 c) { return Py_UNICODE_ISSPACE(c); }
+
+/* ``text[start:end]`` without the whitespace str.strip() takes off (ASCII text). */
+static void strip(const Py_UCS1 *text, Py_ssize_t *start, Py_ssize_t *end) {
+    while (*start < *end && space(text[*start]))
+        (*start)++;
+    while (*end > *start && space(text[*end - 1]))
+        (*end)--;
+}
+
+/* static.py's _not_modified for an If-None-Match ``value`` (RFC 9110 13.1.2, the weak
+ * comparison): 1 it matches ``etag``, 0 it does not, -1 not ASCII (declined). */
+static int none_match(PyObject *value, PyObject *etag) {
+    if (!PyUnicode_IS_ASCII(value))
+        return -1;
+    const Py_UCS1 *text = PyUnicode_1BYTE_DATA(value), *tag = PyUnicode_1BYTE_DATA(etag);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(value), tag_size = PyUnicode_GET_LENGTH(etag);
+    Py_ssize_t start = 0, end = size;
+    strip(text, &start, &end);
+    if (end - start == 1 && text[start] == '*')
+        return 1;
+    for (Py_ssize_t item = 0; item <= size;) {
+        const Py_UCS1 *comma = memchr(text + item, ',', (size_t)(size - item));
+        Py_ssize_t stop = comma != NULL ? comma - text : size;
+        start = item, end = stop;
+        strip(text, &start, &end);
+        if (end - start >= 2 && text[start] == 'W' && text[start + 1] == '/')
+            start += 2;
+        if (end - start == tag_size && memcmp(text + start, tag, (size_t)tag_size) == 0)
+            return 1;
+        item = stop + 1;
+    }
+    return 0;
+}
+
+/* The file ``ready`` answers for ``environ`` at ``path`` (a new reference: a key's __eq__ run
+ * by a lookup could empty the table), or NULL: declined (nothing raised), or -1 in *failed
+ * with an exception set. *fresh: the client's copy is current (a 304). Counts nothing. */
+static Ready *answerable(Front *front, PyObject *environ, PyObject *path, int *method,
+                         int *fresh, int *failed) {
+    Ready *ready = (Ready *)Py_XNewRef(PyDict_GetItemWithError(front->ready, path));
     if (ready == NULL || Py_TYPE(ready) != ready_type || (*method = method_of(environ)) == 0)
         goto declined;
-    for (size_t i = 0; i < sizeof(k_conditional) / sizeof(k_conditional[0]); i++) {
-        if (PyDict_Contains(environ, k_conditional[i]) != 0)
+    /* Static's order: If-None-Match wins over If-Modified-Since (which is Static's to parse),
+     * then a Range (Static's) */
+    PyObject *match = PyDict_GetItemWithError(environ, k_if_none_match);
+    if (match != NULL) {
+        if (!PyUnicode_CheckExact(match) || (*fresh = none_match(match, ready->etag)) < 0)
             goto declined;
-    }
+    } else if (PyErr_Occurred() || PyDict_Contains(environ, k_if_modified_since) != 0)
+        goto declined;
+    if (!*fresh && PyDict_Contains(environ, k_range) != 0)
+        goto declined;
     if (ready->vary && PyDict_Contains(environ, k_accept_encoding) != 0)
         goto declined;
     struct stat st;
@@ -198,24 +276,29 @@ declined:
     return NULL;
 }
 
-/* Static._serve's answer for ``ready``: the counts, start_response, the body. NULL raised. */
-static PyObject *answer(Front *front, Ready *ready, int method, PyObject *start_response) {
-    int head = method == 2;
-    if (add(front->requests, ready->label, 1) < 0 ||
-        add(front->bytes_sent, ready->label, head ? 0 : ready->size) < 0)
+/* Static._serve's answer for ``ready``: the counts, start_response, the body (none for HEAD
+ * and a 304). NULL raised. */
+static PyObject *answer(Front *front, Ready *ready, int method, int fresh,
+                        PyObject *start_response) {
+    int head = method == 2, counted = add(front->requests, ready->label, 1);
+    if (counted == 0)
+        counted = fresh ? add(front->not_modified, ready->label, 1)
+                        : add(front->bytes_sent, ready->label, head ? 0 : ready->size);
+    if (counted < 0)
         return NULL;
     /* a copy: the server, a hook or middleware may add to the list it is given */
-    PyObject *headers = PyList_GetSlice(ready->headers, 0, PY_SSIZE_T_MAX);
+    Py_ssize_t count = PyList_GET_SIZE(ready->headers);
+    PyObject *headers = PyList_GetSlice(ready->headers, 0, fresh ? count - 1 : count);
     if (headers == NULL)
         return NULL;
-    PyObject *call[] = {v_ok, headers};
+    PyObject *call[] = {fresh ? v_not_modified : v_ok, headers};
     PyObject *write = PyObject_Vectorcall(start_response, call, 2, NULL);
     Py_DECREF(headers);
     if (write == NULL)
         return NULL;
     Py_DECREF(write);
-    PyObject *body = PyList_New(head ? 0 : 1);
-    if (body != NULL && !head)
+    PyObject *body = PyList_New(head || fresh ? 0 : 1);
+    if (body != NULL && !head && !fresh)
         PyList_SET_ITEM(body, 0, Py_NewRef(ready->data));
     return body;
 }
@@ -227,27 +310,44 @@ static PyObject *front_call(PyObject *self, PyObject *const *args, size_t nargsf
         PyErr_SetString(PyExc_TypeError, "a WSGI app takes (environ, start_response)");
         return NULL;
     }
-    if (PyDict_CheckExact(args[0])) {
-        int method = 0, failed = 0;
-        Ready *ready = answerable(front, args[0], &method, &failed);
+    PyObject *path = PyDict_CheckExact(args[0]) ? PyDict_GetItemWithError(args[0], k_path_info)
+                                                : NULL;
+    if (path != NULL && PyUnicode_CheckExact(path)) {
+        Py_INCREF(path); /* borrowed from a dict the lookups below could change */
+        int under = mounted(front, path);
+        if (under <= 0) {
+            Py_DECREF(path);
+            return under < 0 ? NULL : PyObject_Vectorcall(front->app, args, 2, NULL);
+        }
+        int method = 0, fresh = 0, failed = 0;
+        Ready *ready = answerable(front, args[0], path, &method, &fresh, &failed);
+        Py_DECREF(path);
         if (failed)
             return NULL;
         if (ready != NULL) {
-            PyObject *body = answer(front, ready, method, args[1]);
+            PyObject *body = answer(front, ready, method, fresh, args[1]);
             Py_DECREF(ready);
             return body;
         }
-    }
+    } else if (PyErr_Occurred())
+        return NULL;
     return PyObject_Vectorcall(front->fallback, args, 2, NULL);
 }
 
 static PyObject *front_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"ready", "fallback", "requests", "bytes_sent", NULL};
-    PyObject *ready, *fallback, *requests, *bytes_sent;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!O!:Front", names, &PyDict_Type, &ready,
-                                     &fallback, &PyDict_Type, &requests, &PyDict_Type,
-                                     &bytes_sent))
+    static char *names[] = {"ready",        "fallback", "requests", "bytes_sent",
+                            "not_modified", "prefixes", "app",      NULL};
+    PyObject *ready, *fallback, *requests, *bytes_sent, *not_modified, *prefixes, *app;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!O!O!O!O:Front", names, &PyDict_Type,
+                                     &ready, &fallback, &PyDict_Type, &requests, &PyDict_Type,
+                                     &bytes_sent, &PyDict_Type, &not_modified, &PyTuple_Type,
+                                     &prefixes, &app))
         return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes); i++)
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(prefixes, i))) {
+            PyErr_SetString(PyExc_TypeError, "Front: the prefixes must be str");
+            return NULL;
+        }
     Front *front = (Front *)type->tp_alloc(type, 0);
     if (front == NULL)
         return NULL;
@@ -320,10 +420,11 @@ PyMODINIT_FUNC PyInit__static(void) {
     if ((k_path_info = PyUnicode_InternFromString("PATH_INFO")) == NULL ||
         (k_method = PyUnicode_InternFromString("REQUEST_METHOD")) == NULL ||
         (k_accept_encoding = PyUnicode_InternFromString("HTTP_ACCEPT_ENCODING")) == NULL ||
-        (k_conditional[0] = PyUnicode_InternFromString("HTTP_IF_NONE_MATCH")) == NULL ||
-        (k_conditional[1] = PyUnicode_InternFromString("HTTP_IF_MODIFIED_SINCE")) == NULL ||
-        (k_conditional[2] = PyUnicode_InternFromString("HTTP_RANGE")) == NULL ||
+        (k_if_none_match = PyUnicode_InternFromString("HTTP_IF_NONE_MATCH")) == NULL ||
+        (k_if_modified_since = PyUnicode_InternFromString("HTTP_IF_MODIFIED_SINCE")) == NULL ||
+        (k_range = PyUnicode_InternFromString("HTTP_RANGE")) == NULL ||
         (v_ok = PyUnicode_InternFromString("200 OK")) == NULL ||
+        (v_not_modified = PyUnicode_InternFromString("304 Not Modified")) == NULL ||
         (v_zero = PyLong_FromLong(0)) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&static_module);

@@ -32,12 +32,26 @@ PATHS = [
     "/static/small.bin", "/static//small.bin", "/static/small.bin/", "/static/app.css",
     "/static/docs/", "/static/docs", "/static/docs/index.html", "/static/big.bin",
     "/static/missing.txt", "/static/.env", "/static/../secret", "/static/images/logo.svg",
-    "/static/images/", "/other",
+    "/static/images/", "/other", "/staticx", "/static", "/", "/static/images", "/stat",
+    "/static/imagesx/a", "/small.bin", "/docs/", "/images/logo.svg",
 ]  # fmt: skip
+SINCE = "Mon, 01 Jan 2035 00:00:00 GMT"
+# {etag}: the ETag the requested file has now (a browser's revalidation)
 HEADERS = [
-    {}, {"HTTP_IF_NONE_MATCH": "*"}, {"HTTP_IF_MODIFIED_SINCE": "Mon, 01 Jan 2035 00:00:00 GMT"},
+    {}, {"HTTP_IF_NONE_MATCH": "*"}, {"HTTP_IF_MODIFIED_SINCE": SINCE},
     {"HTTP_RANGE": "bytes=0-9"}, {"HTTP_ACCEPT_ENCODING": "gzip, br"},
     {"HTTP_ACCEPT_ENCODING": "identity"}, {"HTTP_IF_RANGE": '"x"'},
+    {"HTTP_IF_NONE_MATCH": "{etag}"}, {"HTTP_IF_NONE_MATCH": "W/{etag}"},
+    {"HTTP_IF_NONE_MATCH": ' "other" ,{etag}\t'}, {"HTTP_IF_NONE_MATCH": '"other"'},
+    {"HTTP_IF_NONE_MATCH": "*, {etag}x"}, {"HTTP_IF_NONE_MATCH": " * "},
+    {"HTTP_IF_NONE_MATCH": "w/{etag}"}, {"HTTP_IF_NONE_MATCH": "{etag}\x1c"},
+    {"HTTP_IF_NONE_MATCH": "\xe9, {etag}"}, {"HTTP_IF_NONE_MATCH": ""},
+    {"HTTP_IF_NONE_MATCH": ",,"}, {"HTTP_IF_NONE_MATCH": "W/"},
+    {"HTTP_IF_NONE_MATCH": "Wx{etag}"},
+    {"HTTP_IF_NONE_MATCH": "{etag}", "HTTP_RANGE": "bytes=0-9"},
+    {"HTTP_IF_NONE_MATCH": '"other"', "HTTP_RANGE": "bytes=0-9"},
+    {"HTTP_IF_NONE_MATCH": '"other"', "HTTP_IF_MODIFIED_SINCE": SINCE},
+    {"HTTP_IF_NONE_MATCH": "{etag}", "HTTP_ACCEPT_ENCODING": "gzip"},
 ]  # fmt: skip
 
 
@@ -63,10 +77,9 @@ def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 class _Layer:
     """A Static layer and what its answers and counters were."""
 
-    def __init__(self, public: Path, front: bool) -> None:
-        settings = load(
-            ["--static", f"/static={public};index=index.html;max-age=60"], {}
-        )  # fmt: skip
+    def __init__(self, public: Path, front: bool, mounts: tuple[str, ...] = ()) -> None:
+        mounts = mounts or (f"/static={public};index=index.html;max-age=60",)
+        settings = load([arg for mount in mounts for arg in ("--static", mount)], {})
         self.stats = WorkerStats()
         self.static = Static(_app, settings.static, self.stats)
         self.fallbacks = 0
@@ -78,12 +91,17 @@ class _Layer:
                 return self.static(environ, start_response)
 
             stats = self.stats
+            prefixes = tuple(mount.prefix for mount in self.static.mounts)
             self.app = C.Front(
-                self.static.ready, counted, stats.static_requests, stats.static_bytes_sent
-            )
+                self.static.ready, counted, stats.static_requests, stats.static_bytes_sent,
+                stats.static_not_modified, prefixes, _app,
+            )  # fmt: skip
 
     def get(self, method: str, path: str, headers: dict[str, str]) -> tuple[Any, ...]:
         answered: list[Any] = []
+        headers = {
+            name: value.replace("{etag}", self.etag(path)) for name, value in headers.items()
+        }
 
         def start_response(status: str, header_list: list[tuple[str, str]]) -> None:
             answered.extend((status, list(header_list)))
@@ -101,6 +119,19 @@ class _Layer:
         if "multipart" in str(header_list):
             content = b"multipart"
         return status, header_list, content
+
+    def etag(self, path: str) -> str:
+        """The ETag of the file at ``path`` now, as Static makes it, or one of none."""
+        for mount in self.static.mounts:
+            prefix = mount.prefix
+            if path.startswith(prefix + "/"):
+                relative = path[len(prefix) :].lstrip("/")
+                try:
+                    st = os.stat(os.path.join(mount.root, relative))
+                except OSError:
+                    break
+                return f'"{st.st_mtime_ns // 1000:x}-{st.st_size:x}"'
+        return '"none"'
 
     def counters(self) -> dict[str, dict[str, int]]:
         names = ("static_requests", "static_bytes_sent", "static_not_modified", "static_refused")
@@ -126,11 +157,21 @@ def _change(public: Path, draw: random.Random) -> None:
         os.utime(public / "images" / "logo.svg", (stamp, stamp))
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_the_front_answers_as_the_layer_does(tmp_path, seed):
+MOUNTS = {
+    "one": ("/static={public};index=index.html;max-age=60",),
+    "nested": ("/static={public}", "/static/images={public}/images;max-age=5;dotfiles"),
+    "root": ("/={public};index=index.html;fallthrough",),
+}
+
+
+@pytest.mark.parametrize("mounts", MOUNTS)
+@pytest.mark.parametrize("seed", range(4))
+def test_the_front_answers_as_the_layer_does(tmp_path, seed, mounts):
     public = _site(tmp_path)
     draw = random.Random(seed)
-    with_front, alone = _Layer(public, front=True), _Layer(public, front=False)
+    spelled = tuple(mount.format(public=public) for mount in MOUNTS[mounts])
+    with_front = _Layer(public, front=True, mounts=spelled)
+    alone = _Layer(public, front=False, mounts=spelled)
     for _ in range(300):
         if draw.random() < 0.05:
             _change(public, draw)
@@ -159,8 +200,22 @@ def test_what_the_front_answers_itself(tmp_path):
     assert fallbacks_for("GET", "/static/small.bin") == 0
     assert fallbacks_for("HEAD", "/static/small.bin") == 0
     assert ask("HEAD", "/static/small.bin", {})[2] == b""
-    for headers in HEADERS[1:4]:  # a 304, a 206, and the If-Modified-Since case
+    for headers in HEADERS[2:4]:  # If-Modified-Since (a date to parse) and a Range
         assert fallbacks_for("GET", "/static/small.bin", headers) == 1
+    # a browser's revalidation: 304 from C, and a Range under a matching If-None-Match too
+    for match in ("*", "{etag}", 'W/"1-2", W/{etag}'):
+        headers = {"HTTP_IF_NONE_MATCH": match}
+        assert fallbacks_for("GET", "/static/small.bin", headers) == 0
+        status, header_list, body = ask("GET", "/static/small.bin", headers)
+        assert status == "304 Not Modified" and body == b""
+        assert "Content-Length" not in dict(header_list) and "ETag" in dict(header_list)
+    fresh = {"HTTP_IF_NONE_MATCH": "{etag}", "HTTP_RANGE": "bytes=0-1"}  # the 304 wins
+    assert fallbacks_for("GET", "/static/small.bin", fresh) == 0
+    stale = {"HTTP_IF_NONE_MATCH": '"1-2"', "HTTP_RANGE": "bytes=0-1"}
+    assert fallbacks_for("GET", "/static/small.bin", stale) == 1
+    assert fallbacks_for("GET", "/static/small.bin", {"HTTP_IF_NONE_MATCH": '"1-2"'}) == 0
+    assert fallbacks_for("GET", "/static/small.bin", {"HTTP_IF_NONE_MATCH": "\xe9"}) == 1
+    assert layer.counters()["static_not_modified"] == {"/static": 8}  # with If-Modified-Since
     assert fallbacks_for("GET", "/static/small.bin", {"HTTP_ACCEPT_ENCODING": "gzip"}) == 0
     assert fallbacks_for("POST", "/static/small.bin") == 1
     assert fallbacks_for("GET", "/static//small.bin") == 1  # not canonical: never kept
@@ -172,6 +227,9 @@ def test_what_the_front_answers_itself(tmp_path):
     assert fallbacks_for("GET", "/static/big.bin") == 1
     assert fallbacks_for("GET", "/static/docs/") == 1
     assert fallbacks_for("GET", "/static/docs/") == 0  # the index, under the directory's path
+    for outside in ("/other", "/staticx/small.bin", "/stat", "/"):  # not mounted: the app's
+        assert fallbacks_for("GET", outside) == 0
+        assert ask("GET", outside, {})[2] == f"app {outside}".encode()
     # changed on disk: the next request goes to the layer, which keeps the new content
     (public / "small.bin").write_bytes(b"new")
     assert fallbacks_for("GET", "/static/small.bin") == 1
@@ -180,17 +238,21 @@ def test_what_the_front_answers_itself(tmp_path):
     (public / "small.bin").unlink()
     assert ask("GET", "/static/small.bin", {})[0] == "404 Not Found"
     assert "/static/small.bin" not in layer.static.ready
-    assert layer.counters()["static_requests"] == {"/static": 20}  # all found, not the POST
+    assert layer.counters()["static_requests"] == {"/static": 29}  # all found, not the POST
 
 
-def test_ready_refuses_what_stat_could_not_take(tmp_path):
-    key = (1, 2, 3, 4)
+def test_ready_refuses_what_it_could_not_answer_with():
+    key, length = (1, 2, 3, 4), [("Content-Length", "4")]
     with pytest.raises(ValueError, match="NUL"):
-        C.Ready(b"/tmp/a\x00b", key, [], b"abcd", "/static", False)
+        C.Ready(b"/tmp/a\x00b", key, length, b"abcd", "/static", False, '"e"')
     with pytest.raises(ValueError, match="length"):
-        C.Ready(b"/tmp/a", key, [], b"abc", "/static", False)
+        C.Ready(b"/tmp/a", key, length, b"abc", "/static", False, '"e"')
+    with pytest.raises(ValueError, match="Content-Length"):
+        C.Ready(b"/tmp/a", key, [("ETag", '"e"')], b"abcd", "/static", False, '"e"')
+    with pytest.raises(ValueError, match="ASCII"):
+        C.Ready(b"/tmp/a", key, length, b"abcd", "/static", False, '"\xe9"')
     with pytest.raises(TypeError):
-        C.Ready("/tmp/a", key, [], b"abcd", "/static", False)
+        C.Ready("/tmp/a", key, length, b"abcd", "/static", False, '"e"')
 
 
 def test_other_environs_and_a_failing_start_response_are_the_layers_way(tmp_path):

@@ -3,6 +3,7 @@ greenserve, by granian's --static-path-mount, and by nginx (sendfile and its ope
 what a C server reaches, against which the Python servers' ratios can be read). Not run by CI.
 
     python -m tests.bench.static [--rounds 5] [--seconds 4] [--files 100] [--size 10240]
+                                 [--baseline DIR]
 
 Two workers each; wrk -t1 -c64 cycles over the files (a Lua script) on keep-alive connections;
 interleaved rounds; requests per server CPU-second (the servers' CPU from /proc, wrk's not), and
@@ -20,7 +21,16 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tests.bench.run import Contender, exec_nginx, free_port, greenserve_command, rotated, started
+from tests.bench.run import (
+    BASELINE,
+    Contender,
+    baseline_contenders,
+    exec_nginx,
+    free_port,
+    greenserve_command,
+    rotated,
+    started,
+)
 from tests.bench.run import wrk as run_wrk
 from tests.helpers import wait_until
 
@@ -28,8 +38,10 @@ HELLO = "greenserve.worker.apps:hello"
 
 
 def contenders(root: Path) -> list[Contender]:
+    ours = greenserve_command(HELLO, "--static", f"/static={root}")
     found = [
-        Contender("greenserve --static", greenserve_command(HELLO, "--static", f"/static={root}")),
+        Contender("greenserve --static", ours),
+        *baseline_contenders("greenserve --static", ours),
         Contender(
             "WhiteNoise in greenserve",
             greenserve_command("tests.bench.servers.whitenoise_app:app"),
@@ -78,7 +90,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--size", type=int, default=10_240, help="bytes per file")
+    parser.add_argument(
+        "--baseline", type=Path, help="another greenserve checkout to run alongside"
+    )
     args = parser.parse_args()
+    if args.baseline:
+        BASELINE.append(args.baseline.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # nginx's workers, started as root, read as nobody
         root = Path(tmp, "files")

@@ -12,10 +12,12 @@
  *   The request ``head`` on the HttpConnection ``conn``, as HttpConnection._respond runs it, when
  *   it is plain: its environ built by the C parser, no body, no Upgrade, keep-alive, no header
  *   list kept for trailers, not the connection's first request (its request-id cell exists), no
- *   TLS client certificate, no forwarded headers to apply, no --root-path, no --request-timeout.
- *   Anything else is declined (NotImplemented) before anything happens, and _respond runs it.
- *   Every rule that is not the plain case's is Python's and called from here, so it has one
- *   definition: the request id (HttpHandler.new_request_id), the response (the Response type),
+ *   TLS client certificate, no --root-path, no --request-timeout. Anything else is declined
+ *   (NotImplemented) before anything happens, and _respond runs it. Every rule that is not the
+ *   plain case's is Python's and called from here, so it has one definition: a trusted proxy's
+ *   forwarded headers (proxy.apply_forwarded: behind HAProxy's ``option forwardfor`` every
+ *   request has them, and declining them sent every proxied request the Python way), the
+ *   request id (HttpHandler.new_request_id), the response (the Response type),
  *   a failure (HttpConnection.app_raised), the body's close (close_body), an unfinished
  *   response (_unfinished). The accounting is counted here (count() below) only in
  *   ResponseAccounting.responded's common case, a finished response without --access-log;
@@ -42,7 +44,7 @@
  *   Python left per request: 46 of 69 lines (serve, next_head, feed, phase.enter).
  *
  * configure(response_type, empty_input, file_wrapper, connection_type, head_type, cell_type,
- * status_keys, parser_type, histogram_type, stats_type) and configure_serve(socket_type, end,
+ * status_keys, parser_type, histogram_type, stats_type, apply_forwarded) and configure_serve(socket_type, end,
  * take_turn, app_phase, parked_phase, recv_size, parser_globals, getcurrent, invalid_switch)
  * hand over http.py's objects once. tests/unit/test_cycle_c.py runs the same requests with and without both (read one by
  * one, two at a time and each in two reads) and compares what was sent, the metrics and the
@@ -52,13 +54,13 @@
 #include <Python.h>
 #include <time.h>
 
-#define CYCLE_ABI 2
+#define CYCLE_ABI 3
 
 #include <structmember.h>
 
 /* from configure() */
 static PyObject *response_type, *empty_input, *file_wrapper, *connection_type, *head_type,
-    *cell_type, *status_keys;
+    *cell_type, *status_keys, *apply_forwarded;
 
 /* Slot offsets: the connection's, the head's and the cell's fields this module touches. */
 #define CONN_SLOTS(X)                                                                             \
@@ -111,7 +113,7 @@ static void set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value) {
     X(watched) X(head_open) X(http_requests_in_flight) X(phase) X(deadline) X(out)              \
     X(max_inflight) X(recv_after_wait) X(feed) X(_send_held) X(at_boundary) X(base_environ)     \
     X(FAST_PARSE) X(callback) X(switch) X(start) X(stop) X(recv) X(rx) X(turn_started)          \
-    X(timeout) X(_read_event) X(hub) X(_sock)
+    X(timeout) X(_read_event) X(hub) X(_sock) X(forwarded_allow)
 #define DECLARE(name) static PyObject *s_##name;
 NAMES(DECLARE)
 #undef DECLARE
@@ -153,24 +155,13 @@ static int plain(PyObject *conn, PyObject *head) {
         if (truth != 0)
             return truth < 0 ? -1 : 0;
     }
-    int keep_alive = PyObject_IsTrue(SLOT(head, head_keep_alive));
-    if (keep_alive <= 0)
-        return keep_alive;
-    int trusted = PyObject_IsTrue(SLOT(conn, conn_trusted_peer));
-    if (trusted < 0)
-        return -1;
-    if (trusted) { /* a trusted proxy's forwarded headers are applied in Python */
-        int forwarded = PyObject_IsTrue(SLOT(head, head_forwarded));
-        if (forwarded != 0)
-            return forwarded < 0 ? -1 : 0;
-    }
-    return 1;
+    return PyObject_IsTrue(SLOT(head, head_keep_alive));
 }
 
 /* What an HttpHandler holds for its life, read once per call of respond() or serve() rather
  * than per request (a generic attribute lookup each, about 190 instructions). */
 typedef struct {
-    PyObject *app, *stats, *durations; /* new references, or NULL */
+    PyObject *app, *stats, *durations, *forwarded_allow; /* new references, or NULL */
     int open;       /* the handler's part of the plain case: no --root-path, --request-timeout */
     int access_log; /* --access-log: each response goes to responded */
 } Fixed;
@@ -179,6 +170,7 @@ static void fixed_clear(Fixed *fixed) {
     Py_CLEAR(fixed->app);
     Py_CLEAR(fixed->stats);
     Py_CLEAR(fixed->durations);
+    Py_CLEAR(fixed->forwarded_allow);
 }
 
 /* ``fixed`` read from ``handler``: 0, or -1 raised. Counters of other classes than those
@@ -188,7 +180,9 @@ static int fixed_read(PyObject *handler, Fixed *fixed) {
     fixed->app = PyObject_GetAttr(handler, s_app);
     fixed->stats = fixed->app != NULL ? PyObject_GetAttr(handler, s_stats) : NULL;
     fixed->durations = fixed->stats != NULL ? PyObject_GetAttr(handler, s_durations) : NULL;
-    int root_path = fixed->durations != NULL ? attr_true(handler, s_root_path) : -1;
+    fixed->forwarded_allow =
+        fixed->durations != NULL ? PyObject_GetAttr(handler, s_forwarded_allow) : NULL;
+    int root_path = fixed->forwarded_allow != NULL ? attr_true(handler, s_root_path) : -1;
     int timed = root_path >= 0 ? attr_true(handler, s_request_timeout) : -1;
     fixed->access_log = timed >= 0 ? attr_true(handler, s_access_log) : -1;
     if (fixed->access_log < 0) {
@@ -455,6 +449,18 @@ static PyObject *cycle(PyObject *conn, PyObject *head, const Fixed *fixed) {
         PyDict_SetItem(environ, k_request_id_header, request_id) < 0 ||
         PyDict_SetItem(environ, k_request_id, request_id) < 0)
         goto done;
+    int forwarded = PyObject_IsTrue(SLOT(conn, conn_trusted_peer));
+    if (forwarded > 0)
+        forwarded = PyObject_IsTrue(SLOT(head, head_forwarded));
+    if (forwarded < 0)
+        goto done;
+    if (forwarded) { /* a trusted proxy's forwarded headers: proxy.apply_forwarded, as _respond */
+        PyObject *call[] = {environ, fixed->forwarded_allow};
+        PyObject *applied = PyObject_Vectorcall(apply_forwarded, call, 2, NULL);
+        if (applied == NULL)
+            goto done;
+        Py_DECREF(applied);
+    }
     PyObject *served = PyNumber_Add(SLOT(conn, conn_served), v_one);
     if (served == NULL)
         goto done;
@@ -875,15 +881,16 @@ static int slot_offset(PyObject *type, PyObject *name, Py_ssize_t *offset) {
     return found != NULL ? 0 : -1;
 }
 
-#define CONFIGURED 10
+#define CONFIGURED 11
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     int types = nargs == CONFIGURED && PyDict_Check(args[6]);
     for (Py_ssize_t i = 0; types && i < CONFIGURED; i++)
-        types = i == 1 || i == 6 || PyType_Check(args[i]);
+        types = i == 1 || i == 6 || (i == 10 ? PyCallable_Check(args[i]) : PyType_Check(args[i]));
     if (!types) {
         PyErr_SetString(PyExc_TypeError, "configure(response_type, empty_input, file_wrapper, "
                                          "connection_type, head_type, cell_type, status_keys, "
-                                         "parser_type, histogram_type, stats_type)");
+                                         "parser_type, histogram_type, stats_type, "
+                                         "apply_forwarded)");
         return NULL;
     }
     PyObject *const response = args[0], *parser = args[7], *histogram = args[8], *stats = args[9];
@@ -906,7 +913,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *const *args, P
 #undef TAKE
     PyObject **const fields[] = {&response_type, &empty_input, &file_wrapper, &connection_type,
                                  &head_type,     &cell_type,   &status_keys,  &parser_type,
-                                 &histogram_type, &stats_type};
+                                 &histogram_type, &stats_type, &apply_forwarded};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
         Py_XSETREF(*fields[i], Py_NewRef(args[i]));
     Py_RETURN_NONE;
@@ -948,7 +955,8 @@ static PyMethodDef methods[] = {
      "respond(conn, head): a plain request's _respond in C; NotImplemented declines it."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(response_type, empty_input, file_wrapper, connection_type, head_type, "
-     "cell_type, status_keys, parser_type, histogram_type, stats_type), once, from http.py."},
+     "cell_type, status_keys, parser_type, histogram_type, stats_type, apply_forwarded), once, "
+     "from http.py."},
     {"serve", (PyCFunction)(void (*)(void))serve, METH_FASTCALL,
      "serve(conn, keepalive): HttpConnection.serve's loop while each request is plain; "
      "True: serve goes on in Python, False: the connection ends."},

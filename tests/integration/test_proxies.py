@@ -107,6 +107,30 @@ class TestForwardedHeaders:
             assert shown["HTTP_X_FORWARDED_FOR"] == "6.6.6.6, 198.51.100.7"  # left for the app
             assert shown["HTTP_X_REQUEST_ID"] != "from-proxy"  # ids only from trusted peers
 
+    def test_on_a_kept_alive_connection_each_request_as_forwarded(self):
+        """HAProxy's forwardfor with backend keep-alive: every request on one connection
+        carries its client's headers, and each is applied (after the first, the requests run
+        in the C cycle and loop when they are built)."""
+        with serving_http("greenserve_testapps:environ_echo_remote") as server:
+            server.started()
+            host, port = server.address
+            connection = http.client.HTTPConnection(host, port, timeout=10)
+            for index in range(1, 6):
+                proto = ("http", "https")[index % 2]
+                connection.request("GET", f"/r{index}", headers={
+                    "X-Forwarded-For": f"198.51.100.{index}",
+                    "X-Forwarded-Proto": proto,
+                    "X-Forwarded-Host": f"shop{index}.example",
+                })  # fmt: skip
+                shown = json.loads(connection.getresponse().read())
+                assert shown["REMOTE_ADDR"] == f"198.51.100.{index}"
+                assert shown["wsgi.url_scheme"] == proto
+                assert shown["HTTP_HOST"] == f"shop{index}.example"
+            connection.request("GET", "/plain")  # none forwarded: the peer itself
+            shown = json.loads(connection.getresponse().read())
+            assert shown["REMOTE_ADDR"] == "127.0.0.1" and shown["HTTP_HOST"] == f"{host}:{port}"
+            connection.close()
+
 
 class TestDrainDelay:
     """TERM with --drain-delay: /healthz 503 at once, serving goes on, then a graceful stop."""

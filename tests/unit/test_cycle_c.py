@@ -44,6 +44,10 @@ REQUESTS = {
     "close": b"GET /p HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     "named": b"GET /p HTTP/1.1\r\nHost: h\r\nX-Request-ID: client-7\r\n\r\n",
     "forwarded": b"GET /p HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.18.0.9\r\n\r\n",
+    "proto": b"GET /p HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.18.0.7, 127.0.0.1\r\n"
+    b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: example.org\r\n\r\n",
+    "rfc7239": b"GET /p HTTP/1.1\r\nHost: h\r\n"
+    b'Forwarded: for="[2001:db8::1]:4711";proto=https;host=example.com\r\n\r\n',
 }
 # what differs run to run: the handler's random request-id prefix, the Date, durations
 _ID = re.compile(rb"[0-9a-f]{12}-[0-9a-f]+")
@@ -78,7 +82,12 @@ def make_app(status: str, headers: list, body: str, chunks: list[bytes], fail: s
         environ["wsgi.input"].read()
         if fail == "before":
             raise ValueError("app failed")
-        start_response(status, list(headers))
+        # what a trusted proxy's forwarded headers change, in the bytes compared
+        seen = " ".join(
+            str(environ.get(key))
+            for key in ("REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme", "HTTP_HOST")
+        )
+        start_response(status, [*headers, ("X-Seen", seen)])
         if body == "list":
             return list(chunks)
         if body == "tuple":
@@ -127,7 +136,13 @@ def answered_in_c(app: Any, taken: list[int]) -> Any:
     return counted
 
 
-def run(app: Any, requests: list[bytes], cycle: bool, **changes: Any) -> tuple[Any, ...]:
+def run(
+    app: Any,
+    requests: list[bytes],
+    cycle: bool,
+    peer: tuple[str, int] = ("127.0.0.1", 40000),
+    **changes: Any,
+) -> tuple[Any, ...]:
     """One connection's requests: what was sent, the metrics and the log events, with what
     differs run to run taken out; and how many requests C answered itself, and of those how
     many in serve's loop."""
@@ -135,7 +150,7 @@ def run(app: Any, requests: list[bytes], cycle: bool, **changes: Any) -> tuple[A
     with switched(cycle), capture_logs() as events:
         handler = in_process_handler(answered_in_c(app, taken), ("--max-body", "1m"), **changes)
         sock = ScriptedSocket(list(requests))
-        handler.handle(sock, ("127.0.0.1", 40000))
+        handler.handle(sock, peer)
     stats = handler.stats
     durations = handler.durations
     metrics = (
@@ -198,18 +213,42 @@ def test_plain_keep_alive_requests_are_the_cycles(body):
 
 
 DECLINED = [("body", {}), ("close", {}), ("http10", {}), ("get", {"root_path": "/app"}),
-            ("get", {"request_timeout": 30.0}), ("forwarded", {})]  # fmt: skip
+            ("get", {"request_timeout": 30.0})]  # fmt: skip
 
 
 @pytest.mark.parametrize(("kind", "changes"), DECLINED)
 def test_what_the_cycle_declines_goes_to_respond(kind, changes):
-    """A body, a closing or HTTP/1.0 connection, --root-path, --request-timeout and a trusted
-    proxy's forwarded headers are _respond's: neither the C cycle nor the loop answers them."""
+    """A body, a closing or HTTP/1.0 connection, --root-path and --request-timeout are
+    _respond's: neither the C cycle nor the loop answers them."""
     app = make_app("200 OK", [], "list", [b"ok"], "")
     requests = [GET, REQUESTS[kind]]
     in_c = run(app, requests, True, **changes)
     assert in_c[3] == 0
     assert in_c[:3] == run(app, requests, False, **changes)[:3]
+
+
+@pytest.mark.parametrize("kind", ["forwarded", "proto", "rfc7239"])
+@pytest.mark.parametrize("peer", ["127.0.0.1", "198.18.0.5"])
+def test_forwarded_headers_are_applied_in_the_cycle_as_in_respond(kind, peer):
+    """A trusted proxy's X-Forwarded-* and Forwarded headers (127.0.0.1 is trusted by default)
+    are applied by the C cycle and loop through proxy.apply_forwarded, as _respond applies them;
+    from a peer that is not trusted they are ignored, both ways. HAProxy's forwardfor adds them
+    to every request, so they are the common case behind a proxy."""
+    app = make_app("200 OK", [], "list", [b"ok"], "")
+    requests = [GET, REQUESTS[kind], REQUESTS[kind]]
+    in_c = run(app, requests, True, peer=(peer, 40000))
+    assert in_c[3] == in_c[4] == 2
+    assert in_c[:3] == run(app, requests, False, peer=(peer, 40000))[:3]
+    seen = re.findall(rb"X-Seen: ([^\r]*)", in_c[0])
+    if peer == "127.0.0.1":
+        expected = {
+            "forwarded": b"198.18.0.9  http h",  # REMOTE_PORT is "" for a forwarded client
+            "proto": b"198.18.0.7  https example.org",
+            "rfc7239": b"2001:db8::1  https example.com",
+        }[kind]
+        assert seen[1] == seen[2] == expected
+    else:
+        assert seen[1] == seen[0] == b"198.18.0.5 40000 http h"
 
 
 def test_a_failure_in_the_cycle_is_answered_counted_and_logged_as_in_respond():

@@ -74,7 +74,7 @@ H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
 
 # A plain request's _respond in C (_cycle.c), which declines anything else, and serve's loop
 # while requests are plain: the switches the tests turn off (None) to run them in Python.
-CYCLE_ABI = 2
+CYCLE_ABI = 3
 CYCLE_C: Any = extensions.load("_cycle", CYCLE_ABI)
 RESPOND_PLAIN: Any = CYCLE_C.respond if CYCLE_C is not None else None
 SERVE_PLAIN: Any = CYCLE_C.serve if CYCLE_C is not None else None
@@ -581,7 +581,7 @@ class HttpConnection(OwnAnswers):
 if CYCLE_C is not None:
     CYCLE_C.configure(
         Response, EMPTY_INPUT, FileWrapper, HttpConnection, Head, RequestIdCell, STATUS_KEYS,
-        RequestParser, Histogram, WorkerStats,
+        RequestParser, Histogram, WorkerStats, apply_forwarded,
     )  # fmt: skip
     CYCLE_C.configure_serve(
         CountingSocket, END, take_turn, APP, PARKED, RECV_SIZE, vars(http_parser), getcurrent,

@@ -22,6 +22,13 @@ V2_MAX = 16 + 65535
 # Peers whose answer is remembered: a worker behind a proxy sees a few addresses again and again;
 # a client per address (no proxy) fills it and it starts again.
 _ANSWERS_MAX = 4096
+# Forwarded headers whose changes are remembered (Trusted.applied): behind a proxy the same few
+# values come with request after request (one client's keep-alive requests carry the same
+# X-Forwarded-For). Longer values are worked out each time, so the memory stays bounded
+# (4096 x 256 characters) whatever clients put in the headers a proxy passes on.
+_APPLIED_MAX = 4096
+_APPLIED_LONGEST = 256
+_NOTHING_FORWARDED = (None, None, None, None)
 
 
 class ProxyError(Exception):
@@ -41,6 +48,8 @@ class Trusted:
         # Asked once per connection: parsing the address with ipaddress was 2 us of a 40 us
         # connection that is shed at once (py-spy, 2026-12-06).
         self._answers: dict[str, bool] = {}
+        # (Forwarded, X-Forwarded-For, -Proto, -Host) -> the environ's changes (apply_forwarded)
+        self.applied: dict[tuple[Any, ...], tuple[tuple[str, str], ...]] = {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Trusted) and (self.networks, self.everyone) == (
@@ -94,40 +103,56 @@ def parse_trusted(text: str) -> Trusted:
 def apply_forwarded(environ: dict[str, Any], trusted: Trusted) -> None:
     """Rewrite REMOTE_ADDR, wsgi.url_scheme and HTTP_HOST from a trusted proxy's headers.
 
-    RFC 7239 ``Forwarded`` wins over the ``X-Forwarded-*`` family when both are present.
+    RFC 7239 ``Forwarded`` wins over the ``X-Forwarded-*`` family when both are present. The
+    changes depend only on the four headers (and ``trusted``), so they are remembered per set
+    of values: worked out, they took about 3 us a request (timeit, 3.11).
     """
-    if (
-        "HTTP_X_FORWARDED_FOR" not in environ
-        and "HTTP_FORWARDED" not in environ
-        and "HTTP_X_FORWARDED_PROTO" not in environ
-        and "HTTP_X_FORWARDED_HOST" not in environ
-    ):
+    get = environ.get
+    headers = (
+        get("HTTP_FORWARDED"),
+        get("HTTP_X_FORWARDED_FOR"),
+        get("HTTP_X_FORWARDED_PROTO"),
+        get("HTTP_X_FORWARDED_HOST"),
+    )
+    if headers == _NOTHING_FORWARDED:
         return  # the common case, also from a trusted peer: nothing was forwarded
-    forwarded = environ.get("HTTP_FORWARDED")
+    changes = trusted.applied.get(headers)
+    if changes is None:
+        changes = forwarded_changes(*headers, trusted)
+        if sum(len(value) for value in headers if isinstance(value, str)) <= _APPLIED_LONGEST:
+            if len(trusted.applied) >= _APPLIED_MAX:
+                trusted.applied.clear()
+            trusted.applied[headers] = changes
+    environ.update(changes)
+
+
+def forwarded_changes(
+    forwarded: str | None, chain: str | None, proto: str | None, host: str | None, trusted: Trusted
+) -> tuple[tuple[str, str], ...]:
+    """The environ keys a trusted proxy's headers set, and their values."""
+    changes: list[tuple[str, str]] = []
     if forwarded:
         elements = _forwarded_elements(forwarded)
         client = _rightmost_untrusted([e.get("for", "") for e in elements], trusted)
         if client is not None:
-            environ["REMOTE_ADDR"] = client
-            environ["REMOTE_PORT"] = ""
+            changes += (("REMOTE_ADDR", client), ("REMOTE_PORT", ""))
         last = elements[-1] if elements else {}
         if last.get("proto") in ("http", "https"):
-            environ["wsgi.url_scheme"] = last["proto"]
+            changes.append(("wsgi.url_scheme", last["proto"]))
         if last.get("host"):
-            environ["HTTP_HOST"] = last["host"]
-        return
-    chain = environ.get("HTTP_X_FORWARDED_FOR")
+            changes.append(("HTTP_HOST", last["host"]))
+        return tuple(changes)
     if chain:
         client = _rightmost_untrusted([hop.strip() for hop in chain.split(",")], trusted)
         if client is not None:
-            environ["REMOTE_ADDR"] = client
-            environ["REMOTE_PORT"] = ""
-    proto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[-1].strip().lower()
-    if proto in ("http", "https"):
-        environ["wsgi.url_scheme"] = proto
-    host = environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[-1].strip()
-    if host:
-        environ["HTTP_HOST"] = host
+            changes += (("REMOTE_ADDR", client), ("REMOTE_PORT", ""))
+    scheme = (proto or "").split(",")[-1].strip().lower()
+    if scheme in ("http", "https"):
+        changes.append(("wsgi.url_scheme", scheme))
+    named = (host or "").split(",")[-1].strip()
+    if named:
+        changes.append(("HTTP_HOST", named))
+    return tuple(changes)
 
 
 def _rightmost_untrusted(hops: list[str], trusted: Trusted) -> str | None:

@@ -78,6 +78,36 @@ class TestForwarded:
         apply_forwarded(environ, self.trusted)
         assert environ["REMOTE_ADDR"] == "198.51.100.7"
 
+    def test_changes_are_remembered_per_set_of_values_and_bounded(self):
+        """The second request with the same headers gets what the first got (from what was
+        remembered), a header with another value its own answer, a long one is not kept, and
+        the memory of answers starts again past its bound."""
+        import itertools
+
+        from greenserve import proxy
+
+        trusted = parse_trusted("127.0.0.1,10.0.0.0/8")
+        values = {
+            "forwarded": [None, "", "for=198.51.100.7;proto=https;host=a.example", "for=10.0.0.9"],
+            "x_forwarded_for": [None, "6.6.6.6, 198.51.100.7", "10.0.0.2", "[2001:db8::1]:80"],
+            "x_forwarded_proto": [None, "https", "HTTP, ftp", "https, http"],
+            "x_forwarded_host": [None, "", "shop.example", "a, b.example "],
+        }
+        for combination in itertools.product(*values.values()):
+            headers = {k: v for k, v in zip(values, combination, strict=True) if v is not None}
+            fresh, first, second = (self.environ(**headers) for _ in range(3))
+            apply_forwarded(fresh, parse_trusted("127.0.0.1,10.0.0.0/8"))  # nothing remembered
+            apply_forwarded(first, trusted)  # with every combination before it remembered
+            apply_forwarded(second, trusted)
+            assert fresh == first == second, headers
+        long = self.environ(x_forwarded_for="198.51.100.7, " + "10.0.0.1, " * 40)
+        apply_forwarded(long, trusted)
+        assert long["REMOTE_ADDR"] == "198.51.100.7"
+        assert all(len(str(key)) < 300 for key in trusted.applied)  # not kept
+        for i in range(proxy._APPLIED_MAX + 10):
+            apply_forwarded(self.environ(x_forwarded_for=f"198.51.{i >> 8}.{i & 255}"), trusted)
+            assert len(trusted.applied) <= proxy._APPLIED_MAX
+
 
 class TestProxyProtocol:
     """v1 and v2, every address family, TLVs skipped, LOCAL, malformed headers."""

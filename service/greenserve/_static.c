@@ -17,11 +17,12 @@
  *     file kept in memory, under its canonical path, not a precompressed sibling);
  *   - the method is GET or HEAD;
  *   - no If-Modified-Since or Range (a date to parse, a 206 or a 416 is Static's) unless an
- *     If-None-Match matches, and no Accept-Encoding when the file has precompressed siblings
- *     (Static picks one); an If-None-Match is compared here (ASCII: else Static's) and a
+ *     If-None-Match matches; an If-None-Match is compared here (ASCII: else Static's) and a
  *     match is answered 304 Not Modified, as Static answers it;
- *   - the file's stat (inode, device, mtime in ns, size) is still the one Static read, checked
- *     on every request as Static does.
+ *   - for a file with precompressed siblings, an Accept-Encoding value Static has answered
+ *     before (the Ready's ``by_accept``: the sibling it sent, or the file), or none;
+ *   - the file's stat (inode, device, mtime in ns, size) is still the one Static read, and the
+ *     sibling's when one is sent, checked on every request as Static does.
  * The answer is what Static answers then: the mount's request and byte (or 304) counts,
  * start_response with a copy of the file's header list (without its Content-Length for a 304),
  * and the content (nothing for HEAD or a 304).
@@ -51,7 +52,7 @@ static PyObject *k_path_info, *k_method, *k_accept_encoding, *k_if_none_match,
 
 /* -- Ready ------------------------------------------------------------------------------------ */
 
-#define READY_OBJECTS(X) X(path) X(headers) X(data) X(label) X(etag)
+#define READY_OBJECTS(X) X(path) X(headers) X(data) X(label) X(etag) X(by_accept)
 
 typedef struct {
     PyObject_HEAD
@@ -95,12 +96,16 @@ static PyObject *ready_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "Ready: the content's length is not the stat's size");
         return NULL;
     }
-    Ready *ready = (Ready *)type->tp_alloc(type, 0);
-    if (ready == NULL)
+    PyObject *by_accept = PyDict_New();
+    Ready *ready = by_accept != NULL ? (Ready *)type->tp_alloc(type, 0) : NULL;
+    if (ready == NULL) {
+        Py_XDECREF(by_accept);
         return NULL;
+    }
 #define SET(name) ready->name = Py_NewRef(name);
     READY_OBJECTS(SET)
 #undef SET
+    Py_DECREF(by_accept); /* the struct holds it now */
     ready->ino = ino;
     ready->dev = dev;
     ready->mtime_ns = mtime_ns;
@@ -135,6 +140,8 @@ static void ready_dealloc(Ready *self) {
 static PyMemberDef ready_members[] = {
     {"data", T_OBJECT, offsetof(Ready, data), READONLY, "The file's content."},
     {"label", T_OBJECT, offsetof(Ready, label), READONLY, "The mount's label on /metrics."},
+    {"by_accept", T_OBJECT, offsetof(Ready, by_accept), READONLY,
+     "For a file with precompressed siblings: Accept-Encoding value -> the Ready sent for it."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -189,6 +196,16 @@ static int method_of(PyObject *environ) {
     if (PyUnicode_CompareWithASCIIString(method, "GET") == 0)
         return 1;
     return PyUnicode_CompareWithASCIIString(method, "HEAD") == 0 ? 2 : 0;
+}
+
+/* Whether the file ``ready`` was made from is still the one at its path (stat's inode, device,
+ * size and mtime): 1 or 0. */
+static int unchanged(Ready *ready) {
+    struct stat st;
+    return stat(PyBytes_AS_STRING(ready->path), &st) == 0 &&
+           (unsigned long long)st.st_ino == ready->ino &&
+           (unsigned long long)st.st_dev == ready->dev && (long long)st.st_size == ready->size &&
+           (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec == ready->mtime_ns;
 }
 
 /* Whether ``path`` is under one of the mounts, as Static.__call__ tests it (the prefix, then
@@ -249,29 +266,42 @@ static int none_match(PyObject *value, PyObject *etag) {
  * with an exception set. *fresh: the client's copy is current (a 304). Counts nothing. */
 static Ready *answerable(Front *front, PyObject *environ, PyObject *path, int *method,
                          int *fresh, int *failed) {
-    Ready *ready = (Ready *)Py_XNewRef(PyDict_GetItemWithError(front->ready, path));
+    Ready *ready = (Ready *)Py_XNewRef(PyDict_GetItemWithError(front->ready, path)), *sent = NULL;
     if (ready == NULL || Py_TYPE(ready) != ready_type || (*method = method_of(environ)) == 0)
         goto declined;
+    /* A file with precompressed siblings: the representation Static chose for this
+     * Accept-Encoding value (the file itself when none is asked for) */
+    Ready *chosen = ready;
+    if (ready->vary) {
+        PyObject *accept = PyDict_GetItemWithError(environ, k_accept_encoding);
+        if (accept == NULL && PyErr_Occurred())
+            goto declined;
+        if (accept != NULL)
+            chosen = PyUnicode_CheckExact(accept)
+                         ? (Ready *)PyDict_GetItemWithError(ready->by_accept, accept)
+                         : NULL;
+        if (chosen == NULL || Py_TYPE(chosen) != ready_type)
+            goto declined;
+    }
+    sent = (Ready *)Py_NewRef(chosen); /* held, as ready is: the table may change meanwhile */
     /* Static's order: If-None-Match wins over If-Modified-Since (which is Static's to parse),
      * then a Range (Static's) */
     PyObject *match = PyDict_GetItemWithError(environ, k_if_none_match);
     if (match != NULL) {
-        if (!PyUnicode_CheckExact(match) || (*fresh = none_match(match, ready->etag)) < 0)
+        if (!PyUnicode_CheckExact(match) || (*fresh = none_match(match, sent->etag)) < 0)
             goto declined;
     } else if (PyErr_Occurred() || PyDict_Contains(environ, k_if_modified_since) != 0)
         goto declined;
     if (!*fresh && PyDict_Contains(environ, k_range) != 0)
         goto declined;
-    if (ready->vary && PyDict_Contains(environ, k_accept_encoding) != 0)
+    /* gone or changed (the file, or the sibling sent): Static looks again */
+    if (!unchanged(ready) || (sent != ready && !unchanged(sent)))
         goto declined;
-    struct stat st;
-    if (stat(PyBytes_AS_STRING(ready->path), &st) != 0 || (unsigned long long)st.st_ino != ready->ino ||
-        (unsigned long long)st.st_dev != ready->dev || (long long)st.st_size != ready->size ||
-        (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != ready->mtime_ns)
-        goto declined; /* gone or changed: Static looks again */
-    return ready;
+    Py_DECREF(ready);
+    return sent;
 declined:
     Py_XDECREF(ready);
+    Py_XDECREF(sent);
     *failed = PyErr_Occurred() ? -1 : 0;
     return NULL;
 }

@@ -52,7 +52,12 @@ HEADERS = [
     {"HTTP_IF_NONE_MATCH": '"other"', "HTTP_RANGE": "bytes=0-9"},
     {"HTTP_IF_NONE_MATCH": '"other"', "HTTP_IF_MODIFIED_SINCE": SINCE},
     {"HTTP_IF_NONE_MATCH": "{etag}", "HTTP_ACCEPT_ENCODING": "gzip"},
+    {"HTTP_ACCEPT_ENCODING": "gzip"}, {"HTTP_ACCEPT_ENCODING": "br;q=0, gzip;q=0.5"},
+    {"HTTP_ACCEPT_ENCODING": "*"}, {"HTTP_ACCEPT_ENCODING": ""},
 ]  # fmt: skip
+
+
+ORIGINAL: dict[Path, tuple[bytes, int]] = {}
 
 
 def _site(root: Path) -> Path:
@@ -63,6 +68,9 @@ def _site(root: Path) -> Path:
     (public / "big.bin").write_bytes(os.urandom(SMALL_FILE + 1))
     (public / "app.css").write_text("body { color: red }\n" * 20)
     (public / "app.css.gz").write_bytes(b"gz sibling")
+    (public / "app.css.br").write_bytes(b"br sibling")
+    for name in ("app.css.gz", "app.css.br"):  # what _change puts back
+        ORIGINAL[public / name] = ((public / name).read_bytes(), (public / name).stat().st_mtime_ns)
     (public / "docs" / "index.html").write_text("<h1>docs</h1>\n")
     (public / "images" / "logo.svg").write_text("<svg/>\n")
     (public / ".env").write_text("SECRET=1\n")
@@ -141,7 +149,19 @@ class _Layer:
 def _change(public: Path, draw: random.Random) -> None:
     """One file changed on disk between requests."""
     small = public / "small.bin"
-    choice = draw.randrange(5)
+    choice = draw.randrange(7)
+    sibling = public / draw.choice(("app.css.gz", "app.css.br"))
+    if choice == 5:  # a sibling rewritten: newer than its file, or made stale (older)
+        sibling.write_bytes(os.urandom(draw.choice((10, 20))))
+        if draw.random() < 0.5:
+            past = (public / "app.css").stat().st_mtime_ns - 10**9
+            os.utime(sibling, ns=(past, past))
+        return
+    if choice == 6:  # the sibling exactly as it was made (the layer's cached key matches again)
+        content, stamp = ORIGINAL[sibling]
+        sibling.write_bytes(content)
+        os.utime(sibling, ns=(stamp, stamp))
+        return
     if choice == 4 and small.exists():  # as tar or rsync -t replace it: the old mtime kept
         stamp = small.stat().st_mtime_ns
         small.write_bytes(os.urandom(draw.choice((100, 5_000))))
@@ -239,6 +259,38 @@ def test_what_the_front_answers_itself(tmp_path):
     assert ask("GET", "/static/small.bin", {})[0] == "404 Not Found"
     assert "/static/small.bin" not in layer.static.ready
     assert layer.counters()["static_requests"] == {"/static": 29}  # all found, not the POST
+
+
+def test_a_file_with_siblings_from_c_per_accept_encoding(tmp_path):
+    """Each Accept-Encoding value goes through the layer once, then the front sends what the
+    layer sent for it; a sibling gone stale sends that value back to the layer for good."""
+    public = _site(tmp_path)
+    layer = _Layer(public, front=True)
+
+    def fallbacks_for(headers: dict[str, str]) -> tuple[int, Any]:
+        before = layer.fallbacks
+        answer = layer.get("GET", "/static/app.css", headers)
+        return layer.fallbacks - before, answer
+
+    fallbacks_for({})
+    for accept, sent in (("gzip, br", b"br sibling"), ("gzip", b"gz sibling"), ("identity", None)):
+        headers = {"HTTP_ACCEPT_ENCODING": accept}
+        first, answer = fallbacks_for(headers)
+        second, again = fallbacks_for(headers)
+        assert (first, second) == (1, 0) and again == answer, accept
+        assert answer[2] == (sent or (public / "app.css").read_bytes())
+        coding = dict(answer[1]).get("Content-Encoding")
+        assert coding == {b"br sibling": "br", b"gz sibling": "gzip", None: None}[sent]
+    stale = (public / "app.css").stat().st_mtime_ns - 10**9
+    (public / "app.css.br").write_bytes(b"new br")
+    os.utime(public / "app.css.br", ns=(stale, stale))
+    for _ in range(2):  # the layer skips the stale sibling, sends gzip, and keeps nothing
+        taken, answer = fallbacks_for({"HTTP_ACCEPT_ENCODING": "gzip, br"})
+        assert taken == 1 and answer[2] == b"gz sibling"
+    content, stamp = ORIGINAL[public / "app.css.br"]  # as it was: the layer sends it again
+    (public / "app.css.br").write_bytes(content)
+    os.utime(public / "app.css.br", ns=(stamp, stamp))
+    assert fallbacks_for({"HTTP_ACCEPT_ENCODING": "gzip, br"})[1][2] == b"br sibling"
 
 
 def test_ready_refuses_what_it_could_not_answer_with():

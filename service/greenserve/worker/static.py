@@ -19,10 +19,11 @@ that is two system calls where open, fstat, a header write, sendfile and close w
 
 Once such a file has been served, its plain 200 is kept in ``ready`` under its canonical path,
 and the C front (``greenserve._static``, see ``front``) answers a GET or HEAD of it itself
-(a 200, or a 304 for a matching If-None-Match) when there is no If-Modified-Since, Range or
-(for a file with precompressed siblings) Accept-Encoding header, after the same stat: one C
-call where this layer's Python took about half of the request's CPU. It also sends a request
-under no mount straight to the app. Everything else comes here.
+(a 200, or a 304 for a matching If-None-Match) when there is no If-Modified-Since or Range
+header, after the same stat: one C call where this layer's Python took about half of the
+request's CPU. For a file with precompressed siblings, what was sent for each Accept-Encoding
+value is kept too (``_keep_encoded``). It also sends a request under no mount straight to the
+app. Everything else comes here.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ App = Callable[[dict[str, Any], Any], Iterable[bytes]]
 YEAR = 365 * 24 * 3600
 MAX_RANGES = 16  # more in one request is served whole (a multipart of thousands is an attack)
 MAX_ENTRIES = 10_000  # per mount; past it the cache starts again (a crawl of a huge tree)
+# Accept-Encoding values kept per file for the C front: browsers send a handful; longer values
+# or more of them are answered here
+MAX_ACCEPT = 128
+MAX_ACCEPTS = 16
 SMALL_FILE = SMALL_BODY  # sent with the headers in one write (http_response): kept in memory
 MEMORY = 32 << 20  # bytes of small files a worker keeps; past it they are sent from disk
 # Build tools name their outputs with a content hash (main.3b2c1a9f.js, index-BQ3e9gkC.js):
@@ -170,7 +175,10 @@ class Static:
         file = entry.file
         headers = list(entry.headers)
         if entry.encoded:
-            file = self._encoded(entry, environ.get("HTTP_ACCEPT_ENCODING", ""), headers)
+            accept = environ.get("HTTP_ACCEPT_ENCODING")
+            file = self._encoded(entry, accept or "", headers)
+            if accept is not None:
+                self._keep_encoded(path, entry, accept, file, headers, label)
         headers.append(("ETag", file.etag))
         if _not_modified(environ, file):
             _count(stats.static_not_modified, label)
@@ -310,6 +318,43 @@ class Static:
         self.ready[path] = STATIC_C.Ready(
             os.fsencode(file.path), file.key, headers, file.data, label, bool(entry.encoded),
             file.etag,
+        )  # fmt: skip
+
+    def _keep_encoded(
+        self,
+        path: str,
+        entry: _Entry,
+        accept: str,
+        file: _File,
+        headers: list[tuple[str, str]],
+        label: str,
+    ) -> None:
+        """The answer for this Accept-Encoding value kept with the file's in ``ready`` (its
+        ``by_accept``), for the C front: only when ``file`` is the one the value asks for
+        whatever the siblings' state (the first sibling it accepts, else the file), so that
+        a stale sibling skipped now is never answered for from C."""
+        main = self.ready.get(path)
+        if main is None or main.data is not entry.file.data or file.data is None:
+            return  # not kept (see _keep_ready), or kept for another version of the file
+        wanted = next(
+            (entry.encoded[c] for c, _ in _ENCODINGS if c in entry.encoded and _accepts(accept, c)),
+            entry.file,
+        )
+        if file is not wanted or len(accept) > MAX_ACCEPT:
+            return
+        table = main.by_accept
+        kept = table.get(accept)
+        if kept is not None and kept.data is file.data:
+            return
+        if len(table) >= MAX_ACCEPTS:
+            table.clear()
+        if file is entry.file:
+            table[accept] = main
+            return
+        table[accept] = STATIC_C.Ready(
+            os.fsencode(file.path), file.key,
+            [*headers, ("ETag", file.etag), ("Content-Length", str(file.size))],
+            file.data, label, False, file.etag,
         )  # fmt: skip
 
     @staticmethod

@@ -50,6 +50,28 @@ static PyTypeObject *ready_type;
 static PyObject *k_path_info, *k_method, *k_accept_encoding, *k_if_none_match,
     *k_if_modified_since, *k_range, *v_ok, *v_not_modified, *v_zero;
 
+/* traverse, clear and dealloc of a heap type whose object fields ``LIST`` names (an X-macro):
+ * each instance holds a reference to its type, released last. */
+#define GC_VISIT(name) Py_VISIT(self->name);
+#define GC_CLEAR(name) Py_CLEAR(self->name);
+#define GC_FUNCTIONS(prefix, Type, LIST)                                                          \
+    static int prefix##_traverse(Type *self, visitproc visit, void *arg) {                       \
+        Py_VISIT(Py_TYPE(self));                                                                  \
+        LIST(GC_VISIT)                                                                            \
+        return 0;                                                                                 \
+    }                                                                                             \
+    static int prefix##_clear(Type *self) {                                                       \
+        LIST(GC_CLEAR)                                                                            \
+        return 0;                                                                                 \
+    }                                                                                             \
+    static void prefix##_dealloc(Type *self) {                                                    \
+        PyTypeObject *type = Py_TYPE(self);                                                       \
+        PyObject_GC_UnTrack(self);                                                                \
+        prefix##_clear(self);                                                                     \
+        type->tp_free((PyObject *)self);                                                          \
+        Py_DECREF(type);                                                                          \
+    }
+
 /* -- Ready ------------------------------------------------------------------------------------ */
 
 #define READY_OBJECTS(X) X(path) X(headers) X(data) X(label) X(etag) X(by_accept)
@@ -114,28 +136,7 @@ static PyObject *ready_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)ready;
 }
 
-static int ready_traverse(Ready *self, visitproc visit, void *arg) {
-    Py_VISIT(Py_TYPE(self));
-#define VISIT(name) Py_VISIT(self->name);
-    READY_OBJECTS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int ready_clear(Ready *self) {
-#define CLEAR(name) Py_CLEAR(self->name);
-    READY_OBJECTS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void ready_dealloc(Ready *self) {
-    PyTypeObject *type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    ready_clear(self);
-    type->tp_free((PyObject *)self);
-    Py_DECREF(type); /* a heap type: each instance holds a reference to it */
-}
+GC_FUNCTIONS(ready, Ready, READY_OBJECTS)
 
 static PyMemberDef ready_members[] = {
     {"data", T_OBJECT, offsetof(Ready, data), READONLY, "The file's content."},
@@ -151,7 +152,7 @@ static PyType_Slot ready_slots[] = {
     {Py_tp_clear, ready_clear},
     {Py_tp_dealloc, ready_dealloc},
     {Py_tp_members, ready_members},
-    {Py_tp_doc, "A file's plain 200, as Front answers it (see _static.c)."},
+    {Py_tp_doc, "A file's (or a sibling's) answer, as Front sends it (see _static.c)."},
     {0, NULL},
 };
 
@@ -388,28 +389,7 @@ static PyObject *front_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)front;
 }
 
-static int front_traverse(Front *self, visitproc visit, void *arg) {
-    Py_VISIT(Py_TYPE(self));
-#define VISIT(name) Py_VISIT(self->name);
-    FRONT_OBJECTS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int front_clear(Front *self) {
-#define CLEAR(name) Py_CLEAR(self->name);
-    FRONT_OBJECTS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void front_dealloc(Front *self) {
-    PyTypeObject *type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    front_clear(self);
-    type->tp_free((PyObject *)self);
-    Py_DECREF(type);
-}
+GC_FUNCTIONS(front, Front, FRONT_OBJECTS)
 
 static PyMemberDef front_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Front, vectorcall), READONLY, NULL},

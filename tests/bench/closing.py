@@ -12,11 +12,9 @@ checkout of greenserve (a git worktree) as one more contender.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
-from pathlib import Path
 
 from tests.bench import run
 from tests.bench.run import Contender, wrk_rounds
@@ -49,13 +47,7 @@ def contenders() -> list[Contender]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4)
-    parser.add_argument("--baseline", type=Path, help="another greenserve checkout to compare")
-    args = parser.parse_args()
-    if args.baseline:
-        run.BASELINE.append(args.baseline.resolve())
+    args = run.parse_bench(run.bench_arguments(__doc__))
     everyone = contenders()
     print('hello, one worker on CPU 1, wrk -t1 -c32 -H "Connection: close" on CPU 0')
     results = wrk_rounds(

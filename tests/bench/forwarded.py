@@ -11,25 +11,24 @@ greenserve checkout (a git worktree) run alongside.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-from pathlib import Path
 
-from tests.bench.run import BASELINE, Contender, baseline_contenders, greenserve_command, wrk_rounds
+from tests.bench.run import (
+    Contender,
+    baseline_contenders,
+    bench_arguments,
+    greenserve_command,
+    parse_bench,
+    wrk_rounds,
+)
 
 HELLO = "greenserve.worker.apps:hello"
 FORWARDED = ("-H", "X-Forwarded-For: 198.18.0.9")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4)
-    parser.add_argument("--baseline", type=Path, help="another greenserve checkout")
-    args = parser.parse_args()
-    if args.baseline:
-        BASELINE.append(args.baseline.resolve())
+    args = parse_bench(bench_arguments(__doc__))
     command = greenserve_command(HELLO)
     contenders = [Contender("greenserve", command), *baseline_contenders("greenserve", command)]
     print("hello, 2 workers, wrk -t1 -c64, plain", flush=True)

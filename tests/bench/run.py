@@ -51,6 +51,24 @@ class Contender:
 BASELINE: list[Path] = []
 
 
+def bench_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options every side-by-side bench takes: --rounds, --seconds and --baseline (read
+    with ``parse_bench``)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--baseline", type=Path, help="another greenserve checkout, alongside")
+    return parser
+
+
+def parse_bench(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, with --baseline's checkout added to BASELINE."""
+    args = parser.parse_args()
+    if args.baseline:
+        BASELINE.append(args.baseline.resolve())
+    return args
+
+
 def baseline_contenders(name: str, argv: list[str]) -> list[Contender]:
     return [
         Contender(f"{name} (baseline)", argv, {"PYTHONPATH": str(tree / "service")})

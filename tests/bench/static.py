@@ -12,7 +12,6 @@ greenserve's ratio to each. The files are random bytes (nothing compresses them 
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -22,12 +21,13 @@ import urllib.request
 from pathlib import Path
 
 from tests.bench.run import (
-    BASELINE,
     Contender,
     baseline_contenders,
+    bench_arguments,
     exec_nginx,
     free_port,
     greenserve_command,
+    parse_bench,
     rotated,
     started,
 )
@@ -85,17 +85,10 @@ def main() -> None:
     if sys.argv[1:2] == ["--nginx"]:
         run_nginx(*sys.argv[2:5])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4)
+    parser = bench_arguments(__doc__)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--size", type=int, default=10_240, help="bytes per file")
-    parser.add_argument(
-        "--baseline", type=Path, help="another greenserve checkout to run alongside"
-    )
-    args = parser.parse_args()
-    if args.baseline:
-        BASELINE.append(args.baseline.resolve())
+    args = parse_bench(parser)
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # nginx's workers, started as root, read as nobody
         root = Path(tmp, "files")

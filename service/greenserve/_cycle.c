@@ -425,10 +425,11 @@ static PyObject *cycle(PyObject *conn, PyObject *head, const Fixed *fixed) {
     PyObject *cell = Py_NewRef(SLOT(conn, conn_request_cell));
     PyObject *request_id = NULL, *writer = NULL, *keep = NULL, *answer = NULL;
     double started = now();
-    int named = PyObject_IsTrue(SLOT(conn, conn_trusted_peer));
-    if (named > 0) /* only a trusted proxy names the request */
-        named = PyObject_IsTrue(SLOT(head, head_request_id));
-    if (named < 0)
+    /* only a trusted proxy names the request, and only its forwarded headers count */
+    int trusted = PyObject_IsTrue(SLOT(conn, conn_trusted_peer));
+    int named = trusted > 0 ? PyObject_IsTrue(SLOT(head, head_request_id)) : trusted;
+    int forwarded = named >= 0 && trusted > 0 ? PyObject_IsTrue(SLOT(head, head_forwarded)) : 0;
+    if (named < 0 || forwarded < 0)
         goto done;
     request_id = named ? Py_NewRef(SLOT(head, head_request_id))
                        : PyObject_CallMethodNoArgs(handler, s_new_request_id);
@@ -448,11 +449,6 @@ static PyObject *cycle(PyObject *conn, PyObject *head, const Fixed *fixed) {
     if (PyDict_SetItem(environ, k_input, empty_input) < 0 ||
         PyDict_SetItem(environ, k_request_id_header, request_id) < 0 ||
         PyDict_SetItem(environ, k_request_id, request_id) < 0)
-        goto done;
-    int forwarded = PyObject_IsTrue(SLOT(conn, conn_trusted_peer));
-    if (forwarded > 0)
-        forwarded = PyObject_IsTrue(SLOT(head, head_forwarded));
-    if (forwarded < 0)
         goto done;
     if (forwarded) { /* a trusted proxy's forwarded headers: proxy.apply_forwarded, as _respond */
         PyObject *call[] = {environ, fixed->forwarded_allow};

@@ -20,7 +20,7 @@
  *     If-None-Match matches; an If-None-Match is compared here (ASCII: else Static's) and a
  *     match is answered 304 Not Modified, as Static answers it;
  *   - for a file with precompressed siblings, an Accept-Encoding value Static has answered
- *     before (the Ready's ``by_accept``: the sibling it sent, or the file), or none;
+ *     before (the Ready's ``by_accept``: the sibling it sent, or None for the file), or none;
  *   - the file's stat (inode, device, mtime in ns, size) is still the one Static read, and the
  *     sibling's when one is sent, checked on every request as Static does.
  * The answer is what Static answers then: the mount's request and byte (or 304) counts,
@@ -142,7 +142,8 @@ static PyMemberDef ready_members[] = {
     {"data", T_OBJECT, offsetof(Ready, data), READONLY, "The file's content."},
     {"label", T_OBJECT, offsetof(Ready, label), READONLY, "The mount's label on /metrics."},
     {"by_accept", T_OBJECT, offsetof(Ready, by_accept), READONLY,
-     "For a file with precompressed siblings: Accept-Encoding value -> the Ready sent for it."},
+     "For a file with precompressed siblings: Accept-Encoding value -> the sibling's Ready "
+     "sent for it, or None for the file itself."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -281,6 +282,8 @@ static Ready *answerable(Front *front, PyObject *environ, PyObject *path, int *m
             chosen = PyUnicode_CheckExact(accept)
                          ? (Ready *)PyDict_GetItemWithError(ready->by_accept, accept)
                          : NULL;
+        if ((PyObject *)chosen == Py_None) /* the file itself (no reference to it: no cycle) */
+            chosen = ready;
         if (chosen == NULL || Py_TYPE(chosen) != ready_type)
             goto declined;
     }

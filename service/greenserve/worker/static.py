@@ -176,8 +176,8 @@ class Static:
         headers = list(entry.headers)
         if entry.encoded:
             accept = environ.get("HTTP_ACCEPT_ENCODING")
-            file = self._encoded(entry, accept or "", headers)
-            if accept is not None:
+            file, skipped = self._encoded(entry, accept or "", headers)
+            if accept is not None and not skipped:
                 self._keep_encoded(path, entry, accept, file, headers, label)
         headers.append(("ETag", file.etag))
         if _not_modified(environ, file):
@@ -310,15 +310,9 @@ class Static:
         if not isinstance(entry, _Entry) or entry.file.data is None or not canonical:
             self.ready.pop(path, None)
             return
-        file = entry.file
         kept = self.ready.get(path)
-        if kept is not None and kept.data is file.data:
-            return
-        headers = [*entry.headers, ("ETag", file.etag), ("Content-Length", str(file.size))]
-        self.ready[path] = STATIC_C.Ready(
-            os.fsencode(file.path), file.key, headers, file.data, label, bool(entry.encoded),
-            file.etag,
-        )  # fmt: skip
+        if kept is None or kept.data is not entry.file.data:
+            self.ready[path] = _ready(entry.file, entry.headers, label, bool(entry.encoded))
 
     def _keep_encoded(
         self,
@@ -330,32 +324,24 @@ class Static:
         label: str,
     ) -> None:
         """The answer for this Accept-Encoding value kept with the file's in ``ready`` (its
-        ``by_accept``), for the C front: only when ``file`` is the one the value asks for
-        whatever the siblings' state (the first sibling it accepts, else the file), so that
-        a stale sibling skipped now is never answered for from C."""
+        ``by_accept``) for the C front: the sibling sent, or None for the file itself. Only
+        when no sibling the value asks for was skipped as stale (the caller's check), so that
+        a skipped sibling is never answered for from C."""
         main = self.ready.get(path)
         if main is None or main.data is not entry.file.data or file.data is None:
             return  # not kept (see _keep_ready), or kept for another version of the file
-        wanted = next(
-            (entry.encoded[c] for c, _ in _ENCODINGS if c in entry.encoded and _accepts(accept, c)),
-            entry.file,
-        )
-        if file is not wanted or len(accept) > MAX_ACCEPT:
+        if len(accept) > MAX_ACCEPT:
             return
         table = main.by_accept
-        kept = table.get(accept)
-        if kept is not None and kept.data is file.data:
-            return
-        if len(table) >= MAX_ACCEPTS:
+        value = None
+        if file is not entry.file:
+            kept = table.get(accept)
+            if kept is not None and kept.data is file.data:
+                return
+            value = _ready(file, headers, label, False)
+        if len(table) >= MAX_ACCEPTS and accept not in table:
             table.clear()
-        if file is entry.file:
-            table[accept] = main
-            return
-        table[accept] = STATIC_C.Ready(
-            os.fsencode(file.path), file.key,
-            [*headers, ("ETag", file.etag), ("Content-Length", str(file.size))],
-            file.data, label, False, file.etag,
-        )  # fmt: skip
+        table[accept] = value
 
     @staticmethod
     def _kept(cache: dict[str, _Entry]) -> int:
@@ -366,20 +352,35 @@ class Static:
             for file in (entry.file, *entry.encoded.values())
         )
 
-    def _encoded(self, entry: _Entry, accept: str, headers: list[tuple[str, str]]) -> _File:
+    def _encoded(
+        self, entry: _Entry, accept: str, headers: list[tuple[str, str]]
+    ) -> tuple[_File, bool]:
         """The representation to send: a precompressed sibling the client accepts, when it
-        is still the file's (not older than it), else the file itself."""
+        is still the file's (not older than it), else the file itself; and whether a sibling
+        the client accepts was skipped for that."""
+        skipped = False
         for coding, file in entry.encoded.items():
             if _accepts(accept, coding):
                 try:
                     current = os.stat(file.path)
                 except OSError:
+                    skipped = True
                     continue
                 if (current.st_mtime_ns, current.st_size) != file.key[2:]:
+                    skipped = True
                     continue  # replaced since it was looked at: the next change re-reads it
                 headers.append(("Content-Encoding", coding))
-                return file
-        return entry.file
+                return file, skipped
+        return entry.file, skipped
+
+
+def _ready(file: _File, headers: list[tuple[str, str]], label: str, vary: bool) -> Any:
+    """The C front's answer for ``file``: the headers so far, its ETag and Content-Length, as
+    _serve sends a whole file from memory."""
+    answer = [*headers, ("ETag", file.etag), ("Content-Length", str(file.size))]
+    return STATIC_C.Ready(
+        os.fsencode(file.path), file.key, answer, file.data, label, vary, file.etag
+    )
 
 
 def _read(file: _File) -> bytes | None:

@@ -48,7 +48,7 @@
 
 static PyTypeObject *ready_type;
 static PyObject *k_path_info, *k_method, *k_accept_encoding, *k_if_none_match,
-    *k_if_modified_since, *k_range, *v_ok, *v_not_modified, *v_zero;
+    *k_if_modified_since, *k_range, *v_ok, *v_not_modified, *v_zero, *v_one;
 
 /* traverse, clear and dealloc of a heap type whose object fields ``LIST`` names (an X-macro):
  * each instance holds a reference to its type, released last. */
@@ -74,7 +74,7 @@ static PyObject *k_path_info, *k_method, *k_accept_encoding, *k_if_none_match,
 
 /* -- Ready ------------------------------------------------------------------------------------ */
 
-#define READY_OBJECTS(X) X(path) X(headers) X(data) X(label) X(etag) X(by_accept)
+#define READY_OBJECTS(X) X(path) X(headers) X(data) X(label) X(etag) X(by_accept) X(length)
 
 typedef struct {
     PyObject_HEAD
@@ -118,16 +118,18 @@ static PyObject *ready_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "Ready: the content's length is not the stat's size");
         return NULL;
     }
-    PyObject *by_accept = PyDict_New();
-    Ready *ready = by_accept != NULL ? (Ready *)type->tp_alloc(type, 0) : NULL;
-    if (ready == NULL) {
-        Py_XDECREF(by_accept);
-        return NULL;
-    }
+    /* made once: the bytes count of every answer adds it */
+    PyObject *by_accept = PyDict_New(), *length = PyLong_FromLongLong(size);
+    Ready *ready = by_accept != NULL && length != NULL ? (Ready *)type->tp_alloc(type, 0) : NULL;
+    if (ready != NULL) {
 #define SET(name) ready->name = Py_NewRef(name);
-    READY_OBJECTS(SET)
+        READY_OBJECTS(SET)
 #undef SET
-    Py_DECREF(by_accept); /* the struct holds it now */
+    }
+    Py_XDECREF(by_accept); /* the struct holds them now */
+    Py_XDECREF(length);
+    if (ready == NULL)
+        return NULL;
     ready->ino = ino;
     ready->dev = dev;
     ready->mtime_ns = mtime_ns;
@@ -178,13 +180,11 @@ typedef struct {
 } Front;
 
 /* table[key] = table.get(key, 0) + amount (static.py's _count): 0, or -1 raised. */
-static int add(PyObject *table, PyObject *key, long long amount) {
+static int add(PyObject *table, PyObject *key, PyObject *amount) {
     PyObject *seen = PyDict_GetItemWithError(table, key);
     if (seen == NULL && PyErr_Occurred())
         return -1;
-    PyObject *step = PyLong_FromLongLong(amount);
-    PyObject *total = step != NULL ? PyNumber_Add(seen != NULL ? seen : v_zero, step) : NULL;
-    Py_XDECREF(step);
+    PyObject *total = PyNumber_Add(seen != NULL ? seen : v_zero, amount);
     int failed = total == NULL || PyDict_SetItem(table, key, total) < 0;
     Py_XDECREF(total);
     return failed ? -1 : 0;
@@ -314,10 +314,10 @@ declined:
  * and a 304). NULL raised. */
 static PyObject *answer(Front *front, Ready *ready, int method, int fresh,
                         PyObject *start_response) {
-    int head = method == 2, counted = add(front->requests, ready->label, 1);
+    int head = method == 2, counted = add(front->requests, ready->label, v_one);
     if (counted == 0)
-        counted = fresh ? add(front->not_modified, ready->label, 1)
-                        : add(front->bytes_sent, ready->label, head ? 0 : ready->size);
+        counted = fresh ? add(front->not_modified, ready->label, v_one)
+                        : add(front->bytes_sent, ready->label, head ? v_zero : ready->length);
     if (counted < 0)
         return NULL;
     /* a copy: the server, a hook or middleware may add to the list it is given */
@@ -438,7 +438,7 @@ PyMODINIT_FUNC PyInit__static(void) {
         (k_range = PyUnicode_InternFromString("HTTP_RANGE")) == NULL ||
         (v_ok = PyUnicode_InternFromString("200 OK")) == NULL ||
         (v_not_modified = PyUnicode_InternFromString("304 Not Modified")) == NULL ||
-        (v_zero = PyLong_FromLong(0)) == NULL)
+        (v_zero = PyLong_FromLong(0)) == NULL || (v_one = PyLong_FromLong(1)) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&static_module);
     if (m == NULL)

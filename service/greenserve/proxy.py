@@ -118,7 +118,7 @@ def apply_forwarded(environ: dict[str, Any], trusted: Trusted) -> None:
         return  # the common case, also from a trusted peer: nothing was forwarded
     changes = trusted.applied.get(headers)
     if changes is None:
-        changes = forwarded_changes(*headers, trusted)
+        changes = _forwarded_changes(*headers, trusted)
         if sum(len(value) for value in headers if isinstance(value, str)) <= _APPLIED_LONGEST:
             if len(trusted.applied) >= _APPLIED_MAX:
                 trusted.applied.clear()
@@ -126,7 +126,7 @@ def apply_forwarded(environ: dict[str, Any], trusted: Trusted) -> None:
     environ.update(changes)
 
 
-def forwarded_changes(
+def _forwarded_changes(
     forwarded: str | None, chain: str | None, proto: str | None, host: str | None, trusted: Trusted
 ) -> tuple[tuple[str, str], ...]:
     """The environ keys a trusted proxy's headers set, and their values."""

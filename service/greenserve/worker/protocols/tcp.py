@@ -93,15 +93,15 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
         while True:
             try:
                 data = self._sock.recv(*args)
+                break
             except BlockingIOError:
                 if self.timeout == 0.0:
                     raise
-                self._wait(self._read_event)
-                continue
-            self.rx += len(data)
-            if not data and self.eof_data:  # see Connections.end_upgraded
-                data, self.eof_data = self.eof_data, b""
-            return data
+            self._wait_readable()
+        self.rx += len(data)
+        if not data and self.eof_data:  # see Connections.end_upgraded
+            data, self.eof_data = self.eof_data, b""
+        return data
 
     def recv_after_wait(self, size: int) -> bytes:
         """``recv`` for a reader that expects to wait (a keep-alive connection between requests):
@@ -123,13 +123,25 @@ class CountingSocket(ConnectionPhase, gsocket.socket):
         while True:
             try:
                 count = self._sock.recv_into(*args)
+                break
             except BlockingIOError:
                 if self.timeout == 0.0:
                     raise
-                self._wait(self._read_event)
-                continue
-            self.rx += count
-            return count
+            self._wait_readable()
+        self.rx += count
+        return count
+
+    def _wait_readable(self) -> None:
+        """Wait until the socket is readable, outside the ``except`` that found it was not (as
+        gevent's own ``recv`` does): there the BlockingIOError and its traceback stay alive for
+        the whole wait, about 0.5 KiB per idle reader. With no timeout (a reader the app owns,
+        such as simple-websocket's thread behind Flask-Sock) through ``park``: about 0.9 KiB
+        less of saved stack per idle reader than ``_wait`` (tracemalloc, 3,000 Flask-Sock
+        sockets)."""
+        if self.timeout is None:
+            park(self._read_event, self.hub)
+        else:
+            self._wait(self._read_event)
 
     def send(self, data: Any, flags: int = 0, *args: Any, **kwargs: Any) -> int:
         try:

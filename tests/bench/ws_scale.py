@@ -1,16 +1,18 @@
-"""WebSockets at scale: N idle WebSockets on greenserve and on gevent-websocket (one process)
-with the same app; memory per connection, then a 100-byte broadcast to all of them through Redis
-pub/sub (each serving process sends to its own sockets). Not run by CI.
+"""WebSockets at scale: N idle WebSockets on greenserve (``wsgi.websocket``, and Flask-Sock
+answering the upgrade itself) and on gevent-websocket (one process) with the same app; memory
+per connection, then a 100-byte broadcast to all of them through Redis pub/sub (each serving
+process sends to its own sockets), then memory again. Not run by CI.
 
-    python -m tests.bench.ws_scale [--count 100000] [--workers 6] [--servers greenserve]
+    python -m tests.bench.ws_scale [--count 100000] [--workers 6]
+        [--servers greenserve,flask-sock,gevent-websocket] [--deflate]
 
 The clients are plain sockets in processes of at most ``PER_CLIENT`` each, from several
 127.0.0.x source addresses, each socket bound to a source port of its own choosing (``source``),
 the handshake written by hand and one epoll for the broadcast, so they cost little beside the
-servers. A process may
-hold only as many sockets as its open-file limit (this machine: 20,000, and no right to raise
-it), which bounds the connections per serving process too: N/workers must stay under it.
-Needs redis-server.
+servers. ``--deflate``: each handshake offers permessage-deflate, as browsers' do; the clients
+never inflate, they wait for the frame. A process may hold only as many sockets as its
+open-file limit (this machine: 20,000, and no right to raise it), which bounds the connections
+per serving process too: N/workers must stay under it. Needs redis-server.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ HANDSHAKE = (
     b"GET /idle HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
+# What browsers send: the offer a server may accept (simple-websocket does, wsgi.websocket not)
+DEFLATE = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 BATCH = 1000  # connections opened before their answers are read (under the listen backlog)
 # Source ports chosen here, not by the kernel: bind(address, 0) searches for a free port, and
 # that search slowed as each address filled: 75,000 WebSockets open after 8 minutes, 85,000
@@ -74,9 +78,11 @@ def source(index: int) -> socket.socket:
     return sock
 
 
-def open_websockets(port: int, first: int, count: int) -> list[socket.socket]:
-    """``count`` WebSockets to /idle, each handshake answered with a 101; ``first``: the index
-    of the first, which picks the source addresses."""
+def open_websockets(
+    port: int, first: int, count: int, handshake: bytes = HANDSHAKE
+) -> list[socket.socket]:
+    """``count`` WebSockets to /idle, each ``handshake`` answered with a 101; ``first``: the
+    index of the first, which picks the source addresses."""
     sockets: list[socket.socket] = []
     for start in range(first, first + count, BATCH):
         batch = []
@@ -84,7 +90,7 @@ def open_websockets(port: int, first: int, count: int) -> list[socket.socket]:
             sock = source(index)
             sock.settimeout(60)
             sock.connect(("127.0.0.1", port))
-            sock.sendall(HANDSHAKE)
+            sock.sendall(handshake)
             batch.append(sock)
         for sock in batch:
             answer = b""
@@ -100,12 +106,12 @@ def open_websockets(port: int, first: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def client(port: int, first: int, count: int, pipe: Any) -> None:
+def client(port: int, first: int, count: int, handshake: bytes, pipe: Any) -> None:
     """A client process: opens its WebSockets, says so, then reports when each received the
     broadcast (``time.perf_counter``, the same clock in every process). A failure to open is
     sent instead of the count: the parent stops with it rather than waiting for the count."""
     try:
-        sockets = open_websockets(port, first, count)
+        sockets = open_websockets(port, first, count, handshake)
     except Exception as exc:
         pipe.send(f"client of WebSockets {first} to {first + count - 1}: {exc!r}")
         return
@@ -118,13 +124,14 @@ def client(port: int, first: int, count: int, pipe: Any) -> None:
 
 
 def receive_all(sockets: list[socket.socket], timeout: float) -> list[float]:
-    """When each socket had its whole message (2 + 100 bytes), on the perf_counter clock."""
+    """When each socket had its whole message (one frame, unmasked, of under 126 bytes: the
+    broadcast, compressed or not), on the perf_counter clock."""
     since = time.perf_counter()
     poller = select.epoll(len(sockets) + 1)
     by_fd = {}
     for sock in sockets:
         poller.register(sock.fileno(), select.EPOLLIN)
-        by_fd[sock.fileno()] = [sock, 0]
+        by_fd[sock.fileno()] = [sock, b""]
     delays: list[float] = []
     deadline = since + timeout
     while by_fd and time.perf_counter() < deadline:
@@ -133,8 +140,8 @@ def receive_all(sockets: list[socket.socket], timeout: float) -> list[float]:
             if entry is None:
                 continue
             with contextlib.suppress(BlockingIOError):
-                entry[1] += len(entry[0].recv(4096))
-            if entry[1] >= 102:
+                entry[1] += entry[0].recv(4096)
+            if len(entry[1]) >= 2 and len(entry[1]) >= 2 + (entry[1][1] & 0x7F):
                 delays.append(time.perf_counter())
                 poller.unregister(fd)
                 del by_fd[fd]
@@ -142,8 +149,20 @@ def receive_all(sockets: list[socket.socket], timeout: float) -> list[float]:
     return delays
 
 
-def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str, float]:
-    """Open, measure memory, broadcast; ``pids``: the serving processes."""
+def registered(redis_client: Any, processes: int) -> int:
+    """How many sockets the serving processes' apps hold (``OPEN``), asked through Redis."""
+    redis_client.delete("open")
+    redis_client.publish("broadcast", b"count")
+    wait_until(lambda: redis_client.llen("open") >= processes, 30, "every process counted")
+    return sum(int(line.split()[1]) for line in redis_client.lrange("open", 0, -1))
+
+
+def run(
+    name: str, port: int, pids: list[int], count: int, url: str, deflate: bool = False
+) -> dict[str, float]:
+    """Open, measure memory, broadcast, measure memory again; ``pids``: the serving
+    processes; ``deflate``: the clients offer permessage-deflate, as browsers do."""
+    handshake = HANDSHAKE[:-2] + DEFLATE + b"\r\n" if deflate else HANDSHAKE
     import multiprocessing
 
     import redis
@@ -156,7 +175,8 @@ def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str
     for first in range(0, count, PER_CLIENT):
         ours, theirs = multiprocessing.Pipe()
         process = multiprocessing.Process(
-            target=client, args=(port, first, min(PER_CLIENT, count - first), theirs)
+            target=client,
+            args=(port, first, min(PER_CLIENT, count - first), handshake, theirs),
         )
         process.start()
         clients.append((process, ours))
@@ -178,6 +198,11 @@ def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str
             30,
             "every process subscribed",
         )
+        # A Flask-Sock handler registers its socket some time after the 101 the client read
+        # (simple-websocket starts its reader thread first): a broadcast at once missed half.
+        wait_until(
+            lambda: registered(redis_client, len(pids)) >= total, 60, "every socket registered"
+        )
         per_connection = (sum(_rss(pid) for pid in pids) - rss_before) / total
         for _, pipe in clients:
             pipe.send("go")
@@ -190,6 +215,8 @@ def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str
             times += pipe.recv()
         wait_until(lambda: redis_client.llen("sent") >= len(pids), 30, "every process sent")
         sent = [line.decode().split() for line in redis_client.lrange("sent", 0, -1)]
+        # what sending left behind in the servers (a compressor per socket, with deflate)
+        after_broadcast = (sum(_rss(pid) for pid in pids) - rss_before) / total
         for _, pipe in clients:
             pipe.send("close")
     finally:
@@ -200,6 +227,7 @@ def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str
     delays = sorted(t - since for t in times)
     figures = {
         "per_connection_kib": per_connection / 1024,
+        "after_broadcast_kib": after_broadcast / 1024,
         "open_s": open_s,
         "sent_ms": max(float(ms) for _, _, ms in sent),
         "received": len(delays),
@@ -210,7 +238,8 @@ def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str
     print(
         f"{name}: {total:,} idle WebSockets opened in {open_s:.1f} s, "
         f"{figures['per_connection_kib']:.1f} KiB each (RSS of the serving processes / "
-        f"connections); broadcast of 100 B: sent in {figures['sent_ms']:.0f} ms "
+        f"connections), {figures['after_broadcast_kib']:.1f} KiB after the broadcast; "
+        f"broadcast of 100 B: sent in {figures['sent_ms']:.0f} ms "
         f"(slowest process; per process {', '.join(f'{n} in {ms} ms' for _, n, ms in sent)}), "
         f"received by {len(delays):,}: p50 {figures['p50_ms']:.0f} ms, p99 "
         f"{figures['p99_ms']:.0f} ms, last {figures['all_ms']:.0f} ms",
@@ -219,10 +248,15 @@ def run(name: str, port: int, pids: list[int], count: int, url: str) -> dict[str
     return figures
 
 
-def greenserve(count: int, url: str, workers: int) -> dict[str, float]:
+def greenserve(
+    count: int, url: str, workers: int, app: str = "redis_fanout", deflate: bool = False
+) -> dict[str, float]:
+    """``app``: redis_fanout (``wsgi.websocket``) or flask_sock_fanout (Flask-Sock)."""
     port, mport = free_port(), free_port()
-    contender = Contender(f"greenserve x{workers}", [
-        sys.executable, "-m", "greenserve", f"{APP}:redis_fanout({url!r})", "--protocol",
+    kind = "wsgi.websocket" if app == "redis_fanout" else "Flask-Sock"
+    offer = ", clients offer deflate" if deflate else ""
+    contender = Contender(f"greenserve x{workers} ({kind}{offer})", [
+        sys.executable, "-m", "greenserve", f"{APP}:{app}({url!r})", "--protocol",
         "http", "-w", str(workers), "--bind", f"127.0.0.1:{port}", "--metrics-bind",
         f"127.0.0.1:{mport}", "--max-connections", str(count // workers + 1000), "--backlog",
         "4096", "--log-level", "warning", "--stats-interval", "0.5",
@@ -236,7 +270,7 @@ def greenserve(count: int, url: str, workers: int) -> dict[str, float]:
             return [int(pid) for pid in found.values()] if ready else None
 
         pids = wait_until(worker_pids, 30, "worker pids")
-        return run(contender.name, port, pids, count, url)
+        return run(contender.name, port, pids, count, url, deflate)
 
 
 def gevent_websocket(count: int, url: str) -> dict[str, float]:
@@ -253,7 +287,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=6)
-    parser.add_argument("--servers", default="greenserve")
+    parser.add_argument(
+        "--servers", default="greenserve", help="greenserve,flask-sock,gevent-websocket"
+    )
+    parser.add_argument(
+        "--deflate", action="store_true", help="clients offer permessage-deflate (greenserve's)"
+    )
     args = parser.parse_args()
     # timeout(1) and Ctrl-C alike stop the servers and Redis through the context managers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -262,7 +301,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch, running_redis(Path(scratch)) as url:
         for server in args.servers.split(","):
             if server == "greenserve":
-                greenserve(args.count, url, args.workers)
+                greenserve(args.count, url, args.workers, deflate=args.deflate)
+            elif server == "flask-sock":
+                greenserve(args.count, url, args.workers, "flask_sock_fanout", args.deflate)
             elif server == "gevent-websocket":
                 gevent_websocket(args.count, url)
 

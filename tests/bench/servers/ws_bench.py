@@ -36,11 +36,12 @@ def greenserve_app(environ: dict, start_response: Any) -> Any:
         OPEN.discard(ws)
 
 
-def redis_fanout(url: str) -> Any:
-    """``greenserve_app`` whose broadcasts come from a Redis channel: each process subscribes
-    once and sends every message published on ``broadcast`` to its own open sockets, so one
-    publish reaches the sockets of every worker (how an app broadcasts across workers). Each
-    process pushes "pid sockets milliseconds" for its send loop to the list ``sent``."""
+def _subscribed(url: str, app: Any) -> Any:
+    """``app`` whose process subscribes once, on its first request, to the Redis channel
+    ``broadcast`` and sends every message published there to its own open sockets (``OPEN``),
+    so one publish reaches the sockets of every worker (how an app broadcasts across workers).
+    Each process pushes "pid sockets milliseconds" for its send loop to the list ``sent``; to
+    the message ``count`` it answers "pid sockets" on the list ``open`` instead."""
     import os
 
     import gevent
@@ -56,6 +57,9 @@ def redis_fanout(url: str) -> Any:
             if item["type"] != "message":
                 continue
             payload, peers = item["data"], list(OPEN)
+            if payload == b"count":
+                client.rpush("open", f"{os.getpid()} {len(peers)}")
+                continue
             started = time.perf_counter()
             for peer in peers:
                 try:
@@ -65,12 +69,42 @@ def redis_fanout(url: str) -> Any:
             took = (time.perf_counter() - started) * 1000
             client.rpush("sent", f"{os.getpid()} {len(peers)} {took:.1f}")
 
-    def app(environ: dict, start_response: Any) -> Any:
+    def subscribed(environ: dict, start_response: Any) -> Any:
         if not listener:  # the first request of this process (the worker is patched by then)
             listener.append(gevent.spawn(listen))
-        return greenserve_app(environ, start_response)
+        return app(environ, start_response)
 
-    return app
+    return subscribed
+
+
+def redis_fanout(url: str) -> Any:
+    """``greenserve_app`` (``environ["wsgi.websocket"]``) with its broadcasts from Redis."""
+    return _subscribed(url, greenserve_app)
+
+
+def flask_sock_fanout(url: str) -> Any:
+    """The same idle sockets and broadcasts as a Flask-Sock app writes them: the app answers
+    the upgrade itself on the raw socket (simple-websocket, which accepts permessage-deflate
+    when the client offers it) and waits in ``ws.receive()``."""
+    from flask import Flask
+    from flask_sock import Sock
+    from simple_websocket import ConnectionClosed
+
+    app = Flask(__name__)
+    sock = Sock(app)
+
+    @sock.route("/idle")
+    def idle(ws: Any) -> None:
+        OPEN.add(ws)
+        try:
+            while ws.receive() is not None:
+                pass
+        except ConnectionClosed:
+            pass
+        finally:
+            OPEN.discard(ws)
+
+    return _subscribed(url, app)
 
 
 def gevent_websocket_server(port: int, redis_url: str = "") -> None:

@@ -1,6 +1,9 @@
 """Static files (10 KB each unless --size) served by greenserve --static, by WhiteNoise inside
 greenserve, by granian's --static-path-mount, and by nginx (sendfile and its open file cache:
-what a C server reaches, against which the Python servers' ratios can be read). Not run by CI.
+what a C server reaches, against which the Python servers' ratios can be read). Also a bare
+gevent handler in greenserve that only reads, stats and sends a response made at start
+(servers/bare_static.py): the floor of the design, what no HTTP layer in a gevent worker can
+beat. Not run by CI.
 
     python -m tests.bench.static [--rounds 5] [--seconds 4] [--files 100] [--size 10240]
                                  [--baseline DIR]
@@ -42,6 +45,11 @@ def contenders(root: Path) -> list[Contender]:
     found = [
         Contender("greenserve --static", ours),
         *baseline_contenders("greenserve --static", ours),
+        Contender(
+            "bare gevent handler (floor)",
+            greenserve_command("tests.bench.servers.bare_static:handle", "--protocol", "tcp"),
+            {"BENCH_STATIC_ROOT": str(root)},
+        ),
         Contender(
             "WhiteNoise in greenserve",
             greenserve_command("tests.bench.servers.whitenoise_app:app"),

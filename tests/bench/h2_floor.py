@@ -1,9 +1,10 @@
 """The h2 library's own CPU per HTTP/2 request, in process: no socket, no TLS, no greenlet, no
-app. A server H2Connection configured as greenserve configures it (its HPACK encoder and
-decoder from h2_hpack.py, h2's header validation off) takes clients' GET requests (HEADERS
-with END_STREAM, --per-read of them per receive_data, as h2load -m 10 sends them) and sends
-each a hello response (HEADERS, then DATA with END_STREAM). What HTTP/2 costs a greenserve
-worker per request before anything of greenserve's own runs. Not run by CI.
+app. A server H2Connection made as greenserve makes it (h2_connection.server_engine: its HPACK
+encoder and decoder from h2_hpack.py, h2's header validation off, the default settings) takes
+clients' GET requests (HEADERS with END_STREAM, --per-read of them per receive_data, as h2load
+-m 10 sends them) and sends each a hello response (HEADERS, then DATA with END_STREAM). What
+HTTP/2 costs a greenserve worker per request before anything of greenserve's own runs. Not run
+by CI.
 
     python -m tests.bench.h2_floor [--requests 20000] [--per-read 10] [--runs 5]
 """
@@ -19,12 +20,14 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import RequestReceived
 
-from greenserve.worker.protocols.h2_hpack import BlockDecoder, FieldEncoder
+from greenserve.config import load
+from greenserve.worker.protocols.h2_connection import server_engine
 
 REQUEST = [
     (":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "127.0.0.1:8443"),
     ("user-agent", "h2load nghttp2/1.52.0"),
 ]  # fmt: skip
+HELLO = "greenserve.worker.apps:hello"
 BODY = b"Hello, world!\n"
 RESPONSE = [
     (b":status", b"200"), (b"content-type", b"text/plain"),
@@ -33,23 +36,18 @@ RESPONSE = [
 
 
 def _connections() -> tuple[H2Connection, H2Connection]:
-    """(client, server), past the prefaces and SETTINGS; the client's connection window at its
-    largest (it reads no response here, so it would never open it again)."""
+    """(client, server), past the prefaces and SETTINGS; the server's h2 as greenserve makes it
+    with its default settings, the client's connection window at its largest (it reads no
+    response here, so it would never open it again)."""
     client = H2Connection(H2Configuration(client_side=True))
     client.initiate_connection()
     client.increment_flow_control_window(2**31 - 1 - 65_535)
-    server = H2Connection(
-        H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
+    defaults = load([HELLO], {})
+    server = server_engine(
+        defaults.http2_max_concurrent_streams,
+        defaults.http2_initial_window_size,
+        defaults.http2_max_header_list_size,
     )
-    server.encoder = FieldEncoder()
-    server.decoder = BlockDecoder(server.decoder.max_header_list_size)
     server.initiate_connection()
     server.receive_data(client.data_to_send())
     client.receive_data(server.data_to_send())

@@ -6,7 +6,6 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import gevent
 import pytest
@@ -18,19 +17,8 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[CountingSocket, socket.socket]]:
-    ours, peer = socket.socketpair()
-    wrapped = CountingSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=ours.detach())
-    wrapped.accepted(time.monotonic())  # as Connections.add sets it up
-    wrapped.out, wrapped.spill = None, False
-    yield wrapped, peer
-    peer.close()
-    wrapped.close()
-
-
-def test_nothing_waiting_closes_in_place(pair):
-    sock, peer = pair
+def test_nothing_waiting_closes_in_place(counting_pair):
+    sock, peer = counting_pair
     sock.sendall(b"before")
     assert peer.recv(16) == b"before"
     read, write = sock._read_event, sock._write_event
@@ -43,8 +31,8 @@ def test_nothing_waiting_closes_in_place(pair):
     sock.close()  # the server's do_close, again: nothing happens
 
 
-def test_a_reader_waiting_is_woken_with_an_error(pair):
-    sock, peer = pair
+def test_a_reader_waiting_is_woken_with_an_error(counting_pair):
+    sock, peer = counting_pair
     outcome: list[str] = []
 
     def reader() -> None:
@@ -68,10 +56,10 @@ def test_a_reader_waiting_is_woken_with_an_error(pair):
     assert peer.recv(16) == b""
 
 
-def test_another_watcher_on_the_descriptor_runs_before_it_closes(pair):
+def test_another_watcher_on_the_descriptor_runs_before_it_closes(counting_pair):
     """An app's select on gunicorn.socket: its watcher is woken by the close and runs while the
     descriptor is still open (a number closed first could already be another connection's)."""
-    sock, peer = pair
+    sock, peer = counting_pair
     fd = sock.fileno()
     seen: list[bool] = []
     waiting_on_it: list[bool] = []

@@ -7,9 +7,8 @@ A reader the app owns (simple-websocket's thread behind Flask-Sock, Socket.IO's)
 from __future__ import annotations
 
 import gc
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import gevent
 import pytest
@@ -20,25 +19,14 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[CountingSocket, socket.socket]]:
-    ours, peer = socket.socketpair()
-    wrapped = CountingSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=ours.detach())
-    wrapped.accepted(time.monotonic())  # as Connections.add sets it up
-    wrapped.out, wrapped.spill = None, False
-    yield wrapped, peer
-    peer.close()
-    wrapped.close()
-
-
 def _readers(sock: CountingSocket) -> dict[str, Callable[[], int]]:
     buffer = bytearray(16)
     return {"recv": lambda: len(sock.recv(16)), "recv_into": lambda: sock.recv_into(buffer)}
 
 
 @pytest.mark.parametrize("method", ["recv", "recv_into"])
-def test_an_idle_reader_parks_and_holds_no_exception(pair, method):
-    sock, peer = pair
+def test_an_idle_reader_parks_and_holds_no_exception(counting_pair, method):
+    sock, peer = counting_pair
     got: list[int] = []
     read = _readers(sock)[method]
     waiting = gevent.spawn(lambda: got.append(read()))
@@ -57,8 +45,8 @@ def test_an_idle_reader_parks_and_holds_no_exception(pair, method):
 
 
 @pytest.mark.parametrize("method", ["recv", "recv_into"])
-def test_a_reader_with_a_timeout_still_times_out(pair, method):
-    sock, peer = pair
+def test_a_reader_with_a_timeout_still_times_out(counting_pair, method):
+    sock, peer = counting_pair
     sock.settimeout(0.05)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -69,8 +57,8 @@ def test_a_reader_with_a_timeout_still_times_out(pair, method):
     assert _readers(sock)[method]() == 5
 
 
-def test_a_non_blocking_reader_still_raises(pair):
-    sock, _ = pair
+def test_a_non_blocking_reader_still_raises(counting_pair):
+    sock, _ = counting_pair
     sock.setblocking(False)
     with pytest.raises(BlockingIOError):
         sock.recv(16)

@@ -70,6 +70,34 @@ def graceful_goaway(last_stream_id: int) -> bytes:
     return struct.pack(">I", len(payload))[1:] + b"\x07\x00\x00\x00\x00\x00" + payload
 
 
+def server_engine(max_streams: int, window: int, max_header_list: int) -> H2Connection:
+    """h2's server side of one connection as greenserve runs it (tests/bench/h2_floor.py
+    measures this one): its settings from --http2-max-concurrent-streams,
+    --http2-initial-window-size and --http2-max-header-list-size, no server push."""
+    config = H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=False,  # h2_fields.request_head checks them, faster
+        normalize_inbound_headers=False,  # cookies are joined there too
+        validate_outbound_headers=False,  # StreamResponse checked every field already
+        normalize_outbound_headers=False,
+    )
+    h2 = H2Connection(config=config)
+    # hpack's own, with less CPU per stream and the same fields (h2_hpack.py)
+    h2.encoder = FieldEncoder()
+    h2.decoder = BlockDecoder(h2.decoder.max_header_list_size)
+    h2.local_settings = H2Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: window,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list,
+            SettingCodes.ENABLE_PUSH: 0,
+        },
+    )
+    return h2
+
+
 class Http2:
     """What the HTTP/2 connections of one listener share: settings and the open ones."""
 
@@ -180,27 +208,7 @@ class Http2Connection:
         self.base = self.handler.connection_environ(address)  # each stream's environ's base
         self.trusted_peer = trusted
         self.extra_environ = extra_environ
-        config = H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=False,  # h2_fields.request_head checks them, faster
-            normalize_inbound_headers=False,  # cookies are joined there too
-            validate_outbound_headers=False,  # StreamResponse checked every field already
-            normalize_outbound_headers=False,
-        )
-        self.h2 = h2 = H2Connection(config=config)
-        # hpack's own, with less CPU per stream and the same fields (h2_hpack.py)
-        h2.encoder = FieldEncoder()
-        h2.decoder = BlockDecoder(h2.decoder.max_header_list_size)
-        h2.local_settings = H2Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: server.max_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: server.window,
-                SettingCodes.MAX_HEADER_LIST_SIZE: server.max_header_list,
-                SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
+        self.h2 = server_engine(server.max_streams, server.window, server.max_header_list)
         self.streams: dict[int, Stream] = {}  # running an app, reset or not
         self.writing = False  # the writer is in sendall
         self.written = Event()  # set while it is not

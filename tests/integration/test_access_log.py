@@ -64,6 +64,9 @@ class TestEveryResponse:
                 [line] = server.wait_event("request", status=status)
                 if request_id is not None:
                     assert line["request_id"] == request_id, (status, line)
+            # the timed-out request's own line: its path and how long it ran, not the parser's
+            [line] = server.find("request", status=504)
+            assert line["path"] == "/sleep" and line["duration_ms"] >= 500, line
             logged = Counter(e["status"] for e in server.find("request"))
 
             def agree():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zlib
 
 import pytest
@@ -96,6 +97,38 @@ class TestResponseRules:
         raw, _ = run(request + b"hello" + LAST)
         assert b"100 Continue" not in raw
         assert [r.status for r in parse_responses(raw)] == [401]
+
+    def test_a_failed_request_is_access_logged_as_itself(self):
+        """The 500 greenserve answers for an app that raised, and the 413 for a chunked body
+        over --max-body: the access line names the request (path, query, user agent, referer)
+        and the time it took, as the app's own responses do. The 500 comes second on its
+        connection, the request _cycle.c takes."""
+
+        def app(environ, start_response):
+            if environ["PATH_INFO"] == "/boom":
+                time.sleep(0.02)  # the app's own work before it fails
+                raise RuntimeError("boom")
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+
+        ok = req("GET /ok HTTP/1.1", "Host: a", "User-Agent: ua-1")
+        boom = req("GET /boom?x=1 HTTP/1.1", "Host: a", "User-Agent: ua-2", "Referer: http://r/")
+        raw, events = run(ok + boom, app=app, access_log=True)
+        assert [r.status for r in parse_responses(raw)] == [200, 500]
+        lines = [e for e in events if e["event"] == "request"]
+        seen = [(e["status"], e["path"], e["query"], e["user_agent"], e["referer"]) for e in lines]
+        assert seen == [(200, "/ok", "", "ua-1", None), (500, "/boom", "x=1", "ua-2", "http://r/")]
+        assert lines[1]["duration_ms"] >= 20
+        assert lines[1]["error"] == "the application raised an exception"
+        assert lines[1]["request_id"] == parse_responses(raw)[1].headers["x-request-id"]
+
+        upload = req(
+            "POST /up?y=2 HTTP/1.1", "Host: a", "User-Agent: ua-3", "Transfer-Encoding: chunked"
+        )
+        raw, events = run(upload + chunked(b"x" * 600, b"y" * 600), access_log=True, max_body=1000)
+        assert [r.status for r in parse_responses(raw)] == [413]
+        (line,) = [e for e in events if e["event"] == "request"]
+        assert (line["path"], line["query"], line["user_agent"]) == ("/up", "y=2", "ua-3")
 
     def test_500_for_an_error_before_any_byte(self):
         raw, events = run(req("GET /str HTTP/1.1", "Host: a"))

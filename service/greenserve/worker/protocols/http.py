@@ -123,6 +123,7 @@ class HttpConnection(OwnAnswers):
         self.request_cell: RequestIdCell | None = None  # in the greenlet's context (logs.py)
         self.continue_sent = False
         self.served = 0  # requests started on this connection
+        self.failure = None  # an answer _failed sent, not yet counted (http_answers.py)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -441,6 +442,8 @@ class HttpConnection(OwnAnswers):
         per WebSocket session as it ends), or a response cut short after its head went out."""
         handler = self.handler
         request_id = writer.request_id
+        if self._account_failure(head, environ, duration, request_id):
+            return
         if head.upgrade and not writer.status:
             websocket = environ.get("wsgi.websocket")
             if websocket is not None and not websocket.started:
@@ -476,7 +479,7 @@ class HttpConnection(OwnAnswers):
             try:
                 body.buffer, body.done = body.read(), True
             except HttpError as exc:
-                self.send_error(exc.status, str(exc), writer.request_id, head)
+                self._failed(exc.status, str(exc), writer, head)
                 return None
             except ConnectionError:
                 return None
@@ -519,7 +522,7 @@ class HttpConnection(OwnAnswers):
         handler = self.handler
         if isinstance(exc, HttpError):  # raised while the app read its body (413)
             if not writer.headers_sent:
-                self.send_error(exc.status, str(exc), writer.request_id, head)
+                self._failed(exc.status, str(exc), writer, head)
             return
         if isinstance(exc, ConnectionError):
             return
@@ -540,7 +543,7 @@ class HttpConnection(OwnAnswers):
         )
         if writer.headers_sent:
             return  # half a response is out: only closing can signal the failure
-        self.send_error(500, "the application raised an exception", writer.request_id, head)
+        self._failed(500, "the application raised an exception", writer, head)
 
     def close_body(self, result: Any) -> None:
         """PEP 3333: the body's close(), always; its failure is logged, not the request's."""
@@ -555,6 +558,7 @@ class HttpConnection(OwnAnswers):
         """Report a request stopped by --request-timeout: 504 if nothing was sent, else close."""
         handler = self.handler
         request_id = writer.request_id
+        self.failure = None  # a failure the timeout caused is reported here
         handler.stats.http_request_timeouts += 1
         handler.log.warning(
             "request_timeout",
@@ -573,6 +577,7 @@ class HttpConnection(OwnAnswers):
                 request_id,
                 head,
                 duration,
+                environ=environ,
             )
         else:
             self._answered_as_far_as_sent(head, environ, writer, duration)

@@ -13,6 +13,7 @@ from greenserve.worker.protocols.tcp import CountingSocket
 
 if TYPE_CHECKING:
     from greenserve.worker.protocols.http_handler import HttpHandler
+    from greenserve.worker.protocols.http_response import Response
 
 RETRY_AFTER = b"Retry-After: 1\r\n"  # a shed request: the load balancer may try again soon
 SHED = {
@@ -44,7 +45,10 @@ def _parts(status: int, detail: str, extra: bytes) -> tuple[bytes, bytes, bytes]
 class OwnAnswers:
     """What HttpConnection (http.py) answers by itself; the fields are its own."""
 
-    __slots__ = ()
+    # an answer _failed sent and _account_failure has not counted yet (the connection sets it
+    # to None when it starts)
+    __slots__ = ("failure",)
+    failure: tuple[int, int, str] | None
     handler: HttpHandler
     sock: CountingSocket
     parser: RequestParser
@@ -59,23 +63,52 @@ class OwnAnswers:
         head: Head | None = None,
         duration: float = 0.0,
         extra: bytes = b"",
+        environ: dict[str, Any] | None = None,
     ) -> None:
-        """greenserve's own answer (a parse error, a limit, a failed app), then the connection
-        closes; counted and access-logged like any response, with a request id."""
-        handler = self.handler
-        request_id = request_id or handler.new_request_id()
+        """greenserve's own answer (a parse error, a limit, a timeout), then the connection
+        closes; counted and access-logged like any response, with a request id and, once the
+        request has one, its environ (the access line's path, query and user agent)."""
+        request_id = request_id or self.handler.new_request_id()
+        sent = self.send_answer(status, detail, request_id, head, extra)
+        self.handler.answered(
+            self.address, head or self.parser.head, environ, status, sent, duration, request_id,
+            error=detail,
+        )  # fmt: skip
+
+    def send_answer(
+        self, status: int, detail: str, request_id: str, head: Head | None, extra: bytes = b""
+    ) -> int:
+        """send_error's bytes on the wire, not yet accounted for; the body's length."""
         start, lines, body = _PARTS.get((status, detail, extra)) or _parts(status, detail, extra)
-        response = start + request_id.encode() + lines + handler.date.end() + body
+        response = start + request_id.encode() + lines + self.handler.date.end() + body
         sock = self.sock
         with contextlib.suppress(OSError):  # the client may already be gone
             if self._all_read(head):
                 sock.send_last(response)
             else:
                 sock.sendall(response)
-        head = head or self.parser.head  # a head begun before the error, if any
-        handler.answered(
-            self.address, head, None, status, len(body), duration, request_id, error=detail
+        return len(body)
+
+    def _failed(self, status: int, detail: str, writer: Response, head: Head) -> None:
+        """Answer a request whose app failed before its response began. It is counted and
+        access-logged by _account_failure, which _unfinished runs next (called by _respond and
+        by _cycle.c) with the request's environ and duration: logged here, the line had neither
+        (the path was the parser's default, the user agent null, the duration 0)."""
+        self.failure = (status, self.send_answer(status, detail, writer.request_id, head), detail)
+
+    def _account_failure(
+        self, head: Head, environ: dict[str, Any], duration: float, request_id: str
+    ) -> bool:
+        """The answer _failed sent, counted and logged now; False when there was none."""
+        failure = self.failure
+        if failure is None:
+            return False
+        self.failure = None
+        status, sent, detail = failure
+        self.handler.answered(
+            self.address, head, environ, status, sent, duration, request_id, error=detail
         )
+        return True
 
     def _all_read(self, head: Head | None) -> bool:
         """Whether the connection, closed next, holds nothing unread that we know of: then the

@@ -130,6 +130,22 @@ class TestResponseRules:
         (line,) = [e for e in events if e["event"] == "request"]
         assert (line["path"], line["query"], line["user_agent"]) == ("/up", "y=2", "ua-3")
 
+    def test_a_body_refused_before_the_app_is_access_logged_with_its_fields(self):
+        """A declared body over --max-body is answered 413 before any environ exists: the line
+        still has the path, query, user agent and referer the parser read."""
+        upload = req(
+            "POST /up?y=2 HTTP/1.1",
+            "Host: a",
+            "User-Agent: ua-4",
+            "Referer: http://r/",
+            "Content-Length: 5000",
+        )
+        raw, events = run(upload, access_log=True, max_body=1000)
+        assert [r.status for r in parse_responses(raw)] == [413]
+        (line,) = [e for e in events if e["event"] == "request"]
+        seen = (line["path"], line["query"], line["user_agent"], line["referer"])
+        assert seen == ("/up", "y=2", "ua-4", "http://r/")
+
     def test_500_for_an_error_before_any_byte(self):
         raw, events = run(req("GET /str HTTP/1.1", "Host: a"))
         assert raw.startswith(b"HTTP/1.1 500 ")

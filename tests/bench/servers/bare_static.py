@@ -40,14 +40,15 @@ READY = {
 
 def handle(sock: Any, address: Any) -> None:
     """The connection's greenlet: the underlying non-blocking socket read and written directly,
-    waiting on the hub as greenserve's own reads do (``park``), so that gevent's Python socket
-    methods are not counted either."""
+    waiting on the hub first as greenserve's own keep-alive reads do (``park``, then one
+    ``recv``: the next request has rarely arrived when a response has just gone out), so that
+    neither gevent's Python socket methods nor a read that finds nothing are counted."""
     raw, hub, readable, stat = sock._sock, sock.hub, sock._read_event, os.stat
     while True:
+        park(readable, hub)
         try:
             data = raw.recv(65536)
         except BlockingIOError:
-            park(readable, hub)
             continue
         found = READY.get(data.split(b" ", 2)[1]) if data.startswith(b"GET ") else None
         if found is None:

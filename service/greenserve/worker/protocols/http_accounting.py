@@ -13,9 +13,6 @@ from greenserve.worker.protocols.tcp import peer as _peer
 
 # the metric label per status (_cycle.c counts with it too)
 STATUS_KEYS = {code: str(code) for code in range(100, 600)}
-# the fields an access line names, as the parser keys them, for a request refused before its
-# environ was built (a body over --max-body)
-_NAMED = ("HTTP_USER_AGENT", "HTTP_REFERER")
 
 
 class ResponseAccounting:
@@ -115,11 +112,12 @@ class ResponseAccounting:
             agent, referer = environ.get("HTTP_USER_AGENT"), environ.get("HTTP_REFERER")
         elif head is not None:  # no environ yet: what the parser had of the request
             path, query = head.path.decode("latin-1"), head.query.decode("latin-1")
-            fields = {key: value for key, value in head.headers if key in _NAMED}
-            agent, referer = (
-                value.decode("latin-1") if value is not None else None
-                for value in map(fields.get, _NAMED)
-            )
+            agent = referer = None
+            for key, value in head.headers:  # (environ key, value) as the parser read them
+                if key == "HTTP_USER_AGENT":
+                    agent = value.decode("latin-1")
+                elif key == "HTTP_REFERER":
+                    referer = value.decode("latin-1")
         else:
             path = query = agent = referer = None
         self.log.info(
